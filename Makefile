@@ -1,0 +1,80 @@
+# tunnel_tui: `make` builds, `make demo` runs the console against the local
+# sandbox, `make test` runs every test.  Both install missing Debian packages
+# (the list is vendor/packages) first.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WARN     = -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE
+PKGS     = libwebsockets libcjson vterm ncursesw
+SBPKGS   = libwebsockets libcjson libssh openssl
+PKGCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKGLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lutil
+SBCFLAGS  = $(shell pkg-config --cflags $(SBPKGS) 2>/dev/null)
+SBLIBS    = $(shell pkg-config --libs $(SBPKGS) 2>/dev/null) -lutil
+B        = build
+
+SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client
+TESTBINS = $(B)/unit_tests
+
+.PHONY: all deps demo test test-asan bench fuzz install uninstall clean certs
+
+all: tunnel_tui $(SANDBOX)
+
+tunnel_tui: tunnel_tui.c
+	$(CC) $(CFLAGS) $(WARN) $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+tests/sandbox/tunnel-platform: tests/sandbox/tunnel-platform.c tests/sandbox/sandbox.h
+	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+tests/sandbox/tunnel-device: tests/sandbox/tunnel-device.c tests/sandbox/sandbox.h
+	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+$(B)/unit_tests: tests/unit/unit_tests.c tunnel_tui.c | $(B)
+	$(CC) $(CFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+tests/sandbox/tunnel-client: tests/sandbox/tunnel-client.c tests/sandbox/sandbox.h
+	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+$(B):
+	mkdir -p $@
+
+# Installs every package of vendor/packages that is missing or older than listed.
+deps:
+	@sh tests/deps.sh vendor/packages
+
+certs: $(B)/certs/ca.pem
+$(B)/certs/ca.pem: tests/sandbox/mkcerts.sh
+	sh tests/sandbox/mkcerts.sh $(B)/certs
+
+demo: deps
+	$(MAKE) all certs
+	sh tests/sandbox/demo.sh
+
+test: deps
+	$(MAKE) all certs $(TESTBINS)
+	sh tests/run.sh
+
+test-asan: deps
+	$(MAKE) clean
+	$(MAKE) CC=clang CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all certs $(TESTBINS)
+	ASAN=1 sh tests/run.sh
+
+bench: deps
+	$(MAKE) all certs
+	sh tests/bench/run.sh
+
+fuzz: deps
+	sh tests/fuzz/run.sh 600
+
+install: tunnel_tui
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 tunnel_tui $(DESTDIR)$(PREFIX)/bin/tunnel_tui
+	install -m 644 tunnel_tui.1 $(DESTDIR)$(PREFIX)/share/man/man1/tunnel_tui.1
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/tunnel_tui $(DESTDIR)$(PREFIX)/share/man/man1/tunnel_tui.1
+
+clean:
+	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/fuzz

@@ -1,0 +1,67 @@
+# tests/lib.sh: sourced by every *.test.sh.  TAP-style results ("ok - NAME",
+# "not ok - NAME" with "# why" lines), waiting on events instead of sleeping,
+# the sandbox started on free ports, and cleanup of everything started.
+set -u
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PLATFORM=$TOP/tests/sandbox/tunnel-platform
+DEVICE=$TOP/tests/sandbox/tunnel-device
+CONSOLE=$TOP/tunnel_tui
+CERTS=$TOP/build/certs
+WORK=$(mktemp -d /tmp/tunnel_tui_test.XXXXXX)
+PIDS=()
+FAILS=0
+
+cleanup() {	# kills what the test started, removes its scratch folder
+	local p
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	[ -n "${TMUX_SOCK:-}" ] && tmux -S "$TMUX_SOCK" kill-server 2>/dev/null
+	[ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ok()   { echo "ok - $1"; }
+fail() { echo "not ok - $1"; shift; for l in "$@"; do echo "# $l"; done; FAILS=$((FAILS + 1)); }
+# check NAME CMD...: ok when CMD succeeds
+check() { local n=$1; shift; if "$@"; then ok "$n"; else fail "$n" "failed: $*"; fi; }
+
+# wait_for SECONDS CMD...: polls CMD (every 50 ms) until it succeeds; 1 on timeout.
+# The deadline only bounds a hang; the event itself is what is awaited.
+wait_for() {
+	local deadline=$(( $(date +%s%N) / 1000000 + $1 * 1000 )); shift
+	until "$@" 2>/dev/null; do
+		[ $(( $(date +%s%N) / 1000000 )) -ge $deadline ] && return 1
+		sleep 0.05
+	done
+}
+has_line() { grep -qE -- "$2" "$1"; }	# has_line FILE REGEX
+
+free_port() {	# a TCP port nothing listens on
+	local p
+	while :; do
+		p=$(( 20000 + RANDOM % 30000 ))
+		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
+	done
+}
+
+# start_platform NAME ARGS...: starts the relay on a free port (it prints
+# "listening on URL"); sets PLATFORM_URL (ws[s]://127.0.0.1:PORT) and PLATFORM_LOG.
+start_platform() {
+	local name=$1; shift
+	PLATFORM_LOG=$WORK/$name.log
+	"$PLATFORM" --listen 127.0.0.1:0 "$@" > "$WORK/$name.out" 2> "$PLATFORM_LOG" &
+	PIDS+=($!)
+	PLATFORM_PID=$!
+	wait_for 10 has_line "$WORK/$name.out" '^listening on ' || { echo "# platform did not start"; cat "$PLATFORM_LOG"; return 1; }
+	PLATFORM_URL=$(sed -n 's/^listening on //p' "$WORK/$name.out" | head -1)
+}
+
+# start_device NAME ARGS...: starts a device agent, logs in $WORK/NAME.log; sets DEVICE_PID.
+start_device() {
+	local name=$1; shift
+	"$DEVICE" "$@" 2> "$WORK/$name.log" &
+	PIDS+=($!)
+	DEVICE_PID=$!
+}
+
+finish() { exit $(( FAILS > 0 )); }	# last line of every test script
