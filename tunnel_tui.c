@@ -1,0 +1,3411 @@
+/*
+ * tunnel_tui: a split-screen console for IoT devices behind a cloud "secure
+ * tunnel" (Huawei IoTDA).  The platform relays JSON messages over WebSocket
+ * between this application and a device, which turns them into SSH sessions;
+ * several sessions (request_ids) share one tunnel.  Left: devices and their
+ * sessions.  Right: the selected session's live terminal (libvterm).
+ *
+ * The wire protocol is ../shared/PROTOCOL.md; the design is ../shared/DESIGN.md.
+ * One thread: libwebsockets owns the loop; the keyboard and a signalfd come
+ * in as RAW_FILE descriptors; every timer is an lws_sul.
+ *
+ * Contents (search for the banners):
+ *   1. tunables          limits, timeouts, colours, the key bindings table
+ *   2. data types        struct app, struct tunnel (one WebSocket),
+ *                        struct session (one request_id)
+ *   3. utilities         buffers, secrets, time, UTF-8
+ *   4. protocol          encode, decode, route, chunk: pure, unit-tested
+ *   5. configuration     the devices file, --tunnel-json, tokens
+ *   6. terminal          VTerm glue and scrollback
+ *   7. sessions          open, end, reopen, input
+ *   8. network           the lws callback, send lanes, heartbeat, reconnect
+ *   9. screen            layout, list, pane, status bar, overlays
+ *  10. keys              bindings, modes, dialogs
+ *  11. startup and exit  terminal restore, signals, command line, main
+ */
+#include <libwebsockets.h>
+#include <cJSON.h>
+#include <vterm.h>
+#include <curses.h>
+#include <openssl/ssl.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <locale.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+#include <wchar.h>
+
+/************************************************************************
+ *** 1. tunables
+ ************************************************************************/
+
+#define TUNNEL_TUI_VERSION  "0.1.0"
+#define MAX_MESSAGE         10240	/* bytes per WebSocket message (§1) */
+#define INPUT_CHUNK         4096	/* input bytes per command message (§4.5) */
+#define RX_LIMIT            (1 << 20)	/* larger inbound frames are dropped */
+#define BULK_QUEUE_CAP      (4 << 20)	/* pasted bytes waiting to be sent */
+#define SCROLLBACK_LINES    5000
+#define LIST_WIDTH          26		/* the device list's columns */
+#define PING_INTERVAL_S     20		/* JSON ping (§4.8) */
+#define DEAD_LINK_S         60		/* no inbound traffic: the link is dead */
+#define DEVICE_WAIT_S       10		/* send connect anyway after this (§4.2) */
+#define FRAME_INTERVAL_US   16000	/* at most ~60 redraws a second */
+#define ERROR_REPORT_S      5		/* rate limit for malformed-input notices */
+#define DEFAULT_PTY_COLS    128		/* what official devices run (§5) */
+#define DEFAULT_PTY_ROWS    30
+#define SHORT_ID            4		/* request_id characters shown in the list */
+
+/* Reconnect backoff (§4.8): 1 s doubling to 30 s, each with ±20 % jitter. */
+static const uint32_t backoff_ms[] = { 1000, 2000, 4000, 8000, 16000, 30000 };
+
+/* lws's own WebSocket PING/PONG heartbeat and dead-link hang-up. */
+static const lws_retry_bo_t ws_heartbeat = {
+	.secs_since_valid_ping = PING_INTERVAL_S,
+	.secs_since_valid_hangup = DEAD_LINK_S,
+};
+
+/* Colour pairs of the console's own chrome (not of remote output). */
+enum chrome { C_NORMAL, C_BORDER, C_SELECTED, C_STATUS, C_ALERT, C_DIM,
+	      C_GOOD, C_WARN, C_BANNER, C_MARK, C_COUNT };
+static const short chrome_colors[C_COUNT][2] = {	/* fg, bg; -1 default */
+	[C_NORMAL] = { -1, -1 },	[C_BORDER] = { COLOR_BLUE, -1 },
+	[C_SELECTED] = { COLOR_BLACK, COLOR_CYAN },
+	[C_STATUS] = { COLOR_BLACK, COLOR_WHITE },
+	[C_ALERT] = { COLOR_WHITE, COLOR_RED },	[C_DIM] = { COLOR_BLUE, -1 },
+	[C_GOOD] = { COLOR_GREEN, -1 },	[C_WARN] = { COLOR_YELLOW, -1 },
+	[C_BANNER] = { COLOR_WHITE, COLOR_MAGENTA },
+	[C_MARK] = { COLOR_BLACK, COLOR_YELLOW },
+};
+
+/*
+ * How a session's end is shown inline (§4.7): SGR that remote output is very
+ * unlikely to use together (bold, reverse, magenta) framed by box rules.
+ */
+#define END_LINE_SGR  "\033[0;1;7;35m"
+#define END_LINE_OFF  "\033[0m"
+
+/* Status codes and close codes (§6) explained in the list and status bar. */
+static const struct { const char *code, *meaning; } status_meanings[] = {
+	{ "400", "SSH login failed" },	{ "401", "token invalid or expired" },
+	{ "404", "tunnel closed" },	{ "408", "shell ended" },
+	{ "409", "replaced by a newer connection" },
+	{ "410", "device went away" },	{ "413", "message too big" },
+	{ "1000", "closed" },		{ "1002", "authentication failed" },
+	{ "1006", "connection lost" },	{ "1009", "message too big" },
+	{ "4000", "replaced by a newer connection" },
+};
+
+/* Every bindable action has one signature (as in dvtm). */
+union arg { int i; const char *s; };
+typedef void action_fn(const union arg *arg);
+static action_fn act_new_session, act_close_session, act_move, act_zoom,
+		 act_scroll_mode, act_help, act_quit, act_send_prefix,
+		 act_reopen, act_next_device, act_redraw;
+
+/* After the prefix key (Ctrl-g by default): */
+static const struct binding {
+	int key;		/* a character or a curses KEY_ code */
+	const char *keyname;	/* as the help overlay shows it */
+	action_fn *fn;
+	union arg arg;
+	const char *help;
+} bindings[] = {
+	{ 'n', "n", act_new_session, { 0 }, "new session on the selected device (log in)" },
+	{ 'r', "r", act_reopen, { 0 }, "reopen the selected ended session" },
+	{ 'x', "x", act_close_session, { 0 }, "close the selected session" },
+	{ 'j', "j / Down", act_move, { .i = +1 }, "next device or session" },
+	{ KEY_DOWN, NULL, act_move, { .i = +1 }, NULL },
+	{ 'k', "k / Up", act_move, { .i = -1 }, "previous device or session" },
+	{ KEY_UP, NULL, act_move, { .i = -1 }, NULL },
+	{ '\t', "Tab", act_next_device, { .i = +1 }, "next device" },
+	{ KEY_BTAB, NULL, act_next_device, { .i = -1 }, NULL },
+	{ 'z', "z", act_zoom, { 0 }, "zoom: hide or show the list" },
+	{ '[', "[", act_scroll_mode, { 0 }, "scroll mode: PgUp/PgDn, / search, q leaves" },
+	{ 'l', "l", act_redraw, { 0 }, "redraw the screen" },
+	{ '?', "?", act_help, { 0 }, "this help" },
+	{ 'q', "q", act_quit, { 0 }, "quit (asks when sessions are live)" },
+	{ 0, "prefix", act_send_prefix, { 0 }, "the prefix twice sends it to the session" },
+};
+
+/************************************************************************
+ *** 2. data types
+ ************************************************************************/
+
+enum tunnel_state {	/* one WebSocket to the platform */
+	T_IDLE, T_CONNECTING, T_WAITING, T_ONLINE, T_RECONNECTING,
+	T_AUTH_FAILED, T_CLOSED
+};
+static const char *const tunnel_state_names[] = {
+	[T_IDLE] = "idle", [T_CONNECTING] = "connecting",
+	[T_WAITING] = "waiting for device", [T_ONLINE] = "online",
+	[T_RECONNECTING] = "reconnecting", [T_AUTH_FAILED] = "auth failed",
+	[T_CLOSED] = "closed",
+};
+
+enum session_state { S_PENDING, S_LOGIN, S_LIVE, S_ENDED };
+static const char *const session_state_names[] = {
+	[S_PENDING] = "waiting", [S_LOGIN] = "login", [S_LIVE] = "live",
+	[S_ENDED] = "ended",
+};
+
+enum op {	/* the eight operation types (§3), and what is not one */
+	OP_UNKNOWN, OP_CONNECT_TUNNEL, OP_CONNECT, OP_CONNECT_RESPONSE,
+	OP_COMMAND, OP_COMMAND_RESPONSE, OP_DISCONNECT, OP_PING, OP_PONG
+};
+static const char *const op_names[] = {
+	[OP_UNKNOWN] = "", [OP_CONNECT_TUNNEL] = "connect_tunnel",
+	[OP_CONNECT] = "connect", [OP_CONNECT_RESPONSE] = "connect_response",
+	[OP_COMMAND] = "command", [OP_COMMAND_RESPONSE] = "command_response",
+	[OP_DISCONNECT] = "disconnect", [OP_PING] = "ping", [OP_PONG] = "pong",
+};
+
+struct buf {		/* a growable byte buffer */
+	char *p;
+	size_t len, cap;
+};
+
+struct inbound {	/* one decoded message; pointers into root */
+	enum op op;
+	const char *op_name;		/* as received, for error reports */
+	const char *request_id;		/* NULL when absent or null */
+	const char *data;		/* string data, else NULL */
+	size_t data_len;
+	char status_code[16];		/* disconnect: as a string */
+	const char *status_msg;
+	cJSON *root;
+};
+
+struct frame {		/* one serialised message with LWS_PRE headroom */
+	struct frame *next;
+	size_t len;
+	unsigned char buf[];
+};
+
+struct lane {		/* a FIFO of frames */
+	struct frame *head, *tail;
+	size_t bytes;
+};
+
+struct cell {		/* one screen cell, compact (scrollback keeps many) */
+	uint32_t ch;			/* 0: blank */
+	uint32_t fg, bg;		/* packed: see pack_color() */
+	uint8_t attrs;			/* ATTR_* */
+	uint8_t width;			/* 1, or 2 for a wide character */
+};
+enum { ATTR_BOLD = 1, ATTR_UNDERLINE = 2, ATTR_ITALIC = 4, ATTR_BLINK = 8,
+       ATTR_REVERSE = 16 };
+
+struct sbline {		/* one scrollback line, trailing blanks trimmed */
+	int cols;
+	struct cell cells[];
+};
+
+struct session {	/* one SSH session: one request_id */
+	struct session *next;
+	struct tunnel *tunnel;
+	char request_id[40];
+	char user[64];
+	enum session_state state;
+	char note[160];			/* connect_response text or end reason */
+	int rows, cols;			/* the remote PTY's size */
+	VTerm *vt;
+	VTermScreen *screen;
+	struct sbline **sb;		/* ring of SCROLLBACK_LINES */
+	int sb_head, sb_count;
+	int scroll;			/* lines scrolled back in scroll mode */
+	int altscreen, cursor_visible;
+	struct buf keys;		/* typed input not yet sent */
+	struct buf *capture;		/* VTerm output goes here during a paste */
+	int unseen;			/* output since last shown */
+};
+
+struct device_config {	/* one [device NAME] section or URL */
+	char name[64];
+	char url[1024];
+	char username[64];
+	char cacert[PATH_MAX];
+	int pty_cols, pty_rows;		/* 0: size to the pane */
+	int single;			/* one SSH session per tunnel */
+	char *token;			/* secret: locked memory */
+	time_t expires;			/* 0: unknown */
+	int line;			/* where it was defined, for errors */
+};
+
+struct tunnel {		/* one device: one WebSocket */
+	struct tunnel *next;
+	struct device_config cfg;
+	struct lws_vhost *vhost;
+	struct lws *wsi;
+	lws_sorted_usec_list_t sul_connect;	/* reconnect backoff */
+	lws_sorted_usec_list_t sul_ping;	/* JSON ping + dead-link check */
+	lws_sorted_usec_list_t sul_device_wait; /* §4.2: 10 s for the device */
+	unsigned retries;
+	enum tunnel_state state;
+	int device_ready;		/* connect_tunnel seen, or waited long */
+	int close_code;			/* last WebSocket close code */
+	char close_reason[128];		/* and its reason */
+	char event[160];		/* the last tunnel-level event */
+	int64_t reconnect_at_us;
+	int64_t last_rx_us;
+	int64_t ping_sent_us;
+	char ping_id[40];
+	int rtt_ms;			/* -1: not measured yet */
+	int64_t last_error_report_us;
+	unsigned dropped;		/* malformed messages dropped */
+	struct buf rx;			/* reassembles fragments */
+	int rx_skip;			/* dropping the rest of a bad frame */
+	struct lane control, held, bulk;	/* see tunnel_write_one() */
+	struct session *sessions;
+	struct session *latest;		/* latest session sent to (§4 routing) */
+};
+
+enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_SCROLL, M_SEARCH,
+	    M_HELP };
+
+struct dialog {		/* the login dialog and yes/no questions */
+	struct tunnel *tunnel;
+	struct session *reopen;		/* reopen this session, else a new one */
+	char user[64];
+	char *password;			/* secret: locked memory */
+	size_t password_len;
+	int field;			/* 0 username, 1 password */
+	char question[200];
+	void (*on_yes)(void);
+};
+
+static struct app {	/* the whole program's state */
+	/* event loop */
+	struct lws_context *ctx;
+	struct lws_vhost *vhost;		/* no extra CA */
+	lws_sorted_usec_list_t sul_draw, sul_tick;
+	int64_t last_draw_us;
+	int quit;
+	int exit_code;
+	/* devices and selection */
+	struct tunnel *tunnels;
+	struct tunnel *sel_tunnel;
+	struct session *sel_session;	/* NULL: the device row */
+	/* screen */
+	int ui_up;			/* curses is active */
+	int colors;			/* 0: monochrome (NO_COLOR or none) */
+	int zoom;
+	int dirty;
+	enum mode mode;
+	struct dialog dlg;
+	char search[128];
+	size_t search_len;
+	char flash[200];		/* a one-off message in the status bar */
+	int64_t flash_until_us;
+	/* input */
+	int prefix_key;
+	int paste;			/* inside a bracketed paste */
+	struct buf paste_buf;
+	char esc_seq[8];		/* a pending escape sequence */
+	int esc_len;
+	/* options */
+	int insecure;
+	FILE *log;
+} app = { .prefix_key = 0x07, .exit_code = 0 };
+
+/************************************************************************
+ *** 3. utilities
+ ************************************************************************/
+
+static void ui_end(void);
+
+static int64_t now_us(void)		/* monotonic microseconds */
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void log_line(const char *fmt, ...)	/* a line in --log, if any */
+{
+	va_list ap;
+	time_t t = time(NULL);
+	char when[32];
+
+	if (!app.log)
+		return;
+	strftime(when, sizeof(when), "%F %T", localtime(&t));
+	fprintf(app.log, "%s ", when);
+	va_start(ap, fmt);
+	vfprintf(app.log, fmt, ap);
+	va_end(ap);
+	fputc('\n', app.log);
+	fflush(app.log);
+}
+
+static void die(const char *fmt, ...)	/* the one fatal exit: terminal first */
+{
+	va_list ap;
+
+	ui_end();
+	fputs("tunnel_tui: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static void *xrealloc(void *p, size_t n)	/* realloc or die */
+{
+	p = realloc(p, n ? n : 1);
+	if (!p)
+		die("out of memory");
+	return p;
+}
+
+static void *xcalloc(size_t n)		/* zeroed memory or die */
+{
+	void *p = calloc(1, n ? n : 1);
+
+	if (!p)
+		die("out of memory");
+	return p;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)	/* bounded, terminated */
+{
+	size_t n = src ? strnlen(src, cap - 1) : 0;
+
+	memcpy(dst, src ? src : "", n);
+	dst[n] = '\0';
+}
+
+static void buf_append(struct buf *b, const void *p, size_t n)	/* grows as needed */
+{
+	if (b->len + n + 1 > b->cap) {
+		b->cap = (b->len + n + 1) * 2;
+		b->p = xrealloc(b->p, b->cap);
+	}
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+static void buf_printf(struct buf *b, const char *fmt, ...)	/* formatted append */
+{
+	char tmp[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	buf_append(b, tmp, n < (int)sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void buf_consume(struct buf *b, size_t n)	/* drops n bytes from the front */
+{
+	memmove(b->p, b->p + n, b->len - n);
+	b->len -= n;
+}
+
+static void buf_free(struct buf *b)	/* wipes (it may hold input) and frees */
+{
+	if (b->p)
+		explicit_bzero(b->p, b->cap);
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Secrets (tokens, passwords) live in their own locked, undumpable pages,
+ * wiped before they are unmapped. */
+static char *secret_alloc(size_t n)	/* n bytes of locked memory, zeroed */
+{
+	size_t len = (n + 4095) & ~(size_t)4095;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		die("out of memory");
+	(void)mlock(p, len);	/* best effort: RLIMIT_MEMLOCK may refuse */
+	(void)madvise(p, len, MADV_DONTDUMP);
+	return p;
+}
+
+static void secret_free(char *p, size_t n)	/* wipes and releases */
+{
+	size_t len = (n + 4095) & ~(size_t)4095;
+
+	if (!p)
+		return;
+	explicit_bzero(p, len);
+	munmap(p, len);
+}
+
+static char *secret_dup(const char *s, size_t n)	/* a locked copy of n bytes */
+{
+	char *p = secret_alloc(n + 1);
+
+	memcpy(p, s, n);
+	return p;
+}
+
+static int utf8_seq_len(unsigned char c)	/* bytes in a sequence led by c */
+{
+	return c < 0x80 ? 1 : c < 0xc0 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 :
+	       c < 0xf8 ? 4 : 1;
+}
+
+static void new_request_id(char out[40])	/* a UUIDv4 (§2, our choice) */
+{
+	unsigned char r[16];
+	FILE *f = fopen("/dev/urandom", "rb");
+
+	if (!f || fread(r, 1, sizeof(r), f) != sizeof(r))
+		die("cannot read /dev/urandom");
+	fclose(f);
+	r[6] = (r[6] & 0x0f) | 0x40;
+	r[8] = (r[8] & 0x3f) | 0x80;
+	snprintf(out, 40, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+		 "%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5],
+		 r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+}
+
+/************************************************************************
+ *** 4. protocol: encode, decode, route, chunk (pure: no I/O)
+ ************************************************************************/
+
+static enum op op_from_name(const char *s)	/* OP_UNKNOWN if not one of §3 */
+{
+	for (size_t i = 1; s && i < sizeof(op_names) / sizeof(*op_names); i++)
+		if (!strcmp(s, op_names[i]))
+			return (enum op)i;
+	return OP_UNKNOWN;
+}
+
+static size_t escaped_len(unsigned char c)	/* bytes c takes inside a JSON string */
+{
+	if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ||
+	    c == '\b' || c == '\f')
+		return 2;
+	return c < 0x20 ? 6 : 1;
+}
+
+/* Appends s as a JSON string literal.  Bytes >= 0x80 pass through as they
+ * are: the protocol carries raw bytes (§1, §2). */
+static void json_string(struct buf *b, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	char esc[6] = { '\\', 'u', '0', '0', 0, 0 };
+
+	buf_append(b, "\"", 1);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		const char *two = c == '"' ? "\\\"" : c == '\\' ? "\\\\" :
+			c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" :
+			c == '\b' ? "\\b" : c == '\f' ? "\\f" : NULL;
+
+		if (two) {
+			buf_append(b, two, 2);
+		} else if (c < 0x20) {
+			esc[4] = hex[c >> 4];
+			esc[5] = hex[c & 15];
+			buf_append(b, esc, 6);
+		} else {
+			buf_append(b, &s[i], 1);
+		}
+	}
+	buf_append(b, "\"", 1);
+}
+
+/* The envelope (§2) around data that is already JSON ("null", an object). */
+static void encode_message(struct buf *b, enum op op, const char *request_id,
+			   const char *data_json)
+{
+	buf_printf(b, "{\"operation_type\":\"%s\",\"tunnel_service_type\":\"ssh\","
+		   "\"request_id\":", op_names[op]);
+	if (request_id)
+		json_string(b, request_id, strlen(request_id));
+	else
+		buf_append(b, "null", 4);
+	buf_printf(b, ",\"data\":%s}", data_json);
+}
+
+/* A command message carrying n raw input bytes. */
+static void encode_command(struct buf *b, const char *request_id,
+			   const char *bytes, size_t n)
+{
+	struct buf data = { 0 };
+
+	json_string(&data, bytes, n);
+	encode_message(b, OP_COMMAND, request_id, data.p);
+	buf_free(&data);
+}
+
+/* A connect message (§3): credentials plus our optional PTY members.  The
+ * caller wipes b after use: it holds the password. */
+static void encode_connect(struct buf *b, const char *request_id,
+			   const char *user, const char *password,
+			   size_t password_len, int cols, int rows)
+{
+	struct buf data = { 0 };
+
+	buf_append(&data, "{\"username\":", 12);
+	json_string(&data, user, strlen(user));
+	buf_append(&data, ",\"password\":", 12);
+	json_string(&data, password, password_len);
+	buf_printf(&data, ",\"cols\":%d,\"rows\":%d,\"term\":\"xterm-256color\"}",
+		   cols, rows);
+	encode_message(b, OP_CONNECT, request_id, data.p);
+	buf_free(&data);
+}
+
+/*
+ * How many of n input bytes the next command message may carry: at most
+ * max_in bytes, at most max_escaped bytes once escaped, and never ending
+ * inside a UTF-8 sequence (unless one sequence alone is cut off by n).
+ */
+static size_t chunk_len(const char *s, size_t n, size_t max_in, size_t max_escaped)
+{
+	size_t i = 0, esc = 0;
+
+	while (i < n) {
+		size_t k = (size_t)utf8_seq_len((unsigned char)s[i]), e = 0;
+
+		if (i + k > n)
+			k = n - i;
+		for (size_t j = 0; j < k; j++)
+			e += escaped_len((unsigned char)s[i + j]);
+		if (i + k > max_in || esc + e > max_escaped)
+			break;
+		i += k;
+		esc += e;
+	}
+	return i;
+}
+
+static const char *json_str(cJSON *o, const char *key)	/* a string member or NULL */
+{
+	cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* disconnect data (§3): the code may be a string or a number. */
+static void decode_status(struct inbound *m, cJSON *data)
+{
+	cJSON *code = cJSON_GetObjectItemCaseSensitive(data, "status_code");
+
+	if (cJSON_IsString(code))
+		copy_str(m->status_code, sizeof(m->status_code), code->valuestring);
+	else if (cJSON_IsNumber(code))
+		snprintf(m->status_code, sizeof(m->status_code), "%d", code->valueint);
+	m->status_msg = json_str(data, "status_msg");
+}
+
+/*
+ * Parses one inbound frame.  Returns 0, or -1 with err set (the frame is
+ * then reported and dropped, §2).  On 0 the caller frees m->root.
+ */
+static int decode_message(const char *p, size_t n, struct inbound *m,
+			  char *err, size_t errlen)
+{
+	cJSON *data;
+
+	memset(m, 0, sizeof(*m));
+	m->root = cJSON_ParseWithLength(p, n);
+	if (!m->root || !cJSON_IsObject(m->root)) {
+		snprintf(err, errlen, "malformed message (%zu bytes, not a JSON object)", n);
+		cJSON_Delete(m->root);
+		m->root = NULL;
+		return -1;
+	}
+	m->op_name = json_str(m->root, "operation_type");
+	m->op = op_from_name(m->op_name);
+	m->request_id = json_str(m->root, "request_id");
+	data = cJSON_GetObjectItemCaseSensitive(m->root, "data");
+	if (cJSON_IsString(data)) {
+		m->data = data->valuestring;
+		m->data_len = strlen(data->valuestring);
+	} else if (cJSON_IsObject(data)) {
+		decode_status(m, data);
+	}
+	if (m->op == OP_UNKNOWN)
+		snprintf(err, errlen, "unknown operation_type \"%.40s\"",
+			 m->op_name ? m->op_name : "(none)");
+	return m->op == OP_UNKNOWN ? -1 : 0;
+}
+
+static struct session *find_session(struct tunnel *t, const char *request_id)
+{	/* the open session with this request_id, or NULL */
+	for (struct session *s = t->sessions; s && request_id; s = s->next)
+		if (s->state != S_ENDED && !strcmp(s->request_id, request_id))
+			return s;
+	return NULL;
+}
+
+/*
+ * Which session an inbound message belongs to (§4, routing); NULL means the
+ * tunnel itself.  Official devices echo the latest request_id they received
+ * and say SSH_timeout_disconnect on shell exit: both go to the tunnel's
+ * latest session.  A disconnect without a request_id is the platform's.
+ */
+static struct session *route_message(struct tunnel *t, const struct inbound *m)
+{
+	struct session *s;
+
+	if (m->op == OP_CONNECT_TUNNEL || m->op == OP_PONG)
+		return NULL;
+	if (m->op == OP_DISCONNECT && (!m->request_id || !*m->request_id))
+		return NULL;
+	s = find_session(t, m->request_id);
+	if (s)
+		return s;
+	return t->latest && t->latest->state != S_ENDED ? t->latest : NULL;
+}
+
+static const char *status_meaning(const char *code)	/* §6, or "" */
+{
+	for (size_t i = 0; i < sizeof(status_meanings) / sizeof(*status_meanings); i++)
+		if (!strcmp(code, status_meanings[i].code))
+			return status_meanings[i].meaning;
+	return "";
+}
+
+/************************************************************************
+ *** 5. configuration: the devices file, --tunnel-json, tokens
+ ************************************************************************/
+
+struct config {		/* what the file and the command line say */
+	struct device_config *dev;
+	int ndev;
+	int prefix_key;
+	char token_file[PATH_MAX];	/* --token-file, for URL arguments */
+};
+
+struct token_source {	/* where one device's token comes from */
+	char file[PATH_MAX];
+	char env[64];
+};
+static struct token_source *token_sources;	/* parallel to config.dev */
+
+typedef int key_setter(struct device_config *d, struct token_source *ts,
+		       const char *v, char *err, size_t errlen);
+
+static int parse_size(const char *v, int *cols, int *rows)	/* "auto" or COLSxROWS */
+{
+	char tail;
+
+	if (!strcmp(v, "auto")) {
+		*cols = *rows = 0;
+		return 0;
+	}
+	if (sscanf(v, "%dx%d%c", cols, rows, &tail) != 2 || *cols < 10 ||
+	    *rows < 2 || *cols > 1000 || *rows > 1000)
+		return -1;
+	return 0;
+}
+
+static int set_url(struct device_config *d, struct token_source *ts,
+		   const char *v, char *err, size_t errlen)	/* url = ws[s]://… */
+{
+	(void)ts;
+	if (strncmp(v, "wss://", 6) && strncmp(v, "ws://", 5)) {
+		snprintf(err, errlen, "url must start with wss:// or ws://");
+		return -1;
+	}
+	copy_str(d->url, sizeof(d->url), v);
+	return 0;
+}
+
+static int set_token_file(struct device_config *d, struct token_source *ts,
+			  const char *v, char *err, size_t errlen)
+{	/* token_file = PATH */
+	(void)d; (void)err; (void)errlen;
+	copy_str(ts->file, sizeof(ts->file), v);
+	return 0;
+}
+
+static int set_token_env(struct device_config *d, struct token_source *ts,
+			 const char *v, char *err, size_t errlen)
+{	/* token_env = NAME */
+	(void)d; (void)err; (void)errlen;
+	copy_str(ts->env, sizeof(ts->env), v);
+	return 0;
+}
+
+static int set_token(struct device_config *d, struct token_source *ts,
+		     const char *v, char *err, size_t errlen)	/* token = … */
+{
+	(void)ts;
+	if (strlen(v) > 256) {
+		snprintf(err, errlen, "token is longer than 256 characters");
+		return -1;
+	}
+	secret_free(d->token, 257);
+	d->token = secret_dup(v, strlen(v));
+	return 0;
+}
+
+static int set_username(struct device_config *d, struct token_source *ts,
+			const char *v, char *err, size_t errlen)
+{	/* username = NAME */
+	(void)ts; (void)err; (void)errlen;
+	copy_str(d->username, sizeof(d->username), v);
+	return 0;
+}
+
+static int set_pty(struct device_config *d, struct token_source *ts,
+		   const char *v, char *err, size_t errlen)	/* pty = auto|CxR */
+{
+	(void)ts;
+	if (parse_size(v, &d->pty_cols, &d->pty_rows) == 0)
+		return 0;
+	snprintf(err, errlen, "pty must be auto or COLSxROWS, e.g. 128x30");
+	return -1;
+}
+
+static int set_sessions(struct device_config *d, struct token_source *ts,
+			const char *v, char *err, size_t errlen)
+{	/* sessions = multi|single */
+	(void)ts;
+	if (strcmp(v, "multi") && strcmp(v, "single")) {
+		snprintf(err, errlen, "sessions must be multi or single");
+		return -1;
+	}
+	d->single = !strcmp(v, "single");
+	return 0;
+}
+
+static int set_cacert(struct device_config *d, struct token_source *ts,
+		      const char *v, char *err, size_t errlen)	/* cacert = PATH */
+{
+	(void)ts; (void)err; (void)errlen;
+	copy_str(d->cacert, sizeof(d->cacert), v);
+	return 0;
+}
+
+static const struct { const char *key; key_setter *set; } device_keys[] = {
+	{ "url", set_url },		{ "token_file", set_token_file },
+	{ "token_env", set_token_env },	{ "token", set_token },
+	{ "username", set_username },	{ "pty", set_pty },
+	{ "sessions", set_sessions },	{ "cacert", set_cacert },
+};
+
+/* "C-g", "^g", "Ctrl-g" → 7; -1 if not a control key. */
+static int parse_prefix(const char *v)
+{
+	const char *k = !strncasecmp(v, "ctrl-", 5) ? v + 5 :
+			!strncasecmp(v, "c-", 2) ? v + 2 : v[0] == '^' ? v + 1 : NULL;
+
+	if (!k || !k[0] || k[1] || !isalpha((unsigned char)k[0]))
+		return -1;
+	return tolower((unsigned char)k[0]) - 'a' + 1;
+}
+
+static char *trim(char *s)	/* strips surrounding blanks, in place */
+{
+	char *e;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+static void strip_comment(char *s)	/* "; …" or "# …" at the start or after a blank */
+{
+	for (char *p = s; *p; p++)
+		if ((*p == ';' || *p == '#') && (p == s || isspace((unsigned char)p[-1]))) {
+			*p = '\0';
+			return;
+		}
+}
+
+/* Starts a new [device NAME] section. */
+static int config_add_device(struct config *c, const char *name, int line,
+			     char *err, size_t errlen)
+{
+	struct device_config *d;
+
+	if (!*name || strlen(name) >= sizeof(d->name)) {
+		snprintf(err, errlen, "a device needs a name of 1-63 characters");
+		return -1;
+	}
+	for (int i = 0; i < c->ndev; i++)
+		if (!strcmp(c->dev[i].name, name)) {
+			snprintf(err, errlen, "device \"%s\" is defined twice (first on line %d)",
+				 name, c->dev[i].line);
+			return -1;
+		}
+	c->dev = xrealloc(c->dev, (c->ndev + 1) * sizeof(*c->dev));
+	token_sources = xrealloc(token_sources, (c->ndev + 1) * sizeof(*token_sources));
+	d = memset(&c->dev[c->ndev], 0, sizeof(*d));
+	memset(&token_sources[c->ndev++], 0, sizeof(*token_sources));
+	copy_str(d->name, sizeof(d->name), name);
+	d->line = line;
+	return 0;
+}
+
+/* A [section] line: [device NAME] or [console]. 1: console section. */
+static int config_section(struct config *c, char *s, int line, char *err, size_t errlen)
+{
+	char *end = strchr(s, ']');
+
+	if (!end || end[1]) {
+		snprintf(err, errlen, "a section header must end with ]");
+		return -1;
+	}
+	*end = '\0';
+	s = trim(s + 1);
+	if (!strcmp(s, "console"))
+		return 1;
+	if (strncmp(s, "device", 6) || !isspace((unsigned char)s[6])) {
+		snprintf(err, errlen, "unknown section [%s] (expected [device NAME] or [console])", s);
+		return -1;
+	}
+	return config_add_device(c, trim(s + 6), line, err, errlen);
+}
+
+/* One key = value line inside a section. */
+static int config_key(struct config *c, int console, char *key, char *val,
+		      char *err, size_t errlen)
+{
+	if (console && !strcmp(key, "prefix")) {
+		c->prefix_key = parse_prefix(val);
+		if (c->prefix_key < 0)
+			snprintf(err, errlen, "prefix must be a control key such as C-g");
+		return c->prefix_key < 0 ? -1 : 0;
+	}
+	for (size_t i = 0; !console && i < sizeof(device_keys) / sizeof(*device_keys); i++)
+		if (!strcmp(key, device_keys[i].key))
+			return device_keys[i].set(&c->dev[c->ndev - 1],
+						  &token_sources[c->ndev - 1], val, err, errlen);
+	snprintf(err, errlen, "unknown key \"%s\"", key);
+	return -1;
+}
+
+static int config_line(struct config *c, char *s, int line, int *section,
+		       char *err, size_t errlen)	/* one line of the file */
+{
+	char *eq;
+
+	strip_comment(s);
+	s = trim(s);
+	if (!*s)
+		return 0;
+	if (*s == '[') {
+		int r = config_section(c, s, line, err, errlen);
+
+		*section = r < 0 ? 0 : r == 1 ? 2 : 1;
+		return r < 0 ? -1 : 0;
+	}
+	eq = strchr(s, '=');
+	if (!eq) {
+		snprintf(err, errlen, "expected key = value");
+		return -1;
+	}
+	if (!*section) {
+		snprintf(err, errlen, "\"%s\" is outside any [device NAME] section", trim(s));
+		return -1;
+	}
+	*eq = '\0';
+	return config_key(c, *section == 2, trim(s), trim(eq + 1), err, errlen);
+}
+
+/* Every device needs a url and one source of token. */
+static int config_check(struct config *c, const char *file, char *err, size_t errlen)
+{
+	for (int i = 0; i < c->ndev; i++) {
+		struct device_config *d = &c->dev[i];
+		struct token_source *ts = &token_sources[i];
+		int sources = !!d->token + !!ts->file[0] + !!ts->env[0];
+
+		if (!d->url[0]) {
+			snprintf(err, errlen, "%s:%d: device \"%s\" has no url", file, d->line, d->name);
+			return -1;
+		}
+		if (sources != 1) {
+			snprintf(err, errlen, "%s:%d: device \"%s\" needs exactly one of token_file, "
+				 "token_env, token", file, d->line, d->name);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Parses a whole devices file held in text (modified in place).  Errors name
+ * the file and line. */
+static int config_parse(struct config *c, char *text, const char *file,
+			char *err, size_t errlen)
+{
+	int line = 0, section = 0;
+	char msg[256];
+
+	for (char *s = text, *nl; s && *s; s = nl) {
+		nl = strchr(s, '\n');
+		if (nl)
+			*nl++ = '\0';
+		line++;
+		if (config_line(c, s, line, &section, msg, sizeof(msg)) < 0) {
+			snprintf(err, errlen, "%s:%d: %s", file, line, msg);
+			return -1;
+		}
+	}
+	return config_check(c, file, err, errlen);
+}
+
+/* Reads a whole file (at most max bytes) into a NUL-terminated buffer. */
+static char *read_file(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "rb");
+	char *p;
+	size_t n;
+
+	if (!f) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	p = xcalloc(max + 1);
+	n = fread(p, 1, max + 1, f);
+	fclose(f);
+	if (n > max) {
+		snprintf(err, errlen, "%s: larger than %zu bytes", path, max);
+		free(p);
+		return NULL;
+	}
+	if (len)
+		*len = n;
+	return p;
+}
+
+/* A token from a file: first line, surrounding blanks dropped; warns when
+ * others may read the file. */
+static char *token_from_file(const char *path, char *warn, size_t warnlen,
+			     char *err, size_t errlen)
+{
+	struct stat st;
+	char *raw = read_file(path, 4096, NULL, err, errlen), *tok, *secret;
+
+	if (!raw)
+		return NULL;
+	tok = trim(raw);
+	tok[strcspn(tok, "\r\n")] = '\0';
+	if (!*tok || strlen(tok) > 256)
+		snprintf(err, errlen, "%s: the token must be 1-256 characters", path);
+	secret = *err ? NULL : secret_dup(tok, strlen(tok));
+	explicit_bzero(raw, 4097);
+	free(raw);
+	if (secret && stat(path, &st) == 0 && (st.st_mode & 077))
+		snprintf(warn, warnlen, "token file %s is readable by others (chmod 600 it)", path);
+	return secret;
+}
+
+/* A token from the environment, then scrubbed from it so that it does not
+ * show in /proc/PID/environ (ps e). */
+static char *token_from_env(const char *name, char *err, size_t errlen)
+{
+	char *v = getenv(name), *secret;
+
+	if (!v || !*v) {
+		snprintf(err, errlen, "environment variable %s is not set", name);
+		return NULL;
+	}
+	secret = secret_dup(v, strlen(v));
+	explicit_bzero(v, strlen(v));
+	unsetenv(name);
+	return secret;
+}
+
+/* Fills in every device's token; a problem that is not fatal (a readable
+ * token file) goes to that device's warn slot. */
+static int config_resolve_tokens(struct config *c, char warns[][160], char *err, size_t errlen)
+{
+	for (int i = 0; i < c->ndev; i++) {
+		struct token_source *ts = &token_sources[i];
+		char e[300] = "";
+
+		if (ts->file[0])
+			c->dev[i].token = token_from_file(ts->file, warns[i], 160, e, sizeof(e));
+		else if (ts->env[0])
+			c->dev[i].token = token_from_env(ts->env, e, sizeof(e));
+		if (!c->dev[i].token) {
+			snprintf(err, errlen, "device \"%s\": %s", c->dev[i].name, e);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* "…/tunnels/ID/source-connect" → ID, for naming a device given by URL. */
+static void tunnel_id_from_url(const char *url, char *out, size_t cap)
+{
+	const char *p = strstr(url, "/tunnels/"), *e;
+
+	if (!p) {
+		copy_str(out, cap, url);
+		return;
+	}
+	p += 9;
+	e = strchr(p, '/');
+	snprintf(out, cap, "%.*s", (int)(e ? (size_t)(e - p) : strlen(p)), p);
+}
+
+/* A device from a URL argument or a create-tunnel response. */
+static struct device_config *config_add_url(struct config *c, const char *url, const char *name)
+{
+	char id[64], err[128];
+
+	if (name)
+		copy_str(id, sizeof(id), name);
+	else
+		tunnel_id_from_url(url, id, sizeof(id));
+	for (int n = 2; config_add_device(c, id, 0, err, sizeof(err)) < 0; n++) {
+		char base[48];
+
+		tunnel_id_from_url(url, base, sizeof(base));
+		snprintf(id, sizeof(id), "%s-%d", name ? name : base, n);
+	}
+	copy_str(c->dev[c->ndev - 1].url, sizeof(c->dev[0].url), url);
+	return &c->dev[c->ndev - 1];
+}
+
+/* --tunnel-json: the create-tunnel API response as it comes. */
+static int config_tunnel_json(struct config *c, const char *path, char *err, size_t errlen)
+{
+	char *text = read_file(path, 65536, NULL, err, errlen);
+	cJSON *j = text ? cJSON_Parse(text) : NULL, *exp;
+	const char *uri = json_str(j, "tunnel_uri"), *tok = json_str(j, "tunnel_access_token");
+	struct device_config *d;
+
+	if (text && (!uri || !tok || strlen(tok) > 256))
+		snprintf(err, errlen, "%s: expected tunnel_uri and tunnel_access_token (a create-tunnel response)", path);
+	if (text && uri && tok && strlen(tok) <= 256) {
+		d = config_add_url(c, uri, json_str(j, "device_id"));
+		d->token = secret_dup(tok, strlen(tok));
+		exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
+		if (cJSON_IsNumber(exp))
+			d->expires = time(NULL) + (time_t)exp->valuedouble;
+	}
+	if (text)
+		explicit_bzero(text, strlen(text));
+	free(text);
+	cJSON_Delete(j);	/* cJSON frees through wiping_free() */
+	return *err ? -1 : 0;
+}
+
+/************************************************************************
+ *** 6. terminal: VTerm glue and scrollback
+ ************************************************************************/
+
+static void session_touched(struct session *s);
+static void session_queue_keys(struct session *s, const char *p, size_t n);
+
+#define COLOR_DEFAULT 0xff000000u	/* packed colours: default */
+#define COLOR_INDEXED 0x01000000u	/* | index */
+#define COLOR_RGB     0x02000000u	/* | r << 16 | g << 8 | b */
+
+static uint32_t pack_color(const VTermColor *c, int fg)	/* VTermColor → 32 bits */
+{
+	if (fg ? VTERM_COLOR_IS_DEFAULT_FG(c) : VTERM_COLOR_IS_DEFAULT_BG(c))
+		return COLOR_DEFAULT;
+	if (VTERM_COLOR_IS_INDEXED(c))
+		return COLOR_INDEXED | c->indexed.idx;
+	return COLOR_RGB | (uint32_t)c->rgb.red << 16 | (uint32_t)c->rgb.green << 8 |
+	       c->rgb.blue;
+}
+
+static struct cell pack_cell(const VTermScreenCell *v)	/* VTerm's cell → ours */
+{
+	struct cell c = {
+		.ch = v->chars[0] == (uint32_t)-1 ? 0 : v->chars[0],
+		.fg = pack_color(&v->fg, 1), .bg = pack_color(&v->bg, 0),
+		.width = v->width > 0 ? (uint8_t)v->width : 1,
+	};
+
+	c.attrs = (v->attrs.bold ? ATTR_BOLD : 0) |
+		  (v->attrs.underline ? ATTR_UNDERLINE : 0) |
+		  (v->attrs.italic ? ATTR_ITALIC : 0) |
+		  (v->attrs.blink ? ATTR_BLINK : 0) |
+		  (v->attrs.reverse ? ATTR_REVERSE : 0);
+	return c;
+}
+
+static int cell_blank(const struct cell *c)	/* nothing visible in it */
+{
+	return (c->ch == 0 || c->ch == ' ') && c->bg == COLOR_DEFAULT &&
+	       !(c->attrs & (ATTR_REVERSE | ATTR_UNDERLINE));
+}
+
+/* VTerm pushes a line off the top: keep it, trimmed, in the ring. */
+static int vt_sb_pushline(int cols, const VTermScreenCell *cells, void *user)
+{
+	struct session *s = user;
+	struct sbline *l;
+	int n = cols, slot;
+
+	while (n > 0) {
+		struct cell c = pack_cell(&cells[n - 1]);
+
+		if (!cell_blank(&c))
+			break;
+		n--;
+	}
+	l = xrealloc(NULL, sizeof(*l) + (size_t)n * sizeof(struct cell));
+	l->cols = n;
+	for (int i = 0; i < n; i++)
+		l->cells[i] = pack_cell(&cells[i]);
+	slot = (s->sb_head + s->sb_count) % SCROLLBACK_LINES;
+	if (s->sb_count == SCROLLBACK_LINES) {
+		free(s->sb[s->sb_head]);
+		s->sb_head = (s->sb_head + 1) % SCROLLBACK_LINES;
+	} else {
+		s->sb_count++;
+	}
+	s->sb[slot] = l;
+	if (s->scroll)	/* keep the user's view still while output arrives */
+		s->scroll = s->scroll < s->sb_count ? s->scroll + 1 : s->sb_count;
+	return 1;
+}
+
+static const struct sbline *sb_line(const struct session *s, int i)	/* 0: oldest */
+{
+	return s->sb[(s->sb_head + i) % SCROLLBACK_LINES];
+}
+
+static int vt_damage(VTermRect r, void *user)	/* screen changed */
+{
+	(void)r;
+	session_touched(user);
+	return 1;
+}
+
+static int vt_moverect(VTermRect dst, VTermRect src, void *user)	/* scrolled */
+{
+	(void)dst; (void)src;
+	session_touched(user);
+	return 1;
+}
+
+static int vt_movecursor(VTermPos pos, VTermPos old, int visible, void *user)
+{	/* cursor moved */
+	(void)pos; (void)old; (void)visible;
+	session_touched(user);
+	return 1;
+}
+
+static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
+{	/* the modes the pane shows */
+	struct session *s = user;
+
+	if (prop == VTERM_PROP_ALTSCREEN)
+		s->altscreen = val->boolean;
+	else if (prop == VTERM_PROP_CURSORVISIBLE)
+		s->cursor_visible = val->boolean;
+	session_touched(s);
+	return 1;
+}
+
+static void vt_output(const char *p, size_t n, void *user)	/* keys and replies */
+{
+	struct session *s = user;
+
+	if (s->capture)
+		buf_append(s->capture, p, n);
+	else
+		session_queue_keys(s, p, n);
+}
+
+static const VTermScreenCallbacks vt_callbacks = {
+	.damage = vt_damage, .moverect = vt_moverect,
+	.movecursor = vt_movecursor, .settermprop = vt_settermprop,
+	.sb_pushline = vt_sb_pushline,
+};
+
+static void vt_open(struct session *s)	/* a VTerm the size of the remote PTY */
+{
+	s->vt = vterm_new(s->rows, s->cols);
+	vterm_set_utf8(s->vt, 1);
+	vterm_output_set_callback(s->vt, vt_output, s);
+	s->screen = vterm_obtain_screen(s->vt);
+	vterm_screen_set_callbacks(s->screen, &vt_callbacks, s);
+	vterm_screen_enable_altscreen(s->screen, 1);
+	vterm_screen_set_damage_merge(s->screen, VTERM_DAMAGE_SCROLL);
+	vterm_screen_reset(s->screen, 1);
+	s->cursor_visible = 1;
+	s->sb = xcalloc(SCROLLBACK_LINES * sizeof(*s->sb));
+}
+
+static void vt_close(struct session *s)	/* frees the VTerm and scrollback */
+{
+	for (int i = 0; i < s->sb_count; i++)
+		free(s->sb[(s->sb_head + i) % SCROLLBACK_LINES]);
+	free(s->sb);
+	if (s->vt)
+		vterm_free(s->vt);
+}
+
+/* Writes a console line into the session's terminal, distinct from remote
+ * output: leaves the alternate screen first so it stays in the scrollback. */
+static void vt_notice(struct session *s, const char *text)
+{
+	VTermPos cur;
+	struct buf b = { 0 };
+
+	if (s->altscreen)
+		buf_append(&b, "\033[?1049l", 8);
+	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	buf_printf(&b, "\033[0m%s%s── %s ──%s\r\n", cur.col ? "\r\n" : "",
+		   END_LINE_SGR, text, END_LINE_OFF);
+	vterm_input_write(s->vt, b.p, b.len);
+	vterm_screen_flush_damage(s->screen);
+	buf_free(&b);
+}
+
+/************************************************************************
+ *** 7. sessions: open, end, reopen, input
+ ************************************************************************/
+
+static void tunnel_kick(struct tunnel *t);
+static void lane_push(struct lane *l, const struct buf *b);
+static void ui_dirty(void);
+static void pane_size(int *cols, int *rows);
+
+static void session_touched(struct session *s)	/* its terminal changed */
+{
+	if (s == app.sel_session) {
+		ui_dirty();
+	} else if (!s->unseen) {
+		s->unseen = 1;
+		ui_dirty();	/* the list shows the activity marker */
+	}
+}
+
+/* A new session on t, sized to the device's fixed PTY or to the pane. */
+static struct session *session_new(struct tunnel *t, const char *user)
+{
+	struct session *s = xcalloc(sizeof(*s)), **tail = &t->sessions;
+
+	s->tunnel = t;
+	copy_str(s->user, sizeof(s->user), user);
+	s->cols = t->cfg.pty_cols;
+	s->rows = t->cfg.pty_rows;
+	if (!s->cols)
+		pane_size(&s->cols, &s->rows);
+	vt_open(s);
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = s;
+	return s;
+}
+
+static void session_free(struct session *s)	/* unlinks nothing: see callers */
+{
+	vt_close(s);
+	buf_free(&s->keys);
+	free(s);
+}
+
+/* Ends a session: the reason goes inline in its terminal and in the list. */
+static void session_end(struct session *s, const char *code, const char *msg)
+{
+	char line[200];
+	const char *meaning = status_meaning(code);
+
+	if (s->state == S_ENDED)
+		return;
+	s->state = S_ENDED;
+	buf_free(&s->keys);
+	snprintf(line, sizeof(line), "disconnected %s: %s", code,
+		 msg && *msg ? msg : *meaning ? meaning : "no reason given");
+	copy_str(s->note, sizeof(s->note), line);
+	vt_notice(s, line);
+	log_line("%s session %.8s: %s", s->tunnel->cfg.name, s->request_id, line);
+	if (s->tunnel->latest == s)
+		s->tunnel->latest = NULL;
+	ui_dirty();
+}
+
+static void tunnel_end_sessions(struct tunnel *t, const char *code, const char *msg)
+{	/* a tunnel-level end reaches every session it ends */
+	for (struct session *s = t->sessions; s; s = s->next)
+		session_end(s, code, msg);
+}
+
+/* Sends connect (§4.3) with a fresh request_id; the password is wiped by the
+ * caller and, inside the queued frame, when the frame is freed. */
+static void session_login(struct session *s, const char *password, size_t password_len)
+{
+	struct tunnel *t = s->tunnel;
+	struct buf b = { 0 };
+
+	new_request_id(s->request_id);
+	encode_connect(&b, s->request_id, s->user, password, password_len, s->cols, s->rows);
+	lane_push(t->device_ready ? &t->control : &t->held, &b);
+	buf_free(&b);
+	s->state = t->device_ready ? S_LOGIN : S_PENDING;
+	s->note[0] = '\0';
+	s->scroll = 0;
+	t->latest = s;
+	log_line("%s session %.8s: connect sent as %s", t->cfg.name, s->request_id, s->user);
+	tunnel_kick(t);
+}
+
+/* Reopening keeps the old screen above, with a line between. */
+static void session_reopen(struct session *s, const char *password, size_t password_len)
+{
+	vt_notice(s, "new session");
+	session_login(s, password, password_len);
+}
+
+static void session_output(struct session *s, const char *p, size_t n)	/* §4.6 */
+{
+	if (s->state == S_LOGIN || s->state == S_PENDING)
+		s->state = S_LIVE;
+	vterm_input_write(s->vt, p, n);
+	vterm_screen_flush_damage(s->screen);
+}
+
+/* Keystrokes (already encoded by VTerm) wait in the session's buffer and go
+ * out, coalesced, ahead of bulk sends when the socket is writable. */
+static void session_queue_keys(struct session *s, const char *p, size_t n)
+{
+	if (s->state == S_ENDED)
+		return;
+	buf_append(&s->keys, p, n);
+	s->scroll = 0;
+	tunnel_kick(s->tunnel);
+}
+
+/* A paste: chunked (§4.5) into the bulk lane, behind keystrokes. */
+static int session_paste(struct session *s, const char *p, size_t n)
+{
+	struct tunnel *t = s->tunnel;
+	const size_t budget = MAX_MESSAGE - 256;
+
+	if (s->state == S_ENDED || t->bulk.bytes + n * 2 > BULK_QUEUE_CAP)
+		return -1;
+	while (n) {
+		size_t k = chunk_len(p, n, INPUT_CHUNK, budget);
+		struct buf b = { 0 };
+
+		if (!k)		/* a lone broken sequence longer than a chunk */
+			k = n < INPUT_CHUNK ? n : INPUT_CHUNK;
+		encode_command(&b, s->request_id, p, k);
+		lane_push(&t->bulk, &b);
+		buf_free(&b);
+		p += k;
+		n -= k;
+	}
+	t->latest = s;
+	s->scroll = 0;
+	tunnel_kick(t);
+	return 0;
+}
+
+/************************************************************************
+ *** 8. network: the lws callback, send lanes, heartbeat, reconnect
+ ************************************************************************/
+
+static void tunnel_connect(struct tunnel *t);
+
+static void lane_push(struct lane *l, const struct buf *b)	/* copies b into a frame */
+{
+	struct frame *f = xrealloc(NULL, sizeof(*f) + LWS_PRE + b->len);
+
+	f->next = NULL;
+	f->len = b->len;
+	memcpy(f->buf + LWS_PRE, b->p, b->len);
+	if (l->tail)
+		l->tail->next = f;
+	else
+		l->head = f;
+	l->tail = f;
+	l->bytes += b->len;
+}
+
+static void frame_free(struct frame *f)	/* wiped: connect frames hold passwords */
+{
+	explicit_bzero(f->buf, LWS_PRE + f->len);
+	free(f);
+}
+
+static struct frame *lane_pop(struct lane *l)	/* the oldest frame, unlinked */
+{
+	struct frame *f = l->head;
+
+	if (f) {
+		l->head = f->next;
+		if (!l->head)
+			l->tail = NULL;
+		l->bytes -= f->len;
+	}
+	return f;
+}
+
+static void lane_clear(struct lane *l)	/* drops and wipes every frame */
+{
+	struct frame *f;
+
+	while ((f = lane_pop(l)))
+		frame_free(f);
+}
+
+static void lane_move(struct lane *dst, struct lane *src)	/* appends all of src */
+{
+	if (!src->head)
+		return;
+	if (dst->tail)
+		dst->tail->next = src->head;
+	else
+		dst->head = src->head;
+	dst->tail = src->tail;
+	dst->bytes += src->bytes;
+	memset(src, 0, sizeof(*src));
+}
+
+static struct session *session_with_keys(struct tunnel *t)	/* typed, sendable */
+{
+	for (struct session *s = t->sessions; s; s = s->next)
+		if (s->keys.len && (s->state == S_LOGIN || s->state == S_LIVE))
+			return s;
+	return NULL;
+}
+
+static int tunnel_has_output(struct tunnel *t)	/* anything to write now */
+{
+	return t->control.head || t->bulk.head || session_with_keys(t);
+}
+
+/* Redis's write path: ask for one writable callback when there is work. */
+static void tunnel_kick(struct tunnel *t)
+{
+	if (t->wsi && t->state >= T_WAITING && t->state <= T_ONLINE && tunnel_has_output(t))
+		lws_callback_on_writable(t->wsi);
+}
+
+static int write_frame(struct tunnel *t, unsigned char *p, size_t n)	/* one text frame */
+{
+	return lws_write(t->wsi, p, n, LWS_WRITE_TEXT) < (int)n ? -1 : 0;
+}
+
+/* Writes keystrokes of one session as one command message (§4.5). */
+static int write_keys(struct tunnel *t, struct session *s)
+{
+	static unsigned char out[LWS_PRE + MAX_MESSAGE];
+	size_t k = chunk_len(s->keys.p, s->keys.len, INPUT_CHUNK, MAX_MESSAGE - 256);
+	struct buf b = { 0 };
+	int r;
+
+	if (!k)
+		k = s->keys.len < INPUT_CHUNK ? s->keys.len : INPUT_CHUNK;
+	encode_command(&b, s->request_id, s->keys.p, k);
+	memcpy(out + LWS_PRE, b.p, b.len);
+	r = write_frame(t, out + LWS_PRE, b.len);
+	explicit_bzero(out + LWS_PRE, b.len);
+	buf_free(&b);
+	buf_consume(&s->keys, k);
+	t->latest = s;
+	return r;
+}
+
+/* One frame per writable callback: control (connect, ping) first, then
+ * keystrokes, then bulk (pastes), so Ctrl-C overtakes a flood (DESIGN.md). */
+static int tunnel_write_one(struct tunnel *t)
+{
+	struct lane *l = t->control.head ? &t->control : t->bulk.head ? &t->bulk : NULL;
+	struct session *s = t->control.head ? NULL : session_with_keys(t);
+	struct frame *f;
+	int r;
+
+	if (s)
+		r = write_keys(t, s);
+	else if (l && (f = lane_pop(l))) {
+		r = write_frame(t, f->buf + LWS_PRE, f->len);
+		frame_free(f);
+	} else
+		return 0;
+	if (r == 0)
+		tunnel_kick(t);
+	return r;
+}
+
+/* Tunnel-level news: the list and status bar show it; the log keeps it. */
+static void tunnel_event(struct tunnel *t, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(t->event, sizeof(t->event), fmt, ap);
+	va_end(ap);
+	log_line("%s: %s", t->cfg.name, t->event);
+	ui_dirty();
+}
+
+/* Bad input is reported (rate-limited) and dropped, never fatal (§2). */
+static void tunnel_report(struct tunnel *t, const char *what)
+{
+	int64_t now = now_us();
+
+	t->dropped++;
+	if (now - t->last_error_report_us < ERROR_REPORT_S * 1000000LL)
+		return;
+	t->last_error_report_us = now;
+	tunnel_event(t, "dropped %u bad message%s: %s", t->dropped,
+		     t->dropped == 1 ? "" : "s", what);
+}
+
+static void device_ready(struct tunnel *t)	/* connect_tunnel, or waited 10 s */
+{
+	t->device_ready = 1;
+	lane_move(&t->control, &t->held);
+	for (struct session *s = t->sessions; s; s = s->next)
+		if (s->state == S_PENDING)
+			s->state = S_LOGIN;
+	tunnel_kick(t);
+}
+
+static void on_device_wait(lws_sorted_usec_list_t *sul)	/* §4.2: send anyway */
+{
+	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_device_wait);
+
+	if (!t->device_ready && t->held.head)
+		tunnel_event(t, "no connect_tunnel after %d s: sending login anyway", DEVICE_WAIT_S);
+	device_ready(t);
+}
+
+static void on_connect_tunnel(struct tunnel *t)	/* the device is online */
+{
+	t->state = T_ONLINE;
+	lws_sul_cancel(&t->sul_device_wait);
+	tunnel_event(t, "device online");
+	device_ready(t);
+}
+
+/* A disconnect without a session (§4 routing): the platform's word on the
+ * tunnel.  410: the device went; the WebSocket stays and waits for it. */
+static void on_tunnel_disconnect(struct tunnel *t, const struct inbound *m)
+{
+	const char *code = m->status_code[0] ? m->status_code : "?";
+
+	tunnel_end_sessions(t, code, m->status_msg);
+	tunnel_event(t, "disconnect %s: %s", code,
+		     m->status_msg ? m->status_msg : status_meaning(code));
+	if (!strcmp(code, "410")) {
+		t->device_ready = 0;
+		t->state = T_WAITING;
+	}
+}
+
+static void on_pong(struct tunnel *t, const struct inbound *m)	/* round trip */
+{
+	if (m->request_id && !strcmp(m->request_id, t->ping_id)) {
+		t->rtt_ms = (int)((now_us() - t->ping_sent_us) / 1000);
+		t->ping_id[0] = '\0';
+		ui_dirty();
+	}
+}
+
+/* A session's message: output, acceptance, or its end. */
+static void on_session_message(struct tunnel *t, struct session *s, const struct inbound *m)
+{
+	if (!s) {
+		tunnel_report(t, "a message for no open session");
+		return;
+	}
+	if (m->op == OP_COMMAND_RESPONSE && m->data)
+		session_output(s, m->data, m->data_len);
+	else if (m->op == OP_CONNECT_RESPONSE) {
+		copy_str(s->note, sizeof(s->note), m->data);	/* §4.4: not in the terminal */
+		ui_dirty();
+	} else if (m->op == OP_DISCONNECT)
+		session_end(s, m->status_code[0] ? m->status_code : "?", m->status_msg);
+	else
+		tunnel_report(t, "an unexpected operation_type from the platform");
+}
+
+static void tunnel_message(struct tunnel *t, const char *p, size_t n)	/* one whole frame */
+{
+	struct inbound m;
+	char err[160];
+
+	if (decode_message(p, n, &m, err, sizeof(err)) < 0) {
+		tunnel_report(t, err);
+		cJSON_Delete(m.root);
+		return;
+	}
+	if (m.op == OP_CONNECT_TUNNEL)
+		on_connect_tunnel(t);
+	else if (m.op == OP_PONG)
+		on_pong(t, &m);
+	else if (m.op == OP_DISCONNECT && (!m.request_id || !*m.request_id))
+		on_tunnel_disconnect(t, &m);
+	else
+		on_session_message(t, route_message(t, &m), &m);
+	cJSON_Delete(m.root);
+}
+
+/* Reassembles fragments (DESIGN.md); binary and oversize frames are
+ * reported and dropped whole. */
+static void tunnel_receive(struct tunnel *t, struct lws *wsi, const void *in, size_t len)
+{
+	int final = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
+
+	t->last_rx_us = now_us();
+	if (lws_frame_is_binary(wsi) && !t->rx_skip && !t->rx.len) {
+		tunnel_report(t, "a binary frame");
+		t->rx_skip = 1;
+	} else if (!t->rx_skip && t->rx.len + len > RX_LIMIT) {
+		tunnel_report(t, "a frame over 1 MB");
+		t->rx_skip = 1;
+	}
+	if (!t->rx_skip)
+		buf_append(&t->rx, in, len);
+	if (!final)
+		return;
+	if (!t->rx_skip)
+		tunnel_message(t, t->rx.p, t->rx.len);
+	t->rx.len = 0;
+	t->rx_skip = 0;
+}
+
+/* Every 20 s: a JSON ping for the round trip, and the dead-link check. */
+static void on_ping_timer(lws_sorted_usec_list_t *sul)
+{
+	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_ping);
+	struct buf b = { 0 };
+
+	if (!t->wsi)
+		return;
+	if (now_us() - t->last_rx_us > DEAD_LINK_S * 1000000LL) {
+		tunnel_event(t, "no traffic for %d s: the link is dead", DEAD_LINK_S);
+		t->close_code = 1006;
+		snprintf(t->close_reason, sizeof(t->close_reason), "no traffic for %d s", DEAD_LINK_S);
+		lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		return;
+	}
+	snprintf(t->ping_id, sizeof(t->ping_id), "ping-%lld", (long long)now_us());
+	t->ping_sent_us = now_us();
+	encode_message(&b, OP_PING, t->ping_id, "null");
+	lane_push(&t->control, &b);
+	buf_free(&b);
+	tunnel_kick(t);
+	lws_sul_schedule(app.ctx, 0, &t->sul_ping, on_ping_timer, PING_INTERVAL_S * LWS_US_PER_SEC);
+}
+
+static void on_reconnect_timer(lws_sorted_usec_list_t *sul)	/* backoff over */
+{
+	tunnel_connect(lws_container_of(sul, struct tunnel, sul_connect));
+}
+
+static void schedule_reconnect(struct tunnel *t)	/* §4.8 backoff with jitter */
+{
+	unsigned n = sizeof(backoff_ms) / sizeof(*backoff_ms);
+	uint32_t ms = backoff_ms[t->retries < n ? t->retries : n - 1];
+	unsigned char r;
+
+	lws_get_random(app.ctx, &r, 1);
+	ms = ms * 4 / 5 + (uint32_t)(((uint64_t)ms * 2 / 5) * r / 255);
+	t->retries++;
+	t->state = T_RECONNECTING;
+	t->reconnect_at_us = now_us() + (int64_t)ms * 1000;
+	lws_sul_schedule(app.ctx, 0, &t->sul_connect, on_reconnect_timer, (lws_usec_t)ms * 1000);
+}
+
+/* Close codes and HTTP answers after which retrying cannot help (§4.1, §4.8). */
+static int is_final_close(int code)
+{
+	return code == 1000 || code == 1002 || code == 4000 ||
+	       code == 401 || code == 403 || code == 404;
+}
+
+/* The WebSocket is gone (closed, refused, dead): every session of the tunnel
+ * ends showing why; then reconnect unless the close was final. */
+static void tunnel_lost(struct tunnel *t, int code, const char *why)
+{
+	char c[16];
+
+	snprintf(c, sizeof(c), "%d", code);
+	t->wsi = NULL;
+	lws_sul_cancel(&t->sul_ping);
+	lws_sul_cancel(&t->sul_device_wait);
+	lane_clear(&t->control);
+	lane_clear(&t->held);
+	lane_clear(&t->bulk);
+	t->rx.len = 0;
+	t->rx_skip = 0;
+	t->device_ready = 0;
+	tunnel_end_sessions(t, c, why);
+	if (app.quit)
+		return;
+	if (!is_final_close(code)) {
+		schedule_reconnect(t);
+		tunnel_event(t, "%s %d: %s; retrying", code < 1000 ? "HTTP" : "closed", code, why);
+		return;
+	}
+	t->state = (code == 1002 || code == 401 || code == 403) ? T_AUTH_FAILED : T_CLOSED;
+	tunnel_event(t, "%s %d: %s", code < 1000 ? "HTTP" : "closed", code, why);
+}
+
+static void on_established(struct tunnel *t)	/* the WebSocket is up (§4.1) */
+{
+	t->state = T_WAITING;
+	t->retries = 0;
+	t->close_code = 0;
+	t->close_reason[0] = '\0';
+	t->last_rx_us = now_us();
+	t->rtt_ms = -1;
+	tunnel_event(t, "connected; waiting for the device");
+	lws_sul_schedule(app.ctx, 0, &t->sul_device_wait, on_device_wait,
+			 DEVICE_WAIT_S * LWS_US_PER_SEC);
+	lws_sul_schedule(app.ctx, 0, &t->sul_ping, on_ping_timer, 1 * LWS_US_PER_SEC);
+}
+
+/* The peer's close frame: its code and reason, for tunnel_lost(). */
+static void on_peer_close(struct tunnel *t, const unsigned char *in, size_t len)
+{
+	t->close_code = len >= 2 ? in[0] << 8 | in[1] : 1005;
+	snprintf(t->close_reason, sizeof(t->close_reason), "%.*s",
+		 (int)(len > 2 ? len - 2 : 0), (const char *)in + 2);
+}
+
+/* A refused handshake (§4.1): show the HTTP status we got, whatever it was. */
+static void on_connect_error(struct tunnel *t, struct lws *wsi, const char *in)
+{
+	int status = wsi ? (int)lws_http_client_http_response(wsi) : 0;
+	char why[160];
+
+	if (!status && in && strstr(in, "unauthorized"))
+		status = 401;
+	snprintf(why, sizeof(why), "%s", in ? in : "connection failed");
+	if (status >= 400)
+		tunnel_lost(t, status, status == 404 ? "tunnel unknown or closed" :
+			    status == 401 || status == 403 ? "token refused" : why);
+	else
+		tunnel_lost(t, 1006, why);
+}
+
+static void on_closed(struct tunnel *t)	/* CLIENT_CLOSED: after a close or a drop */
+{
+	int code = t->close_code ? t->close_code : 1006;
+	char c[16];
+
+	snprintf(c, sizeof(c), "%d", code);
+	tunnel_lost(t, code, t->close_reason[0] ? t->close_reason :
+		    *status_meaning(c) ? status_meaning(c) : "connection closed");
+}
+
+static void on_append_headers(struct tunnel *t, void *in, size_t len)	/* §1 token header */
+{
+	unsigned char **p = in, *end = *p + len;
+	const char *tok = t->cfg.token;
+
+	if (lws_add_http_header_by_name(t->wsi, (const unsigned char *)"tunnel_access_token:",
+					(const unsigned char *)tok, (int)strlen(tok), p, end))
+		log_line("%s: the token did not fit in the handshake", t->cfg.name);
+}
+
+/* An extra CA (--cacert, cacert =) on top of the system store (§1). */
+static void load_extra_ca(struct lws *wsi, void *ssl_ctx)
+{
+	const char *ca = lws_get_vhost_user(lws_get_vhost(wsi));
+
+	if (ca && *ca && SSL_CTX_load_verify_locations(ssl_ctx, ca, NULL) != 1)
+		log_line("cannot load CA file %s", ca);
+}
+
+static void tty_readable(void);
+static void signal_readable(int fd);
+#define RAW_TTY     ((void *)1)	/* opaque data of the adopted descriptors */
+#define RAW_SIGNALS ((void *)2)
+
+static int on_raw_file(struct lws *wsi)	/* the keyboard or the signalfd */
+{
+	if (lws_get_opaque_user_data(wsi) == RAW_TTY)
+		tty_readable();
+	else
+		signal_readable(lws_get_socket_fd(wsi));
+	return 0;
+}
+
+/* The one lws callback: each case hands over to a named helper. */
+static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
+		     void *user, void *in, size_t len)
+{
+	struct tunnel *t = lws_get_opaque_user_data(wsi);
+
+	(void)user;
+	switch (reason) {
+	case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_CLIENT_VERIFY_CERTS:
+		load_extra_ca(wsi, user);
+		return 0;
+	case LWS_CALLBACK_RAW_RX_FILE:
+		return on_raw_file(wsi);
+	case LWS_CALLBACK_RAW_CLOSE_FILE:
+		return 0;
+	default:
+		break;
+	}
+	if (!t || (uintptr_t)t < 16)
+		return lws_callback_http_dummy(wsi, reason, user, in, len);
+	switch (reason) {
+	case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+		on_append_headers(t, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_ESTABLISHED:
+		on_established(t);
+		break;
+	case LWS_CALLBACK_CLIENT_RECEIVE:
+		tunnel_receive(t, wsi, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_WRITEABLE:
+		return tunnel_write_one(t);
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		on_peer_close(t, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+		on_connect_error(t, wsi, in);
+		break;
+	case LWS_CALLBACK_CLIENT_CLOSED:
+		on_closed(t);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static const struct lws_protocols protocols[] = {
+	{ "tunnel", lws_event, 0, MAX_MESSAGE, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
+
+/* One client vhost per distinct extra CA: lws keeps a TLS context per vhost. */
+static struct lws_vhost *vhost_for_ca(const char *ca)
+{
+	struct lws_context_creation_info info;
+	struct lws_vhost *vh;
+	char name[32];
+	static int n;
+
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		if (t->vhost && !strcmp(t->cfg.cacert, ca))
+			return t->vhost;
+	if (!*ca && app.vhost)
+		return app.vhost;
+	memset(&info, 0, sizeof(info));
+	snprintf(name, sizeof(name), "ca%d", n++);
+	info.vhost_name = name;
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.protocols = protocols;
+	info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+	info.user = (void *)ca;
+	vh = lws_create_vhost(app.ctx, &info);
+	if (!vh)
+		die("cannot set up TLS for CA file %s", *ca ? ca : "(system)");
+	return vh;
+}
+
+/* Opens (or reopens) the tunnel's WebSocket.  DNS blocks here: the list
+ * already says "connecting" (DESIGN.md). */
+static void tunnel_connect(struct tunnel *t)
+{
+	struct lws_client_connect_info i;
+	char url[1024], fullpath[1024];
+	const char *proto, *path;
+
+	memset(&i, 0, sizeof(i));
+	copy_str(url, sizeof(url), t->cfg.url);
+	if (lws_parse_uri(url, &proto, &i.address, &i.port, &path)) {
+		t->state = T_CLOSED;
+		tunnel_event(t, "bad url");
+		return;
+	}
+	snprintf(fullpath, sizeof(fullpath), "/%s", path);
+	i.path = fullpath;
+	i.context = app.ctx;
+	i.vhost = t->vhost;
+	i.host = i.origin = i.address;
+	i.ssl_connection = strcmp(proto, "wss") ? 0 : LCCSCF_USE_SSL;
+	if (app.insecure && i.ssl_connection)
+		i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+				    LCCSCF_ALLOW_EXPIRED;
+	i.local_protocol_name = "tunnel";
+	i.retry_and_idle_policy = &ws_heartbeat;
+	i.opaque_user_data = t;
+	i.pwsi = &t->wsi;
+	t->state = T_CONNECTING;
+	t->close_code = 0;
+	t->close_reason[0] = '\0';
+	ui_dirty();
+	if (!lws_client_connect_via_info(&i) && !t->wsi && t->state == T_CONNECTING)
+		tunnel_lost(t, 1006, "cannot connect");
+}
+
+/************************************************************************
+ *** 9. screen: layout, list, pane, status bar, overlays
+ ************************************************************************/
+
+static void draw(void);
+
+static void on_draw_timer(lws_sorted_usec_list_t *sul)	/* coalesced redraw */
+{
+	(void)sul;
+	draw();
+}
+
+/* Marks the screen stale; draws at most once per frame interval, and at
+ * once when the last frame is older than that (keystroke echo stays fast). */
+static void ui_dirty(void)
+{
+	int64_t wait;
+
+	if (app.dirty || !app.ui_up)
+		return;
+	app.dirty = 1;
+	wait = app.last_draw_us + FRAME_INTERVAL_US - now_us();
+	lws_sul_schedule(app.ctx, 0, &app.sul_draw, on_draw_timer, wait > 0 ? wait : 0);
+}
+
+static int list_width(void)	/* 0 when zoomed */
+{
+	return app.zoom ? 0 : LIST_WIDTH + 1;
+}
+
+static void pane_size(int *cols, int *rows)	/* the terminal pane's size */
+{
+	*cols = COLS - list_width();
+	*rows = LINES - 1;
+	if (*cols < 10)
+		*cols = 10;
+	if (*rows < 2)
+		*rows = 2;
+}
+
+static int pair(int fg, int bg)	/* a colour pair, allocated on demand */
+{
+	int p;
+
+	if (!app.colors)
+		return 0;
+	p = alloc_pair(fg, bg);
+	return p < 0 ? 0 : p;
+}
+
+static int chrome(enum chrome c)	/* a pair for the console's own colours */
+{
+	return pair(chrome_colors[c][0], chrome_colors[c][1]);
+}
+
+/* xterm's 256-colour palette as RGB (for terminals with fewer colours). */
+static uint32_t palette_rgb(int idx)
+{
+	static const int level[6] = { 0, 95, 135, 175, 215, 255 };
+	static const uint32_t base[16] = {
+		0x000000, 0xcd0000, 0x00cd00, 0xcdcd00, 0x0000ee, 0xcd00cd, 0x00cdcd, 0xe5e5e5,
+		0x7f7f7f, 0xff0000, 0x00ff00, 0xffff00, 0x5c5cff, 0xff00ff, 0x00ffff, 0xffffff };
+	int g;
+
+	if (idx < 16)
+		return base[idx];
+	if (idx >= 232) {
+		g = 8 + 10 * (idx - 232);
+		return (uint32_t)(g << 16 | g << 8 | g);
+	}
+	idx -= 16;
+	return (uint32_t)(level[idx / 36] << 16 | level[idx / 6 % 6] << 8 | level[idx % 6]);
+}
+
+static int rgb_to_256(uint32_t rgb)	/* nearest xterm cube or grey */
+{
+	int r = rgb >> 16 & 255, g = rgb >> 8 & 255, b = rgb & 255;
+	int q[3] = { r, g, b }, cube = 16, grey, gi;
+
+	for (int i = 0; i < 3; i++)
+		cube += (q[i] < 48 ? 0 : q[i] < 115 ? 1 : (q[i] - 35) / 40) * (i == 0 ? 36 : i == 1 ? 6 : 1);
+	gi = ((r + g + b) / 3 - 3) / 10;
+	grey = 232 + (gi < 0 ? 0 : gi > 23 ? 23 : gi);
+	if (abs(r - g) < 12 && abs(g - b) < 12)
+		return grey;
+	return cube;
+}
+
+static int rgb_to_8(uint32_t rgb)	/* nearest of the eight basic colours */
+{
+	return ((rgb >> 16 & 255) > 127 ? COLOR_RED : 0) |
+	       ((rgb >> 8 & 255) > 127 ? COLOR_GREEN : 0) | ((rgb & 255) > 127 ? COLOR_BLUE : 0);
+}
+
+/* A packed colour in what this terminal can show: direct colour, 256,
+ * or 8/16 colours; -1 is the terminal's default. */
+static int curses_color(uint32_t c)
+{
+	uint32_t v = c & 0xffffff;
+
+	if (c == COLOR_DEFAULT || !app.colors)
+		return -1;
+	if ((c & 0xff000000) == COLOR_INDEXED) {
+		if ((int)v < app.colors)
+			return (int)v;
+		v = palette_rgb((int)v);
+	}
+	if (app.colors >= 0x1000000)
+		return (int)v;
+	if (app.colors >= 256)
+		return rgb_to_256(v);
+	return rgb_to_8(v);
+}
+
+static void draw_cell(int y, int x, const struct cell *c)	/* one remote cell */
+{
+	wchar_t wc[2] = { c->ch ? (wchar_t)c->ch : L' ', 0 };
+	attr_t a = (c->attrs & ATTR_BOLD ? A_BOLD : 0) |
+		   (c->attrs & ATTR_UNDERLINE ? A_UNDERLINE : 0) |
+		   (c->attrs & ATTR_ITALIC ? A_ITALIC : 0) |
+		   (c->attrs & ATTR_BLINK ? A_BLINK : 0) |
+		   (c->attrs & ATTR_REVERSE ? A_REVERSE : 0);
+	int p = pair(curses_color(c->fg), curses_color(c->bg));
+	cchar_t cc;
+
+	if (wc[0] < 32 || (wc[0] >= 0x7f && wc[0] < 0xa0))
+		wc[0] = L' ';
+	setcchar(&cc, wc, a, 0, &p);
+	mvadd_wch(y, x, &cc);
+}
+
+/* Row vr of the session's history: scrollback lines, then the screen. */
+static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, int w)
+{
+	static const struct cell blank = { 0, COLOR_DEFAULT, COLOR_DEFAULT, 0, 1 };
+	const struct sbline *l = vr < s->sb_count ? sb_line(s, vr) : NULL;
+	int srow = vr - s->sb_count;
+
+	for (int x = 0; x < w;) {
+		int col = off_x + x;
+		struct cell c = blank;
+		VTermScreenCell vc;
+
+		if (l && col < l->cols)
+			c = l->cells[col];
+		else if (!l && srow < s->rows && col < s->cols &&
+			 vterm_screen_get_cell(s->screen, (VTermPos){ srow, col }, &vc))
+			c = pack_cell(&vc);
+		if (c.width == 2 && x + 1 >= w)
+			c = blank;	/* half a wide character does not fit */
+		draw_cell(y, x0 + x, &c);
+		x += c.width == 2 ? 2 : 1;
+	}
+}
+
+/* The first history row and column in view: the cursor stays visible when
+ * the remote PTY is larger than the pane (§5); scroll mode looks back. */
+static void pane_origin(const struct session *s, int w, int h, int *top, int *left)
+{
+	VTermPos cur;
+	int oy = 0, ox = 0;
+
+	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	if (s->rows > h && cur.row >= h)
+		oy = cur.row - h + 1 > s->rows - h ? s->rows - h : cur.row - h + 1;
+	if (s->cols > w && cur.col >= w)
+		ox = cur.col - w + 1 > s->cols - w ? s->cols - w : cur.col - w + 1;
+	*top = s->sb_count + oy - s->scroll;
+	if (*top < 0)
+		*top = 0;
+	*left = ox;
+}
+
+/* Draws the terminal; returns where its cursor shows on screen, or -1. */
+static int draw_pane(const struct session *s, int x0, int w, int h, int *cx)
+{
+	int top, left;
+	VTermPos cur;
+
+	pane_origin(s, w, h, &top, &left);
+	for (int y = 0; y < h; y++)
+		draw_row(s, top + y, y, x0, left, w);
+	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	cur.row += s->sb_count - top;
+	cur.col -= left;
+	*cx = x0 + cur.col;
+	if (app.mode == M_NORMAL && s->cursor_visible && !s->scroll && s->state != S_ENDED &&
+	    cur.row >= 0 && cur.row < h && cur.col >= 0 && cur.col < w)
+		return cur.row;
+	return -1;
+}
+
+/* Text at (y, x), at most w columns, in a chrome colour and attributes. */
+static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, ...)
+{
+	char text[512];
+	wchar_t wide[512];
+	va_list ap;
+	int n, cols = 0, i;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	n = (int)mbstowcs(wide, text, 511);
+	if (n < 0)
+		n = 0;
+	for (i = 0; i < n; i++) {
+		int cw = wcwidth(wide[i]);
+
+		if (cols + (cw > 0 ? cw : 0) > w)
+			break;
+		cols += cw > 0 ? cw : 0;
+	}
+	attr_set(a, 0, &(int){ chrome(c) });
+	mvaddnwstr(y, x, wide, i);
+	attr_set(A_NORMAL, 0, &(int){ 0 });
+}
+
+static void fill(int y, int x, int w, enum chrome c)	/* a blank run in colour c */
+{
+	attr_set(A_NORMAL, 0, &(int){ chrome(c) });
+	mvhline(y, x, ' ', w);
+	attr_set(A_NORMAL, 0, &(int){ 0 });
+}
+
+static void short_id(const struct session *s, char out[SHORT_ID + 1])	/* "7f1c" */
+{
+	copy_str(out, SHORT_ID + 1, s->request_id[0] ? s->request_id : "----");
+}
+
+static enum chrome tunnel_color(const struct tunnel *t)	/* its state at a glance */
+{
+	return t->state == T_ONLINE ? C_GOOD :
+	       t->state == T_AUTH_FAILED || t->state == T_CLOSED ? C_ALERT :
+	       t->state == T_RECONNECTING || t->state == T_WAITING ? C_WARN : C_DIM;
+}
+
+static void tunnel_state_text(const struct tunnel *t, char *out, size_t cap)
+{	/* "online", "retry in 4s" */
+	if (t->state == T_RECONNECTING)
+		snprintf(out, cap, "retry in %llds",
+			 (long long)((t->reconnect_at_us - now_us()) / 1000000 + 1));
+	else
+		copy_str(out, cap, tunnel_state_names[t->state]);
+}
+
+static int draw_device_row(struct tunnel *t, int y)	/* name, state, last event */
+{
+	char st[32];
+	int sel = t == app.sel_tunnel && !app.sel_session;
+
+	tunnel_state_text(t, st, sizeof(st));
+	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
+	put(y, 1, LIST_WIDTH - 2, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
+	put(y + 1, 2, LIST_WIDTH - 2, tunnel_color(t), 0, "%s", st);
+	if (t->event[0] && y + 2 < LINES - 1)
+		put(y + 2, 2, LIST_WIDTH - 2, C_DIM, 0, "%s", t->event);
+	return t->event[0] ? 3 : 2;
+}
+
+static void draw_session_row(struct session *s, int y)	/* id, user, state, activity */
+{
+	char id[SHORT_ID + 1];
+	int sel = s == app.sel_session;
+	enum chrome c = sel ? C_SELECTED : s->state == S_ENDED ? C_DIM : C_NORMAL;
+
+	short_id(s, id);
+	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
+	put(y, 2, LIST_WIDTH - 3, c, 0, "%s %-4s %-8.8s %s", s->unseen ? "*" : " ", id,
+	    s->user, session_state_names[s->state]);
+}
+
+static void draw_list(void)	/* the left column */
+{
+	int y = 0;
+
+	for (struct tunnel *t = app.tunnels; t && y < LINES - 2; t = t->next) {
+		y += draw_device_row(t, y);
+		for (struct session *s = t->sessions; s && y < LINES - 1; s = s->next)
+			draw_session_row(s, y++);
+	}
+	attr_set(A_NORMAL, 0, &(int){ chrome(C_BORDER) });
+	mvvline(0, LIST_WIDTH, ACS_VLINE, LINES - 1);
+	attr_set(A_NORMAL, 0, &(int){ 0 });
+}
+
+static void expiry_text(const struct tunnel *t, char *out, size_t cap)	/* "token 3h12m" */
+{
+	long left = t->cfg.expires ? (long)(t->cfg.expires - time(NULL)) : 0;
+
+	if (!t->cfg.expires)
+		out[0] = '\0';
+	else if (left <= 0)
+		snprintf(out, cap, " │ TOKEN EXPIRED");
+	else if (left < 600)
+		snprintf(out, cap, " │ token %ldm%02lds", left / 60, left % 60);
+	else
+		snprintf(out, cap, " │ token %ldh%02ldm", left / 3600, left / 60 % 60);
+}
+
+static const char *mode_hint(void)	/* the status bar's right end */
+{
+	static char hint[64];
+	static const char *const names[] = {
+		[M_NORMAL] = "", [M_PREFIX] = "PREFIX", [M_LOGIN] = "LOGIN",
+		[M_CONFIRM] = "CONFIRM", [M_SCROLL] = "SCROLL", [M_SEARCH] = "SEARCH",
+		[M_HELP] = "HELP" };
+
+	snprintf(hint, sizeof(hint), "%s%s%s ? help ", names[app.mode],
+		 *names[app.mode] ? " │ " : "", keyname(app.prefix_key));
+	return hint;
+}
+
+static void draw_status(void)	/* device │ session │ rtt │ token │ mode, hint */
+{
+	struct tunnel *t = app.sel_tunnel;
+	struct session *s = app.sel_session;
+	char rtt[32] = "", exp[48] = "", sess[200] = "", id[SHORT_ID + 1];
+	const char *hint = mode_hint();
+	int y = LINES - 1, hw = (int)strlen(hint);
+
+	fill(y, 0, COLS, C_STATUS);
+	if (app.insecure)
+		put(y, 0, COLS, C_ALERT, A_BOLD, " INSECURE TLS ");
+	if (t && t->rtt_ms >= 0 && t->state == T_ONLINE)
+		snprintf(rtt, sizeof(rtt), " │ rtt %d ms", t->rtt_ms);
+	if (t)
+		expiry_text(t, exp, sizeof(exp));
+	if (s) {
+		short_id(s, id);
+		snprintf(sess, sizeof(sess), " │ %s %.40s %s%s%.100s", id, s->user,
+			 session_state_names[s->state], s->note[0] ? ": " : "", s->note);
+	}
+	if (app.flash[0] && now_us() < app.flash_until_us)
+		put(y, app.insecure ? 14 : 0, COLS - hw - 14, C_ALERT, A_BOLD, " %s ", app.flash);
+	else if (t)
+		put(y, app.insecure ? 14 : 0, COLS - hw - 14, C_STATUS, 0, " %s%s%s%s%s%s",
+		    t->cfg.name, sess, rtt, exp, s ? "" : " │ ", s ? "" : t->event);
+	put(y, COLS - hw, hw, C_STATUS, A_BOLD, "%s", hint);
+}
+
+static void draw_box(int y, int x, int h, int w, const char *title)	/* a framed overlay */
+{
+	for (int i = 0; i < h; i++)
+		fill(y + i, x, w, C_STATUS);
+	attr_set(A_NORMAL, 0, &(int){ chrome(C_STATUS) });
+	mvhline(y, x, ACS_HLINE, w);
+	mvhline(y + h - 1, x, ACS_HLINE, w);
+	mvvline(y, x, ACS_VLINE, h);
+	mvvline(y, x + w - 1, ACS_VLINE, h);
+	mvaddch(y, x, ACS_ULCORNER);
+	mvaddch(y, x + w - 1, ACS_URCORNER);
+	mvaddch(y + h - 1, x, ACS_LLCORNER);
+	mvaddch(y + h - 1, x + w - 1, ACS_LRCORNER);
+	attr_set(A_NORMAL, 0, &(int){ 0 });
+	put(y, x + 2, w - 4, C_STATUS, A_BOLD, " %s ", title);
+}
+
+/* The login dialog: the password shows as a fixed mask, never its length. */
+static void draw_login(void)
+{
+	int w = COLS < 50 ? COLS : 50, x = (COLS - w) / 2, y = LINES / 2 - 3;
+	const struct dialog *d = &app.dlg;
+
+	draw_box(y, x, 6, w, d->reopen ? "reopen session" : "log in");
+	put(y + 1, x + 2, w - 4, C_STATUS, 0, "device   %s", d->tunnel->cfg.name);
+	put(y + 2, x + 2, w - 4, C_STATUS, d->field == 0 ? A_BOLD : 0, "user     %s", d->user);
+	put(y + 3, x + 2, w - 4, C_STATUS, d->field == 1 ? A_BOLD : 0, "password %s",
+	    d->password_len ? "••••••" : "");
+	put(y + 4, x + 2, w - 4, C_STATUS, A_DIM, "Enter log in · Tab next field · Esc cancel");
+	move(y + 2 + d->field, x + 11 + (d->field == 0 ? (int)strlen(d->user) :
+					 d->password_len ? 6 : 0));
+	curs_set(1);
+}
+
+static void draw_confirm(void)	/* a yes/no question */
+{
+	int w = COLS < 64 ? COLS : 64, x = (COLS - w) / 2, y = LINES / 2 - 2;
+
+	draw_box(y, x, 4, w, "confirm");
+	put(y + 1, x + 2, w - 4, C_STATUS, 0, "%s", app.dlg.question);
+	put(y + 2, x + 2, w - 4, C_STATUS, A_BOLD, "y: yes   n / Esc: no");
+}
+
+/* Generated from bindings[]: the help cannot drift from the keys. */
+static void draw_help(void)
+{
+	int n = 0, w = COLS < 72 ? COLS : 72, x = (COLS - w) / 2, h, y;
+	char prefix[16];
+
+	for (size_t i = 0; i < sizeof(bindings) / sizeof(*bindings); i++)
+		n += bindings[i].help != NULL;
+	h = n + 4 < LINES - 1 ? n + 4 : LINES - 1;
+	y = (LINES - 1 - h) / 2;
+	copy_str(prefix, sizeof(prefix), keyname(app.prefix_key));
+	draw_box(y, x, h, w, "keys");
+	put(y + 1, x + 2, w - 4, C_STATUS, 0, "Press %s, then:", prefix);
+	for (size_t i = 0, row = 2; i < sizeof(bindings) / sizeof(*bindings) && (int)row < h - 1; i++) {
+		if (!bindings[i].help)
+			continue;
+		put(y + (int)row++, x + 2, w - 4, C_STATUS, 0, "  %-10s %s",
+		    bindings[i].fn == act_send_prefix ? prefix : bindings[i].keyname,
+		    bindings[i].help);
+	}
+	put(y + h - 1, x + 2, w - 4, C_STATUS, A_DIM, " any key closes ");
+}
+
+/* No session selected: say what the device is doing and how to log in. */
+static void draw_placeholder(int x0, int w)
+{
+	struct tunnel *t = app.sel_tunnel;
+	char st[32];
+
+	if (!t) {
+		put(1, x0 + 2, w - 2, C_NORMAL, 0, "No devices: give URLs or -c FILE (see --help).");
+		return;
+	}
+	tunnel_state_text(t, st, sizeof(st));
+	put(1, x0 + 2, w - 2, C_NORMAL, A_BOLD, "%s", t->cfg.name);
+	put(2, x0 + 2, w - 2, tunnel_color(t), 0, "%s", st);
+	put(3, x0 + 2, w - 2, C_DIM, 0, "%s", t->event);
+	put(5, x0 + 2, w - 2, C_NORMAL, 0, "Press %s n to log in, %s ? for help.",
+	    keyname(app.prefix_key), keyname(app.prefix_key));
+}
+
+static void draw_search_prompt(void)	/* "/text" over the status bar */
+{
+	fill(LINES - 1, 0, COLS, C_STATUS);
+	put(LINES - 1, 0, COLS, C_STATUS, A_BOLD, "search back: %s", app.search);
+	move(LINES - 1, 13 + (int)app.search_len);
+	curs_set(1);
+}
+
+static void draw_overlay(void)	/* whatever the mode puts on top */
+{
+	if (app.mode == M_LOGIN)
+		draw_login();
+	else if (app.mode == M_CONFIRM)
+		draw_confirm();
+	else if (app.mode == M_HELP)
+		draw_help();
+	else if (app.mode == M_SEARCH)
+		draw_search_prompt();
+}
+
+static void draw(void)	/* the whole screen, sent in one update */
+{
+	int x0 = list_width(), w, h, cy = -1, cx = 0;
+
+	app.dirty = 0;
+	app.last_draw_us = now_us();
+	erase();
+	curs_set(0);
+	if (COLS < 30 || LINES < 6) {
+		put(0, 0, COLS, C_ALERT, A_BOLD, "terminal too small (%dx%d)", COLS, LINES);
+		refresh();
+		return;
+	}
+	pane_size(&w, &h);
+	if (!app.zoom)
+		draw_list();
+	if (app.sel_session)
+		cy = draw_pane(app.sel_session, x0, w, h, &cx);
+	else
+		draw_placeholder(x0, w);
+	if (app.mode != M_SEARCH)
+		draw_status();
+	if (cy >= 0) {
+		move(cy, cx);
+		curs_set(1);
+	}
+	draw_overlay();
+	refresh();
+}
+
+/************************************************************************
+ *** 10. keys: bindings, modes, dialogs
+ ************************************************************************/
+
+static void flash_msg(const char *fmt, ...)	/* a short message in the status bar */
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(app.flash, sizeof(app.flash), fmt, ap);
+	va_end(ap);
+	app.flash_until_us = now_us() + 4000000;
+	ui_dirty();
+}
+
+/* curses function keys to VTerm keys; VTerm encodes them for the remote
+ * terminal's modes (cursor-key mode, keypad). */
+static const struct { int curses; VTermKey key; VTermModifier mod; } key_map[] = {
+	{ KEY_UP, VTERM_KEY_UP, 0 },		{ KEY_DOWN, VTERM_KEY_DOWN, 0 },
+	{ KEY_LEFT, VTERM_KEY_LEFT, 0 },	{ KEY_RIGHT, VTERM_KEY_RIGHT, 0 },
+	{ KEY_SR, VTERM_KEY_UP, VTERM_MOD_SHIFT },
+	{ KEY_SF, VTERM_KEY_DOWN, VTERM_MOD_SHIFT },
+	{ KEY_SLEFT, VTERM_KEY_LEFT, VTERM_MOD_SHIFT },
+	{ KEY_SRIGHT, VTERM_KEY_RIGHT, VTERM_MOD_SHIFT },
+	{ KEY_HOME, VTERM_KEY_HOME, 0 },	{ KEY_END, VTERM_KEY_END, 0 },
+	{ KEY_IC, VTERM_KEY_INS, 0 },		{ KEY_DC, VTERM_KEY_DEL, 0 },
+	{ KEY_PPAGE, VTERM_KEY_PAGEUP, 0 },	{ KEY_NPAGE, VTERM_KEY_PAGEDOWN, 0 },
+	{ KEY_BACKSPACE, VTERM_KEY_BACKSPACE, 0 }, { KEY_ENTER, VTERM_KEY_ENTER, 0 },
+	{ KEY_BTAB, VTERM_KEY_TAB, VTERM_MOD_SHIFT },
+	{ KEY_SHOME, VTERM_KEY_HOME, VTERM_MOD_SHIFT },
+	{ KEY_SEND, VTERM_KEY_END, VTERM_MOD_SHIFT },
+	{ KEY_SDC, VTERM_KEY_DEL, VTERM_MOD_SHIFT },
+};
+
+/* Maps one key read by curses (fn: a KEY_ code) to what VTerm takes: 1 and
+ * key, mod for a special key; 0 and uc for a character; -1 to ignore. */
+static int map_key(int ch, int fn, VTermKey *key, VTermModifier *mod, uint32_t *uc)
+{
+	*mod = VTERM_MOD_NONE;
+	if (fn && ch >= KEY_F(1) && ch <= KEY_F(24)) {
+		*key = VTERM_KEY_FUNCTION(ch - KEY_F(0));
+		return 1;
+	}
+	for (size_t i = 0; fn && i < sizeof(key_map) / sizeof(*key_map); i++)
+		if (key_map[i].curses == ch) {
+			*key = key_map[i].key;
+			*mod = key_map[i].mod;
+			return 1;
+		}
+	if (fn)
+		return -1;
+	*key = ch == '\r' || ch == '\n' ? VTERM_KEY_ENTER : ch == '\t' ? VTERM_KEY_TAB :
+	       ch == 127 || ch == 8 ? VTERM_KEY_BACKSPACE : ch == 27 ? VTERM_KEY_ESCAPE :
+	       VTERM_KEY_NONE;
+	*uc = (uint32_t)ch;
+	return *key != VTERM_KEY_NONE;
+}
+
+static int session_accepts_input(const struct session *s)	/* live enough to type */
+{
+	return s && (s->state == S_PENDING || s->state == S_LOGIN || s->state == S_LIVE);
+}
+
+static void type_key(struct session *s, int ch, int fn)	/* one key to the remote */
+{
+	VTermKey key;
+	VTermModifier mod;
+	uint32_t uc;
+	int r = map_key(ch, fn, &key, &mod, &uc);
+
+	if (r > 0)
+		vterm_keyboard_key(s->vt, key, mod);
+	else if (r == 0)
+		vterm_keyboard_unichar(s->vt, uc, mod);
+}
+
+static void open_login(struct tunnel *t, struct session *reopen)	/* the dialog */
+{
+	struct dialog *d = &app.dlg;
+
+	d->tunnel = t;
+	d->reopen = reopen;
+	copy_str(d->user, sizeof(d->user), reopen ? reopen->user : t->cfg.username);
+	d->field = d->user[0] ? 1 : 0;
+	explicit_bzero(d->password, 1024);
+	d->password_len = 0;
+	app.mode = M_LOGIN;
+	ui_dirty();
+}
+
+static void confirm(void (*on_yes)(void), const char *fmt, ...)	/* asks y/n */
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(app.dlg.question, sizeof(app.dlg.question), fmt, ap);
+	va_end(ap);
+	app.dlg.on_yes = on_yes;
+	app.mode = M_CONFIRM;
+	ui_dirty();
+}
+
+static struct session *live_session(struct tunnel *t)	/* any session not ended */
+{
+	for (struct session *s = t->sessions; s; s = s->next)
+		if (s->state != S_ENDED)
+			return s;
+	return NULL;
+}
+
+static void login_selected_device(void)	/* after the single-session warning */
+{
+	open_login(app.sel_tunnel, NULL);
+}
+
+static int tunnel_can_login(struct tunnel *t)	/* connected, or says why not */
+{
+	if (t->state == T_WAITING || t->state == T_ONLINE)
+		return 1;
+	flash_msg("%s is %s: cannot log in now", t->cfg.name, tunnel_state_names[t->state]);
+	return 0;
+}
+
+static void act_new_session(const union arg *arg)	/* n: log in to the device */
+{
+	struct tunnel *t = app.sel_tunnel;
+	struct session *live;
+
+	(void)arg;
+	if (!t || !tunnel_can_login(t))
+		return;
+	live = live_session(t);
+	if (t->cfg.single && live)
+		confirm(login_selected_device, "%s runs one SSH session: a new login replaces "
+			"session %.4s. Go on?", t->cfg.name, live->request_id);
+	else
+		open_login(t, NULL);
+}
+
+static void act_reopen(const union arg *arg)	/* r: a new request_id, same screen */
+{
+	struct session *s = app.sel_session;
+
+	(void)arg;
+	if (!s || s->state != S_ENDED) {
+		flash_msg("select an ended session to reopen it");
+		return;
+	}
+	if (tunnel_can_login(s->tunnel))
+		open_login(s->tunnel, s);
+}
+
+static void select_session(struct tunnel *t, struct session *s)	/* focus */
+{
+	app.sel_tunnel = t;
+	app.sel_session = s;
+	if (s)
+		s->unseen = 0;
+	ui_dirty();
+}
+
+static void forget_selected_session(void)	/* removes it from the list */
+{
+	struct session *s = app.sel_session, **pp = &s->tunnel->sessions;
+
+	session_end(s, "", "closed here");
+	while (*pp != s)
+		pp = &(*pp)->next;
+	*pp = s->next;
+	select_session(s->tunnel, s->next);
+	if (s->tunnel->latest == s)
+		s->tunnel->latest = NULL;
+	session_free(s);
+}
+
+static void act_close_session(const union arg *arg)	/* x */
+{
+	struct session *s = app.sel_session;
+
+	(void)arg;
+	if (!s)
+		flash_msg("select a session to close it");
+	else if (s->state == S_ENDED)
+		forget_selected_session();
+	else
+		confirm(forget_selected_session, "Close session %.4s? Its shell on the device "
+			"runs on until it exits or idles out.", s->request_id);
+}
+
+struct row { struct tunnel *t; struct session *s; };	/* one line of the list */
+
+static int list_rows(struct row *rows)	/* each device, then its sessions; count */
+{
+	int n = 0;
+
+	for (struct tunnel *t = app.tunnels; t; t = t->next) {
+		if (rows)
+			rows[n] = (struct row){ t, NULL };
+		n++;
+		for (struct session *s = t->sessions; s; s = s->next, n++)
+			if (rows)
+				rows[n] = (struct row){ t, s };
+	}
+	return n;
+}
+
+static void act_move(const union arg *arg)	/* j / k: the next or previous row */
+{
+	int n = list_rows(NULL), i = 0;
+	struct row *rows = xcalloc((size_t)n * sizeof(*rows));
+
+	list_rows(rows);
+	while (i < n && !(rows[i].t == app.sel_tunnel && rows[i].s == app.sel_session))
+		i++;
+	i = i >= n ? 0 : i + arg->i < 0 ? 0 : i + arg->i >= n ? n - 1 : i + arg->i;
+	if (n)
+		select_session(rows[i].t, rows[i].s);
+	free(rows);
+}
+
+static void act_next_device(const union arg *arg)	/* Tab / Shift-Tab */
+{
+	struct tunnel *t = app.sel_tunnel, *prev = NULL;
+
+	if (!t)
+		return;
+	if (arg->i > 0) {
+		select_session(t->next ? t->next : app.tunnels, NULL);
+		return;
+	}
+	for (struct tunnel *u = app.tunnels; u; u = u->next)
+		if (u->next == t || (!u->next && t == app.tunnels))
+			prev = u;
+	select_session(prev ? prev : t, NULL);
+}
+
+static void act_zoom(const union arg *arg)	/* z */
+{
+	(void)arg;
+	app.zoom = !app.zoom;
+	ui_dirty();
+}
+
+static void act_scroll_mode(const union arg *arg)	/* [ */
+{
+	(void)arg;
+	if (app.sel_session)
+		app.mode = M_SCROLL;
+	ui_dirty();
+}
+
+static void act_help(const union arg *arg)	/* ? */
+{
+	(void)arg;
+	app.mode = M_HELP;
+	ui_dirty();
+}
+
+static void quit_now(void)	/* leaves the loop; main cleans up */
+{
+	app.quit = 1;
+	lws_cancel_service(app.ctx);
+}
+
+static void act_quit(const union arg *arg)	/* q */
+{
+	int live = 0;
+
+	(void)arg;
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		for (struct session *s = t->sessions; s; s = s->next)
+			live += s->state != S_ENDED;
+	if (live)
+		confirm(quit_now, "%d session%s live. Quit?", live, live == 1 ? " is" : "s are");
+	else
+		quit_now();
+}
+
+static void act_send_prefix(const union arg *arg)	/* prefix twice */
+{
+	(void)arg;
+	if (session_accepts_input(app.sel_session))
+		type_key(app.sel_session, app.prefix_key, 0);
+}
+
+static void act_redraw(const union arg *arg)	/* l */
+{
+	(void)arg;
+	clearok(curscr, TRUE);
+	ui_dirty();
+}
+
+static void key_prefix(int ch, int fn)	/* the key after the prefix */
+{
+	app.mode = M_NORMAL;
+	ui_dirty();
+	for (size_t i = 0; i < sizeof(bindings) / sizeof(*bindings); i++)
+		if ((bindings[i].fn == act_send_prefix && !fn && ch == app.prefix_key) ||
+		    (bindings[i].key && bindings[i].key == ch && (fn || ch < KEY_MIN))) {
+			bindings[i].fn(&bindings[i].arg);
+			return;
+		}
+	flash_msg("%s %s is not bound: %s ? lists the keys", keyname(app.prefix_key),
+	      fn ? keyname(ch) : unctrl((chtype)ch), keyname(app.prefix_key));
+}
+
+static void key_normal(int ch, int fn)	/* everything goes to the session */
+{
+	struct session *s = app.sel_session;
+
+	if (!fn && ch == app.prefix_key) {
+		app.mode = M_PREFIX;
+		ui_dirty();
+	} else if (session_accepts_input(s)) {
+		type_key(s, ch, fn);
+	} else if (!fn && (ch == '\r' || ch == '\n')) {
+		(s ? act_reopen : act_new_session)(&(union arg){ 0 });
+	} else {
+		flash_msg("%s: press Enter or %s n to log in", s ? "this session has ended" :
+		      "no session here", keyname(app.prefix_key));
+	}
+}
+
+static void login_submit(void)	/* Enter in the login dialog */
+{
+	struct dialog *d = &app.dlg;
+	struct session *s = d->reopen;
+	struct tunnel *t = d->tunnel;
+
+	if (!d->user[0]) {
+		flash_msg("enter a user name");
+		return;
+	}
+	if (t->cfg.single)	/* the device replaces its session silently */
+		for (struct session *o = t->sessions; o; o = o->next)
+			if (o != s && o->state != S_ENDED)
+				session_end(o, "", "replaced by a new login (single-session device)");
+	if (s) {
+		copy_str(s->user, sizeof(s->user), d->user);
+		session_reopen(s, d->password, d->password_len);
+	} else {
+		s = session_new(t, d->user);
+		session_login(s, d->password, d->password_len);
+	}
+	explicit_bzero(d->password, 1024);
+	d->password_len = 0;
+	app.mode = M_NORMAL;
+	select_session(t, s);
+}
+
+static void field_backspace(char *p, size_t *len)	/* drops one UTF-8 character */
+{
+	while (*len && ((unsigned char)p[*len - 1] & 0xc0) == 0x80)
+		p[--*len] = '\0';
+	if (*len)
+		p[--*len] = '\0';
+}
+
+static void field_add(int ch)	/* a character into the focused field */
+{
+	struct dialog *d = &app.dlg;
+	char mb[MB_LEN_MAX];
+	int n = wctomb(mb, (wchar_t)ch);
+	size_t ulen = strlen(d->user);
+
+	if (n <= 0)
+		return;
+	if (d->field == 0 && ulen + (size_t)n < sizeof(d->user))
+		memcpy(d->user + ulen, mb, (size_t)n);
+	else if (d->field == 1 && d->password_len + (size_t)n < 1023) {
+		memcpy(d->password + d->password_len, mb, (size_t)n);
+		d->password_len += (size_t)n;
+	}
+	explicit_bzero(mb, sizeof(mb));
+}
+
+static void key_login(int ch, int fn)	/* the login dialog */
+{
+	struct dialog *d = &app.dlg;
+	size_t ulen = strlen(d->user);
+
+	if (!fn && ch == 27) {
+		explicit_bzero(d->password, 1024);
+		d->password_len = 0;
+		app.mode = M_NORMAL;
+	} else if ((!fn && (ch == '\r' || ch == '\n')) || (fn && ch == KEY_ENTER)) {
+		login_submit();
+	} else if ((!fn && ch == '\t') || (fn && (ch == KEY_UP || ch == KEY_DOWN || ch == KEY_BTAB))) {
+		d->field = !d->field;
+	} else if ((!fn && (ch == 127 || ch == 8)) || (fn && ch == KEY_BACKSPACE)) {
+		if (d->field)
+			field_backspace(d->password, &d->password_len);
+		else
+			field_backspace(d->user, &ulen);
+	} else if (!fn && ch >= 32) {
+		field_add(ch);
+	}
+	ui_dirty();
+}
+
+static void key_confirm(int ch, int fn)	/* y or anything else */
+{
+	app.mode = M_NORMAL;
+	ui_dirty();
+	if (!fn && (ch == 'y' || ch == 'Y') && app.dlg.on_yes)
+		app.dlg.on_yes();
+}
+
+static void key_help(int ch, int fn)	/* any key closes the help */
+{
+	(void)ch; (void)fn;
+	app.mode = M_NORMAL;
+	ui_dirty();
+}
+
+static void scroll_by(struct session *s, int n)	/* + looks back */
+{
+	s->scroll += n;
+	if (s->scroll > s->sb_count)
+		s->scroll = s->sb_count;
+	if (s->scroll < 0)
+		s->scroll = 0;
+	ui_dirty();
+}
+
+/* History row vr (scrollback, then screen) as UTF-8 text, for search. */
+static void row_text(const struct session *s, int vr, char *out, size_t cap)
+{
+	size_t n = 0;
+
+	if (vr >= s->sb_count) {
+		VTermRect r = { vr - s->sb_count, vr - s->sb_count + 1, 0, s->cols };
+
+		n = vterm_screen_get_text(s->screen, out, cap - 1, r);
+	} else {
+		const struct sbline *l = sb_line(s, vr);
+
+		for (int i = 0; i < l->cols && n + MB_LEN_MAX < cap; i++) {
+			int k = wctomb(out + n, l->cells[i].ch ? (wchar_t)l->cells[i].ch : L' ');
+
+			n += k > 0 ? (size_t)k : 0;
+		}
+	}
+	out[n] = '\0';
+}
+
+/* Searches back from the row above the view; shows the match at the top. */
+static void search_back(struct session *s)
+{
+	char text[4096];
+	int from = s->sb_count - s->scroll - 1;
+
+	for (int vr = from; vr >= 0 && app.search_len; vr--) {
+		row_text(s, vr, text, sizeof(text));
+		if (strstr(text, app.search)) {
+			s->scroll = s->sb_count - vr;
+			ui_dirty();
+			return;
+		}
+	}
+	flash_msg("\"%s\" not found above", app.search);
+}
+
+static void key_scroll(int ch, int fn)	/* scroll mode */
+{
+	struct session *s = app.sel_session;
+	int page = LINES - 2;
+
+	if (!s) {
+		app.mode = M_NORMAL;
+		return;
+	}
+	if (fn && ch == KEY_PPAGE) scroll_by(s, page);
+	else if (fn && ch == KEY_NPAGE) scroll_by(s, -page);
+	else if ((fn && ch == KEY_UP) || (!fn && ch == 'k')) scroll_by(s, 1);
+	else if ((fn && ch == KEY_DOWN) || (!fn && ch == 'j')) scroll_by(s, -1);
+	else if ((fn && ch == KEY_HOME) || (!fn && ch == 'g')) scroll_by(s, s->sb_count);
+	else if ((fn && ch == KEY_END) || (!fn && ch == 'G')) scroll_by(s, -s->sb_count);
+	else if (!fn && ch == 'n') search_back(s);
+	else if (!fn && ch == '/') {
+		app.mode = M_SEARCH;
+		app.search_len = 0;
+		app.search[0] = '\0';
+	} else if (!fn && (ch == 'q' || ch == 27)) {
+		s->scroll = 0;
+		app.mode = M_NORMAL;
+	}
+	ui_dirty();
+}
+
+static void key_search(int ch, int fn)	/* typing the search text */
+{
+	char mb[MB_LEN_MAX];
+	int n;
+
+	if (!fn && (ch == '\r' || ch == '\n')) {
+		app.mode = M_SCROLL;
+		if (app.sel_session)
+			search_back(app.sel_session);
+	} else if (!fn && ch == 27) {
+		app.mode = M_SCROLL;
+	} else if ((!fn && (ch == 127 || ch == 8)) || (fn && ch == KEY_BACKSPACE)) {
+		field_backspace(app.search, &app.search_len);
+	} else if (!fn && ch >= 32 && (n = wctomb(mb, (wchar_t)ch)) > 0 &&
+		   app.search_len + (size_t)n < sizeof(app.search)) {
+		memcpy(app.search + app.search_len, mb, (size_t)n);
+		app.search_len += (size_t)n;
+		app.search[app.search_len] = '\0';
+	}
+	ui_dirty();
+}
+
+static void (*const mode_keys[])(int ch, int fn) = {	/* key handling per mode */
+	[M_NORMAL] = key_normal, [M_PREFIX] = key_prefix, [M_LOGIN] = key_login,
+	[M_CONFIRM] = key_confirm, [M_SCROLL] = key_scroll, [M_SEARCH] = key_search,
+	[M_HELP] = key_help,
+};
+
+/* A bracketed paste from the outer terminal, delivered whole: into the
+ * session through VTerm (it adds the remote's bracketed-paste markers), or
+ * into the focused dialog field. */
+static void paste_done(const char *p, size_t n)
+{
+	struct session *s = app.sel_session;
+	struct buf body = { 0 };
+
+	if (app.mode == M_LOGIN || app.mode == M_SEARCH) {
+		wchar_t wc;
+		mbstate_t st = { 0 };
+
+		for (size_t k; n && (k = mbrtowc(&wc, p, n, &st)) > 0 && k <= n; p += k, n -= k)
+			if (wc >= 32)
+				mode_keys[app.mode](wc, 0);
+		return;
+	}
+	if (app.mode != M_NORMAL || !session_accepts_input(s))
+		return;
+	s->capture = &body;
+	vterm_keyboard_start_paste(s->vt);
+	for (size_t i = 0; i < n; i++)	/* as xterm pastes: newlines become CR */
+		buf_append(&body, p[i] == '\n' ? "\r" : &p[i], 1);
+	vterm_keyboard_end_paste(s->vt);
+	s->capture = NULL;
+	if (session_paste(s, body.p, body.len) < 0)
+		flash_msg("paste of %zu bytes refused: too much is already waiting to be sent", n);
+	buf_free(&body);
+}
+
+static void key_in(int ch, int fn);
+
+static void esc_flush(void)	/* a held escape sequence turned out to be keys */
+{
+	int n = app.esc_len;
+
+	app.esc_len = 0;
+	for (int i = 0; i < n; i++)
+		mode_keys[app.mode]((unsigned char)app.esc_seq[i], 0);
+}
+
+static int paste_byte(int ch)	/* inside a paste: collect until its end marker */
+{
+	static const char end[] = "\033[201~";
+	char mb[MB_LEN_MAX];
+	int n = wctomb(mb, (wchar_t)ch);
+	struct buf *b = &app.paste_buf;
+
+	if (n > 0)
+		buf_append(b, mb, (size_t)n);
+	if (b->len < 6 || memcmp(b->p + b->len - 6, end, 6))
+		return 0;
+	app.paste = 0;
+	paste_done(b->p, b->len - 6);
+	buf_free(b);
+	return 1;
+}
+
+/* One key from curses.  Escape sequences are held just long enough to tell
+ * a bracketed paste ("\e[200~") from keys. */
+static void key_in(int ch, int fn)
+{
+	static const char start[] = "\033[200~";
+
+	if (app.paste && !fn) {
+		paste_byte(ch);
+		return;
+	}
+	if (!fn && (app.esc_len || ch == 27) && ch < 128) {
+		app.esc_seq[app.esc_len++] = (char)ch;
+		if (memcmp(app.esc_seq, start, (size_t)app.esc_len))
+			esc_flush();
+		else if (app.esc_len == 6) {
+			app.esc_len = 0;
+			app.paste = 1;
+		}
+		return;
+	}
+	esc_flush();
+	mode_keys[app.mode](ch, fn);
+}
+
+static void tty_readable(void)	/* drains every key curses has */
+{
+	wint_t wc;
+	int r, keys = 0, avail = 0;
+
+	while ((r = wget_wch(stdscr, &wc)) != ERR) {
+		keys++;
+		if (!(r == KEY_CODE_YES && wc == KEY_RESIZE))
+			key_in((int)wc, r == KEY_CODE_YES);
+	}
+	if (!app.paste)
+		esc_flush();
+	if (!keys && ioctl(0, FIONREAD, &avail) == 0 && avail == 0) {
+		log_line("the terminal went away");	/* readable with nothing: EOF */
+		app.exit_code = 1;
+		quit_now();
+	}
+}
+
+/************************************************************************
+ *** 11. startup and exit: terminal restore, signals, command line, main
+ ************************************************************************/
+
+static struct termios saved_tty;	/* the outer terminal as we found it */
+static int saved_tty_ok;
+static const char tty_reset[] = "\033[?2004l\033[?1049l\033[?25h\033[0m\r\n";
+
+static void restore_tty(void)	/* async-signal-safe: termios and modes */
+{
+	if (!saved_tty_ok)
+		return;
+	(void)!write(1, tty_reset, sizeof(tty_reset) - 1);
+	tcsetattr(0, TCSANOW, &saved_tty);
+}
+
+static void on_crash(int sig)	/* a fatal signal: restore, then die of it */
+{
+	restore_tty();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void ui_start(void)	/* curses on; the crash path restores the tty */
+{
+	static const int fatal[] = { SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL };
+
+	saved_tty_ok = tcgetattr(0, &saved_tty) == 0;
+	for (size_t i = 0; i < sizeof(fatal) / sizeof(*fatal); i++)
+		signal(fatal[i], on_crash);
+	initscr();
+	app.ui_up = 1;
+	if (has_colors() && !getenv("NO_COLOR")) {
+		start_color();
+		use_default_colors();
+		app.colors = COLORS;
+	}
+	raw();
+	noecho();
+	nonl();
+	keypad(stdscr, TRUE);
+	nodelay(stdscr, TRUE);
+	set_escdelay(25);
+	fputs("\033[?2004h", stdout);	/* bracketed paste from the outer terminal */
+	fflush(stdout);
+	ui_dirty();
+}
+
+static void ui_end(void)	/* curses off; the terminal as it was */
+{
+	if (!app.ui_up)
+		return;
+	app.ui_up = 0;
+	fputs("\033[?2004l", stdout);
+	fflush(stdout);
+	endwin();
+	if (saved_tty_ok)
+		tcsetattr(0, TCSANOW, &saved_tty);
+}
+
+static void on_resize(void)	/* SIGWINCH: follow the outer terminal's size */
+{
+	struct winsize ws;
+
+	if (ioctl(1, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
+		resizeterm(ws.ws_row, ws.ws_col);
+	clearok(curscr, TRUE);
+	ui_dirty();
+}
+
+static void signal_readable(int fd)	/* signals arrive as data (race-free) */
+{
+	struct signalfd_siginfo si;
+
+	while (read(fd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGWINCH) {
+			on_resize();
+			continue;
+		}
+		log_line("signal %u: quitting", si.ssi_signo);
+		app.exit_code = 128 + (int)si.ssi_signo;
+		quit_now();
+	}
+}
+
+static void adopt(int fd, void *what)	/* a descriptor into the lws loop */
+{
+	lws_adopt_desc_t d = {
+		.vh = app.vhost, .type = LWS_ADOPT_RAW_FILE_DESC,
+		.fd = { .filefd = fd }, .vh_prot_name = "tunnel", .opaque = what,
+	};
+
+	if (!lws_adopt_descriptor_vhost_via_info(&d))
+		die("cannot watch descriptor %d", fd);
+}
+
+/* SIGWINCH, SIGINT, SIGTERM, SIGHUP become readable data in the loop. */
+static void signals_start(void)
+{
+	sigset_t set;
+	int fd;
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGWINCH);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (fd < 0)
+		die("signalfd: %s", strerror(errno));
+	adopt(fd, RAW_SIGNALS);
+}
+
+static const char usage_text[] =
+"usage: tunnel_tui [options] [URL...]\n"
+"A split-screen console for devices behind IoTDA secure tunnels.\n"
+"\n"
+"  -c, --config FILE      devices file (default $XDG_CONFIG_HOME/tunnel_tui/devices.conf)\n"
+"      --tunnel-json FILE a create-tunnel API response (tunnel_uri, tunnel_access_token)\n"
+"      --token-file FILE  the token for URL arguments (or env TUNNEL_TUI_TOKEN)\n"
+"      --cacert FILE      trust this CA as well as the system's\n"
+"      --insecure         do not verify TLS certificates (shown on screen)\n"
+"      --log FILE         write events here (never secrets)\n"
+"  -h, --help             this help\n"
+"  -V, --version          the version\n"
+"\n"
+"Keys: Ctrl-g then ? lists them.  Exit status: 0 normal, 1 runtime error,\n"
+"2 bad usage or configuration, 128+N killed by signal N.  See tunnel_tui(1).\n";
+
+struct options {	/* the command line */
+	const char *config, *tunnel_json, *cacert, *log;
+	int urls_from;			/* argv index of the first URL */
+};
+
+static void usage_error(const char *fmt, ...)	/* exit 2 with a reason */
+{
+	va_list ap;
+
+	fputs("tunnel_tui: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\n(tunnel_tui --help lists the options)\n", stderr);
+	exit(2);
+}
+
+static void parse_args(int argc, char **argv, struct options *o, struct config *c)
+{	/* options into o and c; exits on --help, --version and errors */
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "tunnel-json", required_argument, NULL, 'j' },
+		{ "token-file", required_argument, NULL, 't' },
+		{ "cacert", required_argument, NULL, 'a' },
+		{ "insecure", no_argument, NULL, 'k' },
+		{ "log", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 } };
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, "c:hV", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': o->config = optarg; break;
+		case 'j': o->tunnel_json = optarg; break;
+		case 't': copy_str(c->token_file, sizeof(c->token_file), optarg); break;
+		case 'a': o->cacert = optarg; break;
+		case 'k': app.insecure = 1; break;
+		case 'l': o->log = optarg; break;
+		case 'h': fputs(usage_text, stdout); exit(0);
+		case 'V': puts("tunnel_tui " TUNNEL_TUI_VERSION); exit(0);
+		default: usage_error("bad option");
+		}
+	}
+	o->urls_from = optind;
+}
+
+static void default_config_path(char *out, size_t cap)	/* XDG, else ~/.config */
+{
+	const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+
+	if (xdg && *xdg)
+		snprintf(out, cap, "%s/tunnel_tui/devices.conf", xdg);
+	else
+		snprintf(out, cap, "%s/.config/tunnel_tui/devices.conf", home ? home : ".");
+}
+
+static void load_config_file(struct config *c, const char *path, int required)
+{	/* the devices file; a missing default file is no error */
+	char err[PATH_MAX + 300] = "", *text;
+
+	if (!required && access(path, F_OK) != 0)
+		return;
+	text = read_file(path, 1 << 20, NULL, err, sizeof(err));
+	if (!text || config_parse(c, text, path, err, sizeof(err)) < 0)
+		usage_error("%s", err);
+	free(text);
+}
+
+/* URL arguments share --token-file or TUNNEL_TUI_TOKEN. */
+static void add_url_args(struct config *c, int argc, char **argv, int from)
+{
+	char err[PATH_MAX + 100] = "", warn[160] = "";
+	char *token = NULL;
+
+	if (from >= argc)
+		return;
+	if (c->token_file[0])
+		token = token_from_file(c->token_file, warn, sizeof(warn), err, sizeof(err));
+	else if (getenv("TUNNEL_TUI_TOKEN"))
+		token = token_from_env("TUNNEL_TUI_TOKEN", err, sizeof(err));
+	else
+		copy_str(err, sizeof(err), "URL arguments need --token-file or TUNNEL_TUI_TOKEN");
+	if (!token)
+		usage_error("%s", err);
+	if (warn[0])
+		fprintf(stderr, "tunnel_tui: warning: %s\n", warn);
+	for (int i = from; i < argc; i++) {
+		if (strncmp(argv[i], "ws://", 5) && strncmp(argv[i], "wss://", 6))
+			usage_error("%s: a URL must start with wss:// or ws://", argv[i]);
+		config_add_url(c, argv[i], NULL)->token = secret_dup(token, strlen(token));
+	}
+	secret_free(token, 257);
+}
+
+static void build_tunnels(struct config *c, const char *cacert, char warns[][160])
+{	/* one struct tunnel per device, in order */
+	struct tunnel **tail = &app.tunnels;
+
+	for (int i = 0; i < c->ndev; i++) {
+		struct tunnel *t = xcalloc(sizeof(*t));
+
+		t->cfg = c->dev[i];
+		if (!t->cfg.cacert[0] && cacert)
+			copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), cacert);
+		t->vhost = vhost_for_ca(t->cfg.cacert);
+		t->rtt_ms = -1;
+		if (warns[i][0])
+			copy_str(t->event, sizeof(t->event), warns[i]);
+		*tail = t;
+		tail = &t->next;
+	}
+	app.sel_tunnel = app.tunnels;
+}
+
+static void lws_log_emit(int level, const char *line)	/* lws → --log, never stderr */
+{
+	(void)level;
+	if (app.log)
+		fprintf(app.log, "lws: %s", line);
+}
+
+static void wiping_free(void *p)	/* cJSON's free: parsed frames hold secrets */
+{
+	if (p)
+		explicit_bzero(p, malloc_usable_size(p));
+	free(p);
+}
+
+static void context_start(void)	/* the lws context and the default vhost */
+{
+	struct lws_context_creation_info info;
+
+	memset(&info, 0, sizeof(info));
+	info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.protocols = protocols;
+	info.pt_serv_buf_size = 32 * 1024;	/* room for long tokens in the handshake */
+	info.fd_limit_per_thread = 1024;
+	app.ctx = lws_create_context(&info);
+	if (!app.ctx)
+		die("cannot start libwebsockets");
+	app.vhost = vhost_for_ca("");
+}
+
+static void free_all(struct config *c)	/* everything, secrets wiped */
+{
+	while (app.tunnels) {
+		struct tunnel *t = app.tunnels;
+
+		app.tunnels = t->next;
+		while (t->sessions) {
+			struct session *s = t->sessions;
+
+			t->sessions = s->next;
+			session_free(s);
+		}
+		lane_clear(&t->control);
+		lane_clear(&t->held);
+		lane_clear(&t->bulk);
+		buf_free(&t->rx);
+		secret_free(t->cfg.token, 257);
+		free(t);
+	}
+	secret_free(app.dlg.password, 1024);
+	buf_free(&app.paste_buf);
+	free(c->dev);
+	free(token_sources);
+}
+
+static void on_tick(lws_sorted_usec_list_t *sul)	/* countdowns in the list and bar */
+{
+	(void)sul;
+	ui_dirty();
+	lws_sul_schedule(app.ctx, 0, &app.sul_tick, on_tick, LWS_US_PER_SEC);
+}
+
+static int run(int argc, char **argv)	/* everything main does */
+{
+	struct options o = { 0 };
+	struct config c = { .prefix_key = 0x07 };
+	char path[PATH_MAX], err[PATH_MAX + 300] = "", (*warns)[160];
+
+	setlocale(LC_ALL, "");
+	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
+	parse_args(argc, argv, &o, &c);
+	if (!o.config && o.urls_from >= argc && !o.tunnel_json)
+		default_config_path(path, sizeof(path));
+	load_config_file(&c, o.config ? o.config : path, o.config != NULL);
+	if (o.tunnel_json && config_tunnel_json(&c, o.tunnel_json, err, sizeof(err)) < 0)
+		usage_error("%s", err);
+	warns = xcalloc((size_t)(c.ndev + 1) * sizeof(*warns));
+	if (config_resolve_tokens(&c, warns, err, sizeof(err)) < 0)
+		usage_error("%s", err);
+	add_url_args(&c, argc, argv, o.urls_from);
+	if (!c.ndev)
+		usage_error("no devices: give URLs, --tunnel-json or -c FILE");
+	if (o.log && !(app.log = fopen(o.log, "a")))
+		usage_error("--log %s: %s", o.log, strerror(errno));
+	app.prefix_key = c.prefix_key;
+	app.dlg.password = secret_alloc(1024);
+	lws_set_log_level(app.log ? LLL_ERR | LLL_WARN : 0, lws_log_emit);
+	context_start();
+	build_tunnels(&c, o.cacert, warns);
+	free(warns);
+	signals_start();
+	adopt(dup(0), RAW_TTY);
+	ui_start();
+	draw();
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		tunnel_connect(t);
+	on_tick(NULL);
+	while (!app.quit && lws_service(app.ctx, 0) >= 0)
+		;
+	lws_context_destroy(app.ctx);
+	ui_end();
+	free_all(&c);
+	if (app.log)
+		fclose(app.log);
+	return app.exit_code;
+}
+
+#ifndef TUNNEL_TUI_NO_MAIN
+int main(int argc, char **argv)
+{
+	return run(argc, argv);
+}
+#endif
