@@ -540,7 +540,9 @@ static void encode_message(struct buf *b, enum op op, const char *request_id,
 		json_string(b, request_id, strlen(request_id));
 	else
 		buf_append(b, "null", 4);
-	buf_printf(b, ",\"data\":%s}", data_json);
+	buf_append(b, ",\"data\":", 8);
+	buf_append(b, data_json, strlen(data_json));
+	buf_append(b, "}", 1);
 }
 
 /* A command message carrying n raw input bytes. */
@@ -616,17 +618,21 @@ static void decode_status(struct inbound *m, cJSON *data)
 }
 
 /*
- * Parses one inbound frame.  Returns 0, or -1 with err set (the frame is
- * then reported and dropped, §2).  On 0 the caller frees m->root.
+ * Parses one inbound frame.  Returns 0 (the caller frees m->root), or -1
+ * with err set: the frame is then reported and dropped (§2).
  */
 static int decode_message(const char *p, size_t n, struct inbound *m,
 			  char *err, size_t errlen)
 {
 	cJSON *data;
 
+	const char *end = p;
+
 	memset(m, 0, sizeof(*m));
-	m->root = cJSON_ParseWithLength(p, n);
-	if (!m->root || !cJSON_IsObject(m->root)) {
+	m->root = cJSON_ParseWithLengthOpts(p, n, &end, 0);
+	while (m->root && end < p + n && isspace((unsigned char)*end))
+		end++;
+	if (!m->root || !cJSON_IsObject(m->root) || end != p + n) {
 		snprintf(err, errlen, "malformed message (%zu bytes, not a JSON object)", n);
 		cJSON_Delete(m->root);
 		m->root = NULL;
@@ -642,10 +648,13 @@ static int decode_message(const char *p, size_t n, struct inbound *m,
 	} else if (cJSON_IsObject(data)) {
 		decode_status(m, data);
 	}
-	if (m->op == OP_UNKNOWN)
-		snprintf(err, errlen, "unknown operation_type \"%.40s\"",
-			 m->op_name ? m->op_name : "(none)");
-	return m->op == OP_UNKNOWN ? -1 : 0;
+	if (m->op != OP_UNKNOWN)
+		return 0;
+	snprintf(err, errlen, "unknown operation_type \"%.40s\"",
+		 m->op_name ? m->op_name : "(none)");
+	cJSON_Delete(m->root);
+	m->root = NULL;
+	return -1;
 }
 
 static struct session *find_session(struct tunnel *t, const char *request_id)
@@ -1645,7 +1654,6 @@ static void tunnel_message(struct tunnel *t, const char *p, size_t n)	/* one who
 
 	if (decode_message(p, n, &m, err, sizeof(err)) < 0) {
 		tunnel_report(t, err);
-		cJSON_Delete(m.root);
 		return;
 	}
 	if (m.op == OP_CONNECT_TUNNEL)

@@ -1,0 +1,472 @@
+/*
+ * Unit tests of tunnel_tui's pure parts: message encode/decode with hostile
+ * input, routing, chunking, configuration errors, key encoding.  The
+ * console's own file is included, so these are the functions it runs.
+ * Output: "ok - NAME" / "not ok - NAME" lines (tests/run.sh counts them).
+ */
+#ifndef TUNNEL_TUI_NO_MAIN
+#define TUNNEL_TUI_NO_MAIN
+#endif
+#include "../../tunnel_tui.c"
+#include <sys/wait.h>
+
+/*** harness ****************************************************************/
+
+static int failures;
+
+static void expect(int cond, const char *name, const char *fmt, ...)	/* one check */
+{
+	va_list ap;
+
+	printf("%sok - %s\n", cond ? "" : "not ", name);
+	if (cond)
+		return;
+	failures++;
+	printf("# ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+}
+
+/* Parses an encoded message back and returns its data string (or NULL). */
+static char *roundtrip_data(const struct buf *b, size_t *len)
+{
+	cJSON *j = cJSON_ParseWithLength(b->p, b->len);
+	cJSON *d = cJSON_GetObjectItem(j, "data");
+	char *out = NULL;
+
+	if (cJSON_IsString(d)) {
+		*len = strlen(d->valuestring);
+		out = malloc(*len + 1);
+		memcpy(out, d->valuestring, *len + 1);
+	}
+	cJSON_Delete(j);
+	return out;
+}
+
+/*** encode *****************************************************************/
+
+static void test_encode_command(void)
+{
+	const char input[] = "ls \"a\\b\"\r\x03\x1b[A\x01\x7f 漢字 \xff\xfe";
+	struct buf b = { 0 };
+	size_t n = 0;
+	char *back;
+
+	encode_command(&b, "rid-1", input, sizeof(input) - 1);
+	back = roundtrip_data(&b, &n);
+	expect(back && n == sizeof(input) - 1 && !memcmp(back, input, n),
+	       "encode: command data survives escaping (quotes, controls, UTF-8)",
+	       "got %zu bytes: %s", n, b.p);
+	expect(strstr(b.p, "\"tunnel_service_type\":\"ssh\"") && strstr(b.p, "\"request_id\":\"rid-1\"") &&
+	       strstr(b.p, "\"operation_type\":\"command\""),
+	       "encode: envelope has all four members", "%s", b.p);
+	expect(memchr(b.p, '\xff', b.len) != NULL, "encode: raw bytes >= 0x80 pass through unescaped", "%s", b.p);
+	free(back);
+	buf_free(&b);
+}
+
+static void test_encode_connect(void)
+{
+	struct buf b = { 0 };
+	cJSON *j, *d;
+
+	encode_connect(&b, "r2", "field", "p\"w\\d", 5, 100, 40);
+	j = cJSON_Parse(b.p);
+	d = cJSON_GetObjectItem(j, "data");
+	expect(j && !strcmp(json_str(j, "operation_type"), "connect") &&
+	       !strcmp(json_str(d, "username"), "field") && !strcmp(json_str(d, "password"), "p\"w\\d") &&
+	       cJSON_GetObjectItem(d, "cols")->valueint == 100 &&
+	       cJSON_GetObjectItem(d, "rows")->valueint == 40,
+	       "encode: connect carries credentials, cols, rows", "%s", b.p);
+	cJSON_Delete(j);
+	buf_free(&b);
+}
+
+static void test_encode_ping(void)
+{
+	struct buf b = { 0 };
+
+	encode_message(&b, OP_PING, "ping-1", "null");
+	expect(!strcmp(b.p, "{\"operation_type\":\"ping\",\"tunnel_service_type\":\"ssh\","
+		       "\"request_id\":\"ping-1\",\"data\":null}"), "encode: ping shape", "%s", b.p);
+	buf_free(&b);
+}
+
+/*** decode *****************************************************************/
+
+static int decodes(const char *json, struct inbound *m)	/* 0 ok, -1 rejected */
+{
+	char err[160];
+
+	memset(m, 0, sizeof(*m));
+	return decode_message(json, strlen(json), m, err, sizeof(err));
+}
+
+static void test_decode_shapes(void)
+{
+	struct inbound m = { 0 };
+
+	int r = decodes("{\n  \"data\" : \"hi\\u00e9\\ud83d\\ude00\",\n  \"request_id\": \"a\",\n"
+			"  \"tunnel_service_type\":\"ssh\", \"operation_type\" : \"command_response\"\n}", &m);
+
+	expect(r == 0 &&
+	       m.op == OP_COMMAND_RESPONSE && !strcmp(m.data, "hi\xc3\xa9\xf0\x9f\x98\x80") &&
+	       !strcmp(m.request_id, "a"),
+	       "decode: pretty JSON, any member order, \\u escapes incl. surrogate pairs", "data=%s", m.data);
+	cJSON_Delete(m.root);
+	expect(decodes("{\"operation_type\":\"connect_tunnel\"}", &m) == 0 && m.op == OP_CONNECT_TUNNEL &&
+	       !m.data && !m.request_id, "decode: missing data and request_id", "");
+	cJSON_Delete(m.root);
+	expect(decodes("{\"operation_type\":\"command_response\",\"data\":42}", &m) == 0 && !m.data,
+	       "decode: data of an unexpected type is ignored", "");
+	cJSON_Delete(m.root);
+	expect(decodes("{\"operation_type\":\"command_response\",\"data\":\"\xe6\xbc\"}", &m) == 0 &&
+	       m.data_len == 2, "decode: raw bytes >= 0x80 (a split UTF-8 char) kept", "len=%zu", m.data_len);
+	cJSON_Delete(m.root);
+}
+
+static void test_decode_disconnect(void)
+{
+	struct inbound m;
+
+	expect(decodes("{\"operation_type\":\"disconnect\",\"request_id\":\"x\",\"data\":"
+		       "{\"status_code\":408,\"status_msg\":\"SSH idles\"}}", &m) == 0 &&
+	       !strcmp(m.status_code, "408") && !strcmp(m.status_msg, "SSH idles"),
+	       "decode: disconnect with a numeric status_code", "code=%s", m.status_code);
+	cJSON_Delete(m.root);
+	expect(decodes("{\"operation_type\":\"disconnect\",\"data\":{\"status_code\":\"410\"}}", &m) == 0 &&
+	       !strcmp(m.status_code, "410") && !m.status_msg,
+	       "decode: disconnect with a string code and no message", "code=%s", m.status_code);
+	cJSON_Delete(m.root);
+}
+
+static void test_decode_hostile(void)
+{
+	static const char *const bad[] = {
+		"", "{", "{\"operation_type\":\"command_response\",\"data\":\"abc", "[1,2]", "null",
+		"\"str\"", "{\"operation_type\":12}", "{\"operation_type\":\"reboot\"}",
+		"\xff\xfe\x00", "{\"operation_type\":\"command\"}}}}",
+	};
+	struct inbound m;
+	char *deep = malloc(200002);
+	int rejected = 0;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		int r = decodes(bad[i], &m);
+
+		rejected += r < 0;
+		if (r == 0)
+			cJSON_Delete(m.root);
+	}
+	expect(rejected == (int)(sizeof(bad) / sizeof(*bad)), "decode: truncated, non-object, unknown-type input rejected",
+	       "%d of %zu rejected", rejected, sizeof(bad) / sizeof(*bad));
+	memset(deep, '[', 100000);
+	memset(deep + 100000, ']', 100000);
+	deep[200000] = '\0';
+	expect(decodes(deep, &m) < 0, "decode: 100000-deep nesting rejected without a crash", "");
+	free(deep);
+}
+
+/*** routing ****************************************************************/
+
+static void test_routing(void)
+{
+	struct tunnel t = { 0 };
+	struct session a = { .state = S_LIVE, .tunnel = &t }, b = { .state = S_LIVE, .tunnel = &t };
+	struct inbound m = { 0 };
+
+	strcpy(a.request_id, "aaaa");
+	strcpy(b.request_id, "bbbb");
+	a.next = &b;
+	t.sessions = &a;
+	t.latest = &b;
+	m.op = OP_COMMAND_RESPONSE;
+	m.request_id = "aaaa";
+	expect(route_message(&t, &m) == &a, "route: a known request_id goes to its session", "");
+	m.request_id = "zzzz";
+	expect(route_message(&t, &m) == &b, "route: an unknown request_id goes to the latest session", "");
+	m.op = OP_DISCONNECT;
+	m.request_id = "SSH_timeout_disconnect";
+	expect(route_message(&t, &m) == &b, "route: SSH_timeout_disconnect goes to the latest session", "");
+	m.request_id = NULL;
+	expect(route_message(&t, &m) == NULL, "route: a disconnect without request_id is the tunnel's", "");
+	m.op = OP_CONNECT_TUNNEL;
+	m.request_id = "aaaa";
+	expect(route_message(&t, &m) == NULL, "route: connect_tunnel belongs to the tunnel", "");
+	m.op = OP_COMMAND_RESPONSE;
+	m.request_id = "zzzz";
+	b.state = S_ENDED;
+	expect(route_message(&t, &m) == NULL, "route: nothing goes to an ended session", "");
+	m.request_id = "bbbb";
+	expect(route_message(&t, &m) == NULL, "route: an ended session's id is not open", "");
+}
+
+/*** chunking ***************************************************************/
+
+/* Splits s into command messages as write_keys() does; checks each. */
+static int chunks_ok(const char *s, size_t n, int *count)
+{
+	struct buf out = { 0 };
+	size_t at = 0;
+
+	*count = 0;
+	while (at < n) {
+		size_t k = chunk_len(s + at, n - at, INPUT_CHUNK, MAX_MESSAGE - 256);
+		struct buf b = { 0 };
+		size_t dl = 0;
+		char *d;
+
+		if (!k)
+			return 0;
+		encode_command(&b, "0123456789abcdef0123456789abcdef0123", s + at, k);
+		d = roundtrip_data(&b, &dl);
+		if (b.len > MAX_MESSAGE || k > INPUT_CHUNK || !d)
+			return 0;
+		buf_append(&out, d, dl);
+		free(d);
+		buf_free(&b);
+		at += k;
+		++*count;
+	}
+	n = out.len == n && !memcmp(out.p, s, n);
+	buf_free(&out);
+	return (int)n;
+}
+
+static void test_chunking(void)
+{
+	char *big = malloc(50000);
+	int count = 0, ok;
+
+	memset(big, 'a', 50000);
+	ok = chunks_ok(big, 50000, &count);
+	expect(ok && count == 13, "chunk: 50 KB of ASCII in 4096-byte chunks",
+	       "%d chunks", count);
+	for (int i = 0; i + 3 <= 50000; i += 3)
+		memcpy(big + i, "漢", 3);
+	expect(chunk_len(big, 49998, INPUT_CHUNK, 100000) == 4095, "chunk: never inside a UTF-8 sequence",
+	       "%zu", chunk_len(big, 49998, INPUT_CHUNK, 100000));
+	expect(chunks_ok(big, 49998, &count), "chunk: CJK paste reassembles exactly", "");
+	for (int i = 0; i < 50000; i++)
+		big[i] = (char)(1 + i % 31);	/* NUL aside: cJSON strings end there */
+	ok = chunks_ok(big, 50000, &count);
+	expect(ok && count > 13,
+	       "chunk: control-heavy input stays under 10 KB once escaped", "%d chunks", count);
+	expect(chunk_len("\xe6\xbc", 2, INPUT_CHUNK, 1000) == 2, "chunk: a cut-off sequence at the end is sent", "");
+	free(big);
+}
+
+/*** configuration **********************************************************/
+
+static int parse(const char *text, char *err)	/* config_parse on a copy */
+{
+	struct config c = { .prefix_key = 7 };
+	char *copy = strdup(text);
+	int r;
+
+	err[0] = '\0';
+	free(token_sources);
+	token_sources = NULL;
+	r = config_parse(&c, copy, "devices.conf", err, 300);
+	for (int i = 0; i < c.ndev; i++)
+		secret_free(c.dev[i].token, 257);
+	free(c.dev);
+	free(copy);
+	return r;
+}
+
+static void test_config_good(void)
+{
+	struct config c = { .prefix_key = 7 };
+	char err[300] = "", *text = strdup(
+		"# devices\n[console]\nprefix = C-a\n\n[device pump-north]\n"
+		"url = wss://h/v5/iot/tunnels/T1/source-connect   ; comment\n"
+		"token_file = /tmp/tok\nusername = field\npty = 128x30\nsessions = single\n"
+		"cacert = /tmp/ca.pem\n[device b]\nurl = ws://x/y\ntoken_env = TOK\n");
+	int r = config_parse(&c, text, "f", err, sizeof(err));
+
+	expect(r == 0 && c.ndev == 2 && c.prefix_key == 1 && !strcmp(c.dev[0].name, "pump-north") &&
+	       !strcmp(c.dev[0].url, "wss://h/v5/iot/tunnels/T1/source-connect") &&
+	       c.dev[0].pty_cols == 128 && c.dev[0].pty_rows == 30 && c.dev[0].single &&
+	       !strcmp(c.dev[0].username, "field") && !strcmp(token_sources[0].file, "/tmp/tok") &&
+	       !strcmp(token_sources[1].env, "TOK") && !c.dev[1].single,
+	       "config: every key of the documented format", "%s", err);
+	free(c.dev);
+	free(text);
+}
+
+static void test_config_errors(void)
+{
+	static const struct { const char *text, *want; } cases[] = {
+		{ "[device a]\nurl = ws://x\ntoken = t\ncolour = red\n", "devices.conf:4: unknown key \"colour\"" },
+		{ "url = ws://x\n", "devices.conf:1: \"url = ws://x\" is outside" },
+		{ "[device a]\ntoken = t\n", "devices.conf:1: device \"a\" has no url" },
+		{ "[device a]\nurl = http://x\n", "devices.conf:2: url must start with" },
+		{ "[device a]\nurl = ws://x\ntoken = t\npty = huge\n", "devices.conf:4: pty must be" },
+		{ "[device a]\nurl = ws://x\ntoken = t\nsessions = 3\n", "devices.conf:4: sessions must be" },
+		{ "[device a]\nurl = ws://x\ntoken = t\ntoken_env = X\n", "needs exactly one of" },
+		{ "[device a]\nurl = ws://x\ntoken = t\n[device a]\n", "devices.conf:4: device \"a\" is defined twice" },
+		{ "[gadget a]\n", "devices.conf:1: unknown section [gadget a]" },
+		{ "[device a\n", "devices.conf:1: a section header must end with ]" },
+		{ "[device a]\nurl\n", "devices.conf:2: expected key = value" },
+		{ "[console]\nprefix = x\n", "devices.conf:2: prefix must be a control key" },
+	};
+	char err[300];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+		char name[120];
+		int r = parse(cases[i].text, err);
+
+		snprintf(name, sizeof(name), "config error: %s", cases[i].want);
+		expect(r < 0 && strstr(err, cases[i].want), name, "got \"%s\"", err);
+	}
+}
+
+static void test_config_tokens(void)
+{
+	char warn[160] = "", err[300] = "", *tok;
+	char path[] = "/tmp/tt_unit_tokXXXXXX";
+	int fd = mkstemp(path);
+
+	(void)!write(fd, "  s3cr+t/=\n", 11);
+	close(fd);
+	chmod(path, 0644);
+	tok = token_from_file(path, warn, sizeof(warn), err, sizeof(err));
+	expect(tok && !strcmp(tok, "s3cr+t/=") && strstr(warn, "readable by others"),
+	       "config: token file read, trimmed; world-readable warned", "tok=%s warn=%s", tok, warn);
+	secret_free(tok, 257);
+	setenv("TT_UNIT_TOKEN", "envtok", 1);
+	tok = token_from_env("TT_UNIT_TOKEN", err, sizeof(err));
+	expect(tok && !strcmp(tok, "envtok") && !getenv("TT_UNIT_TOKEN"),
+	       "config: token from the environment, then removed from it", "");
+	secret_free(tok, 257);
+	unlink(path);
+	expect(parse_prefix("C-a") == 1 && parse_prefix("^b") == 2 && parse_prefix("Ctrl-G") == 7 &&
+	       parse_prefix("g") == -1, "config: prefix key spellings", "");
+}
+
+/*** keys *******************************************************************/
+
+struct captured { char out[64]; size_t len; };
+
+static void capture_output(const char *s, size_t len, void *user)	/* VTerm's bytes */
+{
+	struct captured *c = user;
+
+	memcpy(c->out + c->len, s, len);
+	c->len += len;
+}
+
+static const char *encode_key(VTerm *vt, struct captured *c, int ch, int fn)	/* as typed */
+{
+	VTermKey key;
+	VTermModifier mod;
+	uint32_t uc;
+	int r = map_key(ch, fn, &key, &mod, &uc);
+
+	c->len = 0;
+	if (r > 0)
+		vterm_keyboard_key(vt, key, mod);
+	else if (r == 0)
+		vterm_keyboard_unichar(vt, uc, mod);
+	c->out[c->len] = '\0';
+	return c->out;
+}
+
+static void test_keys(void)
+{
+	VTerm *vt = vterm_new(24, 80);
+	struct captured c = { { 0 }, 0 };
+
+	vterm_output_set_callback(vt, capture_output, &c);
+	vterm_obtain_screen(vt);
+	vterm_screen_reset(vterm_obtain_screen(vt), 1);
+	expect(!strcmp(encode_key(vt, &c, KEY_UP, 1), "\033[A"), "keys: Up in normal cursor mode", "%s", c.out + 1);
+	vterm_input_write(vt, "\033[?1h", 5);
+	expect(!strcmp(encode_key(vt, &c, KEY_UP, 1), "\033OA"), "keys: Up in application cursor mode", "%s", c.out + 1);
+	expect(!strcmp(encode_key(vt, &c, '\r', 0), "\r"), "keys: Enter is \\r", "");
+	expect(!strcmp(encode_key(vt, &c, 3, 0), "\003"), "keys: Ctrl-C is \\x03", "");
+	expect(!strcmp(encode_key(vt, &c, 127, 0), "\177"), "keys: Backspace is DEL", "");
+	expect(!strcmp(encode_key(vt, &c, KEY_F(5), 1), "\033[15~"), "keys: F5", "%s", c.out + 1);
+	expect(!strcmp(encode_key(vt, &c, 0x6f22, 0), "漢"), "keys: a CJK character as UTF-8", "");
+	expect(!strcmp(encode_key(vt, &c, KEY_DC, 1), "\033[3~"), "keys: Delete", "");
+	expect(encode_key(vt, &c, KEY_RESIZE, 1)[0] == '\0', "keys: unknown function keys send nothing", "");
+	vterm_free(vt);
+}
+
+static void test_misc(void)
+{
+	char id[64], rid[40], rid2[40];
+
+	tunnel_id_from_url("wss://h:443/v5/iot/tunnels/ab_C-1/source-connect", id, sizeof(id));
+	expect(!strcmp(id, "ab_C-1"), "url: tunnel id from a tunnel_uri", "%s", id);
+	new_request_id(rid);
+	new_request_id(rid2);
+	expect(strlen(rid) == 36 && rid[14] == '4' && strcmp(rid, rid2), "request ids are fresh UUIDv4s", "%s", rid);
+	expect(!strcmp(status_meaning("410"), "device went away") && !*status_meaning("999"),
+	       "status codes explained", "");
+	expect(is_final_close(1000) && is_final_close(1002) && is_final_close(4000) && is_final_close(401) &&
+	       !is_final_close(1006) && !is_final_close(1011), "reconnect: never after 1000, 1002, 4000, 401", "");
+}
+
+/* The whole program on a bad command line: exit 2, a message on stderr. */
+static void test_cli_errors(void)
+{
+	static const struct { const char *args[4], *want; } cases[] = {
+		{ { "-c", "/nonexistent/devices.conf", NULL }, "/nonexistent/devices.conf: No such file" },
+		{ { "ws://h/v5/iot/tunnels/x/source-connect", NULL }, "need --token-file or TUNNEL_TUI_TOKEN" },
+		{ { "--bogus", NULL }, "bad option" },
+		{ { "--tunnel-json", "/dev/null", NULL }, "expected tunnel_uri and tunnel_access_token" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+		int pipefd[2], status = 0;
+		char out[512] = "", name[160];
+		char *argv[6] = { "tunnel_tui" };
+		int argc = 1;
+		pid_t pid;
+		ssize_t n;
+
+		for (int k = 0; cases[i].args[k]; k++)
+			argv[argc++] = (char *)cases[i].args[k];
+		(void)!pipe(pipefd);
+		fflush(stdout);
+		pid = fork();
+		if (pid == 0) {
+			dup2(pipefd[1], 2);
+			unsetenv("TUNNEL_TUI_TOKEN");
+			exit(run(argc, argv) + 100);
+		}
+		close(pipefd[1]);
+		for (size_t got = 0; (n = read(pipefd[0], out + got, sizeof(out) - 1 - got)) > 0;)
+			got += (size_t)n;
+		close(pipefd[0]);
+		waitpid(pid, &status, 0);
+		snprintf(name, sizeof(name), "command line: %s", cases[i].want);
+		expect(WIFEXITED(status) && WEXITSTATUS(status) == 2 && strstr(out, cases[i].want), name,
+		       "status %d, stderr: %s", WEXITSTATUS(status), out);
+	}
+}
+
+int main(void)
+{
+	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
+	test_encode_command();
+	test_encode_connect();
+	test_encode_ping();
+	test_decode_shapes();
+	test_decode_disconnect();
+	test_decode_hostile();
+	test_routing();
+	test_chunking();
+	test_config_good();
+	test_config_errors();
+	test_config_tokens();
+	test_keys();
+	test_misc();
+	test_cli_errors();
+	free(token_sources);
+	return failures != 0;
+}
