@@ -1339,8 +1339,11 @@ static void session_end(struct session *s, const char *code, const char *msg)
 		return;
 	s->state = S_ENDED;
 	buf_free(&s->keys);
-	snprintf(line, sizeof(line), "disconnected %s: %s", code,
-		 msg && *msg ? msg : *meaning ? meaning : "no reason given");
+	if (!*code)	/* ended here, not by the device or platform */
+		snprintf(line, sizeof(line), "%s", msg);
+	else
+		snprintf(line, sizeof(line), "disconnected %s: %s", code,
+			 msg && *msg ? msg : *meaning ? meaning : "no reason given");
 	copy_str(s->note, sizeof(s->note), line);
 	vt_notice(s, line);
 	log_line("%s session %.8s: %s", s->tunnel->cfg.name, s->request_id, line);
@@ -1760,13 +1763,12 @@ static void tunnel_lost(struct tunnel *t, int code, const char *why)
 	tunnel_end_sessions(t, c, why);
 	if (app.quit)
 		return;
-	if (!is_final_close(code)) {
+	if (!is_final_close(code))
 		schedule_reconnect(t);
-		tunnel_event(t, "%s %d: %s; retrying", code < 1000 ? "HTTP" : "closed", code, why);
-		return;
-	}
-	t->state = (code == 1002 || code == 401 || code == 403) ? T_AUTH_FAILED : T_CLOSED;
-	tunnel_event(t, "%s %d: %s", code < 1000 ? "HTTP" : "closed", code, why);
+	else
+		t->state = (code == 1002 || code == 401 || code == 403) ? T_AUTH_FAILED : T_CLOSED;
+	tunnel_event(t, "%s%s%s%s", code < 1000 ? "HTTP " : code == 1006 ? "" : "closed ",
+		     code == 1006 ? "" : c, code == 1006 ? "" : ": ", why);
 }
 
 static void on_established(struct tunnel *t)	/* the WebSocket is up (§4.1) */
@@ -2217,7 +2219,7 @@ static int draw_device_row(struct tunnel *t, int y)	/* name, state, last event *
 
 	tunnel_state_text(t, st, sizeof(st));
 	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
-	put(y, 1, LIST_WIDTH - 2, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
+	put(y, 1, LIST_WIDTH - 1, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
 	put(y + 1, 2, LIST_WIDTH - 2, tunnel_color(t), 0, "%s", st);
 	if (t->event[0] && y + 2 < LINES - 1)
 		put(y + 2, 2, LIST_WIDTH - 2, C_DIM, 0, "%s", t->event);
@@ -2232,7 +2234,7 @@ static void draw_session_row(struct session *s, int y)	/* id, user, state, activ
 
 	short_id(s, id);
 	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
-	put(y, 2, LIST_WIDTH - 3, c, 0, "%s %-4s %-8.8s %s", s->unseen ? "*" : " ", id,
+	put(y, 1, LIST_WIDTH - 1, c, 0, "%s %-4s %-8.8s %s", s->unseen ? "*" : " ", id,
 	    s->user, session_state_names[s->state]);
 }
 

@@ -65,3 +65,23 @@ start_device() {
 }
 
 finish() { exit $(( FAILS > 0 )); }	# last line of every test script
+
+# --- the console in tmux -------------------------------------------------
+# tui_start COLSxROWS ARGS...: runs tunnel_tui in a private tmux server; the
+# shell around it prints "EXIT=<status>" and the tty's modes when it ends.
+tui_start() {
+	local size=$1; shift
+	TMUX_SOCK=$WORK/tmux.sock
+	printf '%q ' "$CONSOLE" "$@" > "$WORK/tui.cmd"
+	tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x "${size%x*}" -y "${size#*x}" \
+		"sh -c '$(cat "$WORK/tui.cmd") 2>$WORK/tui.err; echo EXIT=\$?; stty -a; sleep 600'"
+	tmux -S "$TMUX_SOCK" set-option -g status off >/dev/null
+}
+tui_keys()   { tmux -S "$TMUX_SOCK" send-keys "$@"; }	# tmux key names
+tui_type()   { tmux -S "$TMUX_SOCK" send-keys -l "$1"; }	# literal text
+tui_screen() { tmux -S "$TMUX_SOCK" capture-pane -p "$@"; }	# what the user sees
+tui_has()    { tui_screen | grep -qE -- "$1"; }
+tui_lacks()  { ! tui_screen | grep -qE -- "$1"; }
+# tui_wait REGEX [SECONDS]: until the screen shows REGEX (default 10 s)
+tui_wait()   { wait_for "${2:-10}" tui_has "$1"; }
+tui_resize() { tmux -S "$TMUX_SOCK" resize-window -x "$1" -y "$2"; }
