@@ -44,12 +44,12 @@ free_port() {	# a TCP port nothing listens on
 	done
 }
 
-# start_platform NAME ARGS...: starts the relay on a free port (it prints
+# start_platform NAME ARGS...: starts the relay on PLATFORM_PORT or a free port (it prints
 # "listening on URL"); sets PLATFORM_URL (ws[s]://127.0.0.1:PORT) and PLATFORM_LOG.
 start_platform() {
 	local name=$1; shift
 	PLATFORM_LOG=$WORK/$name.log
-	"$PLATFORM" --listen 127.0.0.1:0 "$@" > "$WORK/$name.out" 2> "$PLATFORM_LOG" &
+	"$PLATFORM" --listen "127.0.0.1:${PLATFORM_PORT:-0}" "$@" > "$WORK/$name.out" 2> "$PLATFORM_LOG" &
 	PIDS+=($!)
 	PLATFORM_PID=$!
 	wait_for 10 has_line "$WORK/$name.out" '^listening on ' || { echo "# platform did not start"; cat "$PLATFORM_LOG"; return 1; }
