@@ -16,12 +16,13 @@
  *   3. utilities         buffers, secrets, time, UTF-8
  *   4. protocol          encode, decode, route, chunk: pure, unit-tested
  *   5. configuration     the devices file, --tunnel-json, tokens
- *   6. terminal          VTerm glue and scrollback
+ *   6. terminal          VTerm glue, scrollback, recording
  *   7. sessions          open, end, reopen, input
  *   8. network           the lws callback, send lanes, heartbeat, reconnect
  *   9. screen            layout, list, pane, status bar, overlays
  *  10. keys              bindings, modes, dialogs
- *  11. startup and exit  terminal restore, signals, command line, main
+ *  11. batch exec       --exec: one command on many devices, no screen
+ *  12. startup and exit  terminal restore, signals, command line, main
  */
 #include <libwebsockets.h>
 #include <cJSON.h>
@@ -116,7 +117,8 @@ union arg { int i; const char *s; };
 typedef void action_fn(const union arg *arg);
 static action_fn act_new_session, act_close_session, act_move, act_zoom,
 		 act_scroll_mode, act_help, act_quit, act_send_prefix,
-		 act_reopen, act_next_device, act_redraw;
+		 act_reopen, act_next_device, act_redraw, act_mark, act_broadcast,
+		 act_solo, act_record, act_marker;
 
 /* After the prefix key (Ctrl-g by default): */
 static const struct binding {
@@ -136,6 +138,11 @@ static const struct binding {
 	{ '\t', "Tab", act_next_device, { .i = +1 }, "next device" },
 	{ KEY_BTAB, NULL, act_next_device, { .i = -1 }, NULL },
 	{ 'z', "z", act_zoom, { 0 }, "zoom: hide or show the list" },
+	{ 'm', "m", act_mark, { 0 }, "mark or unmark the session for broadcast" },
+	{ 'b', "b", act_broadcast, { 0 }, "broadcast: type into every marked live session" },
+	{ 's', "s", act_solo, { 0 }, "solo: type into this session only (broadcast paused)" },
+	{ 'R', "R", act_record, { 0 }, "record the session (asciicast) or stop" },
+	{ 'M', "M", act_marker, { 0 }, "add a chapter marker to the recording" },
 	{ '[', "[", act_scroll_mode, { 0 }, "scroll mode: PgUp/PgDn, / search, q leaves" },
 	{ 'l', "l", act_redraw, { 0 }, "redraw the screen" },
 	{ '?', "?", act_help, { 0 }, "this help" },
@@ -231,8 +238,23 @@ struct session {	/* one SSH session: one request_id */
 	int scroll;			/* lines scrolled back in scroll mode */
 	int altscreen, cursor_visible;
 	struct buf keys;		/* typed input not yet sent */
+	char *password;			/* remember_password = session only: locked */
+	size_t password_len;
+	int attached;			/* attach command sent for this login */
+	int dropped;			/* ended by a lost tunnel or device: reopenable */
+	int marked;			/* receives broadcast keystrokes */
+	struct recording *rec;		/* asciicast output, or NULL */
+	struct batch_job *job;		/* --exec: what this session runs */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
+};
+
+struct recording {	/* one asciicast v2 file being written */
+	int fd;
+	int64_t start_us;
+	int markers;
+	char path[PATH_MAX];
+	struct buf tail;		/* an incomplete UTF-8 sequence held back */
 };
 
 struct device_config {	/* one [device NAME] section or URL */
@@ -242,6 +264,9 @@ struct device_config {	/* one [device NAME] section or URL */
 	char cacert[PATH_MAX];
 	int pty_cols, pty_rows;		/* 0: size to the pane */
 	int single;			/* one SSH session per tunnel */
+	char attach[256];		/* typed after every login, e.g. tmux new -A */
+	enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER } reopen;
+	int remember_password;		/* for reopen = auto: kept locked per session */
 	char *token;			/* secret: locked memory */
 	time_t expires;			/* 0: unknown */
 	int line;			/* where it was defined, for errors */
@@ -318,6 +343,13 @@ static struct app {	/* the whole program's state */
 	struct buf paste_buf;
 	char esc_seq[8];		/* a pending escape sequence */
 	int esc_len;
+	/* broadcast and recording */
+	int broadcast, solo;
+	struct buf pending_paste;	/* awaiting "paste into N sessions?" */
+	char record_dir[PATH_MAX];
+	char record_error[PATH_MAX + 100];	/* shown until the next recording starts */
+	/* --exec */
+	struct batch *batch;
 	/* options */
 	int insecure;
 	FILE *log;
@@ -701,6 +733,7 @@ struct config {		/* what the file and the command line say */
 	struct device_config *dev;
 	int ndev;
 	int prefix_key;
+	char record_dir[PATH_MAX];
 	char token_file[PATH_MAX];	/* --token-file, for URL arguments */
 };
 
@@ -806,11 +839,53 @@ static int set_cacert(struct device_config *d, struct token_source *ts,
 	return 0;
 }
 
+static int set_attach(struct device_config *d, struct token_source *ts,
+		      const char *v, char *err, size_t errlen)	/* attach = COMMAND */
+{
+	(void)ts;
+	if (strlen(v) >= sizeof(d->attach)) {
+		snprintf(err, errlen, "attach is longer than %zu characters", sizeof(d->attach) - 1);
+		return -1;
+	}
+	copy_str(d->attach, sizeof(d->attach), v);
+	return 0;
+}
+
+static int set_reopen(struct device_config *d, struct token_source *ts,
+		      const char *v, char *err, size_t errlen)	/* reopen = auto|ask|never */
+{
+	static const char *const names[] = { [REOPEN_ASK] = "ask", [REOPEN_AUTO] = "auto",
+					     [REOPEN_NEVER] = "never" };
+
+	(void)ts;
+	for (int i = 0; i < 3; i++)
+		if (!strcmp(v, names[i])) {
+			d->reopen = (enum reopen)i;
+			return 0;
+		}
+	snprintf(err, errlen, "reopen must be auto, ask or never");
+	return -1;
+}
+
+static int set_remember(struct device_config *d, struct token_source *ts,
+			const char *v, char *err, size_t errlen)
+{	/* remember_password = session|never */
+	(void)ts;
+	if (strcmp(v, "session") && strcmp(v, "never")) {
+		snprintf(err, errlen, "remember_password must be session or never");
+		return -1;
+	}
+	d->remember_password = !strcmp(v, "session");
+	return 0;
+}
+
 static const struct { const char *key; key_setter *set; } device_keys[] = {
 	{ "url", set_url },		{ "token_file", set_token_file },
 	{ "token_env", set_token_env },	{ "token", set_token },
 	{ "username", set_username },	{ "pty", set_pty },
 	{ "sessions", set_sessions },	{ "cacert", set_cacert },
+	{ "attach", set_attach },	{ "reopen", set_reopen },
+	{ "remember_password", set_remember },
 };
 
 /* "C-g", "^g", "Ctrl-g" → 7; -1 if not a control key. */
@@ -894,6 +969,10 @@ static int config_section(struct config *c, char *s, int line, char *err, size_t
 static int config_key(struct config *c, int console, char *key, char *val,
 		      char *err, size_t errlen)
 {
+	if (console && !strcmp(key, "record_dir")) {
+		copy_str(c->record_dir, sizeof(c->record_dir), val);
+		return 0;
+	}
 	if (console && !strcmp(key, "prefix")) {
 		c->prefix_key = parse_prefix(val);
 		if (c->prefix_key < 0)
@@ -1118,11 +1197,172 @@ static int config_tunnel_json(struct config *c, const char *path, char *err, siz
 }
 
 /************************************************************************
- *** 6. terminal: VTerm glue and scrollback
+ *** 6. terminal: VTerm glue, scrollback, recording
  ************************************************************************/
 
 static void session_touched(struct session *s);
 static void session_queue_keys(struct session *s, const char *p, size_t n);
+static void flash_msg(const char *fmt, ...);
+
+/*
+ * Appends n bytes of terminal output as valid UTF-8 (asciicast needs it):
+ * invalid bytes become U+FFFD; an incomplete sequence at the end is not
+ * consumed (returns how many bytes were), so the next chunk completes it.
+ */
+static size_t utf8_sanitize(struct buf *out, const char *p, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)p;
+	size_t i = 0;
+
+	while (i < n) {
+		int k = u[i] < 0x80 ? 1 : u[i] >= 0xc2 && u[i] <= 0xdf ? 2 :
+			u[i] >= 0xe0 && u[i] <= 0xef ? 3 : u[i] >= 0xf0 && u[i] <= 0xf4 ? 4 : 0;
+		int j = 1;
+
+		while (k > 1 && j < k && i + j < n && (u[i + j] & 0xc0) == 0x80)
+			j++;
+		if (k > 1 && j < k && i + j == n)
+			break;	/* incomplete at the end: wait for the rest */
+		if (k > 1 && j == k && !((u[i] == 0xe0 && u[i + 1] < 0xa0) ||
+					 (u[i] == 0xed && u[i + 1] > 0x9f) ||
+					 (u[i] == 0xf0 && u[i + 1] < 0x90) ||
+					 (u[i] == 0xf4 && u[i + 1] > 0x8f)))
+			buf_append(out, p + i, (size_t)k);
+		else if (k == 1)
+			buf_append(out, p + i, 1);
+		else
+			buf_append(out, "\xef\xbf\xbd", 3);
+		i += k > 1 && j == k ? (size_t)k : 1;
+	}
+	return i;
+}
+
+static int write_all(int fd, const char *p, size_t n)	/* 0, or -1 with errno */
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static void rec_stop(struct session *s)	/* closes the file; it stays playable */
+{
+	if (!s->rec)
+		return;
+	if (s->rec->fd >= 0)
+		close(s->rec->fd);
+	buf_free(&s->rec->tail);
+	free(s->rec);
+	s->rec = NULL;
+}
+
+/* A write failed (disk full, folder gone): say so; the session carries on. */
+static void rec_fail(struct session *s)
+{
+	snprintf(app.record_error, sizeof(app.record_error), "recording stopped: %s: %s",
+		 s->rec->path, strerror(errno));
+	log_line("%s", app.record_error);
+	rec_stop(s);
+	flash_msg("%s", app.record_error);
+}
+
+/* One asciicast v2 event line: [seconds, "o" or "m", "text"]. */
+static void rec_event(struct session *s, const char *type, const char *text, size_t n)
+{
+	struct buf line = { 0 };
+
+	buf_printf(&line, "[%.6f, \"%s\", ", (double)(now_us() - s->rec->start_us) / 1e6, type);
+	json_string(&line, text, n);
+	buf_append(&line, "]\n", 2);
+	if (write_all(s->rec->fd, line.p, line.len) < 0)
+		rec_fail(s);
+	buf_free(&line);
+}
+
+static void rec_output(struct session *s, const char *p, size_t n)	/* "o" events */
+{
+	struct buf *tail = &s->rec->tail, clean = { 0 };
+	size_t used;
+
+	buf_append(tail, p, n);
+	used = utf8_sanitize(&clean, tail->p, tail->len);
+	buf_consume(tail, used);
+	if (clean.len)
+		rec_event(s, "o", clean.p, clean.len);
+	buf_free(&clean);
+}
+
+static void rec_marker(struct session *s)	/* an "m" event: a training chapter */
+{
+	char label[32];
+
+	snprintf(label, sizeof(label), "chapter %d", ++s->rec->markers);
+	rec_event(s, "m", label, strlen(label));
+	if (s->rec)
+		flash_msg("marker: %s", label);
+}
+
+static int mkdir_p(const char *dir)	/* like mkdir -p, mode 700 */
+{
+	char path[PATH_MAX];
+
+	copy_str(path, sizeof(path), dir);
+	for (char *p = path + 1; *p; p++)
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(path, 0700) < 0 && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	return mkdir(path, 0700) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+static const char *tunnel_name(const struct session *s);
+
+/* Starts DIR/DEVICE-DATE-ID.cast with the header; the size is the PTY's. */
+static void rec_start(struct session *s)
+{
+	struct recording *r = xcalloc(sizeof(*r));
+	char when[32], title[200];
+	struct buf head = { 0 };
+	time_t now = time(NULL);
+
+	strftime(when, sizeof(when), "%Y%m%d-%H%M%S", localtime(&now));
+	snprintf(r->path, sizeof(r->path), "%.3900s/%s-%s-%.4s.cast", app.record_dir,
+		 tunnel_name(s), when, s->request_id);
+	r->fd = mkdir_p(app.record_dir) < 0 ? -1 :
+		open(r->path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+	r->start_us = now_us();
+	s->rec = r;
+	snprintf(title, sizeof(title), "%s %s", tunnel_name(s), s->user);
+	buf_printf(&head, "{\"version\": 2, \"width\": %d, \"height\": %d, \"timestamp\": %lld, "
+		   "\"env\": {\"TERM\": \"xterm-256color\"}, \"title\": ", s->cols, s->rows, (long long)now);
+	json_string(&head, title, strlen(title));
+	buf_append(&head, "}\n", 2);
+	if (r->fd < 0 || write_all(r->fd, head.p, head.len) < 0)
+		rec_fail(s);
+	else {
+		app.record_error[0] = '\0';
+		flash_msg("recording to %s", r->path);
+	}
+	buf_free(&head);
+}
+
+/* What the terminal shows: into VTerm, and into the recording if any. */
+static void term_feed(struct session *s, const char *p, size_t n)
+{
+	vterm_input_write(s->vt, p, n);
+	vterm_screen_flush_damage(s->screen);
+	if (s->rec)
+		rec_output(s, p, n);
+}
 
 #define COLOR_DEFAULT 0xff000000u	/* packed colours: default */
 #define COLOR_INDEXED 0x01000000u	/* | index */
@@ -1280,8 +1520,7 @@ static void vt_notice(struct session *s, const char *text)
 	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
 	buf_printf(&b, "\033[0m%s%s── %s ──%s\r\n", cur.col ? "\r\n" : "",
 		   END_LINE_SGR, text, END_LINE_OFF);
-	vterm_input_write(s->vt, b.p, b.len);
-	vterm_screen_flush_damage(s->screen);
+	term_feed(s, b.p, b.len);
 	buf_free(&b);
 }
 
@@ -1291,8 +1530,36 @@ static void vt_notice(struct session *s, const char *text)
 
 static void tunnel_kick(struct tunnel *t);
 static void lane_push(struct lane *l, const struct buf *b);
+static void batch_session_output(struct session *s, const char *p, size_t n);
+static void batch_session_ended(struct session *s, const char *code, const char *msg);
 static void ui_dirty(void);
 static void pane_size(int *cols, int *rows);
+
+static int session_accepts_input(const struct session *s)	/* live enough to type */
+{
+	return s && (s->state == S_PENDING || s->state == S_LOGIN || s->state == S_LIVE);
+}
+
+static int broadcast_targets(struct session **out, int max)	/* marked and live */
+{
+	int n = 0;
+
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		for (struct session *s = t->sessions; s; s = s->next)
+			if (s->marked && session_accepts_input(s) && n < max)
+				out[n++] = s;
+	return n;
+}
+
+static int broadcasting(void)	/* keystrokes fan out now */
+{
+	return app.broadcast && !app.solo;
+}
+
+static const char *tunnel_name(const struct session *s)	/* its device's name */
+{
+	return s->tunnel->cfg.name;
+}
 
 static void session_touched(struct session *s)	/* its terminal changed */
 {
@@ -1313,7 +1580,10 @@ static struct session *session_new(struct tunnel *t, const char *user)
 	copy_str(s->user, sizeof(s->user), user);
 	s->cols = t->cfg.pty_cols;
 	s->rows = t->cfg.pty_rows;
-	if (!s->cols)
+	if (!s->cols && app.batch) {	/* no pane: wide, so output lines do not wrap */
+		s->cols = 200;
+		s->rows = 50;
+	} else if (!s->cols)
 		pane_size(&s->cols, &s->rows);
 	vt_open(s);
 	while (*tail)
@@ -1324,6 +1594,8 @@ static struct session *session_new(struct tunnel *t, const char *user)
 
 static void session_free(struct session *s)	/* unlinks nothing: see callers */
 {
+	rec_stop(s);
+	secret_free(s->password, s->password_len + 1);
 	vt_close(s);
 	buf_free(&s->keys);
 	free(s);
@@ -1339,6 +1611,8 @@ static void session_end(struct session *s, const char *code, const char *msg)
 		return;
 	s->state = S_ENDED;
 	buf_free(&s->keys);
+	if (s->job)
+		batch_session_ended(s, code, msg);
 	if (!*code)	/* ended here, not by the device or platform */
 		snprintf(line, sizeof(line), "%s", msg);
 	else
@@ -1353,9 +1627,12 @@ static void session_end(struct session *s, const char *code, const char *msg)
 }
 
 static void tunnel_end_sessions(struct tunnel *t, const char *code, const char *msg)
-{	/* a tunnel-level end reaches every session it ends */
+{	/* a tunnel-level end reaches every session it ends; they may reopen */
 	for (struct session *s = t->sessions; s; s = s->next)
-		session_end(s, code, msg);
+		if (s->state != S_ENDED) {
+			session_end(s, code, msg);
+			s->dropped = 1;
+		}
 }
 
 /* Sends connect (§4.3) with a fresh request_id; the password is wiped by the
@@ -1367,6 +1644,13 @@ static void session_login(struct session *s, const char *password, size_t passwo
 
 	new_request_id(s->request_id);
 	encode_connect(&b, s->request_id, s->user, password, password_len, s->cols, s->rows);
+	if (t->cfg.remember_password && password != s->password) {
+		secret_free(s->password, s->password_len + 1);
+		s->password = secret_dup(password, password_len);
+		s->password_len = password_len;
+	}
+	s->attached = 0;
+	s->dropped = 0;
 	lane_push(t->device_ready ? &t->control : &t->held, &b);
 	buf_free(&b);
 	s->state = t->device_ready ? S_LOGIN : S_PENDING;
@@ -1388,8 +1672,16 @@ static void session_output(struct session *s, const char *p, size_t n)	/* §4.6 
 {
 	if (s->state == S_LOGIN || s->state == S_PENDING)
 		s->state = S_LIVE;
-	vterm_input_write(s->vt, p, n);
-	vterm_screen_flush_damage(s->screen);
+	if (s->job) {
+		batch_session_output(s, p, n);
+		return;
+	}
+	term_feed(s, p, n);
+	if (!s->attached && s->tunnel->cfg.attach[0]) {	/* the remote work, resumed */
+		s->attached = 1;
+		session_queue_keys(s, s->tunnel->cfg.attach, strlen(s->tunnel->cfg.attach));
+		session_queue_keys(s, "\r", 1);
+	}
 }
 
 /* Keystrokes (already encoded by VTerm) wait in the session's buffer and go
@@ -1600,12 +1892,15 @@ static void on_device_wait(lws_sorted_usec_list_t *sul)	/* §4.2: send anyway */
 	device_ready(t);
 }
 
+static void reopen_dropped(struct tunnel *t);
+
 static void on_connect_tunnel(struct tunnel *t)	/* the device is online */
 {
 	t->state = T_ONLINE;
 	lws_sul_cancel(&t->sul_device_wait);
 	tunnel_event(t, "device online");
 	device_ready(t);
+	reopen_dropped(t);
 }
 
 /* A disconnect without a session (§4 routing): the platform's word on the
@@ -1763,7 +2058,7 @@ static void tunnel_lost(struct tunnel *t, int code, const char *why)
 	tunnel_end_sessions(t, c, why);
 	if (app.quit)
 		return;
-	if (!is_final_close(code))
+	if (!is_final_close(code) && !app.batch)
 		schedule_reconnect(t);
 	else
 		t->state = (code == 1002 || code == 401 || code == 403) ? T_AUTH_FAILED : T_CLOSED;
@@ -2234,8 +2529,12 @@ static void draw_session_row(struct session *s, int y)	/* id, user, state, activ
 
 	short_id(s, id);
 	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
-	put(y, 1, LIST_WIDTH - 1, c, 0, "%s %-4s %-8.8s %s", s->unseen ? "*" : " ", id,
+	put(y, 1, LIST_WIDTH - 1, c, 0, " %s %-4s %-8.8s %s", s->unseen ? "*" : " ", id,
 	    s->user, session_state_names[s->state]);
+	if (s->marked)	/* broadcast target: impossible to miss */
+		put(y, 0, 2, app.broadcast ? C_ALERT : C_MARK, A_BOLD, "◆");
+	if (s->rec)
+		put(y, LIST_WIDTH - 2, 1, C_ALERT, A_BOLD, "●");
 }
 
 static void draw_list(void)	/* the left column */
@@ -2247,8 +2546,9 @@ static void draw_list(void)	/* the left column */
 		for (struct session *s = t->sessions; s && y < LINES - 1; s = s->next)
 			draw_session_row(s, y++);
 	}
-	attr_set(A_NORMAL, 0, &(int){ chrome(C_BORDER) });
-	mvvline(0, LIST_WIDTH, ACS_VLINE, LINES - 1);
+	attr_set(app.broadcast ? A_BOLD : A_NORMAL, 0,
+		 &(int){ chrome(broadcasting() ? C_ALERT : C_BORDER) });
+	mvvline(0, LIST_WIDTH, broadcasting() ? '#' | A_BOLD : ACS_VLINE, LINES - 1);
 	attr_set(A_NORMAL, 0, &(int){ 0 });
 }
 
@@ -2279,17 +2579,42 @@ static const char *mode_hint(void)	/* the status bar's right end */
 	return hint;
 }
 
+/* Loud markers at the status bar's left: insecure TLS, broadcast, recording. */
+static int draw_alerts(int y)
+{
+	struct session *targets[256];
+	int x = 0, n = broadcast_targets(targets, 256);
+	char text[64];
+
+	if (app.insecure) {
+		put(y, x, COLS - x, C_ALERT, A_BOLD, " INSECURE TLS ");
+		x += 15;
+	}
+	if (app.broadcast) {
+		snprintf(text, sizeof(text), " BROADCAST%s → %d ", app.solo ? " (solo)" : "", n);
+		put(y, x, COLS - x, app.solo ? C_MARK : C_ALERT, A_BOLD, "%s", text);
+		x += (int)strlen(text);
+	}
+	if (app.sel_session && app.sel_session->rec) {
+		put(y, x, COLS - x, C_ALERT, A_BOLD, " ● REC ");
+		x += 8;
+	} else if (app.record_error[0]) {
+		put(y, x, COLS - x, C_ALERT, A_BOLD, " REC FAILED ");
+		x += 13;
+	}
+	return x;
+}
+
 static void draw_status(void)	/* device │ session │ rtt │ token │ mode, hint */
 {
 	struct tunnel *t = app.sel_tunnel;
 	struct session *s = app.sel_session;
 	char rtt[32] = "", exp[48] = "", sess[200] = "", id[SHORT_ID + 1];
 	const char *hint = mode_hint();
-	int y = LINES - 1, hw = (int)strlen(hint);
+	int y = LINES - 1, hw = (int)strlen(hint), x;
 
 	fill(y, 0, COLS, C_STATUS);
-	if (app.insecure)
-		put(y, 0, COLS, C_ALERT, A_BOLD, " INSECURE TLS ");
+	x = draw_alerts(y);
 	if (t && t->rtt_ms >= 0 && t->state == T_ONLINE)
 		snprintf(rtt, sizeof(rtt), " │ rtt %d ms", t->rtt_ms);
 	if (t)
@@ -2300,9 +2625,9 @@ static void draw_status(void)	/* device │ session │ rtt │ token │ mode, 
 			 session_state_names[s->state], s->note[0] ? ": " : "", s->note);
 	}
 	if (app.flash[0] && now_us() < app.flash_until_us)
-		put(y, app.insecure ? 14 : 0, COLS - hw - 14, C_ALERT, A_BOLD, " %s ", app.flash);
+		put(y, x, COLS - hw - x, C_ALERT, A_BOLD, " %s ", app.flash);
 	else if (t)
-		put(y, app.insecure ? 14 : 0, COLS - hw - 14, C_STATUS, 0, " %s%s%s%s%s%s",
+		put(y, x, COLS - hw - x, C_STATUS, 0, " %s%s%s%s%s%s",
 		    t->cfg.name, sess, rtt, exp, s ? "" : " │ ", s ? "" : t->event);
 	put(y, COLS - hw, hw, C_STATUS, A_BOLD, "%s", hint);
 }
@@ -2497,11 +2822,6 @@ static int map_key(int ch, int fn, VTermKey *key, VTermModifier *mod, uint32_t *
 	       VTERM_KEY_NONE;
 	*uc = (uint32_t)ch;
 	return *key != VTERM_KEY_NONE;
-}
-
-static int session_accepts_input(const struct session *s)	/* live enough to type */
-{
-	return s && (s->state == S_PENDING || s->state == S_LOGIN || s->state == S_LIVE);
 }
 
 static void type_key(struct session *s, int ch, int fn)	/* one key to the remote */
@@ -2726,6 +3046,103 @@ static void act_send_prefix(const union arg *arg)	/* prefix twice */
 		type_key(app.sel_session, app.prefix_key, 0);
 }
 
+static void act_mark(const union arg *arg)	/* m */
+{
+	(void)arg;
+	if (!app.sel_session) {
+		flash_msg("select a session to mark it");
+		return;
+	}
+	app.sel_session->marked = !app.sel_session->marked;
+	ui_dirty();
+}
+
+static void act_broadcast(const union arg *arg)	/* b */
+{
+	struct session *t[1];
+
+	(void)arg;
+	app.broadcast = !app.broadcast;
+	app.solo = 0;
+	if (app.broadcast && !broadcast_targets(t, 1))
+		flash_msg("broadcast is on, but no marked session is live (%s m marks one)",
+			  keyname(app.prefix_key));
+	ui_dirty();
+}
+
+static void act_solo(const union arg *arg)	/* s */
+{
+	(void)arg;
+	if (!app.broadcast)
+		flash_msg("solo pauses broadcast: broadcast is off");
+	app.solo = app.broadcast && !app.solo;
+	ui_dirty();
+}
+
+static void act_record(const union arg *arg)	/* R */
+{
+	struct session *s = app.sel_session;
+
+	(void)arg;
+	if (!s)
+		flash_msg("select a session to record it");
+	else if (s->rec) {
+		flash_msg("recording saved: %s", s->rec->path);
+		rec_stop(s);
+	} else
+		rec_start(s);
+	ui_dirty();
+}
+
+static void act_marker(const union arg *arg)	/* M */
+{
+	(void)arg;
+	if (app.sel_session && app.sel_session->rec)
+		rec_marker(app.sel_session);
+	else
+		flash_msg("markers go into a recording: %s R starts one", keyname(app.prefix_key));
+}
+
+/* After the tunnel or device came back: sessions it lost log in again,
+ * at once with a remembered password (reopen = auto), else on a yes. */
+static void reopen_confirmed(void)
+{
+	struct tunnel *t = app.dlg.tunnel;
+	struct session *ask = NULL;
+
+	for (struct session *s = t->sessions; s; s = s->next) {
+		if (!s->dropped || s->state != S_ENDED)
+			continue;
+		if (s->password)
+			session_reopen(s, s->password, s->password_len);
+		else if (!ask)
+			ask = s;
+	}
+	if (ask) {
+		select_session(t, ask);
+		open_login(t, ask);
+	}
+}
+
+static void reopen_dropped(struct tunnel *t)	/* on connect_tunnel */
+{
+	int n = 0, remembered = 0;
+
+	for (struct session *s = t->sessions; s; s = s->next)
+		if (s->dropped && s->state == S_ENDED) {
+			n++;
+			remembered += s->password != NULL;
+		}
+	if (!n || t->cfg.reopen == REOPEN_NEVER || app.batch)
+		return;
+	app.dlg.tunnel = t;
+	if (t->cfg.reopen == REOPEN_AUTO && remembered == n)
+		reopen_confirmed();
+	else if (app.mode == M_NORMAL)
+		confirm(reopen_confirmed, "%s is back: reopen %d session%s?", t->cfg.name, n,
+			n == 1 ? "" : "s");
+}
+
 static void act_redraw(const union arg *arg)	/* l */
 {
 	(void)arg;
@@ -2751,9 +3168,18 @@ static void key_normal(int ch, int fn)	/* everything goes to the session */
 {
 	struct session *s = app.sel_session;
 
+	struct session *targets[256];
+	int n;
+
 	if (!fn && ch == app.prefix_key) {
 		app.mode = M_PREFIX;
 		ui_dirty();
+	} else if (broadcasting()) {
+		n = broadcast_targets(targets, 256);
+		for (int i = 0; i < n; i++)
+			type_key(targets[i], ch, fn);
+		if (!n)
+			flash_msg("broadcast: no marked session is live; nothing was sent");
 	} else if (session_accepts_input(s)) {
 		type_key(s, ch, fn);
 	} else if (!fn && (ch == '\r' || ch == '\n')) {
@@ -2959,14 +3385,40 @@ static void (*const mode_keys[])(int ch, int fn) = {	/* key handling per mode */
 	[M_HELP] = key_help,
 };
 
+static void paste_into(struct session *s, const char *p, size_t n);
+
+static void paste_pending(void)	/* "yes": the held paste to every target */
+{
+	struct session *targets[256];
+	int n = broadcast_targets(targets, 256);
+
+	for (int i = 0; i < n; i++)
+		paste_into(targets[i], app.pending_paste.p, app.pending_paste.len);
+	buf_free(&app.pending_paste);
+}
+
+/* A multi-line paste to several sessions asks first (it runs commands). */
+static void paste_broadcast(const char *p, size_t n)
+{
+	struct session *targets[256];
+	int k = broadcast_targets(targets, 256), lines = 0;
+
+	for (size_t i = 0; i < n; i++)
+		lines += p[i] == '\n';
+	buf_free(&app.pending_paste);
+	buf_append(&app.pending_paste, p, n);
+	if (k > 1 && lines)
+		confirm(paste_pending, "Paste %d line%s into %d sessions?", lines + (p[n - 1] != '\n'),
+			lines ? "s" : "", k);
+	else
+		paste_pending();
+}
+
 /* A bracketed paste from the outer terminal, delivered whole: into the
  * session through VTerm (it adds the remote's bracketed-paste markers), or
  * into the focused dialog field. */
 static void paste_done(const char *p, size_t n)
 {
-	struct session *s = app.sel_session;
-	struct buf body = { 0 };
-
 	if (app.mode == M_LOGIN || app.mode == M_SEARCH) {
 		wchar_t wc;
 		mbstate_t st = { 0 };
@@ -2976,8 +3428,19 @@ static void paste_done(const char *p, size_t n)
 				mode_keys[app.mode](wc, 0);
 		return;
 	}
-	if (app.mode != M_NORMAL || !session_accepts_input(s))
+	if (app.mode != M_NORMAL)
 		return;
+	if (broadcasting())
+		paste_broadcast(p, n);
+	else if (session_accepts_input(app.sel_session))
+		paste_into(app.sel_session, p, n);
+}
+
+/* A paste into one session, framed as the remote asked (bracketed paste). */
+static void paste_into(struct session *s, const char *p, size_t n)
+{
+	struct buf body = { 0 };
+
 	s->capture = &body;
 	vterm_keyboard_start_paste(s->vt);
 	for (size_t i = 0; i < n; i++)	/* as xterm pastes: newlines become CR */
@@ -2985,7 +3448,8 @@ static void paste_done(const char *p, size_t n)
 	vterm_keyboard_end_paste(s->vt);
 	s->capture = NULL;
 	if (session_paste(s, body.p, body.len) < 0)
-		flash_msg("paste of %zu bytes refused: too much is already waiting to be sent", n);
+		flash_msg("paste of %zu bytes to %s refused: too much is waiting to be sent",
+			  n, tunnel_name(s));
 	buf_free(&body);
 }
 
@@ -3061,7 +3525,172 @@ static void tty_readable(void)	/* drains every key curses has */
 }
 
 /************************************************************************
- *** 11. startup and exit: terminal restore, signals, command line, main
+ *** 11. batch exec: one command on many devices, no screen (--exec)
+ ************************************************************************/
+
+struct batch_job {	/* one device's run of the command */
+	struct tunnel *tunnel;
+	struct session *session;
+	int sent;			/* the command line has been typed */
+	int begun;			/* its begin marker has been seen */
+	int done;
+	const char *status;		/* ok, failed, timeout, login failed, … */
+	char detail[160];
+	int exit_code;			/* -1: never learned */
+	int64_t start_us, end_us;
+	struct buf pre;			/* output before the begin marker */
+	struct buf line;		/* a partial output line */
+	struct buf held;		/* the last whole line, shown one line late */
+	int has_held;
+	FILE *file;			/* --outdir DEVICE.out */
+	lws_sorted_usec_list_t sul_timeout;
+};
+
+struct batch {		/* the whole --exec run */
+	const char *command, *outdir;
+	char nonce[20];
+	int timeout_s;
+	int name_width;
+	struct batch_job *jobs;
+	int njobs, done;
+};
+
+/*
+ * The one line typed into each shell.  The command travels as printf %b
+ * escapes inside eval, so quotes, newlines and comments in it cannot break
+ * the line; it runs in a subshell, so its own exit ends only that; the
+ * markers are split in the typed text (__TT_ BEGIN) so the echo of this
+ * line never matches them, and the exit status follows END.
+ */
+static void batch_script(struct buf *b, const char *cmd, const char *nonce)
+{
+	buf_printf(b, "printf '%%s%%s\\n' __TT_ BEGIN_%s; (eval \"$(printf '%%b' '", nonce);
+	for (const char *p = cmd; *p; p++) {
+		if (*p == '\\')
+			buf_append(b, "\\\\", 2);
+		else if (*p == '\'')
+			buf_append(b, "\\0047", 5);
+		else if (*p == '\n')
+			buf_append(b, "\\n", 2);
+		else
+			buf_append(b, p, 1);
+	}
+	buf_printf(b, "')\"); printf '\\n%%s%%s:%%d\\n' __TT_ END_%s \"$?\"; exit\r", nonce);
+}
+
+static void batch_finish(struct batch_job *j, const char *status, const char *fmt, ...)
+{	/* a job's verdict; the last one ends the run */
+	va_list ap;
+
+	if (j->done)
+		return;
+	j->done = 1;
+	j->status = status;
+	j->end_us = now_us();
+	va_start(ap, fmt);
+	vsnprintf(j->detail, sizeof(j->detail), fmt, ap);
+	va_end(ap);
+	lws_sul_cancel(&j->sul_timeout);
+	if (j->file)
+		fclose(j->file);
+	j->file = NULL;
+	if (++app.batch->done == app.batch->njobs)
+		quit_now();
+}
+
+static void batch_emit(struct batch_job *j, const char *line, size_t n)	/* one output line */
+{
+	if (j->file) {
+		fwrite(line, 1, n, j->file);
+		fputc('\n', j->file);
+		return;
+	}
+	printf("%-*s | %.*s\n", app.batch->name_width, j->tunnel->cfg.name, (int)n, line);
+}
+
+/* A whole line of command output; the END marker closes the job.  Lines
+ * go out one late: the newline before END is the marker's, not output. */
+static void batch_line(struct batch_job *j, const char *line, size_t n)
+{
+	char end[48];
+	int len = snprintf(end, sizeof(end), "__TT_END_%s:", app.batch->nonce);
+
+	if (n && line[n - 1] == '\r')
+		n--;
+	if (n >= (size_t)len && !memcmp(line, end, (size_t)len)) {
+		if (j->has_held && j->held.len)
+			batch_emit(j, j->held.p, j->held.len);
+		j->exit_code = atoi(line + len);
+		batch_finish(j, j->exit_code ? "failed" : "ok", "");
+		return;
+	}
+	if (j->has_held)
+		batch_emit(j, j->held.p, j->held.len);
+	j->held.len = 0;
+	buf_append(&j->held, line, n);
+	j->has_held = 1;
+}
+
+static void batch_output(struct batch_job *j, const char *p, size_t n)	/* §4.6 bytes */
+{
+	char begin[48];
+	char *nl, *at;
+
+	if (j->done)
+		return;
+	if (!j->begun) {
+		snprintf(begin, sizeof(begin), "__TT_BEGIN_%s\r\n", app.batch->nonce);
+		buf_append(&j->pre, p, n);
+		if (!(at = strstr(j->pre.p, begin)))
+			return;
+		j->begun = 1;
+		at += strlen(begin);
+		p = at;
+		n = j->pre.len - (size_t)(at - j->pre.p);
+	}
+	buf_append(&j->line, p, n);
+	while (!j->done && (nl = memchr(j->line.p, '\n', j->line.len))) {
+		batch_line(j, j->line.p, (size_t)(nl - j->line.p));
+		buf_consume(&j->line, (size_t)(nl - j->line.p) + 1);
+	}
+}
+
+/* The shell answered (banner, prompt): type the command line once. */
+static void batch_session_output(struct session *s, const char *p, size_t n)
+{
+	struct batch_job *j = s->job;
+	struct buf script = { 0 };
+
+	if (!j->sent) {
+		j->sent = 1;
+		batch_script(&script, app.batch->command, app.batch->nonce);
+		session_queue_keys(s, script.p, script.len);
+		buf_free(&script);
+	}
+	batch_output(j, p, n);
+}
+
+static void batch_session_ended(struct session *s, const char *code, const char *msg)
+{	/* the shell ended before the END marker: say why */
+	struct batch_job *j = s->job;
+
+	if (!strcmp(code, "400"))
+		batch_finish(j, "login failed", "%s", msg ? msg : "");
+	else if (!j->sent)
+		batch_finish(j, "unreachable", "%s%s%s", code, *code ? ": " : "", msg ? msg : "");
+	else
+		batch_finish(j, "disconnected", "%s: %s", code, msg ? msg : status_meaning(code));
+}
+
+static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
+{
+	struct batch_job *j = lws_container_of(sul, struct batch_job, sul_timeout);
+
+	batch_finish(j, "timeout", "no result after %d s", app.batch->timeout_s);
+}
+
+/************************************************************************
+ *** 12. startup and exit: terminal restore, signals, command line, main
  ************************************************************************/
 
 static struct termios saved_tty;	/* the outer terminal as we found it */
@@ -3163,6 +3792,7 @@ static void signals_start(void)
 	int fd;
 
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);	/* a size limit fails the write: shown, not fatal */
 	sigemptyset(&set);
 	sigaddset(&set, SIGWINCH);
 	sigaddset(&set, SIGINT);
@@ -3185,6 +3815,13 @@ static const char usage_text[] =
 "      --cacert FILE      trust this CA as well as the system's\n"
 "      --insecure         do not verify TLS certificates (shown on screen)\n"
 "      --log FILE         write events here (never secrets)\n"
+"      --record-dir DIR   where recordings go (default $XDG_STATE_HOME/tunnel_tui/recordings)\n"
+"\n"
+"Batch: tunnel_tui --exec 'COMMAND' [-c FILE] (--all | --devices a,b,...)\n"
+"        [--user NAME] [--password-file FILE] [--timeout S] [--outdir DIR]\n"
+"  runs COMMAND on each device in parallel, prints \"device | line\" (or one\n"
+"  file per device in DIR), then a summary; exit 0 only if every device ran it\n"
+"  with status 0.  Password: --password-file, TUNNEL_TUI_PASSWORD or a prompt.\n"
 "  -h, --help             this help\n"
 "  -V, --version          the version\n"
 "\n"
@@ -3192,7 +3829,9 @@ static const char usage_text[] =
 "2 bad usage or configuration, 128+N killed by signal N.  See tunnel_tui(1).\n";
 
 struct options {	/* the command line */
-	const char *config, *tunnel_json, *cacert, *log;
+	const char *config, *tunnel_json, *cacert, *log, *record_dir;
+	const char *exec, *devices, *password_file, *outdir, *user;
+	int all, timeout_s;
 	int urls_from;			/* argv index of the first URL */
 };
 
@@ -3217,6 +3856,14 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		{ "cacert", required_argument, NULL, 'a' },
 		{ "insecure", no_argument, NULL, 'k' },
 		{ "log", required_argument, NULL, 'l' },
+		{ "record-dir", required_argument, NULL, 'r' },
+		{ "exec", required_argument, NULL, 'e' },
+		{ "all", no_argument, NULL, 'A' },
+		{ "devices", required_argument, NULL, 'd' },
+		{ "user", required_argument, NULL, 'u' },
+		{ "password-file", required_argument, NULL, 'p' },
+		{ "timeout", required_argument, NULL, 'T' },
+		{ "outdir", required_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 } };
@@ -3230,6 +3877,14 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		case 'a': o->cacert = optarg; break;
 		case 'k': app.insecure = 1; break;
 		case 'l': o->log = optarg; break;
+		case 'r': o->record_dir = optarg; break;
+		case 'e': o->exec = optarg; break;
+		case 'A': o->all = 1; break;
+		case 'd': o->devices = optarg; break;
+		case 'u': o->user = optarg; break;
+		case 'p': o->password_file = optarg; break;
+		case 'T': o->timeout_s = atoi(optarg); break;
+		case 'o': o->outdir = optarg; break;
 		case 'h': fputs(usage_text, stdout); exit(0);
 		case 'V': puts("tunnel_tui " TUNNEL_TUI_VERSION); exit(0);
 		default: usage_error("bad option");
@@ -3246,6 +3901,21 @@ static void default_config_path(char *out, size_t cap)	/* XDG, else ~/.config */
 		snprintf(out, cap, "%s/tunnel_tui/devices.conf", xdg);
 	else
 		snprintf(out, cap, "%s/.config/tunnel_tui/devices.conf", home ? home : ".");
+}
+
+static void set_record_dir(const struct options *o, const struct config *c)
+{	/* --record-dir, else record_dir =, else the XDG state folder */
+	const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+
+	if (o->record_dir)
+		copy_str(app.record_dir, sizeof(app.record_dir), o->record_dir);
+	else if (c->record_dir[0])
+		copy_str(app.record_dir, sizeof(app.record_dir), c->record_dir);
+	else if (xdg && *xdg)
+		snprintf(app.record_dir, sizeof(app.record_dir), "%.3000s/tunnel_tui/recordings", xdg);
+	else
+		snprintf(app.record_dir, sizeof(app.record_dir), "%.3000s/.local/state/tunnel_tui/recordings",
+			 home ? home : ".");
 }
 
 static void load_config_file(struct config *c, const char *path, int required)
@@ -3304,6 +3974,159 @@ static void build_tunnels(struct config *c, const char *cacert, char warns[][160
 		tail = &t->next;
 	}
 	app.sel_tunnel = app.tunnels;
+}
+
+
+/* The --exec password: a file, TUNNEL_TUI_PASSWORD, or one prompt on the
+ * terminal with echo off.  Never the command line. */
+static char *batch_password(const char *file, size_t *len)
+{
+	char err[PATH_MAX + 100] = "", warn[160] = "", line[1024] = "", *pw = NULL;
+	struct termios old, quiet;
+	FILE *tty;
+
+	if (file && !(pw = token_from_file(file, warn, sizeof(warn), err, sizeof(err))))
+		usage_error("--password-file: %s", err);
+	if (!pw && getenv("TUNNEL_TUI_PASSWORD"))
+		pw = token_from_env("TUNNEL_TUI_PASSWORD", err, sizeof(err));
+	if (!pw && (tty = fopen("/dev/tty", "r+"))) {
+		fputs("Password: ", tty);
+		fflush(tty);
+		tcgetattr(fileno(tty), &old);
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+		if (fgets(line, sizeof(line), tty))
+			pw = secret_dup(line, strcspn(line, "\r\n"));
+		tcsetattr(fileno(tty), TCSAFLUSH, &old);
+		fputs("\n", tty);
+		fclose(tty);
+		explicit_bzero(line, sizeof(line));
+	}
+	if (!pw)
+		usage_error("--exec needs a password: --password-file, TUNNEL_TUI_PASSWORD or a terminal");
+	*len = strlen(pw);
+	return pw;
+}
+
+/* Keeps only the devices --all or --devices names, in config order. */
+static void batch_select(struct config *c, const struct options *o)
+{
+	char list[4096], *save = NULL;
+	int n = 0;
+
+	if (!o->all && !o->devices)
+		usage_error("--exec needs --all or --devices a,b,...");
+	copy_str(list, sizeof(list), o->devices ? o->devices : "");
+	for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+		int i = 0;
+
+		while (i < c->ndev && strcmp(c->dev[i].name, trim(name)))
+			i++;
+		if (i == c->ndev)
+			usage_error("--devices: no device \"%s\" in the configuration", trim(name));
+		c->dev[i].line = -1;	/* chosen */
+	}
+	for (int i = 0; i < c->ndev; i++)
+		if (o->all || c->dev[i].line == -1) {
+			token_sources[n] = token_sources[i];
+			c->dev[n++] = c->dev[i];
+		} else {
+			secret_free(c->dev[i].token, 257);
+		}
+	c->ndev = n;
+}
+
+static void batch_open_outfile(struct batch_job *j, const char *dir)	/* DIR/DEVICE.out */
+{
+	char path[PATH_MAX];
+
+	if (mkdir_p(dir) < 0)
+		usage_error("--outdir %s: %s", dir, strerror(errno));
+	snprintf(path, sizeof(path), "%.3000s/%s.out", dir, j->tunnel->cfg.name);
+	j->file = fopen(path, "w");
+	if (!j->file)
+		usage_error("%s: %s", path, strerror(errno));
+}
+
+/* One job per tunnel: a session logged in as soon as the device is there. */
+static void batch_start(struct batch *b, const struct options *o, const char *pw, size_t pwlen)
+{
+	unsigned char r[8];
+
+	lws_get_random(app.ctx, r, sizeof(r));
+	snprintf(b->nonce, sizeof(b->nonce), "%02x%02x%02x%02x%02x%02x%02x%02x",
+		 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+	for (struct tunnel *t = app.tunnels; t; t = t->next) {
+		struct batch_job *j = &b->jobs[b->njobs++];
+		const char *user = o->user ? o->user : t->cfg.username;
+
+		if (!*user)
+			usage_error("device \"%s\" has no username: set one or give --user", t->cfg.name);
+		j->tunnel = t;
+		j->exit_code = -1;
+		j->start_us = now_us();
+		if ((int)strlen(t->cfg.name) > b->name_width)
+			b->name_width = (int)strlen(t->cfg.name);
+		if (o->outdir)
+			batch_open_outfile(j, o->outdir);
+		j->session = session_new(t, user);
+		j->session->job = j;
+		session_login(j->session, pw, pwlen);
+		lws_sul_schedule(app.ctx, 0, &j->sul_timeout, on_batch_timeout,
+				 (lws_usec_t)b->timeout_s * LWS_US_PER_SEC);
+	}
+}
+
+/* Device, status, exit code, time; exit 0 only if all ran with status 0. */
+static int batch_summary(struct batch *b)
+{
+	int bad = 0;
+
+	if (b->name_width < 6)
+		b->name_width = 6;
+	printf("\n%-*s  %-12s %4s %8s  %s\n", b->name_width, "DEVICE", "STATUS", "EXIT", "TIME", "DETAIL");
+	for (int i = 0; i < b->njobs; i++) {
+		struct batch_job *j = &b->jobs[i];
+		char code[16] = "-";
+
+		if (!j->done)
+			batch_finish(j, "interrupted", "");
+		if (j->exit_code >= 0)
+			snprintf(code, sizeof(code), "%d", j->exit_code);
+		printf("%-*s  %-12s %4s %7.1fs  %s\n", b->name_width, j->tunnel->cfg.name, j->status,
+		       code, (double)(j->end_us - j->start_us) / 1e6, j->detail);
+		bad += strcmp(j->status, "ok") != 0;
+		buf_free(&j->pre);
+		buf_free(&j->line);
+		buf_free(&j->held);
+	}
+	fflush(stdout);
+	return bad ? 1 : 0;
+}
+
+/* --exec: the same tunnels and sessions, no screen; returns the exit code. */
+static int batch_run(const struct options *o)
+{
+	struct batch b = { .command = o->exec, .outdir = o->outdir,
+			   .timeout_s = o->timeout_s > 0 ? o->timeout_s : 60 };
+	size_t pwlen;
+	char *pw = batch_password(o->password_file, &pwlen);
+	int n = 0;
+
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		n++;
+	b.jobs = xcalloc((size_t)n * sizeof(*b.jobs));
+	app.batch = &b;
+	batch_start(&b, o, pw, pwlen);
+	secret_free(pw, pwlen + 1);
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		tunnel_connect(t);
+	while (!app.quit && lws_service(app.ctx, 0) >= 0)
+		;
+	n = batch_summary(&b);
+	free(b.jobs);
+	return app.exit_code ? app.exit_code : n;
 }
 
 static void lws_log_emit(int level, const char *line)	/* lws → --log, never stderr */
@@ -3368,35 +4191,30 @@ static void on_tick(lws_sorted_usec_list_t *sul)	/* countdowns in the list and b
 	lws_sul_schedule(app.ctx, 0, &app.sul_tick, on_tick, LWS_US_PER_SEC);
 }
 
-static int run(int argc, char **argv)	/* everything main does */
+/* Devices from the file, --tunnel-json and URLs, with their tokens. */
+static char (*load_devices(struct options *o, struct config *c, int argc, char **argv))[160]
 {
-	struct options o = { 0 };
-	struct config c = { .prefix_key = 0x07 };
-	char path[PATH_MAX], err[PATH_MAX + 300] = "", (*warns)[160];
+	char path[PATH_MAX] = "", err[PATH_MAX + 300] = "", (*warns)[160];
 
-	setlocale(LC_ALL, "");
-	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
-	parse_args(argc, argv, &o, &c);
-	if (!o.config && o.urls_from >= argc && !o.tunnel_json)
+	if (!o->config && o->urls_from >= argc && !o->tunnel_json)
 		default_config_path(path, sizeof(path));
-	load_config_file(&c, o.config ? o.config : path, o.config != NULL);
-	if (o.tunnel_json && config_tunnel_json(&c, o.tunnel_json, err, sizeof(err)) < 0)
+	if (o->config || path[0])
+		load_config_file(c, o->config ? o->config : path, o->config != NULL);
+	if (o->tunnel_json && config_tunnel_json(c, o->tunnel_json, err, sizeof(err)) < 0)
 		usage_error("%s", err);
-	warns = xcalloc((size_t)(c.ndev + 1) * sizeof(*warns));
-	if (config_resolve_tokens(&c, warns, err, sizeof(err)) < 0)
+	if (o->exec)
+		batch_select(c, o);
+	warns = xcalloc((size_t)(c->ndev + 1) * sizeof(*warns));
+	if (config_resolve_tokens(c, warns, err, sizeof(err)) < 0)
 		usage_error("%s", err);
-	add_url_args(&c, argc, argv, o.urls_from);
-	if (!c.ndev)
+	add_url_args(c, argc, argv, o->urls_from);
+	if (!c->ndev)
 		usage_error("no devices: give URLs, --tunnel-json or -c FILE");
-	if (o.log && !(app.log = fopen(o.log, "a")))
-		usage_error("--log %s: %s", o.log, strerror(errno));
-	app.prefix_key = c.prefix_key;
-	app.dlg.password = secret_alloc(1024);
-	lws_set_log_level(app.log ? LLL_ERR | LLL_WARN : 0, lws_log_emit);
-	context_start();
-	build_tunnels(&c, o.cacert, warns);
-	free(warns);
-	signals_start();
+	return warns;
+}
+
+static int console_run(void)	/* the screen and the loop, until quit */
+{
 	adopt(dup(0), RAW_TTY);
 	ui_start();
 	draw();
@@ -3405,12 +4223,37 @@ static int run(int argc, char **argv)	/* everything main does */
 	on_tick(NULL);
 	while (!app.quit && lws_service(app.ctx, 0) >= 0)
 		;
+	return app.exit_code;
+}
+
+static int run(int argc, char **argv)	/* everything main does */
+{
+	struct options o = { 0 };
+	struct config c = { .prefix_key = 0x07 };
+	char (*warns)[160];
+	int code;
+
+	setlocale(LC_ALL, "");
+	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
+	parse_args(argc, argv, &o, &c);
+	warns = load_devices(&o, &c, argc, argv);
+	if (o.log && !(app.log = fopen(o.log, "a")))
+		usage_error("--log %s: %s", o.log, strerror(errno));
+	app.prefix_key = c.prefix_key;
+	set_record_dir(&o, &c);
+	app.dlg.password = secret_alloc(1024);
+	lws_set_log_level(app.log ? LLL_ERR | LLL_WARN : 0, lws_log_emit);
+	context_start();
+	build_tunnels(&c, o.cacert, warns);
+	free(warns);
+	signals_start();
+	code = o.exec ? batch_run(&o) : console_run();
 	lws_context_destroy(app.ctx);
 	ui_end();
 	free_all(&c);
 	if (app.log)
 		fclose(app.log);
-	return app.exit_code;
+	return code;
 }
 
 #ifndef TUNNEL_TUI_NO_MAIN
