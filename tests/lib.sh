@@ -85,3 +85,81 @@ tui_lacks()  { ! tui_screen | grep -qE -- "$1"; }
 # tui_wait REGEX [SECONDS]: until the screen shows REGEX (default 10 s)
 tui_wait()   { wait_for "${2:-10}" tui_has "$1"; }
 tui_resize() { tmux -S "$TMUX_SOCK" resize-window -x "$1" -y "$2"; }
+
+# --- a whole sandbox ---------------------------------------------------------
+# sandbox_up NAME:PROFILE...: a TLS relay on PLATFORM_PORT (a free port) with
+# one tunnel t-NAME per device, one agent each (pty backend, login
+# field/$PASS), the REST API (token in $WORK/api.token), and
+# $WORK/devices.conf for the console; conf_extra NAME LINE adds a key first.
+PASS=${PASS:-pw-$RANDOM$RANDOM}
+DEVICES=()
+declare -A DEVICE_PIDS
+conf_extra() { echo "$2" >> "$WORK/$1.extra"; }
+sandbox_up() {
+	local sep="" spec name
+	umask 077
+	echo "field:$PASS" > "$WORK/logins"
+	echo "admin-$RANDOM$RANDOM" > "$WORK/api.token"
+	printf '[' > "$WORK/tunnels.json"
+	for spec in "$@"; do
+		name=${spec%%:*}
+		DEVICES+=("$spec")
+		head -c 18 /dev/urandom | base64 > "$WORK/$name.app"
+		head -c 18 /dev/urandom | base64 > "$WORK/$name.dev"
+		printf '%s{"tunnel_id":"t-%s","device_id":"%s","source_token":"%s","device_token":"%s","expires_in":3600}' \
+			"$sep" "$name" "$name" "$(cat "$WORK/$name.app")" "$(cat "$WORK/$name.dev")" >> "$WORK/tunnels.json"
+		sep=,
+	done
+	echo ']' >> "$WORK/tunnels.json"
+	PLATFORM_PORT=${PLATFORM_PORT:-$(free_port)}
+	platform_up || return 1
+	BASE=wss://localhost:$PLATFORM_PORT/v5/iot/tunnels
+	for spec in "$@"; do device_up "${spec%%:*}" "${spec#*:}"; done
+	write_devices_conf
+}
+platform_up() {	# (re)starts the relay of sandbox_up on the same port
+	start_platform relay --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
+		--tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.token"
+}
+device_up() {	# device_up NAME PROFILE: (re)starts the agent of t-NAME
+	local n=$((${DEVICE_STARTS[$1]:-0} + 1))
+	DEVICE_STARTS[$1]=$n
+	start_device "$1-$n" --url "$BASE/t-$1/device-connect" --token-file "$WORK/$1.dev" \
+		--backend pty --login-file "$WORK/logins" --profile "$2" --cacert "$CERTS/ca.pem"
+	DEVICE_PIDS[$1]=$DEVICE_PID
+}
+declare -A DEVICE_STARTS
+write_devices_conf() {
+	local spec name
+	: > "$WORK/devices.conf"
+	for spec in "${DEVICES[@]}"; do
+		name=${spec%%:*}
+		{
+			echo "[device $name]"
+			echo "url = $BASE/t-$name/source-connect"
+			echo "token_file = $WORK/$name.app"
+			echo "username = field"
+			echo "cacert = $CERTS/ca.pem"
+			[ "${spec#*:}" = c-sdk ] && printf 'pty = 128x30\nsessions = single\n'
+			[ -f "$WORK/$name.extra" ] && cat "$WORK/$name.extra"
+			echo
+		} >> "$WORK/devices.conf"
+	done
+}
+rest_close() {	# rest_close TUNNEL_ID: PUT closes it over the REST API
+	curl -s -X PUT -H "X-Auth-Token: $(cat "$WORK/api.token")" -H 'Content-Type: application/json' \
+		-d '{"status":"CLOSED"}' --cacert "$CERTS/ca.pem" \
+		"https://localhost:$PLATFORM_PORT/v5/iot/p1/tunnels/$1"
+}
+
+# --- console helpers -------------------------------------------------------
+tui_login() {	# the login dialog is open with the user prefilled: type $PASS
+	tui_wait 'password' 5 || return 1
+	tui_type "$PASS"
+	tui_keys Enter
+}
+tui_run() {	# tui_run CMD MARK: types CMD and Enter; waits for MARK on screen
+	tui_type "$1"
+	tui_keys Enter
+	tui_wait "$2" 10
+}

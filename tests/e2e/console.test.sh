@@ -5,62 +5,9 @@
 # password never on screen, the terminal restored on exit.
 source "$(dirname "$0")/../lib.sh"
 
-PASS=pw-$RANDOM$RANDOM
-umask 077
-echo "field:$PASS" > "$WORK/logins"
-for t in north meter; do
-	head -c 18 /dev/urandom | base64 > "$WORK/$t.app"
-	head -c 18 /dev/urandom | base64 > "$WORK/$t.dev"
-done
-cat > "$WORK/tunnels.json" <<J
-[{"tunnel_id":"t-north","device_id":"north","source_token":"$(cat "$WORK/north.app")","device_token":"$(cat "$WORK/north.dev")","expires_in":3600},
- {"tunnel_id":"t-meter","device_id":"meter","source_token":"$(cat "$WORK/meter.app")","device_token":"$(cat "$WORK/meter.dev")","expires_in":3600}]
-J
-echo admin-$RANDOM > "$WORK/api.token"
-PLATFORM_PORT=$(free_port)
-platform() { start_platform relay --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
-	--tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.token"; }
-platform || { fail "platform starts"; finish; }
-BASE=wss://localhost:$PLATFORM_PORT/v5/iot/tunnels
-
-starts=0
-device() {	# device NAME PROFILE: an agent for t-NAME
-	starts=$((starts + 1))
-	start_device "$1-$starts" --url "$BASE/t-$1/device-connect" --token-file "$WORK/$1.dev" \
-		--backend pty --login-file "$WORK/logins" --profile "$2" --cacert "$CERTS/ca.pem"
-	eval "PID_$1=$DEVICE_PID"
-}
-device north full
-device meter c-sdk
-
-cat > "$WORK/devices.conf" <<C
-[device north]
-url = $BASE/t-north/source-connect
-token_file = $WORK/north.app
-username = field
-cacert = $CERTS/ca.pem
-
-[device meter]
-url = $BASE/t-meter/source-connect
-token_file = $WORK/meter.app
-username = field
-pty = 128x30
-sessions = single
-cacert = $CERTS/ca.pem
-C
+sandbox_up north:full meter:c-sdk || { fail "sandbox starts"; finish; }
 
 tui_start 100x30 -c "$WORK/devices.conf" --log "$WORK/console.log"
-
-login() {	# login: the dialog is open with the user prefilled
-	tui_wait 'password' 5 || return 1
-	tui_type "$PASS"
-	tui_keys Enter
-}
-run() {		# run CMD MARK: types CMD, waits for MARK on screen
-	tui_type "$1"
-	tui_keys Enter
-	tui_wait "$2" 10
-}
 
 check "both devices come online" tui_wait 'north.*\n?' 5
 wait_for 10 bash -c "[ \$(tmux -S '$TMUX_SOCK' capture-pane -p | grep -c '^  online') = 2 ]" \
@@ -69,22 +16,22 @@ wait_for 10 bash -c "[ \$(tmux -S '$TMUX_SOCK' capture-pane -p | grep -c '^  onl
 tui_keys C-g n
 tui_wait 'user +field' 5 && tui_type "x" && tui_keys BSpace
 if tui_has "$PASS" || ! tui_has 'password'; then fail "login dialog masks the password"; fi
-login
+tui_login
 tui_type "$PASS" # typed into the dialog? no: the dialog is gone; this goes to the shell
 tui_keys C-u
-if run 'echo first-$((6*7))' 'first-42'; then ok "login and a command's output"; else fail "login and a command's output" "$(tui_screen)"; fi
+if tui_run 'echo first-$((6*7))' 'first-42'; then ok "login and a command's output"; else fail "login and a command's output" "$(tui_screen)"; fi
 check "the password never shows on screen" tui_lacks "$PASS"
 
 tui_keys C-g n
-login
-run 'echo second-$((7*8))' 'second-56' && ok "a second session on the same tunnel" || fail "a second session on the same tunnel" "$(tui_screen)"
+tui_login
+tui_run 'echo second-$((7*8))' 'second-56' && ok "a second session on the same tunnel" || fail "a second session on the same tunnel" "$(tui_screen)"
 check "the second session does not show the first's output" tui_lacks 'first-42'
 tui_keys C-g k
 wait_for 5 tui_has 'first-42' && check "switching back shows the first session's own screen" tui_lacks 'second-56' \
 	|| fail "switching back shows the first session's own screen" "$(tui_screen)"
 check "the list shows two live sessions" bash -c "[ \$(tmux -S '$TMUX_SOCK' capture-pane -p | grep -c ' field .*live') -ge 2 ]"
 
-run 'seq 1 200 | less' '│1 *$' && tui_has '│2 *$' && ok "a full-screen program (less) draws" \
+tui_run 'seq 1 200 | less' '│1 *$' && tui_has '│2 *$' && ok "a full-screen program (less) draws" \
 	|| fail "a full-screen program (less) draws" "$(tui_screen)"
 tui_type q
 wait_for 5 tui_lacks '│1 *$' && check "leaving it restores the shell screen" tui_has 'first-42' \
@@ -95,34 +42,39 @@ wait_for 5 bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | sed -n 40p | grep -q 
 	&& ok "resize: the status bar follows to the new last line" || fail "resize: the status bar follows" "$(tui_screen)"
 tui_resize 100 30
 
-run 'exit' 'disconnected 408' && ok "shell exit shows 408 inline" || fail "shell exit shows 408 inline" "$(tui_screen)"
+tui_run 'exit' 'disconnected 408' && ok "shell exit shows 408 inline" || fail "shell exit shows 408 inline" "$(tui_screen)"
 check "the ended session is marked in the list" tui_has ' field +ended'
 
 tui_keys C-g j
 tui_wait 'second-56' 5
-kill -9 "$PID_north"
+kill -9 "${DEVICE_PIDS[north]}"
 tui_wait 'disconnected 410' 10 && ok "device killed: 410 inline" || fail "device killed: 410 inline" "$(tui_screen)"
-device north full
+device_up north full
 tui_wait '  online' 10 && ok "device back: online again" || fail "device back: online again" "$(tui_screen)"
 
-tui_keys C-g r
-login
-run 'echo reopened-$((8*9))' 'reopened-72' && ok "reopen an ended session" || fail "reopen an ended session" "$(tui_screen)"
+tui_wait 'north is back: reopen 1 session\?' 5 && ok "device back: the console offers to reopen the lost session" \
+	|| fail "device back: offers to reopen" "$(tui_screen)"
+tui_keys y
+tui_login
+tui_run 'echo reopened-$((8*9))' 'reopened-72' && ok "reopen a lost session" || fail "reopen a lost session" "$(tui_screen)"
 check "its old screen stays above" tui_has 'second-56'
+tui_keys C-g k
+tui_wait 'first-42' 5
+tui_keys C-g r
+tui_login
+tui_run 'echo manual-$((3*11))' 'manual-33' && ok "reopen an exited session by key" || fail "reopen an exited session by key" "$(tui_screen)"
 
 kill "$PLATFORM_PID"
 wait "$PLATFORM_PID" 2>/dev/null
 tui_wait 'disconnected 10[0-9][0-9]' 10 && ok "relay gone: sessions end inline" || fail "relay gone: sessions end inline" "$(tui_screen)"
 tui_wait 'retry in' 5 && ok "relay gone: the device shows its retry countdown" || fail "relay gone: retry countdown" "$(tui_screen)"
-platform
+platform_up
 tui_wait '  online' 40 && ok "relay back: the tunnel reconnects" || fail "relay back: the tunnel reconnects" "$(tui_screen)"
 
-tui_keys C-g r
-login
-run 'echo again-$((9*9))' 'again-81' && ok "a session after the relay restarted" || fail "a session after the relay restarted" "$(tui_screen)"
-curl -s -X PUT -H "X-Auth-Token: $(cat "$WORK/api.token")" -H 'Content-Type: application/json' \
-	-d '{"status":"CLOSED"}' "https://localhost:$PLATFORM_PORT/v5/iot/p1/tunnels/t-north" \
-	--cacert "$CERTS/ca.pem" > "$WORK/put.out" 2>&1
+tui_wait 'reopen 2 sessions\?' 5 && tui_keys y
+tui_login
+tui_run 'echo again-$((9*9))' 'again-81' && ok "a session after the relay restarted" || fail "a session after the relay restarted" "$(tui_screen)"
+rest_close t-north > "$WORK/put.out" 2>&1
 tui_wait 'disconnected 404' 10 && ok "tunnel closed over REST: 404 inline" || fail "tunnel closed over REST: 404 inline" "$(tui_screen)" "$(cat "$WORK/put.out")"
 
 check "the password never shows on screen (end)" tui_lacks "$PASS"
