@@ -118,7 +118,7 @@ typedef void action_fn(const union arg *arg);
 static action_fn act_new_session, act_close_session, act_move, act_zoom,
 		 act_scroll_mode, act_help, act_quit, act_send_prefix,
 		 act_reopen, act_next_device, act_redraw, act_mark, act_broadcast,
-		 act_solo, act_record, act_marker;
+		 act_solo, act_record, act_marker, act_device;
 
 /* After the prefix key (Ctrl-g by default): */
 static const struct binding {
@@ -129,7 +129,7 @@ static const struct binding {
 	const char *help;
 } bindings[] = {
 	{ 'n', "n", act_new_session, { 0 }, "new session on the selected device (log in)" },
-	{ 'r', "r", act_reopen, { 0 }, "reopen the selected ended session" },
+	{ 'r', "r", act_reopen, { 0 }, "reopen: the selected ended session, or a device's lost ones" },
 	{ 'x', "x", act_close_session, { 0 }, "close the selected session" },
 	{ 'j', "j / Down", act_move, { .i = +1 }, "next device or session" },
 	{ KEY_DOWN, NULL, act_move, { .i = +1 }, NULL },
@@ -137,6 +137,11 @@ static const struct binding {
 	{ KEY_UP, NULL, act_move, { .i = -1 }, NULL },
 	{ '\t', "Tab", act_next_device, { .i = +1 }, "next device" },
 	{ KEY_BTAB, NULL, act_next_device, { .i = -1 }, NULL },
+	{ '1', "1 … 9", act_device, { .i = 1 }, "device 1 … 9, its first session" },
+	{ '2', NULL, act_device, { .i = 2 }, NULL }, { '3', NULL, act_device, { .i = 3 }, NULL },
+	{ '4', NULL, act_device, { .i = 4 }, NULL }, { '5', NULL, act_device, { .i = 5 }, NULL },
+	{ '6', NULL, act_device, { .i = 6 }, NULL }, { '7', NULL, act_device, { .i = 7 }, NULL },
+	{ '8', NULL, act_device, { .i = 8 }, NULL }, { '9', NULL, act_device, { .i = 9 }, NULL },
 	{ 'z', "z", act_zoom, { 0 }, "zoom: hide or show the list" },
 	{ 'm', "m", act_mark, { 0 }, "mark or unmark the session for broadcast" },
 	{ 'b', "b", act_broadcast, { 0 }, "broadcast: type into every marked live session" },
@@ -251,6 +256,7 @@ struct session {	/* one SSH session: one request_id */
 
 struct recording {	/* one asciicast v2 file being written */
 	int fd;
+	off_t size;			/* bytes of whole events written */
 	int64_t start_us;
 	int markers;
 	char path[PATH_MAX];
@@ -1263,11 +1269,14 @@ static void rec_stop(struct session *s)	/* closes the file; it stays playable */
 	s->rec = NULL;
 }
 
-/* A write failed (disk full, folder gone): say so; the session carries on. */
+/* A write failed (disk full, folder gone): say so; the session carries on.
+ * A half-written event is cut off so the file still plays. */
 static void rec_fail(struct session *s)
 {
 	snprintf(app.record_error, sizeof(app.record_error), "recording stopped: %s: %s",
 		 s->rec->path, strerror(errno));
+	if (s->rec->fd >= 0)
+		(void)!ftruncate(s->rec->fd, s->rec->size);
 	log_line("%s", app.record_error);
 	rec_stop(s);
 	flash_msg("%s", app.record_error);
@@ -1283,6 +1292,8 @@ static void rec_event(struct session *s, const char *type, const char *text, siz
 	buf_append(&line, "]\n", 2);
 	if (write_all(s->rec->fd, line.p, line.len) < 0)
 		rec_fail(s);
+	else
+		s->rec->size += (off_t)line.len;
 	buf_free(&line);
 }
 
@@ -1349,6 +1360,7 @@ static void rec_start(struct session *s)
 	if (r->fd < 0 || write_all(r->fd, head.p, head.len) < 0)
 		rec_fail(s);
 	else {
+		r->size = (off_t)head.len;
 		app.record_error[0] = '\0';
 		flash_msg("recording to %s", r->path);
 	}
@@ -2900,17 +2912,28 @@ static void act_new_session(const union arg *arg)	/* n: log in to the device */
 		open_login(t, NULL);
 }
 
-static void act_reopen(const union arg *arg)	/* r: a new request_id, same screen */
+static int dropped_sessions(struct tunnel *t, int *remembered);
+static void reopen_tunnel(struct tunnel *t);
+
+/* r: on a device, its lost sessions; on an ended session, that one.  A new
+ * request_id each, the old screen kept above. */
+static void act_reopen(const union arg *arg)
 {
 	struct session *s = app.sel_session;
+	struct tunnel *t = app.sel_tunnel;
+	int remembered;
 
 	(void)arg;
-	if (!s || s->state != S_ENDED) {
-		flash_msg("select an ended session to reopen it");
+	if (!t || !tunnel_can_login(t))
 		return;
-	}
-	if (tunnel_can_login(s->tunnel))
-		open_login(s->tunnel, s);
+	if (!s && dropped_sessions(t, &remembered))
+		reopen_tunnel(t);
+	else if (!s || s->state != S_ENDED)
+		flash_msg("select an ended session, or a device that lost sessions");
+	else if (s->password)
+		session_reopen(s, s->password, s->password_len);
+	else
+		open_login(t, s);
 }
 
 static void select_session(struct tunnel *t, struct session *s)	/* focus */
@@ -2995,6 +3018,18 @@ static void act_next_device(const union arg *arg)	/* Tab / Shift-Tab */
 		if (u->next == t || (!u->next && t == app.tunnels))
 			prev = u;
 	select_session(prev ? prev : t, NULL);
+}
+
+static void act_device(const union arg *arg)	/* 1 … 9 */
+{
+	struct tunnel *t = app.tunnels;
+
+	for (int i = 1; t && i < arg->i; i++)
+		t = t->next;
+	if (t)
+		select_session(t, t->sessions);
+	else
+		flash_msg("there is no device %d", arg->i);
 }
 
 static void act_zoom(const union arg *arg)	/* z */
@@ -3103,11 +3138,10 @@ static void act_marker(const union arg *arg)	/* M */
 		flash_msg("markers go into a recording: %s R starts one", keyname(app.prefix_key));
 }
 
-/* After the tunnel or device came back: sessions it lost log in again,
- * at once with a remembered password (reopen = auto), else on a yes. */
-static void reopen_confirmed(void)
+/* After the tunnel or device came back: the sessions it lost log in again,
+ * at once with a remembered password, else through the login dialog. */
+static void reopen_tunnel(struct tunnel *t)
 {
-	struct tunnel *t = app.dlg.tunnel;
 	struct session *ask = NULL;
 
 	for (struct session *s = t->sessions; s; s = s->next) {
@@ -3124,23 +3158,34 @@ static void reopen_confirmed(void)
 	}
 }
 
-static void reopen_dropped(struct tunnel *t)	/* on connect_tunnel */
+static int dropped_sessions(struct tunnel *t, int *remembered)	/* reopenable */
 {
-	int n = 0, remembered = 0;
+	int n = 0;
 
+	*remembered = 0;
 	for (struct session *s = t->sessions; s; s = s->next)
 		if (s->dropped && s->state == S_ENDED) {
 			n++;
-			remembered += s->password != NULL;
+			*remembered += s->password != NULL;
 		}
+	return n;
+}
+
+static void reopen_dropped(struct tunnel *t)	/* on connect_tunnel */
+{
+	int remembered, n = dropped_sessions(t, &remembered);
+
 	if (!n || t->cfg.reopen == REOPEN_NEVER || app.batch)
 		return;
-	app.dlg.tunnel = t;
-	if (t->cfg.reopen == REOPEN_AUTO && remembered == n)
-		reopen_confirmed();
-	else if (app.mode == M_NORMAL)
-		confirm(reopen_confirmed, "%s is back: reopen %d session%s?", t->cfg.name, n,
-			n == 1 ? "" : "s");
+	if (t->cfg.reopen == REOPEN_AUTO && remembered == n) {
+		reopen_tunnel(t);
+		return;
+	}
+	/* ask: say so where it shows, without a dialog that would eat typing */
+	tunnel_event(t, "back: %d lost session%s, %s r reopens", n, n == 1 ? "" : "s",
+		     keyname(app.prefix_key));
+	flash_msg("%s is back: %s r reopens its %d lost session%s", t->cfg.name,
+		  keyname(app.prefix_key), n, n == 1 ? "" : "s");
 }
 
 static void act_redraw(const union arg *arg)	/* l */
@@ -3403,13 +3448,13 @@ static void paste_broadcast(const char *p, size_t n)
 	struct session *targets[256];
 	int k = broadcast_targets(targets, 256), lines = 0;
 
-	for (size_t i = 0; i < n; i++)
-		lines += p[i] == '\n';
+	for (size_t i = 0; i < n; i++)	/* terminals paste line ends as \r or \n */
+		lines += p[i] == '\r' || (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'));
 	buf_free(&app.pending_paste);
 	buf_append(&app.pending_paste, p, n);
 	if (k > 1 && lines)
-		confirm(paste_pending, "Paste %d line%s into %d sessions?", lines + (p[n - 1] != '\n'),
-			lines ? "s" : "", k);
+		confirm(paste_pending, "Paste %d lines into %d sessions?",
+			lines + (p[n - 1] != '\n' && p[n - 1] != '\r'), k);
 	else
 		paste_pending();
 }

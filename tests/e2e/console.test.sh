@@ -52,9 +52,9 @@ tui_wait 'disconnected 410' 10 && ok "device killed: 410 inline" || fail "device
 device_up north full
 tui_wait '  online' 10 && ok "device back: online again" || fail "device back: online again" "$(tui_screen)"
 
-tui_wait 'north is back: reopen 1 session\?' 5 && ok "device back: the console offers to reopen the lost session" \
+tui_wait 'back: 1 lost session' 5 && ok "device back: the console offers to reopen the lost session" \
 	|| fail "device back: offers to reopen" "$(tui_screen)"
-tui_keys y
+tui_keys C-g r
 tui_login
 tui_run 'echo reopened-$((8*9))' 'reopened-72' && ok "reopen a lost session" || fail "reopen a lost session" "$(tui_screen)"
 check "its old screen stays above" tui_has 'second-56'
@@ -71,7 +71,8 @@ tui_wait 'retry in' 5 && ok "relay gone: the device shows its retry countdown" |
 platform_up
 tui_wait '  online' 40 && ok "relay back: the tunnel reconnects" || fail "relay back: the tunnel reconnects" "$(tui_screen)"
 
-tui_wait 'reopen 2 sessions\?' 5 && tui_keys y
+tui_wait 'back: 2 lost sessions' 5 || fail "relay back: offers to reopen 2 sessions" "$(tui_screen)"
+tui_keys C-g r
 tui_login
 tui_run 'echo again-$((9*9))' 'again-81' && ok "a session after the relay restarted" || fail "a session after the relay restarted" "$(tui_screen)"
 rest_close t-north > "$WORK/put.out" 2>&1
