@@ -1,0 +1,2191 @@
+/* tunnel-device: the sandbox device agent of tunnel_tui.
+ *
+ * It plays the device side of the IoTDA-style secure tunnel (PROTOCOL.md §8):
+ * one WebSocket to the platform's device-connect URL, JSON messages in and
+ * out, and every `connect` turned into a shell session, either on a local
+ * pseudo-terminal (--backend pty) or over SSH to a real sshd (--backend ssh).
+ * `--profile c-sdk` behaves like the official Huawei C device SDK, quirks
+ * included, so the console can be tested against what real devices do.
+ *
+ * One thread runs everything through lws: the WebSocket, the pty masters and
+ * ssh sockets (adopted as RAW_FILE), a signalfd and the lws_sul timers.  The
+ * only other threads are short-lived ssh login workers (see the ssh backend).
+ * The log lines tests wait for are listed in usage_text.
+ *
+ * Contents: includes and tunables; state; helpers (ids, JSON strings, UTF-8);
+ * outbound messages; the two profiles; sessions; the pty backend; the ssh
+ * backend; inbound messages; the WebSocket; signals and children; command
+ * line; setup and teardown; main.
+ */
+
+#include "sandbox.h"
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libssh/libssh.h>
+#include <limits.h>
+#include <pthread.h>
+#include <pty.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/*** includes and tunables ***************************************************/
+
+#define RID_MAX		128		/* longest request_id kept; longer: dropped */
+#define RX_MAX		(1u << 20)	/* largest inbound message reassembled */
+#define MSG_MAX		8192		/* full profile: command_response, serialized */
+#define READ_FULL	4096		/* full profile: bytes read from a shell at once */
+#define READ_CSDK	2048		/* c-sdk: the official SDK's read buffer */
+#define READ_MAX	4096		/* the larger of the two */
+#define DRAIN_READS	64		/* reads spent flushing an ended shell */
+#define OUT_HIGH	(256u << 10)	/* queued bytes that stop reading shells ... */
+#define OUT_LOW		(64u << 10)	/* ... and the level that restarts them */
+#define IN_MAX		(1u << 20)	/* keystrokes held for a shell not reading */
+#define CARRY_MS	20		/* a split UTF-8 tail waits this long for its rest */
+#define EXIT_GRACE_MS	250		/* shell gone, pty still open (a background job) */
+#define STOP_GRACE_MS	2000		/* SIGTERM: time for the close handshake */
+#define PING_SECS	20		/* WebSocket PING after this long idle */
+#define HANGUP_SECS	60		/* and hang up after this long without a PONG */
+#define SSH_TIMEOUT_S	10L		/* libssh connect/auth timeout */
+#define TOKEN_MAX	256		/* PROTOCOL.md §1 */
+#define PTY_COLS	128		/* the official devices' fixed PTY */
+#define PTY_ROWS	30
+#define PTY_TERM	"xterm"
+#define COLS_MIN	20
+#define COLS_MAX	500
+#define ROWS_MIN	5
+#define ROWS_MAX	200
+#define SHELL_PATH	"/usr/local/bin:/usr/bin:/bin"
+#define SYSTEM_CA	"/etc/ssl/certs/ca-certificates.crt"
+
+/* Reconnect delays (PROTOCOL.md §4.8): 1 s doubling to 30 s, 20 % jitter. */
+static const uint32_t backoff_ms[] = { 1000, 2000, 4000, 8000, 16000, 30000 };
+
+static const lws_retry_bo_t retry_policy = {
+	.retry_ms_table = backoff_ms,
+	.retry_ms_table_count = LWS_ARRAY_SIZE(backoff_ms),
+	.conceal_count = LWS_RETRY_CONCEAL_ALWAYS,
+	.secs_since_valid_ping = PING_SECS,
+	.secs_since_valid_hangup = HANGUP_SECS,
+	.jitter_percent = 20,
+};
+
+/* Close codes after which the device must not come back (PROTOCOL.md §4.8). */
+static const struct final_close {
+	int code, status;
+	const char *why;
+} final_closes[] = {
+	{ 1000, 0, "the platform closed the tunnel (close 1000); exiting" },
+	{ 1002, 1, "the platform refused the device token (close 1002); exiting" },
+	{ 4000, 1, "replaced by a newer connection of this device (close 4000); exiting" },
+};
+
+static const char usage_text[] =
+	"usage: tunnel-device (--url URL (--token T | --token-file F) | --notify F) [options]\n"
+	"The sandbox device agent: answers secure-tunnel `connect` messages with shell\n"
+	"sessions on a local pty or on an sshd.\n\n"
+	"%s\n"
+	"The pty backend runs the agent user's own login shell, whatever name logs in;\n"
+	"the name and password must match a line of --login-file.  Without\n"
+	"--login-file it refuses every login (disconnect 400).\n\n"
+	"Log lines on stderr (tests wait on them; REQID is the request_id):\n"
+	"  connected                     the WebSocket is up\n"
+	"  disconnected (close CODE)     it went down (1006: no close frame)\n"
+	"  connection failed: WHY        an attempt failed before the upgrade\n"
+	"  reconnecting in N ms          the next attempt is scheduled\n"
+	"  session REQID: login ok       the shell runs\n"
+	"  session REQID: login failed   disconnect 400 was sent\n"
+	"  session REQID: ended          shell exit (after disconnect 408), replaced,\n"
+	"                                closed by the app, or the tunnel was lost\n"
+	"  dropped a malformed message   unparseable JSON (contents never logged)\n"
+	"  message without tunnel_service_type (official devices crash on this)\n"
+	"                                c-sdk profile only\n"
+	"Exit status: 0 after close 1000 or SIGTERM/SIGINT; 1 when the platform\n"
+	"refuses the device (HTTP 401/403/404, close 1002 or 4000) or on a fatal\n"
+	"error; 2 on bad options.\n";
+
+/*** state *******************************************************************/
+
+struct account {			/* who the pty shells run as: the agent's user */
+	char *name, *home, *shell;
+};
+
+struct cred {				/* one line of --login-file */
+	struct cred *next;
+	char *user, *pass;
+};
+
+struct config {				/* the command line, checked and resolved */
+	const char *url, *token_arg, *token_file, *notify, *backend, *profile;
+	const char *ssh, *known_hosts, *login_file, *cacert;
+	int insecure, help;
+	char *token;			/* owned; wiped at exit */
+	char *url_buf;			/* owned: the URL, carved by lws_parse_uri */
+	const char *host;
+	char path[1024];
+	int port, tls;
+	char ssh_host[256];
+	int ssh_port;
+	char *known_hosts_path;		/* owned */
+	struct cred *creds;
+	struct account me;
+};
+
+struct login {				/* what a connect asks for */
+	char *user, *pass;		/* in the parsed message; wiped after use */
+	unsigned cols, rows;
+	char term[32];
+};
+
+enum sstate { S_LOGIN, S_LIVE, S_DEAD };
+enum link { L_IDLE, L_CONNECTING, L_OPEN, L_STOPPING };
+
+struct ssh_job;
+struct agent;
+
+/* One request_id.  Life: S_LOGIN (backend logging in) -> S_LIVE (shell fd
+ * adopted by lws) -> S_DEAD (ended or killed).  The struct is freed by
+ * session_release() once lws has closed its fd and no login worker holds it. */
+struct session {
+	struct session *next;
+	struct agent *a;
+	char rid[RID_MAX + 1];
+	enum sstate state;
+	int failed;			/* login refused: no "ended" line */
+	int worker;			/* an ssh login thread owns u.ssh.job */
+	int kill_sig;			/* what the pty's process group gets */
+	struct lws *wsi;		/* the adopted pty master or ssh socket */
+	struct sb_rxbuf in;		/* keystrokes the backend has not taken */
+	unsigned char carry[4];		/* full profile: a UTF-8 char split by a read */
+	size_t ncarry;
+	lws_sorted_usec_list_t sul_carry, sul_exit;
+	union {
+		struct { pid_t pid; int fd; } pty;
+		struct { ssh_session ssh; ssh_channel chan; struct ssh_job *job; } ssh;
+	} u;
+};
+
+/* A backend turns a login into a shell.  Optional entries may be NULL. */
+struct backend {
+	const char *name;
+	void (*login)(struct session *s, const struct login *l);  /* ends in session_login_done(), now or later */
+	ssize_t (*read)(struct session *s, unsigned char *buf, size_t n);  /* >0 bytes, 0 nothing yet, -1 ended */
+	ssize_t (*write)(struct session *s, const unsigned char *p, size_t n);  /* bytes taken, -1 broken */
+	void (*flush)(struct session *s);	/* optional: push out what the backend buffered */
+	int (*backlog)(struct session *s);	/* optional: nonzero while it holds unsent bytes */
+	void (*collect)(struct agent *a);	/* optional: finish logins done by workers */
+	void (*join)(struct session *s);	/* optional: wait for the login worker */
+	void (*close)(struct session *s);	/* frees what login made */
+};
+
+/* A profile is how the device talks: ours (full) or the official C SDK's. */
+struct profile {
+	const char *name;
+	int single;			/* one session: a connect silently replaces it */
+	int fixed_pty;			/* 128x30 xterm whatever the connect asks */
+	int quirks;			/* the SDK's drops and truncations */
+	size_t read_size;		/* bytes read from a shell at a time */
+	void (*accepted)(struct session *s);	/* a connect arrived, before login */
+	void (*login_ok)(struct session *s);
+	void (*login_failed)(struct session *s, const char *why);
+	void (*output)(struct session *s, const unsigned char *p, size_t n);
+	void (*flush)(struct session *s);	/* the shell ended: send held-back bytes */
+	void (*exited)(struct session *s);
+};
+
+struct agent {				/* the whole program's state */
+	struct config cfg;
+	const struct profile *prof;
+	const struct backend *be;
+	struct lws_context *ctx;
+	struct lws_vhost *vh;
+	struct lws *wsi;		/* the tunnel, while L_OPEN or L_STOPPING */
+	enum link link;
+	lws_sorted_usec_list_t sul_connect, sul_stop;
+	uint16_t retries;
+	int close_code;			/* from the platform's close frame; 0: none */
+	struct sb_queue out;
+	int paused;			/* shells not read: the queue is over OUT_HIGH */
+	struct sb_rxbuf rx;
+	int rx_skip;			/* the message being received is too big */
+	struct session *sessions;
+	char latest_rid[RID_MAX + 1];	/* c-sdk: echoed on everything it sends */
+	int have_latest;
+	int sigfd;
+	int quit, status;
+};
+
+static const struct backend pty_backend, ssh_backend;
+static const struct profile full_profile, csdk_profile;
+static const struct backend *const backends[] = { &pty_backend, &ssh_backend };
+static const struct profile *const profiles[] = { &full_profile, &csdk_profile };
+
+/*** helpers: ids, JSON strings, UTF-8 ***************************************/
+
+static const char *loggable(const char *s)	/* a peer's id, safe for one log line */
+{
+	static char buf[68];
+	size_t i;
+
+	if (!s)
+		return "(none)";
+	for (i = 0; s[i] && i < 64; i++)
+		buf[i] = isalnum((unsigned char)s[i]) || strchr("-_.:", s[i]) ? s[i] : '?';
+	buf[i] = '\0';
+	if (s[i])
+		strcpy(buf + 61, "...");
+	return buf;
+}
+
+static void wipe(char *s)	/* passwords and tokens leave no copy in memory */
+{
+	if (s)
+		explicit_bzero(s, strlen(s));
+}
+
+/* The two-character JSON escapes of control bytes; the rest are \u00XX. */
+static const char short_esc[32] = { ['\b'] = 'b', ['\t'] = 't', ['\n'] = 'n', ['\f'] = 'f', ['\r'] = 'r' };
+
+static size_t json_esc_len(unsigned char c)	/* bytes c takes inside a JSON string */
+{
+	if (c == '"' || c == '\\')
+		return 2;
+	if (c < 0x20)
+		return short_esc[c] ? 2 : 6;
+	return 1;
+}
+
+static size_t json_esc_total(const unsigned char *p, size_t n)	/* escaped length of p */
+{
+	size_t t = 0;
+
+	while (n--)
+		t += json_esc_len(*p++);
+	return t;
+}
+
+/* Escapes like cJSON: bytes >= 0x80 pass raw, so split or invalid UTF-8 from
+ * a shell reaches the app as it was (PROTOCOL.md §1).  Returns the end. */
+static char *json_escape(char *d, const unsigned char *p, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (; n--; p++) {
+		if (*p == '"' || *p == '\\') {
+			*d++ = '\\';
+			*d++ = (char)*p;
+		} else if (*p < 0x20 && short_esc[*p]) {
+			*d++ = '\\';
+			*d++ = short_esc[*p];
+		} else if (*p < 0x20) {
+			memcpy(d, "\\u00", 4);
+			d[4] = hex[*p >> 4];
+			d[5] = hex[*p & 15];
+			d += 6;
+		} else
+			*d++ = (char)*p;
+	}
+	return d;
+}
+
+static int utf8_cont(unsigned char c)	/* a continuation byte 10xxxxxx */
+{
+	return (c & 0xC0) == 0x80;
+}
+
+static size_t utf8_seq_len(unsigned char c)	/* bytes a lead byte announces */
+{
+	if (c >= 0xF0 && c <= 0xF4)
+		return 4;
+	if (c >= 0xE0 && c <= 0xEF)
+		return 3;
+	return c >= 0xC2 && c <= 0xDF ? 2 : 1;
+}
+
+/* How many bytes at the end of p begin a character whose rest is not there. */
+static size_t utf8_split_tail(const unsigned char *p, size_t n)
+{
+	size_t back;
+
+	for (back = 1; back <= 3 && back <= n; back++)
+		if (!utf8_cont(p[n - back]))
+			return utf8_seq_len(p[n - back]) > back ? back : 0;
+	return 0;
+}
+
+/* The longest prefix of p whose escaped size fits budget, ending on a
+ * character boundary whenever one is in reach.  budget >= 6 guarantees > 0. */
+static size_t chunk_len(const unsigned char *p, size_t n, size_t budget)
+{
+	size_t i, used = 0, boundary = 0;
+
+	for (i = 0; i < n; i++) {
+		used += json_esc_len(p[i]);
+		if (used > budget)
+			break;
+		if (i + 1 == n || !utf8_cont(p[i + 1]))
+			boundary = i + 1;
+	}
+	if (i == n)
+		return n;
+	return boundary ? boundary : i;
+}
+
+/*** outbound messages *******************************************************/
+
+static void agent_send(struct agent *a, const char *p, size_t n)	/* queues one frame */
+{
+	struct session *s;
+
+	if (a->link != L_OPEN)
+		return;		/* nobody to tell: the sessions die with the tunnel */
+	if (sb_queue_push(&a->out, p, n))
+		lws_callback_on_writable(a->wsi);
+	if (a->paused || a->out.bytes <= OUT_HIGH)
+		return;
+	a->paused = 1;	/* the platform is slower than the shells: stop reading them */
+	for (s = a->sessions; s; s = s->next)
+		if (s->wsi)
+			lws_rx_flow_control(s->wsi, 0);
+}
+
+static void agent_send_owned(struct agent *a, char *json)	/* queues and frees a string */
+{
+	if (json)
+		agent_send(a, json, strlen(json));
+	free(json);
+}
+
+/* The full profile's command_response, built by hand: cJSON strings stop at a
+ * NUL byte, and the size must be known exactly to stay within MSG_MAX. */
+static const char resp_head[] =
+	"{\"operation_type\":\"command_response\",\"tunnel_service_type\":\"ssh\",\"request_id\":\"";
+static const char resp_mid[] = "\",\"data\":\"";
+static const char resp_tail[] = "\"}";
+
+static size_t resp_overhead(const char *rid)	/* serialized size without the data */
+{
+	return sizeof resp_head - 1 + json_esc_total((const unsigned char *)rid, strlen(rid)) +
+	       sizeof resp_mid - 1 + sizeof resp_tail - 1;
+}
+
+static void send_response(struct session *s, const unsigned char *p, size_t n)	/* one message */
+{
+	size_t rl = strlen(s->rid);
+	char *buf = malloc(resp_overhead(s->rid) + json_esc_total(p, n) + 1), *d = buf;	/* + stpcpy's NUL */
+
+	if (!buf)
+		abort();
+	d = stpcpy(d, resp_head);
+	d = json_escape(d, (const unsigned char *)s->rid, rl);
+	d = stpcpy(d, resp_mid);
+	d = json_escape(d, p, n);
+	d = stpcpy(d, resp_tail);
+	agent_send(s->a, buf, (size_t)(d - buf));
+	free(buf);
+}
+
+static void send_output(struct session *s, const unsigned char *p, size_t n)	/* as many messages as MSG_MAX needs */
+{
+	size_t budget = MSG_MAX - resp_overhead(s->rid), k;
+
+	for (; n; p += k, n -= k) {
+		k = chunk_len(p, n, budget);
+		send_response(s, p, k);
+	}
+}
+
+/*** the two profiles ********************************************************/
+
+static void full_accepted(struct session *s)	/* nothing until the login is decided */
+{
+	(void)s;
+}
+
+static void full_login_ok(struct session *s)	/* "success": the shell runs */
+{
+	agent_send_owned(s->a, sb_envelope("connect_response", s->rid, cJSON_CreateString("success")));
+}
+
+static void full_login_failed(struct session *s, const char *why)	/* 400 with the reason */
+{
+	agent_send_owned(s->a, sb_envelope("disconnect", s->rid, sb_status("400", why)));
+}
+
+static void full_flush(struct session *s)	/* sends a held-back UTF-8 tail as it is */
+{
+	size_t n = s->ncarry;
+
+	s->ncarry = 0;
+	lws_sul_cancel(&s->sul_carry);
+	if (n)
+		send_output(s, s->carry, n);
+}
+
+static void carry_timeout(lws_sorted_usec_list_t *sul)	/* the rest of the char never came */
+{
+	struct session *s = lws_container_of(sul, struct session, sul_carry);
+
+	if (s->state == S_LIVE)
+		full_flush(s);
+}
+
+/* Holds back a character split by the read so no message ends inside one. */
+static void full_output(struct session *s, const unsigned char *p, size_t n)
+{
+	unsigned char buf[sizeof s->carry + READ_MAX];
+	size_t total = s->ncarry + n, keep;
+
+	memcpy(buf, s->carry, s->ncarry);
+	memcpy(buf + s->ncarry, p, n);
+	keep = utf8_split_tail(buf, total);
+	s->ncarry = keep;
+	memcpy(s->carry, buf + total - keep, keep);
+	send_output(s, buf, total - keep);
+	if (keep)
+		lws_sul_schedule(s->a->ctx, 0, &s->sul_carry, carry_timeout, CARRY_MS * LWS_US_PER_MS);
+}
+
+static void full_exited(struct session *s)	/* 408 for this request_id; the tunnel stays */
+{
+	agent_send_owned(s->a, sb_envelope("disconnect", s->rid, sb_status("408", "the SSH channel closed")));
+}
+
+static cJSON *csdk_message(const char *op, const char *rid)	/* the SDK's envelope, member order kept */
+{
+	cJSON *m = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(m, "operation_type", op);
+	cJSON_AddStringToObject(m, "tunnel_service_type", "ssh");
+	if (rid)	/* the SDK adds a NULL string, i.e. nothing */
+		cJSON_AddStringToObject(m, "request_id", rid);
+	return m;
+}
+
+static void csdk_send(struct agent *a, cJSON *m)	/* cJSON_Print: the SDK sends formatted JSON */
+{
+	agent_send_owned(a, cJSON_Print(m));
+	cJSON_Delete(m);
+}
+
+static void csdk_disconnect(struct agent *a, const char *rid, const char *code, const char *msg)
+{	/* the SDK's WssClientSendDisConn */
+	cJSON *m = csdk_message("disconnect", rid);
+
+	cJSON_AddItemToObject(m, "data", sb_status(code, msg));
+	csdk_send(a, m);
+}
+
+static void csdk_accepted(struct session *s)	/* connect_response at once, without data */
+{
+	csdk_send(s->a, csdk_message("connect_response", s->rid[0] ? s->rid : NULL));
+}
+
+static void csdk_login_ok(struct session *s)	/* the SDK says nothing more */
+{
+	(void)s;
+}
+
+static void csdk_login_failed(struct session *s, const char *why)	/* its one fixed text */
+{
+	(void)why;
+	csdk_disconnect(s->a, s->rid[0] ? s->rid : NULL, "400", "Create SSH channel failed");
+}
+
+/* Raw reads as the SDK sends them: cut wherever the read ended, the latest
+ * request_id received, and the string stopping at a NUL (cJSON_CreateString). */
+static void csdk_output(struct session *s, const unsigned char *p, size_t n)
+{
+	struct agent *a = s->a;
+	char *str = strndup((const char *)p, n);
+	cJSON *m = csdk_message("command_response", a->have_latest ? a->latest_rid : NULL);
+
+	cJSON_AddStringToObject(m, "data", str);
+	free(str);
+	csdk_send(a, m);
+}
+
+static void csdk_flush(struct session *s)	/* nothing is held back */
+{
+	(void)s;
+}
+
+static void csdk_exited(struct session *s)	/* the SDK's channel-close callback */
+{
+	csdk_disconnect(s->a, "SSH_timeout_disconnect", "408",
+			"SSH idles for too long, the session will be closed");
+}
+
+static const struct profile full_profile = {
+	"full", 0, 0, 0, READ_FULL, full_accepted, full_login_ok, full_login_failed,
+	full_output, full_flush, full_exited,
+};
+
+static const struct profile csdk_profile = {
+	"c-sdk", 1, 1, 1, READ_CSDK, csdk_accepted, csdk_login_ok, csdk_login_failed,
+	csdk_output, csdk_flush, csdk_exited,
+};
+
+/*** sessions ****************************************************************/
+
+static struct session *session_new(struct agent *a, const char *rid)	/* a session in S_LOGIN */
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		abort();
+	s->a = a;
+	s->kill_sig = SIGHUP;
+	snprintf(s->rid, sizeof s->rid, "%s", rid);
+	s->next = a->sessions;
+	a->sessions = s;
+	return s;
+}
+
+static struct session *session_find(struct agent *a, const char *rid)	/* the open session of rid */
+{
+	struct session *s;
+
+	for (s = a->sessions; s; s = s->next)
+		if (s->state != S_DEAD && rid && !strcmp(s->rid, rid))
+			return s;
+	return NULL;
+}
+
+static struct session *session_any(struct agent *a)	/* c-sdk: the one open session */
+{
+	struct session *s;
+
+	for (s = a->sessions; s && s->state == S_DEAD; s = s->next)
+		;
+	return s;
+}
+
+static void session_release(struct session *s)	/* frees s once lws and the worker let go */
+{
+	struct session **pp;
+
+	if (s->wsi || s->worker)
+		return;
+	for (pp = &s->a->sessions; *pp; pp = &(*pp)->next)
+		if (*pp == s) {
+			*pp = s->next;
+			break;
+		}
+	if (!s->failed)
+		sb_log("session %s: ended", loggable(s->rid));
+	s->a->be->close(s);
+	lws_sul_cancel(&s->sul_carry);
+	lws_sul_cancel(&s->sul_exit);
+	if (s->in.p)	/* keystrokes may be a sudo password */
+		explicit_bzero(s->in.p, s->in.cap);
+	sb_rx_free(&s->in);
+	free(s);
+}
+
+static void session_close_wsi(struct session *s)	/* lws closes the fd, then releases s */
+{
+	lws_rx_flow_control(s->wsi, 0);	/* no more RX callbacks meanwhile */
+	lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+static void session_kill(struct session *s, int sig)	/* ends s without telling the app */
+{
+	if (s->state == S_DEAD)
+		return;
+	s->state = S_DEAD;
+	s->kill_sig = sig;
+	if (s->wsi)
+		session_close_wsi(s);
+	else
+		session_release(s);
+}
+
+static void sessions_kill_all(struct agent *a, int sig)	/* replaced, tunnel lost, stopping */
+{
+	struct session *s, *next;
+
+	for (s = a->sessions; s; s = next) {
+		next = s->next;
+		session_kill(s, sig);
+	}
+}
+
+/* Shell output to messages until it would block; -1 once the shell ended.
+ * force: the shell is over, read what is left whatever the queue holds. */
+static int session_pump(struct session *s, int force)
+{
+	struct agent *a = s->a;
+	unsigned char buf[READ_MAX];
+	ssize_t n;
+	int i;
+
+	for (i = 0; !force || i < DRAIN_READS; i++) {
+		if (!force && a->paused) {	/* level-triggered: stop the RX callbacks too */
+			lws_rx_flow_control(s->wsi, 0);
+			return 0;
+		}
+		n = a->be->read(s, buf, a->prof->read_size);
+		if (n <= 0)
+			return (int)n;
+		a->prof->output(s, buf, (size_t)n);
+	}
+	return 0;
+}
+
+static void session_finish(struct session *s)	/* the shell ended: output first, then the notice */
+{
+	if (s->state != S_LIVE)
+		return;
+	session_pump(s, 1);
+	s->a->prof->flush(s);
+	s->a->prof->exited(s);
+	s->state = S_DEAD;
+}
+
+static void session_flush_input(struct session *s)	/* hands buffered keystrokes to the shell */
+{
+	const struct backend *be = s->a->be;
+	ssize_t w;
+
+	while (s->in.len) {
+		w = be->write(s, (unsigned char *)s->in.p, s->in.len);
+		if (w <= 0) {
+			if (w < 0)	/* the shell is going; its EOF ends the session */
+				s->in.len = 0;
+			break;
+		}
+		memmove(s->in.p, s->in.p + w, s->in.len - (size_t)w);
+		s->in.len -= (size_t)w;
+	}
+	if (s->wsi && (s->in.len || (be->backlog && be->backlog(s))))
+		lws_callback_on_writable(s->wsi);
+}
+
+static void session_input(struct session *s, const void *p, size_t n)	/* keystrokes from a command */
+{
+	if (sb_rx_append(&s->in, p, n, IN_MAX) < 0) {
+		sb_log("session %s: input backlog full, %zu bytes dropped", loggable(s->rid), n);
+		return;
+	}
+	if (s->state == S_LIVE)
+		session_flush_input(s);
+}
+
+static int session_adopt(struct session *s, int fd)	/* lws watches fd (and closes it) from now on */
+{
+	lws_adopt_desc_t d = {
+		.vh = s->a->vh, .type = LWS_ADOPT_RAW_FILE_DESC, .vh_prot_name = "session", .opaque = s,
+	};
+
+	d.fd.filefd = fd;
+	s->wsi = lws_adopt_descriptor_vhost_via_info(&d);
+	if (s->wsi && s->a->paused)
+		lws_rx_flow_control(s->wsi, 0);
+	return s->wsi != NULL;
+}
+
+/* Where every backend's login ends: fd is the shell's (pty master or ssh
+ * socket) on success; why says what failed otherwise. */
+static void session_login_done(struct session *s, int fd, const char *why)
+{
+	struct agent *a = s->a;
+
+	if (!why && (fd < 0 || !session_adopt(s, fd)))
+		why = "internal error: cannot watch the shell";
+	if (why) {
+		s->failed = 1;
+		sb_log("session %s: login failed", loggable(s->rid));
+		a->prof->login_failed(s, why);
+		session_kill(s, SIGHUP);
+		return;
+	}
+	s->state = S_LIVE;
+	sb_log("session %s: login ok", loggable(s->rid));
+	a->prof->login_ok(s);
+	session_flush_input(s);
+}
+
+static int session_readable(struct session *s)	/* RAW_RX_FILE; -1 makes lws close the fd */
+{
+	if (s->state != S_LIVE)
+		return 0;
+	if (session_pump(s, 0) < 0) {
+		session_finish(s);
+		return -1;
+	}
+	session_flush_input(s);	/* ssh: a window adjust may have come in */
+	return 0;
+}
+
+static int session_writeable(struct session *s)	/* RAW_WRITEABLE_FILE: the shell takes input again */
+{
+	if (s->state != S_LIVE)
+		return 0;
+	if (s->a->be->flush)
+		s->a->be->flush(s);
+	session_flush_input(s);
+	if (session_pump(s, 0) < 0) {	/* ssh: the flush may have read packets */
+		session_finish(s);
+		return -1;
+	}
+	return 0;
+}
+
+static void session_wsi_closed(struct session *s)	/* RAW_CLOSE_FILE: e.g. POLLHUP while paused */
+{
+	session_finish(s);
+	s->wsi = NULL;
+	session_release(s);
+}
+
+static void session_exit_timeout(lws_sorted_usec_list_t *sul)	/* shell gone, pty held by a background job */
+{
+	struct session *s = lws_container_of(sul, struct session, sul_exit);
+
+	if (s->state != S_LIVE)
+		return;
+	session_finish(s);
+	session_close_wsi(s);
+}
+
+static void sessions_resume(struct agent *a)	/* the queue drained: read the shells again */
+{
+	struct session *s;
+
+	a->paused = 0;
+	for (s = a->sessions; s && !a->paused; s = s->next) {
+		if (!s->wsi || s->state != S_LIVE)
+			continue;
+		lws_rx_flow_control(s->wsi, 1);
+		if (session_pump(s, 0) < 0) {	/* ssh buffers what it read before the pause */
+			session_finish(s);
+			session_close_wsi(s);
+		}
+	}
+}
+
+/*** the pty backend *********************************************************/
+
+static int ct_equal(const char *secret, const char *guess)	/* no early exit: timing tells nothing */
+{
+	size_t ns = strlen(secret), ng = strlen(guess), i;
+	unsigned char d = ns != ng;
+
+	for (i = 0; i < ns; i++)
+		d |= (unsigned char)(secret[i] ^ guess[ng ? i % ng : 0]);
+	return d == 0;
+}
+
+static int creds_match(const struct cred *c, const char *user, const char *pass)	/* checks every line */
+{
+	int ok = 0;
+
+	for (; c; c = c->next)
+		ok |= ct_equal(c->user, user) & ct_equal(c->pass, pass);
+	return ok;
+}
+
+static int env_build(char **env, const struct account *me, const char *term)	/* the shell's whole environment */
+{
+	const char *vars[][2] = {
+		{ "TERM", term }, { "HOME", me->home }, { "USER", me->name }, { "LOGNAME", me->name },
+		{ "SHELL", me->shell }, { "PATH", SHELL_PATH }, { "LANG", "C.UTF-8" },
+	};
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(vars); i++)
+		if (asprintf(&env[i], "%s=%s", vars[i][0], vars[i][1]) < 0) {
+			env[i] = NULL;
+			return -1;
+		}
+	return 0;
+}
+
+static void child_exec(const struct account *me, char **argv, char **env)	/* in the child; never returns */
+{
+	sigset_t none;
+
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);	/* the agent blocks these for its signalfd */
+	signal(SIGPIPE, SIG_DFL);
+	close_range(3, ~0U, 0);			/* lws's sockets are not the shell's business */
+	if (chdir(me->home) < 0 && chdir("/") < 0)
+		_exit(126);
+	execve(me->shell, argv, env);
+	_exit(127);
+}
+
+/* Forks the agent user's login shell on a new pty.  Everything the child
+ * needs is allocated before fork: a login worker thread may hold malloc's lock. */
+static pid_t pty_spawn(const struct account *me, const struct login *l, int *master)
+{
+	struct winsize ws = { .ws_row = (unsigned short)l->rows, .ws_col = (unsigned short)l->cols };
+	const char *base = strrchr(me->shell, '/');
+	char *env[8] = { 0 }, *argv[2] = { NULL, NULL };
+	pid_t pid = -1;
+	size_t i;
+
+	if (env_build(env, me, l->term) == 0 && asprintf(&argv[0], "-%s", base ? base + 1 : me->shell) >= 0) {
+		pid = forkpty(master, NULL, NULL, &ws);
+		if (pid == 0)
+			child_exec(me, argv, env);
+	}
+	for (i = 0; env[i]; i++)
+		free(env[i]);
+	free(argv[0]);
+	return pid;
+}
+
+static void pty_login(struct session *s, const struct login *l)	/* --login-file check, then the shell */
+{
+	struct agent *a = s->a;
+	int fd;
+	pid_t pid;
+
+	if (!a->cfg.creds || !creds_match(a->cfg.creds, l->user, l->pass)) {
+		session_login_done(s, -1, a->cfg.creds ? "authentication failed" :
+				   "this device accepts no login (no --login-file)");
+		return;
+	}
+	pid = pty_spawn(&a->cfg.me, l, &fd);
+	if (pid < 0) {
+		session_login_done(s, -1, "cannot start a shell");
+		return;
+	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	s->u.pty.pid = pid;
+	s->u.pty.fd = fd;
+	session_login_done(s, fd, NULL);
+}
+
+static ssize_t pty_read(struct session *s, unsigned char *buf, size_t n)	/* EIO: the slave side is gone */
+{
+	ssize_t r = read(s->u.pty.fd, buf, n);
+
+	if (r > 0)
+		return r;
+	return r < 0 && (errno == EAGAIN || errno == EINTR) ? 0 : -1;
+}
+
+static ssize_t pty_write(struct session *s, const unsigned char *p, size_t n)	/* the tty's input queue */
+{
+	ssize_t w = write(s->u.pty.fd, p, n);
+
+	if (w >= 0)
+		return w;
+	return errno == EAGAIN || errno == EINTR ? 0 : -1;
+}
+
+static void pty_close(struct session *s)	/* lws closed the master; the shell goes too */
+{
+	if (s->u.pty.pid > 0)	/* 0 once reaped: never signal a recycled pid */
+		kill(-s->u.pty.pid, s->kill_sig);
+}
+
+static const struct backend pty_backend = {
+	"pty", pty_login, pty_read, pty_write, NULL, NULL, NULL, NULL, pty_close,
+};
+
+/*** the ssh backend *********************************************************/
+
+/* libssh's connect, key exchange and password check block.  They run in a
+ * worker thread per login, so a slow or refusing sshd (PAM delays a failed
+ * password by ~2 s) never stalls the other sessions or the WebSocket.  The
+ * worker owns only its job; when done it wakes the loop with
+ * lws_cancel_service() and the loop takes the result (ssh_collect). */
+struct ssh_job {
+	struct lws_context *ctx;
+	pthread_t thread;
+	atomic_int done;
+	char host[256];
+	int port;
+	const char *known_hosts;
+	char *user, *pass;
+	unsigned cols, rows;
+	char term[32];
+	ssh_session ssh;		/* results, once done */
+	ssh_channel chan;
+	char why[300];			/* empty on success */
+};
+
+static int mkdir_parents(const char *file)	/* the directories above file, mode 700 */
+{
+	char *dir = strdup(file), *p;
+
+	if (!dir)
+		return -1;
+	for (p = strchr(dir + 1, '/'); p; p = strchr(p + 1, '/')) {
+		*p = '\0';
+		if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+			free(dir);
+			return -1;
+		}
+		*p = '/';
+	}
+	free(dir);
+	return 0;
+}
+
+static int job_fail(struct ssh_job *j, const char *fmt, const char *arg)	/* records why; returns -1 */
+{
+	snprintf(j->why, sizeof j->why, fmt, arg);
+	return -1;
+}
+
+static int job_connect(struct ssh_job *j)	/* TCP, key exchange; no ~/.ssh/config surprises */
+{
+	int verbosity = SSH_LOG_NOLOG;
+	long timeout = SSH_TIMEOUT_S;
+	bool no = false;
+	char where[300];
+
+	j->ssh = ssh_new();
+	if (!j->ssh)
+		return job_fail(j, "%s", "out of memory");
+	ssh_options_set(j->ssh, SSH_OPTIONS_LOG_VERBOSITY, &verbosity);
+	ssh_options_set(j->ssh, SSH_OPTIONS_PROCESS_CONFIG, &no);
+	ssh_options_set(j->ssh, SSH_OPTIONS_HOST, j->host);
+	ssh_options_set(j->ssh, SSH_OPTIONS_PORT, &j->port);
+	ssh_options_set(j->ssh, SSH_OPTIONS_USER, j->user);
+	ssh_options_set(j->ssh, SSH_OPTIONS_TIMEOUT, &timeout);
+	ssh_options_set(j->ssh, SSH_OPTIONS_KNOWNHOSTS, j->known_hosts);
+	ssh_options_set(j->ssh, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null");
+	if (ssh_connect(j->ssh) == SSH_OK)
+		return 0;
+	snprintf(where, sizeof where, "cannot reach the SSH server %s:%d: %%s", j->host, j->port);
+	return job_fail(j, where, ssh_get_error(j->ssh));
+}
+
+static int job_hostkey(struct ssh_job *j)	/* trust on first use, refuse a changed key */
+{
+	switch (ssh_session_is_known_server(j->ssh)) {
+	case SSH_KNOWN_HOSTS_OK:
+		return 0;
+	case SSH_KNOWN_HOSTS_UNKNOWN:
+	case SSH_KNOWN_HOSTS_NOT_FOUND:
+		if (mkdir_parents(j->known_hosts) == 0 && ssh_session_update_known_hosts(j->ssh) == SSH_OK)
+			return 0;
+		return job_fail(j, "cannot record the SSH host key in %s", j->known_hosts);
+	case SSH_KNOWN_HOSTS_CHANGED:
+	case SSH_KNOWN_HOSTS_OTHER:
+		return job_fail(j, "the SSH server's host key changed; refusing "
+				"(delete its line from %s to accept the new key)", j->known_hosts);
+	default:
+		return job_fail(j, "cannot check the SSH host key: %s", ssh_get_error(j->ssh));
+	}
+}
+
+static int job_auth(struct ssh_job *j)	/* password authentication */
+{
+	int rc = ssh_userauth_password(j->ssh, NULL, j->pass);
+
+	wipe(j->pass);
+	return rc == SSH_AUTH_SUCCESS ? 0 : job_fail(j, "%s", "authentication failed");
+}
+
+static int job_shell(struct ssh_job *j)	/* a channel with a PTY and a shell */
+{
+	j->chan = ssh_channel_new(j->ssh);
+	if (j->chan && ssh_channel_open_session(j->chan) == SSH_OK &&
+	    ssh_channel_request_pty_size(j->chan, j->term, (int)j->cols, (int)j->rows) == SSH_OK &&
+	    ssh_channel_request_shell(j->chan) == SSH_OK)
+		return 0;
+	return job_fail(j, "cannot open a shell: %s", ssh_get_error(j->ssh));
+}
+
+static void job_drop_conn(struct ssh_job *j)	/* frees what a failed login made */
+{
+	if (j->chan)
+		ssh_channel_free(j->chan);
+	if (j->ssh) {
+		ssh_disconnect(j->ssh);
+		ssh_free(j->ssh);
+	}
+	j->chan = NULL;
+	j->ssh = NULL;
+}
+
+static void *ssh_worker(void *arg)	/* the login thread: touches nothing but its job */
+{
+	struct ssh_job *j = arg;
+
+	if (job_connect(j) || job_hostkey(j) || job_auth(j) || job_shell(j))
+		job_drop_conn(j);
+	wipe(j->pass);
+	atomic_store(&j->done, 1);
+	lws_cancel_service(j->ctx);	/* -> LWS_CALLBACK_EVENT_WAIT_CANCELLED */
+	return NULL;
+}
+
+static void job_free(struct ssh_job *j)	/* the job, not the connection it made */
+{
+	wipe(j->pass);
+	free(j->pass);
+	free(j->user);
+	free(j);
+}
+
+static void ssh_login(struct session *s, const struct login *l)	/* starts the worker */
+{
+	struct ssh_job *j = calloc(1, sizeof(*j));
+	struct config *c = &s->a->cfg;
+
+	if (!j)
+		abort();
+	j->ctx = s->a->ctx;
+	snprintf(j->host, sizeof j->host, "%s", c->ssh_host);
+	j->port = c->ssh_port;
+	j->known_hosts = c->known_hosts_path;
+	j->user = strdup(l->user);
+	j->pass = strdup(l->pass);
+	j->cols = l->cols;
+	j->rows = l->rows;
+	memcpy(j->term, l->term, sizeof j->term);
+	if (!j->user || !j->pass || pthread_create(&j->thread, NULL, ssh_worker, j)) {
+		job_free(j);
+		session_login_done(s, -1, "cannot start the SSH login");
+		return;
+	}
+	s->u.ssh.job = j;
+	s->worker = 1;
+}
+
+static struct ssh_job *ssh_take_job(struct session *s)	/* joins the worker, keeps its connection */
+{
+	struct ssh_job *j = s->u.ssh.job;
+
+	pthread_join(j->thread, NULL);
+	s->u.ssh.job = NULL;
+	s->worker = 0;
+	s->u.ssh.ssh = j->ssh;
+	s->u.ssh.chan = j->chan;
+	return j;
+}
+
+static void ssh_finish_login(struct session *s)	/* in the loop: the worker is done */
+{
+	struct ssh_job *j = ssh_take_job(s);
+	int fd = -1;
+
+	if (s->state == S_DEAD)		/* replaced or the tunnel went while logging in */
+		session_release(s);
+	else if (j->why[0])
+		session_login_done(s, -1, j->why);
+	else {
+		ssh_set_blocking(s->u.ssh.ssh, 0);
+		/* lws closes what it adopts; libssh keeps and closes the original */
+		fd = fcntl(ssh_get_fd(s->u.ssh.ssh), F_DUPFD_CLOEXEC, 0);
+		session_login_done(s, fd, NULL);
+	}
+	job_free(j);
+}
+
+static void ssh_collect(struct agent *a)	/* EVENT_WAIT_CANCELLED: finished logins */
+{
+	struct session *s;
+
+	do {
+		for (s = a->sessions; s; s = s->next)
+			if (s->worker && atomic_load(&s->u.ssh.job->done))
+				break;
+		if (s)
+			ssh_finish_login(s);	/* may free s: rescan */
+	} while (s);
+}
+
+static void ssh_join(struct session *s)	/* at exit: wait out a login in progress */
+{
+	if (s->worker)
+		job_free(ssh_take_job(s));
+}
+
+static ssize_t ssh_read(struct session *s, unsigned char *buf, size_t n)	/* stdout only: a PTY merges stderr */
+{
+	ssh_channel c = s->u.ssh.chan;
+	int r = ssh_channel_read_nonblocking(c, buf, (uint32_t)n, 0);
+
+	if (r > 0)
+		return r;
+	if (r == SSH_AGAIN)
+		return 0;
+	if (r < 0 || ssh_channel_is_eof(c) || ssh_channel_is_closed(c))
+		return -1;
+	return 0;
+}
+
+static ssize_t ssh_write(struct session *s, const unsigned char *p, size_t n)	/* partial when the window is full */
+{
+	int w = ssh_channel_write(s->u.ssh.chan, p, (uint32_t)n);
+
+	return w < 0 ? -1 : w;
+}
+
+static void ssh_flush(struct session *s)	/* the socket is writable again */
+{
+	ssh_blocking_flush(s->u.ssh.ssh, 0);
+}
+
+static int ssh_backlog(struct session *s)	/* libssh still holds bytes for the socket */
+{
+	return ssh_get_poll_flags(s->u.ssh.ssh) & SSH_WRITE_PENDING;
+}
+
+static void ssh_close(struct session *s)	/* channel, then connection */
+{
+	if (s->u.ssh.chan)
+		ssh_channel_free(s->u.ssh.chan);
+	if (s->u.ssh.ssh) {
+		ssh_disconnect(s->u.ssh.ssh);
+		ssh_free(s->u.ssh.ssh);
+	}
+	s->u.ssh.chan = NULL;
+	s->u.ssh.ssh = NULL;
+}
+
+static const struct backend ssh_backend = {
+	"ssh", ssh_login, ssh_read, ssh_write, ssh_flush, ssh_backlog, ssh_collect, ssh_join, ssh_close,
+};
+
+/*** inbound messages ********************************************************/
+
+/* A scanner for one member of the raw JSON text, used after cJSON accepted
+ * the message: cJSON's strings end at the first NUL, and keystrokes may hold
+ * one (Ctrl-@), so command data is decoded here, byte for byte. */
+
+static const char *js_ws(const char *p, const char *e)	/* skips JSON whitespace */
+{
+	while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+static const char *js_skip_string(const char *p, const char *e)	/* p at '"': past the closing one */
+{
+	for (p++; p < e; p++) {
+		if (*p == '\\')
+			p++;
+		else if (*p == '"')
+			return p + 1;
+	}
+	return NULL;
+}
+
+static const char *js_skip_value(const char *p, const char *e)	/* past one value */
+{
+	int depth = 0;
+
+	while (p < e) {
+		if (*p == '"') {
+			if (!(p = js_skip_string(p, e)) || depth == 0)
+				return p;
+			continue;
+		}
+		if (*p == '{' || *p == '[')
+			depth++;
+		else if (*p == '}' || *p == ']') {
+			if (depth == 0)
+				return p;	/* a primitive ended with its container */
+			if (--depth == 0)
+				return p + 1;
+		} else if (depth == 0 && strchr(", \t\r\n", *p))
+			return p;
+		p++;
+	}
+	return depth == 0 ? p : NULL;
+}
+
+static int hex4(const char *p, const char *e, unsigned *v)	/* four hex digits */
+{
+	int i;
+
+	*v = 0;
+	if (e - p < 4)
+		return -1;
+	for (i = 0; i < 4; i++) {
+		if (!isxdigit((unsigned char)p[i]))
+			return -1;
+		*v = *v * 16 + (unsigned)(isdigit((unsigned char)p[i]) ? p[i] - '0' : (p[i] | 0x20) - 'a' + 10);
+	}
+	return 0;
+}
+
+static size_t utf8_put(unsigned long cp, char *out)	/* encodes one code point */
+{
+	if (cp < 0x80) {
+		out[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		out[0] = (char)(0xC0 | cp >> 6);
+		out[1] = (char)(0x80 | (cp & 0x3F));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		out[0] = (char)(0xE0 | cp >> 12);
+		out[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+		out[2] = (char)(0x80 | (cp & 0x3F));
+		return 3;
+	}
+	out[0] = (char)(0xF0 | cp >> 18);
+	out[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+	out[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+	out[3] = (char)(0x80 | (cp & 0x3F));
+	return 4;
+}
+
+/* One escape, p just after its backslash; surrogate pairs join, a lone
+ * surrogate becomes U+FFFD.  Returns past the escape, NULL if malformed. */
+static const char *js_unescape(const char *p, const char *e, unsigned long *cp)
+{
+	static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+	const char *q;
+	unsigned hi, lo;
+
+	if (p >= e)
+		return NULL;
+	if (*p != 'u') {
+		if (!(q = memchr(from, *p, 8)))
+			return NULL;
+		*cp = (unsigned char)to[q - from];
+		return p + 1;
+	}
+	if (hex4(p + 1, e, &hi))
+		return NULL;
+	p += 5;
+	*cp = hi >= 0xD800 && hi <= 0xDFFF ? 0xFFFD : hi;
+	if (hi >= 0xD800 && hi <= 0xDBFF && e - p >= 6 && p[0] == '\\' && p[1] == 'u' &&
+	    !hex4(p + 2, e, &lo) && lo >= 0xDC00 && lo <= 0xDFFF) {
+		*cp = 0x10000 + ((unsigned long)(hi - 0xD800) << 10) + (lo - 0xDC00);
+		p += 6;
+	}
+	return p;
+}
+
+/* Decodes the string at p (its opening quote) into out; -1 if it does not
+ * fit cap or is malformed.  Decoding never grows: cap = its raw size is enough. */
+static int js_decode(const char *p, const char *e, char *out, size_t cap, size_t *len)
+{
+	unsigned long cp;
+	size_t n = 0, k;
+	char tmp[4];
+
+	for (p++; p < e && *p != '"';) {
+		if (*p != '\\') {	/* raw bytes, >= 0x80 included, pass as they are */
+			if (n >= cap)
+				return -1;
+			out[n++] = *p++;
+			continue;
+		}
+		if (!(p = js_unescape(p + 1, e, &cp)) || n + (k = utf8_put(cp, tmp)) > cap)
+			return -1;
+		memcpy(out + n, tmp, k);
+		n += k;
+	}
+	*len = n;
+	return p < e ? 0 : -1;
+}
+
+static const char *js_member(const char *p, const char *e, const char *key)	/* a top-level member's value */
+{
+	char name[40];
+	size_t n;
+	int match;
+	const char *k;
+
+	p = js_ws(p, e);
+	if (e - p >= 3 && !memcmp(p, "\xEF\xBB\xBF", 3))	/* cJSON skips a BOM too */
+		p = js_ws(p + 3, e);
+	if (p >= e || *p++ != '{')
+		return NULL;
+	for (;;) {
+		if ((p = js_ws(p, e)) >= e || *p != '"' || !(p = js_skip_string(k = p, e)))
+			return NULL;
+		match = !js_decode(k, p, name, sizeof name, &n) && n == strlen(key) && !memcmp(name, key, n);
+		if ((p = js_ws(p, e)) >= e || *p++ != ':')
+			return NULL;
+		p = js_ws(p, e);
+		if (match)
+			return p;
+		if (!(p = js_skip_value(p, e)) || (p = js_ws(p, e)) >= e || *p++ != ',')
+			return NULL;
+	}
+}
+
+struct inbound {			/* one parsed message */
+	cJSON *root;
+	const char *op, *rid, *service;
+	cJSON *data;
+	const char *text;		/* the frame as received */
+	size_t len;
+};
+
+static char *str_member(const cJSON *o, const char *k)	/* a string member or NULL */
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static unsigned size_member(const cJSON *o, const char *k, unsigned dflt, unsigned lo, unsigned hi)
+{	/* a terminal dimension: a number or a numeric string, clamped */
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+	char *end = NULL;
+	double d;
+
+	if (cJSON_IsNumber(v))
+		d = v->valuedouble;
+	else if (cJSON_IsString(v)) {
+		d = strtod(v->valuestring, &end);
+		if (end == v->valuestring || *end)
+			return dflt;
+	} else
+		return dflt;
+	if (d != d)
+		return dflt;
+	return d < lo ? lo : d > hi ? hi : (unsigned)d;
+}
+
+static void login_from(const struct agent *a, const cJSON *data, struct login *l)	/* the connect's data */
+{
+	const char *term = str_member(data, "term");
+	size_t i, n = term ? strlen(term) : 0;
+	int ok = !a->prof->fixed_pty && n > 0 && n < sizeof l->term;
+
+	l->user = str_member(data, "username");
+	l->pass = str_member(data, "password");
+	l->cols = a->prof->fixed_pty ? PTY_COLS : size_member(data, "cols", PTY_COLS, COLS_MIN, COLS_MAX);
+	l->rows = a->prof->fixed_pty ? PTY_ROWS : size_member(data, "rows", PTY_ROWS, ROWS_MIN, ROWS_MAX);
+	for (i = 0; ok && i < n; i++)	/* it goes into the environment: keep it tame */
+		ok = isalnum((unsigned char)term[i]) || strchr("-_.+", term[i]);
+	snprintf(l->term, sizeof l->term, "%s", ok ? term : PTY_TERM);
+}
+
+static void on_connect(struct agent *a, const struct inbound *m)	/* a new SSH session */
+{
+	struct session *s;
+	struct login l;
+
+	if (!m->rid && !a->prof->quirks) {
+		sb_log("connect without request_id; dropped");
+		return;
+	}
+	if (a->prof->single)
+		sessions_kill_all(a, SIGHUP);
+	else if ((s = session_find(a, m->rid)))
+		session_kill(s, SIGHUP);
+	s = session_new(a, m->rid ? m->rid : "");
+	a->prof->accepted(s);
+	login_from(a, m->data, &l);
+	if (!l.user || !l.pass)
+		session_login_done(s, -1, "connect needs data.username and data.password");
+	else
+		a->be->login(s, &l);
+	wipe(l.pass);
+}
+
+static void on_command(struct agent *a, const struct inbound *m)	/* keystrokes for a session */
+{
+	struct session *s = a->prof->single ? session_any(a) : session_find(a, m->rid);
+	const char *v = js_member(m->text, m->text + m->len, "data");
+	char *buf;
+	size_t n;
+
+	if (!cJSON_IsString(m->data) || !v || *v != '"') {
+		sb_log("command without string data; ignored");
+		return;
+	}
+	if (!s) {
+		sb_log("command for unknown session %s; ignored", loggable(m->rid));
+		return;
+	}
+	buf = malloc(m->len);
+	if (!buf)
+		abort();
+	if (js_decode(v, m->text + m->len, buf, m->len, &n) == 0)
+		session_input(s, buf, a->prof->quirks ? strnlen(buf, n) : n);	/* the SDK uses strlen */
+	explicit_bzero(buf, m->len);
+	free(buf);
+}
+
+static void on_disconnect(struct agent *a, const struct inbound *m)	/* the app ends a session */
+{
+	struct session *s = session_find(a, m->rid);
+
+	if (a->prof->quirks)	/* the SDK knows only connect and command */
+		return;
+	if (s)
+		session_kill(s, SIGHUP);
+}
+
+static const struct handler {
+	const char *op;
+	void (*fn)(struct agent *a, const struct inbound *m);
+} handlers[] = {
+	{ "connect", on_connect },
+	{ "command", on_command },
+	{ "disconnect", on_disconnect },
+};
+
+/* The official SDK strcmp()s tunnel_service_type and operation_type without
+ * a NULL check; the c-sdk profile drops what would crash it, and says so. */
+static int quirks_admit(const struct inbound *m)
+{
+	if (!m->service)
+		sb_log("message without tunnel_service_type (official devices crash on this)");
+	else if (strcmp(m->service, "ssh"))
+		sb_log("wrong tunnel_service_type %s; dropped", loggable(m->service));
+	else if (!m->op)
+		sb_log("message without operation_type (official devices crash on this)");
+	else
+		return 1;
+	return 0;
+}
+
+static int admit(struct agent *a, const struct inbound *m)	/* 1 if m is to be handled */
+{
+	if (a->prof->quirks && !quirks_admit(m))
+		return 0;
+	if (!m->op) {
+		sb_log("message without operation_type; dropped");
+		return 0;
+	}
+	if (m->rid && strlen(m->rid) > RID_MAX) {
+		sb_log("request_id longer than %d bytes; dropped", RID_MAX);
+		return 0;
+	}
+	if (a->prof->quirks && m->rid && (!strcmp(m->op, "connect") || !strcmp(m->op, "command"))) {
+		snprintf(a->latest_rid, sizeof a->latest_rid, "%s", m->rid);
+		a->have_latest = 1;
+	}
+	return 1;
+}
+
+static void message_dispatch(struct agent *a, const char *text, size_t len)	/* one whole frame */
+{
+	struct inbound m = { .text = text, .len = len };
+	size_t i;
+
+	m.root = cJSON_ParseWithLength(text, len);
+	if (!cJSON_IsObject(m.root)) {
+		sb_log("dropped a malformed message");
+		cJSON_Delete(m.root);
+		return;
+	}
+	m.op = str_member(m.root, "operation_type");
+	m.rid = str_member(m.root, "request_id");
+	m.service = str_member(m.root, "tunnel_service_type");
+	m.data = cJSON_GetObjectItemCaseSensitive(m.root, "data");
+	if (admit(a, &m)) {
+		for (i = 0; i < LWS_ARRAY_SIZE(handlers) && strcmp(m.op, handlers[i].op); i++)
+			;
+		if (i < LWS_ARRAY_SIZE(handlers))
+			handlers[i].fn(a, &m);
+		else
+			sb_log("ignored operation_type %s", loggable(m.op));
+	}
+	cJSON_Delete(m.root);
+}
+
+/*** the WebSocket ***********************************************************/
+
+static void tunnel_connect(lws_sorted_usec_list_t *sul)	/* one connection attempt */
+{
+	struct agent *a = lws_container_of(sul, struct agent, sul_connect);
+	struct lws_client_connect_info i;
+	int insecure = LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK | LCCSCF_ALLOW_INSECURE;
+
+	memset(&i, 0, sizeof i);
+	i.context = a->ctx;
+	i.address = a->cfg.host;
+	i.port = a->cfg.port;
+	i.path = a->cfg.path;
+	i.host = i.address;
+	i.origin = i.address;
+	i.ssl_connection = a->cfg.tls ? LCCSCF_USE_SSL | (a->cfg.insecure ? insecure : 0) : 0;
+	i.local_protocol_name = "tunnel";	/* and no Sec-WebSocket-Protocol */
+	i.retry_and_idle_policy = &retry_policy;
+	a->link = L_CONNECTING;
+	a->close_code = 0;
+	if (!lws_client_connect_via_info(&i) && a->link == L_CONNECTING) {
+		a->link = L_IDLE;	/* failed before any callback: try again */
+		sb_log("connection failed: cannot start the connection");
+		lws_sul_schedule(a->ctx, 0, &a->sul_connect, tunnel_connect, 1000 * LWS_US_PER_MS);
+	}
+}
+
+static void tunnel_retry(struct agent *a)	/* schedules the next attempt, with backoff */
+{
+	char conceal;
+	unsigned ms = lws_retry_get_delay_ms(a->ctx, &retry_policy, &a->retries, &conceal);
+
+	sb_log("reconnecting in %u ms", ms);
+	lws_sul_schedule(a->ctx, 0, &a->sul_connect, tunnel_connect, (lws_usec_t)ms * LWS_US_PER_MS);
+}
+
+static void agent_exit(struct agent *a, int status, const char *why)	/* leaves the loop */
+{
+	sb_log("%s", why);
+	a->status = status;
+	a->quit = 1;
+}
+
+static void tunnel_lost(struct agent *a)	/* every session dies with the tunnel (DESIGN.md) */
+{
+	a->wsi = NULL;
+	a->link = L_IDLE;
+	sessions_kill_all(a, SIGHUP);
+	sb_queue_clear(&a->out);
+	a->paused = 0;
+	if (a->rx.p)	/* a half-received connect may hold a password */
+		explicit_bzero(a->rx.p, a->rx.cap);
+	a->rx.len = 0;
+	a->rx_skip = 0;
+}
+
+static void tunnel_up(struct agent *a, struct lws *wsi)	/* CLIENT_ESTABLISHED */
+{
+	a->wsi = wsi;
+	a->link = L_OPEN;
+	a->retries = 0;
+	sb_log("connected");
+}
+
+static void tunnel_closed(struct agent *a)	/* CLIENT_CLOSED: retry unless told not to */
+{
+	int code = a->close_code ? a->close_code : 1006, stopping = a->link == L_STOPPING;
+	size_t i;
+
+	if (a->link == L_IDLE || a->quit)
+		return;
+	tunnel_lost(a);
+	sb_log("disconnected (close %d)", code);
+	if (stopping) {
+		a->quit = 1;
+		return;
+	}
+	for (i = 0; i < LWS_ARRAY_SIZE(final_closes); i++)
+		if (final_closes[i].code == code) {
+			agent_exit(a, final_closes[i].status, final_closes[i].why);
+			return;
+		}
+	tunnel_retry(a);
+}
+
+static void tunnel_failed(struct agent *a, struct lws *wsi, const char *in, size_t len)
+{	/* CLIENT_CONNECTION_ERROR: an HTTP refusal is final, the rest is retried */
+	unsigned status = wsi ? lws_http_client_http_response(wsi) : 0;
+	char why[80];
+
+	if (a->link == L_IDLE || a->quit)
+		return;
+	tunnel_lost(a);
+	sb_log("connection failed: %.*s", in ? (int)len : 13, in ? in : "unknown error");
+	if (in && strstr(in, "unauthorized") && !status)
+		status = 401;
+	if (status == 401 || status == 403 || status == 404) {
+		snprintf(why, sizeof why, "the platform refused the device (HTTP %u); exiting", status);
+		agent_exit(a, 1, why);
+	} else
+		tunnel_retry(a);
+}
+
+static void tunnel_receive(struct agent *a, struct lws *wsi, const void *in, size_t len)
+{	/* reassembles fragments, dispatches whole messages */
+	if (!a->rx_skip && sb_rx_append(&a->rx, in, len, RX_MAX) < 0) {
+		a->rx_skip = 1;
+		sb_log("dropped an oversized message");
+	}
+	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
+		return;
+	if (!a->rx_skip)
+		message_dispatch(a, a->rx.p ? a->rx.p : "", a->rx.len);
+	if (a->rx.p)	/* a connect carries a password */
+		explicit_bzero(a->rx.p, a->rx.len);
+	a->rx.len = 0;
+	a->rx_skip = 0;
+}
+
+static int tunnel_writeable(struct agent *a, struct lws *wsi)	/* one frame per callback */
+{
+	static const char bye[] = "device agent stopping";
+	int more;
+
+	if (a->link == L_STOPPING) {
+		lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)bye, sizeof bye - 1);
+		return -1;
+	}
+	more = sb_queue_write(&a->out, wsi);
+	if (more < 0)
+		return -1;
+	if (more)
+		lws_callback_on_writable(wsi);
+	if (a->paused && a->out.bytes < OUT_LOW)
+		sessions_resume(a);
+	return 0;
+}
+
+static int tunnel_add_token(struct agent *a, struct lws *wsi, void *in, size_t len)	/* the auth header */
+{
+	unsigned char **p = in, *end = *p + len;
+	const char *t = a->cfg.token;
+
+	return lws_add_http_header_by_name(wsi, (const unsigned char *)"tunnel_access_token:",
+					   (const unsigned char *)t, (int)strlen(t), p, end) ? -1 : 0;
+}
+
+static int close_code_of(const unsigned char *in, size_t len)	/* a close frame's status */
+{
+	return len >= 2 ? in[0] << 8 | in[1] : 0;
+}
+
+static int cb_tunnel(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{	/* the WebSocket to the platform */
+	struct agent *a = lws_context_user(lws_get_context(wsi));
+
+	(void)user;
+	switch (reason) {
+	case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+		return tunnel_add_token(a, wsi, in, len);
+	case LWS_CALLBACK_CLIENT_ESTABLISHED:
+		tunnel_up(a, wsi);
+		break;
+	case LWS_CALLBACK_CLIENT_RECEIVE:
+		tunnel_receive(a, wsi, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_WRITEABLE:
+		return tunnel_writeable(a, wsi);
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		a->close_code = close_code_of(in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+		tunnel_failed(a, wsi, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_CLOSED:
+		tunnel_closed(a);
+		break;
+	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:	/* a login worker finished */
+		if (a && a->be->collect)
+			a->be->collect(a);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static int cb_session(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{	/* a shell: pty master or ssh socket */
+	struct session *s = lws_get_opaque_user_data(wsi);
+
+	(void)user;
+	(void)in;
+	(void)len;
+	if (!s)
+		return 0;
+	switch (reason) {
+	case LWS_CALLBACK_RAW_RX_FILE:
+		return session_readable(s);
+	case LWS_CALLBACK_RAW_WRITEABLE_FILE:
+		return session_writeable(s);
+	case LWS_CALLBACK_RAW_CLOSE_FILE:
+		session_wsi_closed(s);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/*** signals and children ****************************************************/
+
+static void agent_stop_timeout(lws_sorted_usec_list_t *sul)	/* the close handshake took too long */
+{
+	lws_container_of(sul, struct agent, sul_stop)->quit = 1;
+}
+
+static void agent_stop(struct agent *a, int signo)	/* SIGTERM/SIGINT/SIGHUP: close 1001, leave */
+{
+	if (a->link == L_STOPPING) {	/* a second signal: leave now */
+		a->quit = 1;
+		return;
+	}
+	sb_log("stopping on signal %d", signo);
+	sessions_kill_all(a, SIGKILL);
+	lws_sul_cancel(&a->sul_connect);
+	if (a->link != L_OPEN) {
+		a->quit = 1;
+		return;
+	}
+	a->link = L_STOPPING;
+	lws_callback_on_writable(a->wsi);
+	lws_sul_schedule(a->ctx, 0, &a->sul_stop, agent_stop_timeout, STOP_GRACE_MS * LWS_US_PER_MS);
+}
+
+static void children_reap(struct agent *a)	/* SIGCHLD: no zombies, and notice a shell's exit */
+{
+	struct session *s;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, NULL, WNOHANG)) > 0) {
+		for (s = a->sessions; s && !(a->be == &pty_backend && s->u.pty.pid == pid); s = s->next)
+			;
+		if (!s)
+			continue;
+		s->u.pty.pid = 0;
+		/* normally the pty's EOF comes first; if a background job keeps
+		 * it open, end the session after a grace period anyway */
+		if (s->state == S_LIVE)
+			lws_sul_schedule(a->ctx, 0, &s->sul_exit, session_exit_timeout,
+					 EXIT_GRACE_MS * LWS_US_PER_MS);
+	}
+}
+
+static void signals_readable(struct agent *a)	/* drains the signalfd */
+{
+	struct signalfd_siginfo si;
+
+	while (read(a->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+		if (si.ssi_signo == SIGCHLD)
+			children_reap(a);
+		else
+			agent_stop(a, (int)si.ssi_signo);
+	}
+}
+
+static int cb_signals(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{	/* the signalfd */
+	struct agent *a = lws_context_user(lws_get_context(wsi));
+
+	(void)user;
+	(void)in;
+	(void)len;
+	if (reason == LWS_CALLBACK_RAW_RX_FILE)
+		signals_readable(a);
+	else if (reason == LWS_CALLBACK_RAW_CLOSE_FILE)
+		a->sigfd = -1;
+	return 0;
+}
+
+static const struct lws_protocols protocols[] = {
+	{ "tunnel", cb_tunnel, 0, 0, 0, NULL, 0 },	/* first: gets the connection errors */
+	{ "session", cb_session, 0, 0, 0, NULL, 0 },
+	{ "signals", cb_signals, 0, 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 },
+};
+
+/*** command line ************************************************************/
+
+static const struct option_spec {
+	const char *name, *arg, *help;
+	size_t off;			/* where the value goes in struct config */
+} options[] = {
+	{ "url", "URL", "device-connect URL, ws:// or wss://.../v5/iot/tunnels/ID/device-connect",
+	  offsetof(struct config, url) },
+	{ "token", "TOKEN", "the tunnel_access_token (visible in ps: prefer --token-file)",
+	  offsetof(struct config, token_arg) },
+	{ "token-file", "FILE", "read the token from FILE", offsetof(struct config, token_file) },
+	{ "notify", "FILE", "a tunnel_notify event (IoTDA $tunnel_manager JSON): URL and token",
+	  offsetof(struct config, notify) },
+	{ "backend", "pty|ssh", "where shells run (default pty)", offsetof(struct config, backend) },
+	{ "ssh", "HOST:PORT", "the sshd of --backend ssh (default 127.0.0.1:22)", offsetof(struct config, ssh) },
+	{ "known-hosts", "FILE", "trust-on-first-use host keys (default\n"
+	  "                        $XDG_STATE_HOME/tunnel-device/known_hosts)", offsetof(struct config, known_hosts) },
+	{ "login-file", "FILE", "user:password lines the pty backend accepts", offsetof(struct config, login_file) },
+	{ "profile", "full|c-sdk", "full (default), or mimic the official C device SDK",
+	  offsetof(struct config, profile) },
+	{ "cacert", "FILE", "trust this CA too for wss://", offsetof(struct config, cacert) },
+	{ "insecure", NULL, "accept any server certificate (loud)", offsetof(struct config, insecure) },
+	{ "help", NULL, "this text", offsetof(struct config, help) },
+};
+
+static void usage(FILE *f)	/* usage_text with the options table */
+{
+	char opts[4096], *p = opts;
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(options); i++) {
+		const struct option_spec *o = &options[i];
+		int w = (int)strlen(o->name) + (o->arg ? (int)strlen(o->arg) + 1 : 0);
+
+		p += snprintf(p, sizeof opts - (size_t)(p - opts), "  --%s%s%s%*s%s\n", o->name,
+			      o->arg ? " " : "", o->arg ? o->arg : "", w < 20 ? 20 - w : 1, "", o->help);
+	}
+	fprintf(f, usage_text, opts);
+}
+
+static void bad_usage(const char *fmt, const char *arg)	/* message, usage, exit 2 */
+{
+	fprintf(stderr, "tunnel-device: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\n\n");
+	usage(stderr);
+	exit(2);
+}
+
+static const struct option_spec *option_find(const char *name, size_t n)	/* by name, without "--" */
+{
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(options); i++)
+		if (strlen(options[i].name) == n && !strncmp(options[i].name, name, n))
+			return &options[i];
+	return NULL;
+}
+
+static void options_parse(struct config *c, int argc, char **argv)	/* --name VALUE, --name=VALUE */
+{
+	const struct option_spec *o;
+	const char *name, *eq, *val;
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		if (strncmp(argv[i], "--", 2))
+			bad_usage("unexpected argument '%s'", argv[i]);
+		name = argv[i] + 2;
+		eq = strchr(name, '=');
+		if (!(o = option_find(name, eq ? (size_t)(eq - name) : strlen(name))))
+			bad_usage("unknown option '%s'", argv[i]);
+		if (!o->arg) {
+			if (eq)
+				bad_usage("%s takes no value", argv[i]);
+			*(int *)((char *)c + o->off) = 1;
+			continue;
+		}
+		val = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
+		if (!val)
+			bad_usage("%s needs a value", argv[i]);
+		*(const char **)((char *)c + o->off) = val;
+	}
+}
+
+static char *file_read(const char *path, size_t max)	/* a small file as a string, or NULL */
+{
+	FILE *f = fopen(path, "r");
+	char *buf = f ? malloc(max + 1) : NULL;
+	size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+
+	if (f)
+		fclose(f);
+	if (!buf || n > max) {
+		free(buf);
+		return NULL;
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+static char *token_from_file(const char *path)	/* the first line, trailing blanks cut */
+{
+	char *t = file_read(path, 4096);
+	size_t n;
+
+	if (!t)
+		bad_usage("cannot read the token file %s", path);
+	n = strcspn(t, "\r\n");
+	while (n && isspace((unsigned char)t[n - 1]))
+		n--;
+	t[n] = '\0';
+	return t;
+}
+
+/* Reads a tunnel_notify event: services[] with event_type "tunnel_notify",
+ * paras.tunnel_uri (the documented name; tunnel_url accepted too). */
+static void notify_read(struct config *c, const char *path)
+{
+	char *text = file_read(path, 65536), *url = NULL, *tok = NULL;
+	cJSON *root = text ? cJSON_Parse(text) : NULL, *svc;
+
+	cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(root, "services")) {
+		const cJSON *paras = cJSON_GetObjectItemCaseSensitive(svc, "paras");
+		const char *ev = str_member(svc, "event_type");
+
+		if (!ev || strcmp(ev, "tunnel_notify"))
+			continue;
+		url = str_member(paras, "tunnel_uri") ? str_member(paras, "tunnel_uri") : str_member(paras, "tunnel_url");
+		tok = str_member(paras, "tunnel_access_token");
+		break;
+	}
+	if (url && tok) {
+		c->url_buf = strdup(url);
+		c->token = strdup(tok);
+		wipe(tok);
+	}
+	cJSON_Delete(root);
+	if (text)
+		explicit_bzero(text, strlen(text));
+	free(text);
+	if (!c->url_buf || !c->token)
+		bad_usage("%s is not a tunnel_notify event with tunnel_uri and tunnel_access_token", path);
+}
+
+static void token_resolve(struct config *c)	/* exactly one source; 1-256 printable chars */
+{
+	size_t n;
+	int sources = !!c->token_arg + !!c->token_file + !!c->notify;
+
+	if (sources != 1)
+		bad_usage("%s", "give exactly one of --token, --token-file, --notify");
+	if (!c->notify != !!c->url)
+		bad_usage("%s", c->notify ? "--notify gives the URL: drop --url" : "--url is missing");
+	if (c->notify)
+		notify_read(c, c->notify);
+	else {
+		c->url_buf = strdup(c->url);
+		c->token = c->token_file ? token_from_file(c->token_file) : strdup(c->token_arg);
+	}
+	n = strlen(c->token);
+	for (size_t i = 0; i < n; i++)
+		if (c->token[i] <= ' ' || c->token[i] > '~')
+			n = 0;	/* it goes into an HTTP header */
+	if (n == 0 || n > TOKEN_MAX)
+		bad_usage("the token must be 1-%s printable characters without spaces", "256");
+}
+
+static void url_resolve(struct config *c)	/* ws[s]://host[:port]/path */
+{
+	const char *prot, *host, *path;
+	char *copy = strdup(c->url_buf);
+
+	if (lws_parse_uri(c->url_buf, &prot, &host, &c->port, &path) || !*host ||
+	    (strcmp(prot, "ws") && strcmp(prot, "wss")))
+		bad_usage("bad URL %s (want ws:// or wss://)", copy);
+	free(copy);
+	c->tls = !strcmp(prot, "wss");
+	c->host = host;
+	snprintf(c->path, sizeof c->path, "/%s", path);
+}
+
+static char *known_hosts_default(const struct account *me)	/* $XDG_STATE_HOME or ~/.local/state */
+{
+	const char *state = getenv("XDG_STATE_HOME");
+	char *p = NULL;
+	int r = state && *state == '/' ? asprintf(&p, "%s/tunnel-device/known_hosts", state) :
+		asprintf(&p, "%s/.local/state/tunnel-device/known_hosts", me->home);
+
+	if (r < 0)
+		abort();
+	return p;
+}
+
+static void ssh_resolve(struct config *c)	/* HOST:PORT, [v6]:PORT; the known-hosts path */
+{
+	const char *spec = c->ssh ? c->ssh : "127.0.0.1:22", *colon = strrchr(spec, ':');
+	char *end = NULL;
+	long port = colon ? strtol(colon + 1, &end, 10) : 0;
+	size_t hl = colon ? (size_t)(colon - spec) : 0;
+
+	if (!colon || *end || port < 1 || port > 65535 || hl == 0 || hl >= sizeof c->ssh_host)
+		bad_usage("bad --ssh %s (want HOST:PORT)", spec);
+	if (spec[0] == '[' && hl > 2 && spec[hl - 1] == ']')
+		snprintf(c->ssh_host, sizeof c->ssh_host, "%.*s", (int)hl - 2, spec + 1);
+	else
+		snprintf(c->ssh_host, sizeof c->ssh_host, "%.*s", (int)hl, spec);
+	c->ssh_port = (int)port;
+	c->known_hosts_path = c->known_hosts ? strdup(c->known_hosts) : known_hosts_default(&c->me);
+	if (!c->known_hosts_path)
+		abort();
+}
+
+static void creds_load(struct config *c)	/* --login-file: user:password per line, # comments */
+{
+	FILE *f = fopen(c->login_file, "r");
+	char *line = NULL, *colon;
+	size_t cap = 0;
+	struct cred *cr;
+	struct stat st;
+
+	if (!f)
+		bad_usage("cannot read the login file %s", c->login_file);
+	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
+		sb_log("warning: %s is readable by other users", c->login_file);
+	while (getline(&line, &cap, f) > 0) {
+		line[strcspn(line, "\r\n")] = '\0';
+		if (line[0] == '#' || !(colon = strchr(line, ':')))
+			continue;
+		*colon = '\0';
+		if (!(cr = calloc(1, sizeof(*cr))) || !(cr->user = strdup(line)) || !(cr->pass = strdup(colon + 1)))
+			abort();
+		cr->next = c->creds;
+		c->creds = cr;
+	}
+	if (line)
+		explicit_bzero(line, cap);
+	free(line);
+	fclose(f);
+}
+
+static void account_load(struct account *me)	/* the agent's own user, from the password database */
+{
+	struct passwd pw, *res = NULL;
+	char buf[4096];
+
+	if (getpwuid_r(getuid(), &pw, buf, sizeof buf, &res) || !res) {
+		fprintf(stderr, "tunnel-device: who am I? (no passwd entry for uid %u)\n", (unsigned)getuid());
+		exit(1);
+	}
+	me->name = strdup(pw.pw_name);
+	me->home = strdup(pw.pw_dir && *pw.pw_dir ? pw.pw_dir : "/");
+	me->shell = strdup(pw.pw_shell && *pw.pw_shell ? pw.pw_shell : "/bin/sh");
+	if (!me->name || !me->home || !me->shell)
+		abort();
+}
+
+static void config_load(struct agent *a, int argc, char **argv)	/* everything, or exit 0/2 */
+{
+	struct config *c = &a->cfg;
+	size_t i;
+
+	options_parse(c, argc, argv);
+	if (c->help) {
+		usage(stdout);
+		exit(0);
+	}
+	for (i = 0; i < LWS_ARRAY_SIZE(backends) && strcmp(c->backend ? c->backend : "pty", backends[i]->name); i++)
+		;
+	if (i == LWS_ARRAY_SIZE(backends))
+		bad_usage("unknown backend '%s' (pty or ssh)", c->backend);
+	a->be = backends[i];
+	for (i = 0; i < LWS_ARRAY_SIZE(profiles) && strcmp(c->profile ? c->profile : "full", profiles[i]->name); i++)
+		;
+	if (i == LWS_ARRAY_SIZE(profiles))
+		bad_usage("unknown profile '%s' (full or c-sdk)", c->profile);
+	a->prof = profiles[i];
+	if (c->cacert && access(c->cacert, R_OK))
+		bad_usage("cannot read the CA file %s", c->cacert);
+	token_resolve(c);
+	url_resolve(c);
+	account_load(&c->me);
+	ssh_resolve(c);
+	if (c->login_file)
+		creds_load(c);
+}
+
+/*** setup and teardown ******************************************************/
+
+static int signals_adopt(struct agent *a)	/* SIGCHLD, SIGTERM, SIGINT, SIGHUP through a signalfd */
+{
+	sigset_t set;
+	lws_sock_file_fd_type fd;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	a->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	fd.filefd = a->sigfd;
+	return a->sigfd >= 0 && lws_adopt_descriptor_vhost(a->vh, LWS_ADOPT_RAW_FILE_DESC, fd, "signals", NULL) ? 0 : -1;
+}
+
+static int agent_init(struct agent *a)	/* lws context, signals; the first connect is scheduled */
+{
+	struct lws_context_creation_info info;
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);	/* before any thread: workers inherit the mask */
+	signal(SIGPIPE, SIG_IGN);
+	ssh_init();
+	lws_set_log_level(LLL_ERR, sb_lws_log);
+	memset(&info, 0, sizeof info);
+	info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.protocols = protocols;
+	info.user = a;
+	info.pt_serv_buf_size = 16384;	/* headroom for the token header */
+	/* lws loads the system store and adds this file (LWS_SSL_CLIENT_USE_OS_CA_CERTS) */
+	info.client_ssl_ca_filepath = a->cfg.cacert ? a->cfg.cacert : access(SYSTEM_CA, R_OK) ? NULL : SYSTEM_CA;
+	a->sigfd = -1;
+	a->ctx = lws_create_context(&info);
+	if (!a->ctx || !(a->vh = lws_get_vhost_by_name(a->ctx, "default")) || signals_adopt(a))
+		return -1;
+	if (a->cfg.insecure)
+		sb_log("warning: --insecure: the platform's certificate is NOT checked");
+	if (a->be == &pty_backend && !a->cfg.creds)
+		sb_log("warning: no --login-file: every login will be refused");
+	lws_sul_schedule(a->ctx, 0, &a->sul_connect, tunnel_connect, 1);
+	return 0;
+}
+
+static void sessions_shutdown(struct agent *a)	/* every session, now, before the context goes */
+{
+	struct session *s;
+
+	while ((s = a->sessions)) {
+		s->state = S_DEAD;
+		s->kill_sig = SIGKILL;
+		if (a->be->join)
+			a->be->join(s);	/* a worker calls lws_cancel_service(ctx) */
+		if (s->wsi)
+			lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+		if (a->sessions == s) {	/* lws did not call RAW_CLOSE_FILE */
+			s->wsi = NULL;
+			session_release(s);
+		}
+	}
+}
+
+static void config_free(struct config *c)	/* secrets wiped */
+{
+	struct cred *cr;
+
+	while ((cr = c->creds)) {
+		c->creds = cr->next;
+		wipe(cr->pass);
+		free(cr->pass);
+		free(cr->user);
+		free(cr);
+	}
+	wipe(c->token);
+	free(c->token);
+	free(c->url_buf);
+	free(c->known_hosts_path);
+	free(c->me.name);
+	free(c->me.home);
+	free(c->me.shell);
+}
+
+static void agent_free(struct agent *a)	/* sessions, lws, children, memory */
+{
+	sessions_shutdown(a);
+	if (a->ctx)
+		lws_context_destroy(a->ctx);
+	while (waitpid(-1, NULL, 0) > 0)	/* the shells got SIGKILL */
+		;
+	sb_queue_clear(&a->out);
+	sb_rx_free(&a->rx);
+	config_free(&a->cfg);
+	ssh_finalize();
+}
+
+/*** main ********************************************************************/
+
+int main(int argc, char **argv)
+{
+	static struct agent a;
+
+	sb_prog = "tunnel-device";
+	config_load(&a, argc, argv);
+	if (agent_init(&a)) {
+		sb_log("cannot set up the event loop");
+		a.status = 1;
+	} else
+		while (!a.quit && lws_service(a.ctx, 0) >= 0)
+			;
+	a.quit = 1;	/* lws_context_destroy's callbacks must not reconnect */
+	agent_free(&a);
+	return a.status;
+}
