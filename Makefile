@@ -16,7 +16,7 @@ SBLIBS    = $(shell pkg-config --libs $(SBPKGS) 2>/dev/null) -lutil
 B        = build
 
 SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client
-TESTBINS = $(B)/unit_tests
+TESTBINS = $(B)/unit_tests $(B)/hostile-relay
 
 .PHONY: all deps demo test test-asan bench fuzz install uninstall clean certs
 
@@ -35,6 +35,9 @@ $(B)/unit_tests: tests/unit/unit_tests.c tunnel_tui.c | $(B)
 	$(CC) $(CFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
 
 tests/sandbox/tunnel-client: tests/sandbox/tunnel-client.c tests/sandbox/sandbox.h
+	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+$(B)/hostile-relay: tests/e2e/hostile-relay.c tests/sandbox/sandbox.h | $(B)
 	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
 
 $(B):
@@ -78,3 +81,9 @@ uninstall:
 
 clean:
 	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/fuzz
+
+# The benchmarks' pty driver and load generator (tests/bench/; make bench builds it).
+.PHONY: bench-harness
+bench-harness: $(B)/ptyharness
+$(B)/ptyharness: tests/bench/ptyharness.c | $(B)
+	$(CC) $(CFLAGS) $(WARN) $(shell pkg-config --cflags vterm) -o $@ $< $(shell pkg-config --libs vterm) -lutil -lm

@@ -63,8 +63,8 @@
 #define BULK_QUEUE_CAP      (4 << 20)	/* pasted bytes waiting to be sent */
 #define SCROLLBACK_LINES    5000
 #define LIST_WIDTH          26		/* the device list's columns */
-#define PING_INTERVAL_S     20		/* JSON ping (§4.8) */
-#define DEAD_LINK_S         60		/* no inbound traffic: the link is dead */
+#define HEARTBEAT_S         20		/* JSON and WebSocket pings (§4.8) */
+#define DEAD_LINK_BEATS     3		/* silent heartbeats before the link is dead */
 #define DEVICE_WAIT_S       10		/* send connect anyway after this (§4.2) */
 #define FRAME_INTERVAL_US   16000	/* at most ~60 redraws a second */
 #define ERROR_REPORT_S      5		/* rate limit for malformed-input notices */
@@ -75,10 +75,11 @@
 /* Reconnect backoff (§4.8): 1 s doubling to 30 s, each with ±20 % jitter. */
 static const uint32_t backoff_ms[] = { 1000, 2000, 4000, 8000, 16000, 30000 };
 
-/* lws's own WebSocket PING/PONG heartbeat and dead-link hang-up. */
-static const lws_retry_bo_t ws_heartbeat = {
-	.secs_since_valid_ping = PING_INTERVAL_S,
-	.secs_since_valid_hangup = DEAD_LINK_S,
+/* lws's own WebSocket PING/PONG heartbeat and dead-link hang-up; the
+ * interval is [console] heartbeat = SECONDS (default HEARTBEAT_S). */
+static lws_retry_bo_t ws_heartbeat = {
+	.secs_since_valid_ping = HEARTBEAT_S,
+	.secs_since_valid_hangup = HEARTBEAT_S * DEAD_LINK_BEATS,
 };
 
 /* Colour pairs of the console's own chrome (not of remote output). */
@@ -205,6 +206,7 @@ struct inbound {	/* one decoded message; pointers into root */
 
 struct frame {		/* one serialised message with LWS_PRE headroom */
 	struct frame *next;
+	struct session *owner;		/* bulk input's session, else NULL */
 	size_t len;
 	unsigned char buf[];
 };
@@ -243,6 +245,7 @@ struct session {	/* one SSH session: one request_id */
 	int scroll;			/* lines scrolled back in scroll mode */
 	int altscreen, cursor_visible;
 	struct buf keys;		/* typed input not yet sent */
+	int bulk_frames;		/* its frames waiting in the bulk lane */
 	char *password;			/* remember_password = session only: locked */
 	size_t password_len;
 	int attached;			/* attach command sent for this login */
@@ -739,6 +742,7 @@ struct config {		/* what the file and the command line say */
 	struct device_config *dev;
 	int ndev;
 	int prefix_key;
+	int heartbeat_s;
 	char record_dir[PATH_MAX];
 	char token_file[PATH_MAX];	/* --token-file, for URL arguments */
 };
@@ -975,6 +979,12 @@ static int config_section(struct config *c, char *s, int line, char *err, size_t
 static int config_key(struct config *c, int console, char *key, char *val,
 		      char *err, size_t errlen)
 {
+	if (console && !strcmp(key, "heartbeat")) {
+		c->heartbeat_s = atoi(val);
+		if (c->heartbeat_s < 1 || c->heartbeat_s > 3600)
+			snprintf(err, errlen, "heartbeat must be 1-3600 seconds");
+		return c->heartbeat_s < 1 || c->heartbeat_s > 3600 ? -1 : 0;
+	}
 	if (console && !strcmp(key, "record_dir")) {
 		copy_str(c->record_dir, sizeof(c->record_dir), val);
 		return 0;
@@ -1542,6 +1552,7 @@ static void vt_notice(struct session *s, const char *text)
 
 static void tunnel_kick(struct tunnel *t);
 static void lane_push(struct lane *l, const struct buf *b);
+static void lane_drop_owned(struct lane *l, struct session *s);
 static void batch_session_output(struct session *s, const char *p, size_t n);
 static void batch_session_ended(struct session *s, const char *code, const char *msg);
 static void ui_dirty(void);
@@ -1623,6 +1634,7 @@ static void session_end(struct session *s, const char *code, const char *msg)
 		return;
 	s->state = S_ENDED;
 	buf_free(&s->keys);
+	lane_drop_owned(&s->tunnel->bulk, s);	/* its device session is gone */
 	if (s->job)
 		batch_session_ended(s, code, msg);
 	if (!*code)	/* ended here, not by the device or platform */
@@ -1696,11 +1708,25 @@ static void session_output(struct session *s, const char *p, size_t n)	/* §4.6 
 	}
 }
 
+static int is_interrupt(const char *p, size_t n)	/* ^C, ^\, ^Z only */
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != 0x03 && p[i] != 0x1c && p[i] != 0x1a)
+			return 0;
+	return n > 0;
+}
+
+static int session_paste(struct session *s, const char *p, size_t n);
+
 /* Keystrokes (already encoded by VTerm) wait in the session's buffer and go
- * out, coalesced, ahead of bulk sends when the socket is writable. */
+ * out, coalesced, ahead of bulk sends when the socket is writable; while a
+ * paste of this session is still queued, only interrupts overtake it, so
+ * what is typed after a paste (Enter, Ctrl-D) arrives after it. */
 static void session_queue_keys(struct session *s, const char *p, size_t n)
 {
 	if (s->state == S_ENDED)
+		return;
+	if (s->bulk_frames && !is_interrupt(p, n) && session_paste(s, p, n) == 0)
 		return;
 	buf_append(&s->keys, p, n);
 	s->scroll = 0;
@@ -1723,6 +1749,8 @@ static int session_paste(struct session *s, const char *p, size_t n)
 			k = n < INPUT_CHUNK ? n : INPUT_CHUNK;
 		encode_command(&b, s->request_id, p, k);
 		lane_push(&t->bulk, &b);
+		t->bulk.tail->owner = s;
+		s->bulk_frames++;
 		buf_free(&b);
 		p += k;
 		n -= k;
@@ -1744,6 +1772,7 @@ static void lane_push(struct lane *l, const struct buf *b)	/* copies b into a fr
 	struct frame *f = xrealloc(NULL, sizeof(*f) + LWS_PRE + b->len);
 
 	f->next = NULL;
+	f->owner = NULL;
 	f->len = b->len;
 	memcpy(f->buf + LWS_PRE, b->p, b->len);
 	if (l->tail)
@@ -1769,6 +1798,8 @@ static struct frame *lane_pop(struct lane *l)	/* the oldest frame, unlinked */
 		if (!l->head)
 			l->tail = NULL;
 		l->bytes -= f->len;
+		if (f->owner)
+			f->owner->bulk_frames--;
 	}
 	return f;
 }
@@ -1779,6 +1810,29 @@ static void lane_clear(struct lane *l)	/* drops and wipes every frame */
 
 	while ((f = lane_pop(l)))
 		frame_free(f);
+}
+
+static void lane_drop_owned(struct lane *l, struct session *s)	/* s's frames go */
+{
+	struct lane keep = { 0 };
+	struct frame *f;
+
+	while ((f = lane_pop(l))) {
+		if (f->owner == s) {
+			frame_free(f);
+			continue;
+		}
+		f->next = NULL;
+		if (keep.tail)
+			keep.tail->next = f;
+		else
+			keep.head = f;
+		keep.tail = f;
+		keep.bytes += f->len;
+		if (f->owner)
+			f->owner->bulk_frames++;	/* lane_pop counted it out */
+	}
+	*l = keep;
 }
 
 static void lane_move(struct lane *dst, struct lane *src)	/* appends all of src */
@@ -2005,14 +2059,15 @@ static void tunnel_receive(struct tunnel *t, struct lws *wsi, const void *in, si
 static void on_ping_timer(lws_sorted_usec_list_t *sul)
 {
 	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_ping);
+	int beat = ws_heartbeat.secs_since_valid_ping, dead = beat * DEAD_LINK_BEATS;
 	struct buf b = { 0 };
 
 	if (!t->wsi)
 		return;
-	if (now_us() - t->last_rx_us > DEAD_LINK_S * 1000000LL) {
-		tunnel_event(t, "no traffic for %d s: the link is dead", DEAD_LINK_S);
+	if (now_us() - t->last_rx_us > dead * 1000000LL) {
+		tunnel_event(t, "no traffic for %d s: the link is dead", dead);
 		t->close_code = 1006;
-		snprintf(t->close_reason, sizeof(t->close_reason), "no traffic for %d s", DEAD_LINK_S);
+		snprintf(t->close_reason, sizeof(t->close_reason), "no traffic for %d s", dead);
 		lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 		return;
 	}
@@ -2022,7 +2077,7 @@ static void on_ping_timer(lws_sorted_usec_list_t *sul)
 	lane_push(&t->control, &b);
 	buf_free(&b);
 	tunnel_kick(t);
-	lws_sul_schedule(app.ctx, 0, &t->sul_ping, on_ping_timer, PING_INTERVAL_S * LWS_US_PER_SEC);
+	lws_sul_schedule(app.ctx, 0, &t->sul_ping, on_ping_timer, (lws_usec_t)beat * LWS_US_PER_SEC);
 }
 
 static void on_reconnect_timer(lws_sorted_usec_list_t *sul)	/* backoff over */
@@ -2511,12 +2566,16 @@ static enum chrome tunnel_color(const struct tunnel *t)	/* its state at a glance
 }
 
 static void tunnel_state_text(const struct tunnel *t, char *out, size_t cap)
-{	/* "online", "retry in 4s" */
+{	/* "online", "retry in 4s", "online · 3 bad" */
+	char bad[32] = "";
+
+	if (t->dropped)
+		snprintf(bad, sizeof(bad), " · %u bad", t->dropped);
 	if (t->state == T_RECONNECTING)
-		snprintf(out, cap, "retry in %llds",
-			 (long long)((t->reconnect_at_us - now_us()) / 1000000 + 1));
+		snprintf(out, cap, "retry in %llds%s",
+			 (long long)((t->reconnect_at_us - now_us()) / 1000000 + 1), bad);
 	else
-		copy_str(out, cap, tunnel_state_names[t->state]);
+		snprintf(out, cap, "%s%s", tunnel_state_names[t->state], bad);
 }
 
 static int draw_device_row(struct tunnel *t, int y)	/* name, state, last event */
@@ -3861,9 +3920,10 @@ static const char usage_text[] =
 "      --insecure         do not verify TLS certificates (shown on screen)\n"
 "      --log FILE         write events here (never secrets)\n"
 "      --record-dir DIR   where recordings go (default $XDG_STATE_HOME/tunnel_tui/recordings)\n"
+"      --user NAME        the login name for devices that set none (--exec: for all)\n"
 "\n"
 "Batch: tunnel_tui --exec 'COMMAND' [-c FILE] (--all | --devices a,b,...)\n"
-"        [--user NAME] [--password-file FILE] [--timeout S] [--outdir DIR]\n"
+"        [--password-file FILE] [--timeout S] [--outdir DIR]\n"
 "  runs COMMAND on each device in parallel, prints \"device | line\" (or one\n"
 "  file per device in DIR), then a summary; exit 0 only if every device ran it\n"
 "  with status 0.  Password: --password-file, TUNNEL_TUI_PASSWORD or a prompt.\n"
@@ -4001,7 +4061,7 @@ static void add_url_args(struct config *c, int argc, char **argv, int from)
 	secret_free(token, 257);
 }
 
-static void build_tunnels(struct config *c, const char *cacert, char warns[][160])
+static void build_tunnels(struct config *c, const struct options *o, char warns[][160])
 {	/* one struct tunnel per device, in order */
 	struct tunnel **tail = &app.tunnels;
 
@@ -4009,8 +4069,10 @@ static void build_tunnels(struct config *c, const char *cacert, char warns[][160
 		struct tunnel *t = xcalloc(sizeof(*t));
 
 		t->cfg = c->dev[i];
-		if (!t->cfg.cacert[0] && cacert)
-			copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), cacert);
+		if (o->user && (!t->cfg.username[0] || o->exec))
+			copy_str(t->cfg.username, sizeof(t->cfg.username), o->user);
+		if (!t->cfg.cacert[0] && o->cacert)
+			copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), o->cacert);
 		t->vhost = vhost_for_ca(t->cfg.cacert);
 		t->rtt_ms = -1;
 		if (warns[i][0])
@@ -4104,7 +4166,7 @@ static void batch_start(struct batch *b, const struct options *o, const char *pw
 		 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
 	for (struct tunnel *t = app.tunnels; t; t = t->next) {
 		struct batch_job *j = &b->jobs[b->njobs++];
-		const char *user = o->user ? o->user : t->cfg.username;
+		const char *user = t->cfg.username;
 
 		if (!*user)
 			usage_error("device \"%s\" has no username: set one or give --user", t->cfg.name);
@@ -4210,15 +4272,15 @@ static void free_all(struct config *c)	/* everything, secrets wiped */
 		struct tunnel *t = app.tunnels;
 
 		app.tunnels = t->next;
+		lane_clear(&t->control);	/* frames point at sessions: first */
+		lane_clear(&t->held);
+		lane_clear(&t->bulk);
 		while (t->sessions) {
 			struct session *s = t->sessions;
 
 			t->sessions = s->next;
 			session_free(s);
 		}
-		lane_clear(&t->control);
-		lane_clear(&t->held);
-		lane_clear(&t->bulk);
 		buf_free(&t->rx);
 		secret_free(t->cfg.token, 257);
 		free(t);
@@ -4285,11 +4347,15 @@ static int run(int argc, char **argv)	/* everything main does */
 	if (o.log && !(app.log = fopen(o.log, "a")))
 		usage_error("--log %s: %s", o.log, strerror(errno));
 	app.prefix_key = c.prefix_key;
+	if (c.heartbeat_s) {
+		ws_heartbeat.secs_since_valid_ping = (uint16_t)c.heartbeat_s;
+		ws_heartbeat.secs_since_valid_hangup = (uint16_t)(c.heartbeat_s * DEAD_LINK_BEATS);
+	}
 	set_record_dir(&o, &c);
 	app.dlg.password = secret_alloc(1024);
 	lws_set_log_level(app.log ? LLL_ERR | LLL_WARN : 0, lws_log_emit);
 	context_start();
-	build_tunnels(&c, o.cacert, warns);
+	build_tunnels(&c, &o, warns);
 	free(warns);
 	signals_start();
 	code = o.exec ? batch_run(&o) : console_run();

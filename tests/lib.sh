@@ -87,34 +87,40 @@ tui_wait()   { wait_for "${2:-10}" tui_has "$1"; }
 tui_resize() { tmux -S "$TMUX_SOCK" resize-window -x "$1" -y "$2"; }
 
 # --- a whole sandbox ---------------------------------------------------------
-# sandbox_up NAME:PROFILE...: a TLS relay on PLATFORM_PORT (a free port) with
-# one tunnel t-NAME per device, one agent each (pty backend, login
-# field/$PASS), the REST API (token in $WORK/api.token), and
-# $WORK/devices.conf for the console; conf_extra NAME LINE adds a key first.
+# sandbox_up NAME:PROFILE[:EXPIRES]...: a TLS relay on PLATFORM_PORT (a free
+# port) with one tunnel t-NAME per device (tokens expiring in EXPIRES s,
+# default 3600), one agent each (pty backend, login field/$PASS; PROFILE
+# "none" starts none), the REST API (token in $WORK/api.token), and
+# $WORK/devices.conf for the console; conf_extra NAME LINE adds a key.
 PASS=${PASS:-pw-$RANDOM$RANDOM}
 DEVICES=()
 declare -A DEVICE_PIDS
 conf_extra() { echo "$2" >> "$WORK/$1.extra"; }
 sandbox_up() {
-	local sep="" spec name
+	local sep="" spec name expires
 	umask 077
 	echo "field:$PASS" > "$WORK/logins"
 	echo "admin-$RANDOM$RANDOM" > "$WORK/api.token"
 	printf '[' > "$WORK/tunnels.json"
 	for spec in "$@"; do
 		name=${spec%%:*}
+		expires=${spec#*:*:}
+		[ "$expires" = "$spec" ] && expires=3600
 		DEVICES+=("$spec")
 		head -c 18 /dev/urandom | base64 > "$WORK/$name.app"
 		head -c 18 /dev/urandom | base64 > "$WORK/$name.dev"
-		printf '%s{"tunnel_id":"t-%s","device_id":"%s","source_token":"%s","device_token":"%s","expires_in":3600}' \
-			"$sep" "$name" "$name" "$(cat "$WORK/$name.app")" "$(cat "$WORK/$name.dev")" >> "$WORK/tunnels.json"
+		printf '%s{"tunnel_id":"t-%s","device_id":"%s","source_token":"%s","device_token":"%s","expires_in":%s}' \
+			"$sep" "$name" "$name" "$(cat "$WORK/$name.app")" "$(cat "$WORK/$name.dev")" "$expires" >> "$WORK/tunnels.json"
 		sep=,
 	done
 	echo ']' >> "$WORK/tunnels.json"
 	PLATFORM_PORT=${PLATFORM_PORT:-$(free_port)}
 	platform_up || return 1
 	BASE=wss://localhost:$PLATFORM_PORT/v5/iot/tunnels
-	for spec in "$@"; do device_up "${spec%%:*}" "${spec#*:}"; done
+	for spec in "$@"; do
+		expires=${spec#*:}	# now PROFILE[:EXPIRES]
+		[ "${expires%%:*}" = none ] || device_up "${spec%%:*}" "${expires%%:*}"
+	done
 	write_devices_conf
 }
 platform_up() {	# (re)starts the relay of sandbox_up on the same port
@@ -134,6 +140,7 @@ write_devices_conf() {
 	: > "$WORK/devices.conf"
 	for spec in "${DEVICES[@]}"; do
 		name=${spec%%:*}
+		spec=${spec%:[0-9]*}
 		{
 			echo "[device $name]"
 			echo "url = $BASE/t-$name/source-connect"

@@ -16,7 +16,7 @@
 
 static const char *sb_prog = "sandbox";	/* set by main: the name in log lines */
 
-static void sb_log(const char *fmt, ...)	/* one timestamped line to stderr */
+static inline void sb_log(const char *fmt, ...)	/* one timestamped line to stderr */
 {
 	struct timespec ts;
 	va_list ap;
@@ -29,7 +29,7 @@ static void sb_log(const char *fmt, ...)	/* one timestamped line to stderr */
 	fputc('\n', stderr);
 }
 
-static void sb_lws_log(int level, const char *line)	/* lws errors into our log */
+static inline void sb_lws_log(int level, const char *line)	/* lws errors into our log */
 {
 	(void)level;
 	fprintf(stderr, "%s: lws: %s", sb_prog, line);
@@ -39,7 +39,7 @@ static void sb_lws_log(int level, const char *line)	/* lws errors into our log *
 
 /* Serialises one message; data is consumed (may be NULL for JSON null).
  * Returns a malloc'd, NUL-terminated string. */
-static char *sb_envelope(const char *op, const char *request_id, cJSON *data)
+static inline char *sb_envelope(const char *op, const char *request_id, cJSON *data)
 {
 	cJSON *m = cJSON_CreateObject();
 	char *s;
@@ -56,7 +56,7 @@ static char *sb_envelope(const char *op, const char *request_id, cJSON *data)
 	return s;
 }
 
-static cJSON *sb_status(const char *code, const char *msg)	/* disconnect data */
+static inline cJSON *sb_status(const char *code, const char *msg)	/* disconnect data */
 {
 	cJSON *d = cJSON_CreateObject();
 
@@ -80,7 +80,7 @@ struct sb_queue {
 
 /* Appends a copy of len bytes; returns 1 when the queue was empty before,
  * i.e. when the caller must ask lws for a writable callback. */
-static int sb_queue_push(struct sb_queue *q, const void *p, size_t len)
+static inline int sb_queue_push(struct sb_queue *q, const void *p, size_t len)
 {
 	struct sb_frame *f = malloc(sizeof(*f) + LWS_PRE + len);
 	int was_empty = q->head == NULL;
@@ -101,7 +101,7 @@ static int sb_queue_push(struct sb_queue *q, const void *p, size_t len)
 
 /* Writes the head frame as one text frame; returns -1 on a write error,
  * 1 when more frames remain, 0 when the queue is now empty. */
-static int sb_queue_write(struct sb_queue *q, struct lws *wsi)
+static inline int sb_queue_write(struct sb_queue *q, struct lws *wsi)
 {
 	struct sb_frame *f = q->head;
 
@@ -117,7 +117,7 @@ static int sb_queue_write(struct sb_queue *q, struct lws *wsi)
 	return q->head != NULL;
 }
 
-static void sb_queue_clear(struct sb_queue *q)	/* frees every queued frame */
+static inline void sb_queue_clear(struct sb_queue *q)	/* frees every queued frame */
 {
 	while (q->head) {
 		struct sb_frame *f = q->head;
@@ -137,7 +137,7 @@ struct sb_rxbuf {
 };
 
 /* Appends one fragment; returns -1 past max bytes (the caller closes 1009). */
-static int sb_rx_append(struct sb_rxbuf *b, const void *in, size_t len, size_t max)
+static inline int sb_rx_append(struct sb_rxbuf *b, const void *in, size_t len, size_t max)
 {
 	if (b->len + len > max)
 		return -1;
@@ -156,7 +156,7 @@ static int sb_rx_append(struct sb_rxbuf *b, const void *in, size_t len, size_t m
 	return 0;
 }
 
-static void sb_rx_free(struct sb_rxbuf *b)	/* releases the buffer */
+static inline void sb_rx_free(struct sb_rxbuf *b)	/* releases the buffer */
 {
 	free(b->p);
 	memset(b, 0, sizeof(*b));

@@ -48,14 +48,14 @@ static const char usage_text[] =
 	"                      `bytes N messages M` at exit\n"
 	"stdin: JSON lines are sent as text frames; directives:\n"
 	"  !close CODE [REASON]      a close frame\n"
-	"  !ping                     a WebSocket PING\n"
+	"  !ping [PAYLOAD]           a WebSocket PING\n"
 	"  !big N [REQID]            a command message of exactly N bytes\n"
 	"  !raw HEX                  these bytes as one text frame\n"
 	"  !send OP REQID [DATA]     an envelope (DATA: JSON, default null)\n"
 	"  !disconnect REQID CODE [MSG]  a disconnect, as a device sends it\n"
 	"  !quit                     leave without a close handshake\n"
 	"stdout: open | http STATUS | recv OP REQID DATA | raw FRAME | unparsed LEN\n"
-	"        | pong-ws | close-sent CODE | closed CODE [REASON] | error TEXT\n";
+	"        | pong-ws [PAYLOAD] | close-sent CODE | closed CODE [REASON] | error TEXT\n";
 
 /*** state *******************************************************************/
 
@@ -66,7 +66,7 @@ struct ctl {			/* a control action, ordered among text frames */
 	enum ctl_kind kind;
 	unsigned long after;	/* run once this many text frames are written */
 	int code;
-	char reason[124];
+	char reason[124];	/* close reason, or PING payload (<= 123 bytes) */
 };
 
 struct save {			/* --save REQID FILE */
@@ -200,7 +200,8 @@ static void parse_args(int argc, char **argv)	/* fills the options of c */
  * raw FRAME                 with --raw: the frame as received (CR/LF shown
  *                           as spaces so it stays one line)
  * unparsed LEN              a frame of LEN bytes that is not JSON
- * pong-ws                   a WebSocket PONG
+ * pong-ws [PAYLOAD]         a WebSocket PONG (lws also answers its own
+ *                           idle-time PINGs: those have no payload)
  * close-sent CODE           our close frame went out (after !close or a signal)
  * closed CODE [REASON]      the peer closed; 1006 when the link just dropped
  * error TEXT                anything else that went wrong
@@ -426,14 +427,16 @@ static int send_close(struct lws *wsi, int code, const char *reason)
 static int run_ctl(struct lws *wsi)	/* performs the head control action */
 {
 	struct ctl *k = c.ctl_head;
-	unsigned char ping[LWS_PRE];
+	unsigned char ping[LWS_PRE + sizeof(k->reason)];
+	size_t n = strlen(k->reason);
 	int r = 0;
 
 	c.ctl_head = k->next;
 	if (!c.ctl_head)
 		c.ctl_tail = NULL;
+	memcpy(ping + LWS_PRE, k->reason, n);
 	if (k->kind == CTL_PING)
-		r = lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0 ? -1 : 0;
+		r = lws_write(wsi, ping + LWS_PRE, n, LWS_WRITE_PING) < (int)n ? -1 : 0;
 	else if (k->kind == CTL_CLOSE)
 		r = send_close(wsi, k->code, k->reason);
 	else
@@ -481,10 +484,9 @@ static int dir_close(char *args)	/* !close CODE [REASON] */
 	return 0;
 }
 
-static int dir_ping(char *args)	/* !ping: a WebSocket PING */
+static int dir_ping(char *args)	/* !ping [PAYLOAD]: a WebSocket PING */
 {
-	(void)args;
-	push_ctl(CTL_PING, 0, NULL);
+	push_ctl(CTL_PING, 0, args);
 	return 0;
 }
 
@@ -737,7 +739,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_CLIENT_RECEIVE:
 		return on_receive(wsi, in, len);
 	case LWS_CALLBACK_CLIENT_RECEIVE_PONG:
-		emit("pong-ws");
+		emit_bytes(len ? "pong-ws " : "pong-ws", in, len);
 		return 0;
 	case LWS_CALLBACK_CLIENT_WRITEABLE:
 		return c.done ? -1 : on_writable(wsi);

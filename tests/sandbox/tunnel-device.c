@@ -10,13 +10,15 @@
  * One thread runs everything through lws: the WebSocket, the pty masters and
  * ssh sockets (adopted as RAW_FILE), a signalfd and the lws_sul timers.  The
  * only other threads are short-lived ssh login workers (see the ssh backend).
- * The log lines tests wait for are listed in usage_text.
+ * The log lines tests wait for are listed in usage_tail.
  *
  * Contents: includes and tunables; state; helpers (ids, JSON strings, UTF-8);
  * outbound messages; the two profiles; sessions; the pty backend; the ssh
  * backend; inbound messages; the WebSocket; signals and children; command
  * line; setup and teardown; main.
  */
+
+/*** includes and tunables ***************************************************/
 
 #include "sandbox.h"
 #include <ctype.h>
@@ -35,8 +37,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-/*** includes and tunables ***************************************************/
 
 #define RID_MAX		128		/* longest request_id kept; longer: dropped */
 #define RX_MAX		(1u << 20)	/* largest inbound message reassembled */
@@ -87,12 +87,13 @@ static const struct final_close {
 	{ 4000, 1, "replaced by a newer connection of this device (close 4000); exiting" },
 };
 
-static const char usage_text[] =
+static const char usage_head[] =
 	"usage: tunnel-device (--url URL (--token T | --token-file F) | --notify F) [options]\n"
 	"The sandbox device agent: answers secure-tunnel `connect` messages with shell\n"
-	"sessions on a local pty or on an sshd.\n\n"
-	"%s\n"
-	"The pty backend runs the agent user's own login shell, whatever name logs in;\n"
+	"sessions on a local pty or on an sshd.\n\n";
+
+static const char usage_tail[] =
+	"\nThe pty backend runs the agent user's own login shell, whatever name logs in;\n"
 	"the name and password must match a line of --login-file.  Without\n"
 	"--login-file it refuses every login (disconnect 400).\n\n"
 	"Log lines on stderr (tests wait on them; REQID is the request_id):\n"
@@ -107,6 +108,9 @@ static const char usage_text[] =
 	"  dropped a malformed message   unparseable JSON (contents never logged)\n"
 	"  message without tunnel_service_type (official devices crash on this)\n"
 	"                                c-sdk profile only\n"
+	"  ... (close 1000|1002|4000); exiting   the platform said stop: no reconnect\n"
+	"  ... (HTTP 401|403|404); exiting       refused before the upgrade: the same\n"
+	"  stopping on signal N          SIGTERM/SIGINT/SIGHUP: close 1001, shells killed\n"
 	"Exit status: 0 after close 1000 or SIGTERM/SIGINT; 1 when the platform\n"
 	"refuses the device (HTTP 401/403/404, close 1002 or 4000) or on a fatal\n"
 	"error; 2 on bad options.\n";
@@ -812,10 +816,12 @@ static int env_build(char **env, const struct account *me, const char *term)	/* 
 static void child_exec(const struct account *me, char **argv, char **env)	/* in the child; never returns */
 {
 	sigset_t none;
+	int sig;
 
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);	/* the agent blocks these for its signalfd */
-	signal(SIGPIPE, SIG_DFL);
+	for (sig = 1; sig < NSIG; sig++)	/* ignored survives exec: a `cmd &` agent */
+		signal(sig, SIG_DFL);		/* would leave Ctrl-C dead in the shell */
 	close_range(3, ~0U, 0);			/* lws's sockets are not the shell's business */
 	if (chdir(me->home) < 0 && chdir("/") < 0)
 		_exit(126);
@@ -1620,6 +1626,7 @@ static int tunnel_writeable(struct agent *a, struct lws *wsi)	/* one frame per c
 	int more;
 
 	if (a->link == L_STOPPING) {
+		a->close_code = LWS_CLOSE_STATUS_GOINGAWAY;	/* for the "disconnected" line */
 		lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)bye, sizeof bye - 1);
 		return -1;
 	}
@@ -1807,19 +1814,19 @@ static const struct option_spec {
 	{ "help", NULL, "this text", offsetof(struct config, help) },
 };
 
-static void usage(FILE *f)	/* usage_text with the options table */
+static void usage(FILE *f)	/* the help text, options from their table */
 {
-	char opts[4096], *p = opts;
 	size_t i;
 
+	fputs(usage_head, f);
 	for (i = 0; i < LWS_ARRAY_SIZE(options); i++) {
 		const struct option_spec *o = &options[i];
 		int w = (int)strlen(o->name) + (o->arg ? (int)strlen(o->arg) + 1 : 0);
 
-		p += snprintf(p, sizeof opts - (size_t)(p - opts), "  --%s%s%s%*s%s\n", o->name,
-			      o->arg ? " " : "", o->arg ? o->arg : "", w < 20 ? 20 - w : 1, "", o->help);
+		fprintf(f, "  --%s%s%s%*s%s\n", o->name, o->arg ? " " : "", o->arg ? o->arg : "",
+			w < 20 ? 20 - w : 1, "", o->help);
 	}
-	fprintf(f, usage_text, opts);
+	fputs(usage_tail, f);
 }
 
 static void bad_usage(const char *fmt, const char *arg)	/* message, usage, exit 2 */
@@ -2173,7 +2180,7 @@ static void agent_free(struct agent *a)	/* sessions, lws, children, memory */
 
 /*** main ********************************************************************/
 
-int main(int argc, char **argv)
+int main(int argc, char **argv)	/* options, then the lws loop until told to stop */
 {
 	static struct agent a;
 

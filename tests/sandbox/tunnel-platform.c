@@ -6,7 +6,7 @@
  * tunnel_access_token header.  The relay passes their JSON messages across
  * byte for byte and speaks a few itself: connect_tunnel, pong, disconnect.
  * It also serves the IoTDA tunnel REST API and injects faults for tests.
- * The contract is /work/shared/PROTOCOL.md, sections 1-3 and 7.
+ * The contract is PROTOCOL.md, sections 1-3 and 7.
  *
  * One thread, one lws event loop.  Every delay is an lws_sul timer; signals
  * arrive through a signalfd adopted into the loop.  No message content and no
@@ -16,9 +16,9 @@
  *   tunables
  *   types           struct relay, struct tunnel, struct peer
  *   helpers         ids, tokens, times, files
- *   tunnels         create, find, expire, close, free
  *   sending         per-connection queue, delay line, flow control
  *   peers           attach, replace, gone, close, drop
+ *   tunnels         create, find, expire, close, free
  *   relaying        one whole inbound message, fault injection
  *   handshake       route and token check: 401/404, or close 1002
  *   REST            route table, handlers, replies
@@ -54,12 +54,12 @@
 #define ID_MAX			128		/* tunnel, project and device ids */
 #define TOKEN_BYTES		24		/* random bytes: 32 base64 chars */
 #define PATH_LEN		512		/* longest request path we route */
-#define REST_BODY_MAX		(64 * 1024)
+#define REST_BODY_MAX		(64 * 1024)	/* larger request bodies get 413 */
 #define RX_CHUNK		16384		/* lws receive buffer per connection */
 #define HEADER_MAX		4096		/* room for long tokens in headers */
-#define MAX_MESSAGE_LIMIT	(16 * 1024 * 1024)
-#define DELAY_MAX_MS		600000
-#define EXPIRES_MAX		(10L * 365 * 86400)
+#define MAX_MESSAGE_LIMIT	(16 * 1024 * 1024) /* --max-message at most */
+#define DELAY_MAX_MS		600000		/* --delay-ms at most */
+#define EXPIRES_MAX		(10L * 365 * 86400) /* expires_in at most */
 #define FILE_MAX		(1 << 20)	/* tunnels and token files */
 
 /*** types ******************************************************************/
@@ -97,10 +97,10 @@ struct delayed {		/* one message waiting in the delay line */
 	char data[];
 };
 
-struct tunnel {
+struct tunnel {			/* one tunnel: its tokens and its two connections */
 	lws_dll2_t list;
 	struct relay *r;
-	char id[ID_MAX + 1], device_id[ID_MAX + 1], project[ID_MAX + 1];
+	char id[ID_MAX + 1], device_id[ID_MAX + 1];
 	char *token[ROLES];		/* source (app) and device tokens */
 	time_t created, closed_at, expires_at, state_time[ROLES];
 	int closed, expired;
@@ -142,12 +142,10 @@ struct peer {
 struct rest_args {		/* what a REST handler gets and gives */
 	struct relay *r;
 	struct peer *p;
-	char project[ID_MAX + 1], tunnel[ID_MAX + 1];
+	char project[ID_MAX + 1], tunnel[ID_MAX + 1];	/* from the path; any project */
 	cJSON *out;
 };
 
-static void tunnel_flow(struct tunnel *t);
-static void peer_close(struct peer *p, int code, const char *why);
 
 /*** helpers ****************************************************************/
 
@@ -256,6 +254,16 @@ static void rest_call_free(struct rest_call *c)	/* forgets one request */
 	memset(c, 0, sizeof(*c));
 }
 
+/* The range test comes before the cast: a double beyond long is undefined. */
+static long json_seconds(const cJSON *v, long dflt)	/* whole seconds; dflt if absent, -1 if bad */
+{
+	if (!v)
+		return dflt;
+	if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= EXPIRES_MAX))
+		return -1;
+	return (long)v->valuedouble;
+}
+
 static int parse_long(const char *s, long lo, long hi, long *out)	/* strict decimal in [lo, hi] */
 {
 	char *end;
@@ -269,26 +277,43 @@ static int parse_long(const char *s, long lo, long hi, long *out)	/* strict deci
 	return 0;
 }
 
-/*** tunnels ****************************************************************/
 
-static struct tunnel *tunnel_find(struct relay *r, const char *id)	/* by tunnel_id, or NULL */
+/*** sending ****************************************************************/
+
+static size_t backlog(const struct tunnel *t, enum role to)	/* bytes not yet written toward a role */
 {
-	lws_dll2_t *d;
-
-	for (d = lws_dll2_get_head(&r->tunnels); d; d = d->next) {
-		struct tunnel *t = lws_container_of(d, struct tunnel, list);
-
-		if (!strcmp(t->id, id))
-			return t;
-	}
-	return NULL;
+	return (t->peer[to] ? t->peer[to]->q.bytes : 0) + t->delayed_bytes[to];
 }
 
-static long tunnel_expires_in(const struct tunnel *t)	/* seconds the tokens have left */
+static void peer_rx(struct peer *p, int on)	/* reads a connection or not (stall wins) */
 {
-	long left = (long)(t->expires_at - time(NULL));
+	if (!p || p->r->exiting)
+		return;
+	on = on && !p->r->stalled;
+	if (on == !p->rx_off)
+		return;
+	p->rx_off = !on;
+	lws_rx_flow_control(p->wsi, on);
+}
 
-	return t->expired || left < 0 ? 0 : left;
+/* Whoever feeds a full backlog stops being read until it halves: the device
+ * feeds the app, the app feeds the device and (with its pings) itself. */
+static void tunnel_flow(struct tunnel *t)	/* applies flow control to both peers */
+{
+	int i;
+
+	if (t->r->exiting)
+		return;
+	for (i = 0; i < ROLES; i++) {
+		size_t b = backlog(t, i);
+
+		if (!t->full[i] && b > QUEUE_HIGH)
+			t->full[i] = 1;
+		else if (t->full[i] && b < QUEUE_LOW)
+			t->full[i] = 0;
+	}
+	peer_rx(t->peer[ROLE_APP], !t->full[ROLE_APP] && !t->full[ROLE_DEVICE]);
+	peer_rx(t->peer[ROLE_DEVICE], !t->full[ROLE_APP]);
 }
 
 static void delay_clear(struct tunnel *t)	/* forgets every message in the delay line */
@@ -303,98 +328,6 @@ static void delay_clear(struct tunnel *t)	/* forgets every message in the delay 
 	t->delayed_bytes[ROLE_APP] = t->delayed_bytes[ROLE_DEVICE] = 0;
 	lws_sul_cancel(&t->delay_sul);
 }
-
-static void peer_say(struct peer *p, const char *op, const char *rid, cJSON *data);
-
-/* Both connections get a platform disconnect and a normal close; the tunnel
- * forgets them first, so neither counts as "device gone". */
-static void tunnel_evict(struct tunnel *t, const char *code, const char *msg)	/* ends both connections */
-{
-	int i;
-
-	for (i = 0; i < ROLES; i++) {
-		struct peer *p = t->peer[i];
-
-		if (!p)
-			continue;
-		t->peer[i] = NULL;
-		p->t = NULL;
-		t->state_time[i] = time(NULL);
-		peer_say(p, "disconnect", NULL, sb_status(code, msg));
-		peer_close(p, 1000, msg);
-	}
-	delay_clear(t);
-}
-
-static void tunnel_expire(lws_sorted_usec_list_t *sul)	/* expiry timer: tokens are dead */
-{
-	struct tunnel *t = lws_container_of(sul, struct tunnel, expiry_sul);
-
-	t->expired = 1;
-	sb_log("tunnel %s: token expired", t->id);
-	tunnel_evict(t, "401", "the tunnel access token expired");
-}
-
-static void tunnel_arm(struct tunnel *t)	/* schedules the expiry, or expires now */
-{
-	long left = (long)(t->expires_at - time(NULL));
-
-	if (left <= 0)
-		t->expired = 1;
-	else
-		lws_sul_schedule(t->r->ctx, 0, &t->expiry_sul, tunnel_expire,
-				 (lws_usec_t)left * LWS_US_PER_SEC);
-}
-
-/* Tokens NULL: fresh random ones.  device_token NULL: same as the source's. */
-static struct tunnel *tunnel_new(struct relay *r, const char *id, const char *device_id,
-				 const char *source_token, const char *device_token,
-				 long expires_in)	/* a new open tunnel, listed */
-{
-	struct tunnel *t = calloc(1, sizeof(*t));
-
-	if (!t)
-		abort();
-	t->r = r;
-	snprintf(t->id, sizeof t->id, "%s", id);
-	snprintf(t->device_id, sizeof t->device_id, "%s", device_id);
-	t->token[ROLE_APP] = source_token ? strdup(source_token) : random_token();
-	t->token[ROLE_DEVICE] = device_token ? strdup(device_token) :
-		source_token ? strdup(source_token) : random_token();
-	if (!t->token[ROLE_APP] || !t->token[ROLE_DEVICE])
-		abort();
-	t->created = t->state_time[ROLE_APP] = t->state_time[ROLE_DEVICE] = time(NULL);
-	t->expires_at = t->created + expires_in;
-	lws_dll2_add_tail(&t->list, &r->tunnels);
-	return t;
-}
-
-static void tunnel_close(struct tunnel *t)	/* REST close: evicts, refuses later connects */
-{
-	if (t->closed)
-		return;
-	t->closed = 1;
-	t->closed_at = time(NULL);
-	lws_sul_cancel(&t->expiry_sul);
-	sb_log("tunnel %s: closed", t->id);
-	tunnel_evict(t, "404", "the tunnel was closed");
-}
-
-static void tunnel_free(struct tunnel *t)	/* unlists and frees a tunnel with no peers */
-{
-	int i;
-
-	lws_dll2_remove(&t->list);
-	lws_sul_cancel(&t->expiry_sul);
-	delay_clear(t);
-	for (i = 0; i < ROLES; i++) {
-		OPENSSL_cleanse(t->token[i], strlen(t->token[i]));
-		free(t->token[i]);
-	}
-	free(t);
-}
-
-/*** sending ****************************************************************/
 
 static void peer_send(struct peer *p, const char *m, size_t len)	/* queues one frame on this connection */
 {
@@ -479,42 +412,6 @@ static void tunnel_say(struct tunnel *t, enum role to, const char *op, const cha
 	free(m);
 }
 
-static size_t backlog(const struct tunnel *t, enum role to)	/* bytes not yet written toward a role */
-{
-	return (t->peer[to] ? t->peer[to]->q.bytes : 0) + t->delayed_bytes[to];
-}
-
-static void peer_rx(struct peer *p, int on)	/* reads a connection or not (stall wins) */
-{
-	if (!p)
-		return;
-	on = on && !p->r->stalled;
-	if (on == !p->rx_off)
-		return;
-	p->rx_off = !on;
-	lws_rx_flow_control(p->wsi, on);
-}
-
-/* Whoever feeds a full backlog stops being read until it halves: the device
- * feeds the app, the app feeds the device and (with its pings) itself. */
-static void tunnel_flow(struct tunnel *t)	/* applies flow control to both peers */
-{
-	int i;
-
-	if (t->r->exiting)
-		return;
-	for (i = 0; i < ROLES; i++) {
-		size_t b = backlog(t, i);
-
-		if (!t->full[i] && b > QUEUE_HIGH)
-			t->full[i] = 1;
-		else if (t->full[i] && b < QUEUE_LOW)
-			t->full[i] = 0;
-	}
-	peer_rx(t->peer[ROLE_APP], !t->full[ROLE_APP] && !t->full[ROLE_DEVICE]);
-	peer_rx(t->peer[ROLE_DEVICE], !t->full[ROLE_APP]);
-}
-
 /*** peers ******************************************************************/
 
 static void tunnel_unlink(struct tunnel *t, struct peer *p)	/* the tunnel forgets this connection */
@@ -522,6 +419,7 @@ static void tunnel_unlink(struct tunnel *t, struct peer *p)	/* the tunnel forget
 	t->peer[p->role] = NULL;
 	p->t = NULL;
 	t->state_time[p->role] = time(NULL);
+	peer_rx(p, 1);	/* it still has its closing handshake to read */
 	tunnel_flow(t);
 }
 
@@ -636,6 +534,114 @@ static void ws_established(struct peer *p)	/* the upgrade is done: join, or clos
 		return;
 	}
 	peer_attach(p, p->pending);
+}
+
+/*** tunnels ****************************************************************/
+
+static struct tunnel *tunnel_find(struct relay *r, const char *id)	/* by tunnel_id, or NULL */
+{
+	lws_dll2_t *d;
+
+	for (d = lws_dll2_get_head(&r->tunnels); d; d = d->next) {
+		struct tunnel *t = lws_container_of(d, struct tunnel, list);
+
+		if (!strcmp(t->id, id))
+			return t;
+	}
+	return NULL;
+}
+
+static long tunnel_expires_in(const struct tunnel *t)	/* seconds the tokens have left */
+{
+	long left = (long)(t->expires_at - time(NULL));
+
+	return t->expired || left < 0 ? 0 : left;
+}
+
+/* Both connections get a platform disconnect and a normal close; the tunnel
+ * forgets them first, so neither counts as "device gone". */
+static void tunnel_evict(struct tunnel *t, const char *code, const char *msg)	/* ends both connections */
+{
+	int i;
+
+	for (i = 0; i < ROLES; i++) {
+		struct peer *p = t->peer[i];
+
+		if (!p)
+			continue;
+		tunnel_unlink(t, p);
+		peer_say(p, "disconnect", NULL, sb_status(code, msg));
+		peer_close(p, 1000, msg);
+	}
+	delay_clear(t);
+}
+
+static void tunnel_expire(lws_sorted_usec_list_t *sul)	/* expiry timer: tokens are dead */
+{
+	struct tunnel *t = lws_container_of(sul, struct tunnel, expiry_sul);
+
+	t->expired = 1;
+	sb_log("tunnel %s: token expired", t->id);
+	tunnel_evict(t, "401", "the tunnel access token expired");
+}
+
+static void tunnel_arm(struct tunnel *t)	/* schedules the expiry, or expires now */
+{
+	long left = (long)(t->expires_at - time(NULL));
+
+	if (left <= 0)
+		t->expired = 1;
+	else
+		lws_sul_schedule(t->r->ctx, 0, &t->expiry_sul, tunnel_expire,
+				 (lws_usec_t)left * LWS_US_PER_SEC);
+}
+
+/* Tokens NULL: fresh random ones.  device_token NULL: same as the source's. */
+static struct tunnel *tunnel_new(struct relay *r, const char *id, const char *device_id,
+				 const char *source_token, const char *device_token,
+				 long expires_in)	/* a new open tunnel, listed */
+{
+	struct tunnel *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		abort();
+	t->r = r;
+	snprintf(t->id, sizeof t->id, "%s", id);
+	snprintf(t->device_id, sizeof t->device_id, "%s", device_id);
+	t->token[ROLE_APP] = source_token ? strdup(source_token) : random_token();
+	t->token[ROLE_DEVICE] = device_token ? strdup(device_token) :
+		source_token ? strdup(source_token) : random_token();
+	if (!t->token[ROLE_APP] || !t->token[ROLE_DEVICE])
+		abort();
+	t->created = t->state_time[ROLE_APP] = t->state_time[ROLE_DEVICE] = time(NULL);
+	t->expires_at = t->created + expires_in;
+	lws_dll2_add_tail(&t->list, &r->tunnels);
+	return t;
+}
+
+static void tunnel_close(struct tunnel *t)	/* REST close: evicts, refuses later connects */
+{
+	if (t->closed)
+		return;
+	t->closed = 1;
+	t->closed_at = time(NULL);
+	lws_sul_cancel(&t->expiry_sul);
+	sb_log("tunnel %s: closed", t->id);
+	tunnel_evict(t, "404", "the tunnel was closed");
+}
+
+static void tunnel_free(struct tunnel *t)	/* unlists and frees a tunnel with no peers */
+{
+	int i;
+
+	lws_dll2_remove(&t->list);
+	lws_sul_cancel(&t->expiry_sul);
+	delay_clear(t);
+	for (i = 0; i < ROLES; i++) {
+		OPENSSL_cleanse(t->token[i], strlen(t->token[i]));
+		free(t->token[i]);
+	}
+	free(t);
 }
 
 /*** relaying ***************************************************************/
@@ -786,7 +792,7 @@ static int ws_token_ok(struct lws *wsi, const char *want)	/* tunnel_access_token
 }
 
 static int ws_check(struct peer *p, const char *path, char id[ID_MAX + 1],
-		    const char **why)	/* 0, or 401/404 and what to log */
+		    const char **why)	/* 0, or 401/404 and why, for the log */
 {
 	struct tunnel *t;
 
@@ -794,10 +800,10 @@ static int ws_check(struct peer *p, const char *path, char id[ID_MAX + 1],
 	if (ws_route(path, id, &p->role))
 		return 404;
 	t = tunnel_find(p->r, id);
-	*why = !t ? "unknown tunnel %s" : "tunnel %s is closed";
+	*why = !t ? "unknown tunnel" : "closed tunnel";
 	if (!t || t->closed)
 		return 404;
-	*why = t->expired ? "auth failed for tunnel %s: token expired" : "auth failed for tunnel %s";
+	*why = t->expired ? "expired token for tunnel" : "auth failed for tunnel";
 	if (t->expired || !ws_token_ok(p->wsi, t->token[p->role]))
 		return 401;
 	p->pending = t;
@@ -826,7 +832,7 @@ static int ws_refuse_http(struct lws *wsi, int status)	/* answers 401/404, then 
 
 static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets an upgrade request */
 {
-	char path[PATH_LEN], id[ID_MAX + 1] = "", line[ID_MAX + 64];
+	char path[PATH_LEN], id[ID_MAX + 1] = "";
 	const char *why;
 	int status;
 
@@ -840,8 +846,8 @@ static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets a
 	status = ws_check(p, path, id, &why);
 	if (!status)
 		return 0;
-	snprintf(line, sizeof line, why, id);
-	sb_log("%s (%d%s)", line, status, r->auth_close ? ", closing 1002" : "");
+	sb_log("%s%s%s (%d%s)", why, *id ? " " : "", id, status,
+	       r->auth_close ? ", closing 1002" : "");
 	if (!r->auth_close)
 		return ws_refuse_http(wsi, status);
 	p->refused = status;
@@ -923,13 +929,13 @@ static int rest_create(struct rest_args *a)	/* POST /v5/iot/{project_id}/tunnels
 	struct rest_call *c = &a->p->call;
 	cJSON *body = c->body.len ? cJSON_ParseWithLength(c->body.p, c->body.len) : NULL;
 	cJSON *dev = cJSON_GetObjectItemCaseSensitive(body, "device_id");
-	cJSON *exp = cJSON_GetObjectItemCaseSensitive(body, "expires_in");
-	long expires_in = cJSON_IsNumber(exp) ? (long)exp->valuedouble : DEFAULT_EXPIRES_IN;
+	long expires_in = json_seconds(cJSON_GetObjectItemCaseSensitive(body, "expires_in"),
+				       DEFAULT_EXPIRES_IN);
 	struct tunnel *t;
 	char id[37], url[512];
 
 	if (!cJSON_IsString(dev) || !valid_id(dev->valuestring, strlen(dev->valuestring)) ||
-	    expires_in < 1 || expires_in > EXPIRES_MAX) {
+	    expires_in < 1) {
 		cJSON_Delete(body);
 		return rest_error(a, 400, "IOTDA.000006", "Invalid input data: device_id "
 				  "(1-128 of A-Z a-z 0-9 _ -) is required.");
@@ -937,7 +943,6 @@ static int rest_create(struct rest_args *a)	/* POST /v5/iot/{project_id}/tunnels
 	uuid4(id);
 	t = tunnel_new(a->r, id, dev->valuestring, NULL, NULL, expires_in);
 	cJSON_Delete(body);
-	snprintf(t->project, sizeof t->project, "%s", a->project);
 	tunnel_arm(t);
 	sb_log("tunnel %s: created for device %s", t->id, t->device_id);
 	tunnel_url(a, t, ROLE_APP, url, sizeof url);
@@ -1117,7 +1122,7 @@ static int rest_reply(struct peer *p, int status, cJSON *out)	/* headers now, bo
 		memcpy(c->reply + LWS_PRE, s, c->reply_len);
 		free(s);
 	}
-	if (lws_add_http_common_headers(p->wsi, status, s ? "application/json" : NULL,
+	if (lws_add_http_common_headers(p->wsi, status, c->reply ? "application/json" : NULL,
 					c->reply_len, &q, buf + sizeof buf - 1) ||
 	    lws_finalize_write_http_header(p->wsi, start, &q, buf + sizeof buf - 1))
 		return -1;
@@ -1263,6 +1268,15 @@ static void signals_read(struct relay *r, struct lws *wsi)	/* acts on each pendi
 	}
 }
 
+static void signals_block(sigset_t *set)	/* blocks the signals we read from a signalfd */
+{
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGUSR1);
+	sigprocmask(SIG_BLOCK, set, NULL);
+}
+
 /* Blocked signals queue on a signalfd the loop reads like any connection:
  * nothing runs in a handler, and no signal slips between checks. */
 static int signals_open(struct relay *r)	/* SIGTERM, SIGINT, SIGUSR1 into the loop */
@@ -1270,10 +1284,7 @@ static int signals_open(struct relay *r)	/* SIGTERM, SIGINT, SIGUSR1 into the lo
 	lws_sock_file_fd_type fd;
 	sigset_t set;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGUSR1);
+	signals_block(&set);
 	fd.filefd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (fd.filefd < 0 || !lws_adopt_descriptor_vhost(r->vh, LWS_ADOPT_RAW_FILE_DESC, fd,
 							 "signals", NULL)) {
@@ -1289,7 +1300,8 @@ static const char usage_text[] =
 	"usage: tunnel-platform [options]\n"
 	"The sandbox secure-tunnel platform: relays JSON between an app\n"
 	"(source-connect) and a device (device-connect); serves the IoTDA tunnel API.\n"
-	"  --listen ADDR:PORT     listen there (default " DEFAULT_LISTEN "; port 0: any)\n"
+	"  --listen ADDR:PORT     IP address (or localhost) and port to listen on\n"
+	"                         (default " DEFAULT_LISTEN "; port 0: any free one)\n"
 	"  --cert FILE --key FILE serve wss:// and https:// (default ws://)\n"
 	"  --tunnels FILE         JSON array of {tunnel_id, device_id, source_token,\n"
 	"                         device_token, expires_in}\n"
@@ -1302,6 +1314,11 @@ static const char usage_text[] =
 	"                         relaying N messages from it (once per tunnel)\n"
 	"  --stall-after N        after N relayed messages, read nothing more\n"
 	"  --help                 this text\n"
+	"REST (with --api-token; header X-Auth-Token):\n"
+	"  POST /v5/iot/{project_id}/tunnels {\"device_id\"}   create: 201\n"
+	"  GET  /v5/iot/{project_id}/tunnels[?device_id=]     list\n"
+	"  GET|PUT|DELETE /v5/iot/{project_id}/tunnels/{id}  show | close | delete\n"
+	"  GET  /sandbox/tunnels/{id}/notify   the device's tunnel_notify event\n"
 	"Signals: SIGUSR1 drops every device connection; SIGTERM/SIGINT exit.\n";
 
 static int opt_listen(struct relay *r, const char *v)	/* --listen ADDR:PORT */
@@ -1409,10 +1426,15 @@ static const struct option_def {	/* the command line, one row per option */
 	{ "--stall-after",    opt_stall_after,    1 },
 };
 
-static void usage_exit(const char *fmt, const char *arg)	/* complains, prints usage, exits 2 */
+__attribute__((noreturn, format(printf, 1, 2)))
+static void usage_exit(const char *fmt, ...)	/* complains, prints usage, exits 2 */
 {
+	va_list ap;
+
 	fprintf(stderr, "tunnel-platform: ");
-	fprintf(stderr, fmt, arg);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
 	fprintf(stderr, "\n%s", usage_text);
 	exit(2);
 }
@@ -1438,7 +1460,6 @@ static int parse_option(struct relay *r, char **argv, int i)	/* one option; retu
 		return 1 + (o->takes_value && !eq);
 	}
 	usage_exit("unknown option '%s'", arg);
-	return 0;
 }
 
 static void parse_args(struct relay *r, int argc, char **argv)	/* fills r, or exits */
@@ -1453,7 +1474,7 @@ static void parse_args(struct relay *r, int argc, char **argv)	/* fills r, or ex
 	for (i = 1; i < argc; )
 		i += parse_option(r, argv, i);
 	if (!r->cert != !r->key)
-		usage_exit("%s", "--cert and --key go together");
+		usage_exit("--cert and --key go together");
 }
 
 static const char *json_str(const cJSON *o, const char *name)	/* a string member, or NULL */
@@ -1467,12 +1488,11 @@ static int load_tunnel(struct relay *r, const cJSON *o, int n)	/* one entry of -
 {
 	const char *id = json_str(o, "tunnel_id"), *dev = json_str(o, "device_id");
 	const char *src = json_str(o, "source_token"), *dtok = json_str(o, "device_token");
-	const cJSON *exp = cJSON_GetObjectItemCaseSensitive(o, "expires_in");
-	long expires_in = cJSON_IsNumber(exp) ? (long)exp->valuedouble : DEFAULT_EXPIRES_IN;
+	long expires_in = json_seconds(cJSON_GetObjectItemCaseSensitive(o, "expires_in"),
+				       DEFAULT_EXPIRES_IN);
 
 	if (!id || !valid_id(id, strlen(id)) || !dev || !valid_id(dev, strlen(dev)) || !src ||
-	    !valid_token(src) || (dtok && !valid_token(dtok)) || (exp && !cJSON_IsNumber(exp)) ||
-	    expires_in > EXPIRES_MAX) {
+	    !valid_token(src) || (dtok && !valid_token(dtok)) || expires_in < 0) {
 		sb_log("%s: entry %d: needs tunnel_id, device_id (1-128 of A-Z a-z 0-9 _ -), "
 		       "source_token (1-256 visible chars), optional device_token, expires_in",
 		       r->tunnels_file, n);
@@ -1523,8 +1543,9 @@ static int relay_start(struct relay *r)	/* the lws context: listener, TLS, signa
 	memset(&info, 0, sizeof info);
 	if (r->host[0] == '[' && r->host[hl - 1] == ']')
 		lws_strnncpy(iface, r->host + 1, hl - 2, sizeof iface);
-	else
-		lws_strncpy(iface, r->host, sizeof iface);
+	else	/* lws takes an address or an interface name, not a host name */
+		lws_strncpy(iface, strcmp(r->host, "localhost") ? r->host : "127.0.0.1",
+			    sizeof iface);
 	info.iface = strcmp(iface, "0.0.0.0") && strcmp(iface, "::") ? iface : NULL;
 	info.port = r->port;
 	info.protocols = protocols;
@@ -1540,7 +1561,7 @@ static int relay_start(struct relay *r)	/* the lws context: listener, TLS, signa
 	}
 	r->ctx = lws_create_context(&info);
 	r->vh = r->ctx ? lws_get_vhost_by_name(r->ctx, "default") : NULL;
-	if (!r->vh) {
+	if (!r->vh || lws_get_vhost_listen_port(r->vh) <= 0) {
 		sb_log("cannot listen on %s:%d", r->host, r->port);
 		return -1;
 	}
@@ -1552,7 +1573,7 @@ static int relay_start(struct relay *r)	/* the lws context: listener, TLS, signa
  * The connections' CLOSED callbacks still see their tunnels, freed last. */
 static void relay_stop(struct relay *r)	/* frees everything */
 {
-	lws_dll2_t *d;
+	lws_dll2_t *d, *next;
 
 	r->exiting = 1;
 	for (d = lws_dll2_get_head(&r->tunnels); d; d = d->next) {
@@ -1563,8 +1584,10 @@ static void relay_stop(struct relay *r)	/* frees everything */
 	}
 	if (r->ctx)
 		lws_context_destroy(r->ctx);
-	while (lws_dll2_get_head(&r->tunnels))
-		tunnel_free(lws_container_of(lws_dll2_get_head(&r->tunnels), struct tunnel, list));
+	for (d = lws_dll2_get_head(&r->tunnels); d; d = next) {
+		next = d->next;
+		tunnel_free(lws_container_of(d, struct tunnel, list));
+	}
 	if (r->api_token)
 		OPENSSL_cleanse(r->api_token, strlen(r->api_token));
 	free(r->api_token);
@@ -1574,7 +1597,6 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 {
 	static struct relay relay;
 	struct relay *r = &relay;
-	sigset_t set;
 
 	sb_prog = "tunnel-platform";
 	r->max_message = DEFAULT_MAX_MESSAGE;
@@ -1583,17 +1605,15 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	opt_listen(r, DEFAULT_LISTEN);
 	parse_args(r, argc, argv);
 	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGUSR1);
-	sigprocmask(SIG_BLOCK, &set, NULL);
 	lws_set_log_level(LLL_ERR, sb_lws_log);
 	if (relay_start(r) || load_tunnels(r)) {
 		relay_stop(r);
 		return 1;
 	}
-	r->stalled = r->stall_after == 0;
+	if (r->stall_after == 0) {
+		sb_log("--stall-after 0: stalled from the start");
+		r->stalled = 1;
+	}
 	sb_log("listening on %s://%s:%d with %u tunnel%s", r->cert ? "wss" : "ws", r->host,
 	       r->port, r->tunnels.count, r->tunnels.count == 1 ? "" : "s");
 	printf("listening on %s://%s:%d\n", r->cert ? "wss" : "ws", r->host, r->port);

@@ -1,0 +1,256 @@
+#!/bin/bash
+# tests/sandbox/platform.test.sh: the relay's HTTP side, driven with curl: its
+# command line, the refusals before the upgrade (HTTP 401/404) or after it
+# (--auth-close: close 1002), the IoTDA tunnel REST API, and what curl can see
+# of a WebSocket peer (the 101, connect_tunnel, disconnect then a close frame).
+# The relaying itself is sandbox.test.sh's.  Every wait is on an event; no
+# secret may reach the log.  Run: sh tests/run.sh platform
+#
+# Sections: helpers; command line; refusals; REST; live peers; --auth-close;
+# REST off; TLS; the log and the exit.
+source "$(dirname "$0")/../lib.sh"
+export LC_ALL=C	# curl's output files hold raw WebSocket frames
+
+T=5	# seconds one awaited event may take before the check fails
+[ -x "$PLATFORM" ] || { fail "built: $PLATFORM" "run: make tests/sandbox/tunnel-platform"; finish; }
+
+#### helpers ###################################################################
+
+API_TOKEN=api+Secret/42=
+SRC_A=src+Tok/A= DEV_A=dev+Tok/A= SRC_L=src-live DEV_L=dev-live
+UPGRADE=(--http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket'
+	-H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==')
+
+# curl speaks no ws://, so every URL given to it goes as http://.
+# ws_code URL [TOKEN]: the status of an upgrade the relay refuses (it answers
+# and hangs up at once; a 101 would hold curl for 2 s and print 101).
+ws_code() { curl -s -o /dev/null -w '%{http_code}' -m 2 "${UPGRADE[@]}" ${2:+-H "tunnel_access_token: $2"} "${1/#ws:/http:}"; }
+
+# peer NAME URL TOKEN: a WebSocket peer made of curl; every byte the relay
+# sends lands in $WORK/NAME.raw: raw frames after the 101 headers, which curl
+# only writes once more data follows, so the relay's log tells of the upgrade.
+declare -A PEER
+peer() {
+	curl -s -N -i -m 60 "${UPGRADE[@]}" -H "tunnel_access_token: $3" "${2/#ws:/http:}" >"$WORK/$1.raw" 2>/dev/null &
+	PIDS+=($!)
+	PEER[$1]=$!
+}
+await() { if wait_for $T has_line "$2" "$3"; then ok "$1"; else fail "$1" "no /$3/ in $(basename "$2")"; fi; }	# await NAME FILE REGEX
+gone() { ! kill -0 "$1" 2>/dev/null; }	# gone PID: the process has exited
+count() { grep -ao -- "$2" "$1" | wc -l; }	# count FILE STRING: occurrences, frames being one "line"
+has_count() { [ "$(count "$1" "$2")" -ge "$3" ]; }	# has_count FILE STRING N: at least N
+# has_close FILE HEXCODE: a close frame (opcode 0x88) with that code, e.g. "03 e8" (1000)
+has_close() { od -An -tx1 -v "$1" | tr -d '\n' | grep -qE " 88 [0-9a-f]{2} $2"; }
+
+# rest METHOD PATH [BODY] [TOKEN]: the body, then the HTTP status on its own line.
+rest() {
+	curl -s -X "$1" -H "X-Auth-Token: ${4-$API_TOKEN}" ${3:+--data "$3"} -w '\n%{http_code}\n' "$HTTP$2"
+}
+status() { tail -n 1 <<<"$1"; }	# status REST-OUTPUT
+field() { grep -o "\"$1\":\"\\{0,1\\}[^\",}]*" <<<"$2" | head -1 | sed 's/^[^:]*:"\{0,1\}//'; }	# field NAME JSON: its first value
+
+#### command line ##############################################################
+
+"$PLATFORM" --help >"$WORK/help.out" 2>&1
+check "--help: exit 0" [ $? = 0 ]
+check "--help: the usage, on stdout" grep -q -- '--stall-after' "$WORK/help.out"
+"$PLATFORM" --no-such-option >"$WORK/bad.out" 2>"$WORK/bad.err"
+check "unknown option: exit 2" [ $? = 2 ]
+check "unknown option: message and usage on stderr" grep -q 'usage:' "$WORK/bad.err"
+check "unknown option: nothing on stdout" [ ! -s "$WORK/bad.out" ]
+"$PLATFORM" --cut-after sideways:3 2>/dev/null
+check "bad --cut-after value: exit 2" [ $? = 2 ]
+"$PLATFORM" --cert "$CERTS/server.pem" 2>/dev/null
+check "--cert without --key: exit 2" [ $? = 2 ]
+printf '[{"tunnel_id":"bad id","device_id":"d","source_token":"x"}]' >"$WORK/bad.json"
+"$PLATFORM" --listen 127.0.0.1:0 --tunnels "$WORK/bad.json" >"$WORK/badt.out" 2>&1
+check "malformed --tunnels file: exit 1 before listening" [ $? = 1 -a -z "$(grep listening "$WORK/badt.out")" ]
+
+cat >"$WORK/tunnels.json" <<EOF
+[{"tunnel_id":"t-a","device_id":"dev-a","source_token":"$SRC_A","device_token":"$DEV_A"},
+ {"tunnel_id":"t-live","device_id":"dev-live","source_token":"$SRC_L","device_token":"$DEV_L"},
+ {"tunnel_id":"t-same","device_id":"dev-same","source_token":"one-token"},
+ {"tunnel_id":"t-exp","device_id":"dev-exp","source_token":"old","expires_in":0}]
+EOF
+printf '%s\n' "$API_TOKEN" >"$WORK/api.tok"
+start_platform main --tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.tok" || { fail "relay starts"; finish; }
+check "stdout: listening on ws://127.0.0.1:PORT" grep -qE '^listening on ws://127\.0\.0\.1:[1-9][0-9]*$' "$WORK/main.out"
+MAIN_PID=$PLATFORM_PID MAIN_LOG=$PLATFORM_LOG
+WS=$PLATFORM_URL HTTP=${PLATFORM_URL/ws:/http:}
+SRC=/v5/iot/tunnels/t-a/source-connect DST=/v5/iot/tunnels/t-a/device-connect
+
+#### refusals ##################################################################
+
+check "bad token: HTTP 401" [ "$(ws_code "$WS$SRC" wrong)" = 401 ]
+check "no token header: HTTP 401" [ "$(ws_code "$WS$SRC")" = 401 ]
+check "source token on the device route: HTTP 401" [ "$(ws_code "$WS$DST" "$SRC_A")" = 401 ]
+check "expired tunnel: HTTP 401" [ "$(ws_code "$WS/v5/iot/tunnels/t-exp/source-connect" old)" = 401 ]
+check "unknown tunnel: HTTP 404" [ "$(ws_code "$WS/v5/iot/tunnels/t-none/source-connect" x)" = 404 ]
+check "bad path: HTTP 404" [ "$(ws_code "$WS/v5/iot/tunnels/t-a/elsewhere" "$SRC_A")" = 404 ]
+check "bad tunnel id characters: HTTP 404" [ "$(ws_code "$WS/v5/iot/tunnels/t.a/source-connect" "$SRC_A")" = 404 ]
+long=$(printf 'x%.0s' {1..300})
+check "token over 256 characters: HTTP 401" [ "$(ws_code "$WS$SRC" "$long")" = 401 ]
+curl -s "${UPGRADE[@]}" -H 'tunnel_access_token: wrong' "$HTTP$SRC" >"$WORK/refused.body"
+check "a refusal carries an IoTDA-style JSON body" grep -q '"error_code":"IOTDA\.' "$WORK/refused.body"
+check "refusals are logged by tunnel id" has_line "$MAIN_LOG" 'auth failed for tunnel t-a \(401\)'
+check "unknown tunnel is logged" has_line "$MAIN_LOG" 'unknown tunnel t-none \(404\)'
+
+#### REST ######################################################################
+
+API=/v5/iot/proj-1/tunnels
+out=$(rest POST "$API" '{"device_id":"dev-r"}' '')
+check "REST without X-Auth-Token: 401" [ "$(status "$out")" = 401 ]
+out=$(rest POST "$API" '{"device_id":"dev-r"}' wrong-token)
+check "REST with a wrong X-Auth-Token: 401 with an IoTDA error" \
+	[ "$(status "$out")" = 401 -a "$(field error_code "$out")" = IOTDA.000002 ]
+
+out=$(rest POST "$API" '{"device_id":"dev-r"}')
+check "create: 201" [ "$(status "$out")" = 201 ]
+ID=$(field tunnel_id "$out") TOKEN=$(field tunnel_access_token "$out") URI=$(field tunnel_uri "$out")
+check "create: a UUID tunnel_id" grep -qE '^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$' <<<"$ID"
+check "create: a token and expires_in 86400" [ -n "$TOKEN" -a "$(field expires_in "$out")" = 86400 ]
+check "create: tunnel_uri is the source-connect URL as reached" [ "$URI" = "$WS/v5/iot/tunnels/$ID/source-connect" ]
+out=$(rest POST "$API" '{"devices":"x"}')
+check "create without device_id: 400" [ "$(status "$out")" = 400 -a "$(field error_code "$out")" = IOTDA.000006 ]
+out=$(rest POST "$API" 'not json')
+check "create with a body that is not JSON: 400" [ "$(status "$out")" = 400 ]
+big=$(head -c 70000 /dev/zero | tr '\0' a)
+check "create with a 70 KB body: 413" [ "$(status "$(rest POST "$API" "$big")")" = 413 ]
+
+out=$(rest GET "$API/$ID")
+check "show: 200 OPEN, both sides DISCONNECTED" [ "$(status "$out")" = 200 -a "$(field status "$out")" = OPEN \
+	-a "$(grep -o DISCONNECTED <<<"$out" | wc -l)" = 2 ]
+check "show: IoTDA times (yyyyMMddTHHmmssZ)" grep -qE '"create_time":"[0-9]{8}T[0-9]{6}Z"' <<<"$out"
+check "show: no token in it" [ -z "$(grep -F "$TOKEN" <<<"$out")" ]
+check "show an unknown tunnel: 404" [ "$(status "$(rest GET "$API/no-such")")" = 404 ]
+out=$(rest GET "$API")
+check "list: 200 with both kinds of tunnel" [ "$(status "$out")" = 200 -a -n "$(grep -F "\"$ID\"" <<<"$out")" \
+	-a -n "$(grep -F '"t-a"' <<<"$out")" ]
+out=$(rest GET "$API?device_id=dev-r")
+check "list ?device_id= filters" [ -n "$(grep -F "\"$ID\"" <<<"$out")" -a -z "$(grep -F '"t-a"' <<<"$out")" ]
+
+out=$(rest GET "/sandbox/tunnels/$ID/notify" '' '')
+check "notify without X-Auth-Token: 401" [ "$(status "$out")" = 401 ]
+out=$(rest GET "/sandbox/tunnels/$ID/notify")
+DTOKEN=$(field tunnel_access_token "$out") DURI=$(field tunnel_uri "$out")
+check "notify: a \$tunnel_manager tunnel_notify event" [ "$(status "$out")" = 200 \
+	-a "$(field event_type "$out")" = tunnel_notify -a "$(field service_id "$out")" = '$tunnel_manager' ]
+check "notify: object_device_id, expires_in" [ "$(field object_device_id "$out")" = dev-r \
+	-a -n "$(field expires_in "$out")" ]
+check "notify: the device-connect URL" [ "$DURI" = "$WS/v5/iot/tunnels/$ID/device-connect" ]
+check "notify: a device token of its own" [ -n "$DTOKEN" -a "$DTOKEN" != "$TOKEN" ]
+check "notify: the config file's device token" \
+	[ "$(field tunnel_access_token "$(rest GET /sandbox/tunnels/t-a/notify)")" = "$DEV_A" ]
+
+peer rsrc "$URI" "$TOKEN"
+await "created tunnel: its token opens source-connect" "$MAIN_LOG" "tunnel $ID: app connected"
+peer rdev "$DURI" "$DTOKEN"
+await "created tunnel: the notify token opens device-connect" "$MAIN_LOG" "tunnel $ID: device connected"
+await "created tunnel: the app gets connect_tunnel after the 101" "$WORK/rsrc.raw" '"operation_type":"connect_tunnel"'
+check "created tunnel: ... after the 101" grep -q '^HTTP/1.1 101' "$WORK/rsrc.raw"
+out=$(rest GET "$API/$ID")
+check "show: both sides CONNECTED" [ "$(grep -o '"CONNECTED"' <<<"$out" | wc -l)" = 2 ]
+
+out=$(rest DELETE "$API/$ID")
+check "delete while open: 400, still there" [ "$(status "$out")" = 400 -a "$(status "$(rest GET "$API/$ID")")" = 200 ]
+check "close (PUT): 204" [ "$(status "$(rest PUT "$API/$ID")")" = 204 ]
+await "close: the app gets disconnect 404" "$WORK/rsrc.raw" '"status_code":"404"'
+await "close: the device gets disconnect 404" "$WORK/rdev.raw" '"status_code":"404"'
+wait_for $T gone "${PEER[rsrc]}"
+check "close: the app's connection ends with close 1000" has_close "$WORK/rsrc.raw" "03 e8"
+wait_for $T gone "${PEER[rdev]}"
+check "close: the device's connection ends with close 1000" has_close "$WORK/rdev.raw" "03 e8"
+out=$(rest GET "$API/$ID")
+check "show after close: CLOSED with a closed_time" [ "$(field status "$out")" = CLOSED -a -n "$(field closed_time "$out")" ]
+check "connect after close: HTTP 404" [ "$(ws_code "$URI" "$TOKEN")" = 404 ]
+check "close again: still 204" [ "$(status "$(rest PUT "$API/$ID")")" = 204 ]
+check "delete after close: 204" [ "$(status "$(rest DELETE "$API/$ID")")" = 204 ]
+check "show after delete: 404" [ "$(status "$(rest GET "$API/$ID")")" = 404 ]
+check "close an unknown tunnel: 404" [ "$(status "$(rest PUT "$API/$ID")")" = 404 ]
+check "an unknown method on a known path: 405" [ "$(status "$(rest PATCH "$API/t-a")")" = 405 ]
+check "an unknown path: 404" [ "$(status "$(rest GET /v5/iot/proj-1/elsewhere)")" = 404 ]
+check "REST calls are logged with their status" has_line "$MAIN_LOG" 'rest: POST /v5/iot/\{project_id\}/tunnels: 201'
+
+out=$(rest POST "$API" '{"device_id":"dev-short","expires_in":1}')
+SID=$(field tunnel_id "$out")
+peer short "$(field tunnel_uri "$out")" "$(field tunnel_access_token "$out")"
+await "expires_in 1: the app opens" "$MAIN_LOG" "tunnel $SID: app connected"
+await "token expiry: the app gets disconnect 401" "$WORK/short.raw" '"status_code":"401"'
+wait_for $T gone "${PEER[short]}"
+check "token expiry: close 1000" has_close "$WORK/short.raw" "03 e8"
+check "token expiry is logged" has_line "$MAIN_LOG" "tunnel $SID: token expired"
+
+#### live peers ################################################################
+
+LSRC=$WS/v5/iot/tunnels/t-live/source-connect LDST=$WS/v5/iot/tunnels/t-live/device-connect
+peer ldev "$LDST" "$DEV_L"
+await "device first: it connects" "$MAIN_LOG" 'tunnel t-live: device connected'
+peer lapp "$LSRC" "$SRC_L"
+await "device first: the arriving app gets connect_tunnel" "$WORK/lapp.raw" '"operation_type":"connect_tunnel"'
+check "connect_tunnel has request_id null, data null" grep -qaF \
+	'{"operation_type":"connect_tunnel","tunnel_service_type":"ssh","request_id":null,"data":null}' "$WORK/lapp.raw"
+kill -USR1 "$MAIN_PID"
+await "SIGUSR1: the app gets disconnect 410" "$WORK/lapp.raw" '"status_code":"410"'
+wait_for $T gone "${PEER[ldev]}"
+check "SIGUSR1: the device's connection is cut, no close frame" [ -z "$(od -An -tx1 -v "$WORK/ldev.raw" | grep -E ' 88 ')" ]
+check "SIGUSR1 is logged" has_line "$MAIN_LOG" 'SIGUSR1: dropped 1 device connection$'
+peer ldev2 "$LDST" "$DEV_L"
+if wait_for $T has_count "$WORK/lapp.raw" connect_tunnel 2; then ok "device back: connect_tunnel again"
+else fail "device back: connect_tunnel again" "$(count "$WORK/lapp.raw" connect_tunnel) connect_tunnel in lapp.raw"; fi
+peer lapp2 "$LSRC" "$SRC_L"
+await "app replaced: the old app gets disconnect 409" "$WORK/lapp.raw" '"status_code":"409"'
+wait_for $T gone "${PEER[lapp]}"
+check "app replaced: then close 4000" has_close "$WORK/lapp.raw" "0f a0"
+await "app replaced: the new app gets connect_tunnel" "$WORK/lapp2.raw" 'connect_tunnel'
+peer same "$WS/v5/iot/tunnels/t-same/device-connect" one-token
+await "device_token omitted: the source token opens device-connect" "$MAIN_LOG" 'tunnel t-same: device connected'
+check "connections are logged" has_line "$MAIN_LOG" 'tunnel t-live: replaced app'
+
+#### --auth-close ##############################################################
+
+start_platform authclose --tunnels "$WORK/tunnels.json" --auth-close || fail "--auth-close relay starts"
+AC=$PLATFORM_URL
+AC=${AC/#ws:/http:}
+curl -s -i -m $T "${UPGRADE[@]}" -H 'tunnel_access_token: wrong' "$AC$SRC" >"$WORK/ac1.raw"
+check "--auth-close, bad token: 101 first" grep -q '^HTTP/1.1 101' "$WORK/ac1.raw"
+check "--auth-close, bad token: then close 1002" has_close "$WORK/ac1.raw" "03 ea"
+curl -s -i -m $T "${UPGRADE[@]}" -H 'tunnel_access_token: x' "$AC/v5/iot/tunnels/t-none/source-connect" >"$WORK/ac2.raw"
+check "--auth-close, unknown tunnel: close 1002" has_close "$WORK/ac2.raw" "03 ea"
+check "--auth-close is logged" has_line "$PLATFORM_LOG" 'auth failed for tunnel t-a \(401, closing 1002\)'
+
+#### REST off ##################################################################
+
+start_platform norest --tunnels "$WORK/tunnels.json" || fail "relay without --api-token starts"
+out=$(curl -s -H "X-Auth-Token: $API_TOKEN" -w '\n%{http_code}\n' "${PLATFORM_URL/ws:/http:}$API")
+check "no --api-token: the REST API answers 404" [ "$(status "$out")" = 404 ]
+
+#### TLS #######################################################################
+
+if [ -f "$CERTS/ca.pem" ]; then
+	start_platform tls --tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.tok" \
+		--cert "$CERTS/server.pem" --key "$CERTS/server.key" || fail "TLS relay starts"
+	check "TLS: stdout: listening on wss://127.0.0.1:PORT" grep -qE '^listening on wss://127\.0\.0\.1:[0-9]+$' "$WORK/tls.out"
+	HTTPS=https://localhost:${PLATFORM_URL##*:}
+	out=$(curl -s --cacert "$CERTS/ca.pem" -H "X-Auth-Token: $API_TOKEN" -d '{"device_id":"dev-tls"}' \
+		-w '\n%{http_code}\n' "$HTTPS$API")
+	check "TLS: REST over https, checked against the sandbox CA: 201" [ "$(status "$out")" = 201 ]
+	check "TLS: tunnel_uri is wss:// as reached" grep -q "^$HTTPS/v5/iot/tunnels/.*/source-connect\$" \
+		<<<"$(field tunnel_uri "$out" | sed 's/^wss:/https:/')"
+	check "TLS: a bad token: HTTP 401" [ "$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CERTS/ca.pem" \
+		"${UPGRADE[@]}" -H 'tunnel_access_token: wrong' "$HTTPS$SRC")" = 401 ]
+else
+	echo "# skipped TLS: no $CERTS/ca.pem (make certs)"
+fi
+
+#### the log and the exit ######################################################
+
+leaks=
+for s in "$API_TOKEN" "$SRC_A" "$DEV_A" "$SRC_L" "$DEV_L" "$TOKEN" "$DTOKEN" one-token; do
+	grep -qF -- "$s" "$WORK"/*.log && leaks="$leaks $s"
+done
+check "no token in any relay log" [ -z "$leaks" ]
+kill "$MAIN_PID"
+wait "$MAIN_PID"
+check "SIGTERM: exit 0" [ $? = 0 ]
+check "SIGTERM: logged" has_line "$MAIN_LOG" 'exiting on Terminated'
+finish
