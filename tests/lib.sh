@@ -64,7 +64,15 @@ start_device() {
 	DEVICE_PID=$!
 }
 
-finish() { exit $(( FAILS > 0 )); }	# last line of every test script
+# Last line of every test script.  Any sanitizer report from the console,
+# the relay or an agent (make test-asan) fails the script.
+finish() {
+	local f
+	for f in "$WORK"/*.log "$WORK"/*.err; do
+		[ -f "$f" ] && grep -q 'Sanitizer' "$f" && fail "no sanitizer report in $(basename "$f")" "$(grep -A20 -m1 Sanitizer "$f")"
+	done
+	exit $(( FAILS > 0 ))
+}
 
 # --- the console in tmux -------------------------------------------------
 # tui_start COLSxROWS ARGS...: runs tunnel_tui in a private tmux server; the

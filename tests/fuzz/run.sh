@@ -64,7 +64,7 @@ wait
 for name in $targets; do
 	log=$out/$name.log
 	runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -n 1)
-	cov=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -n 1 | sed 's/^#[0-9]* *[A-Z]* *//')
+	cov=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -n 1 | sed 's/^#[0-9]*[[:space:]]*[A-Z]*[[:space:]]*//')
 	if [ "$(cat "$out/$name.rc")" = 0 ] && [ -n "$runs" ]; then
 		echo "ok - fuzz $name: $runs runs, no crash"
 		echo "# $name: $cov"

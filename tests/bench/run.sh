@@ -1,0 +1,312 @@
+#!/bin/bash
+# tests/bench/run.sh: `make bench` (issue 6).  Measures the console against
+# its baselines side by side in one run, prints a table and, as the very last
+# line, one JSON object with the headline figures.  Nothing here is a test
+# assertion: a missed goal is reported, not failed.
+#
+#   BENCH_QUICK=1   a short run for development (smaller, fewer, shorter)
+#   BENCH_PERF=1    also record the console with perf during throughput and
+#                   the Ctrl-C flood (reports in build/bench/)
+#   KEEP_WORK=1     keep the scratch folder (logs, screens) for a look
+#
+# Results (table, JSON, latency samples, perf reports) go to build/bench/.
+# How each figure is taken: tests/bench/README-fragment.md.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -u
+TOP=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$TOP" || exit 1
+export LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=xterm-256color
+unset TMUX TUNNEL_TUI_TOKEN
+make -s bench-harness || exit 1
+source "$TOP/tests/bench/fixture.sh"
+OUT=$TOP/build/bench
+mkdir -p "$OUT"
+rm -f "$OUT"/*.txt "$OUT"/*.json "$OUT"/perf-*
+
+if [ "${BENCH_QUICK:-0}" != 0 ]; then
+	QUICK=1 TPUT_BYTES=$((4 << 20)) TPUT_ROUNDS=1 LAT_KEYS=40 CTRLC_REPS=2
+	NDEV=10 IDLE_S=10 STARTUP_REPS=3
+else
+	QUICK=0 TPUT_BYTES=$((20 << 20)) TPUT_ROUNDS=3 LAT_KEYS=200 CTRLC_REPS=5
+	NDEV=50 IDLE_S=60 STARTUP_REPS=5
+fi
+NSTREAM=20		# background sessions streaming during the loaded latency run
+STREAM_MS=10		# each prints a ~110-byte coloured log line every 10 ms
+GAP="30 70"		# think time between keystrokes, ms (uniform)
+CON_SIZE=120x40		# the console's terminal; its pane (the remote pty) is 93x39
+PANE_SIZE=93x39		# the baselines' terminal = that pane
+declare -A R		# results
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+phase() { log "== $* ($(date +%T))"; }
+
+# --- the machine ------------------------------------------------------------------
+MACHINE="$(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), \
+$(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+phase "machine: $MACHINE; load $LOAD0"
+
+# --- fixture ----------------------------------------------------------------------
+phase setup
+user_up || exit 1
+SCALE=()
+for i in $(seq 1 "$NDEV"); do SCALE+=("$(printf 's%02d' "$i")"); done
+sandbox_up c1 m1 "${SCALE[@]}" || exit 1
+sshd_up || exit 1
+devices_conf "$WORK/main.conf" c1
+devices_conf "$WORK/one.conf" s01
+devices_conf "$WORK/scale.conf" "${SCALE[@]}"
+DATA=$WORK/output.txt
+"$HARNESS" gen "$DATA" "$TPUT_BYTES" > /dev/null || exit 1
+chmod 644 "$DATA"
+RID=b3e1c0de-0000-4000-8000-00000000be01
+
+# --- the three paths, side by side -----------------------------------------------------
+phase "console, minimal client, tmux + ssh: log in"
+h_start con --size $CON_SIZE -- "$CONSOLE" -c "$WORK/main.conf" --log "$WORK/log/console.log"
+h_start min --size $PANE_SIZE --client $RID "$WORK/min.fifo" field "$WORK/pass" -- \
+	"$CLIENT" --url "$BASE/t-m1/source-connect" --token-file "$WORK/app/m1.app" \
+	--cacert "$CERTS/ca.pem" --discard --save $RID "$WORK/min.fifo"
+tmux_server "$WORK/tmux.sock" "${PANE_SIZE%x*}" "${PANE_SIZE#*x}" "$SSH_CMD"
+h_start tmx --size $PANE_SIZE -- tmux -S "$WORK/tmux.sock" attach
+h con wait 15000 'online' && h con send '\x07n' && h con wait 5000 'password' &&
+	h con send "$PASS\r" || exit 1
+for p in con min tmx; do h $p waitcur 30000 "$PROMPT_RE" || exit 1; done
+CON_PID=$(h_pid con)
+
+perf_start() {	# perf_start NAME: samples the console until perf_stop
+	[ "${BENCH_PERF:-0}" != 0 ] || return 0
+	perf record -F 999 -g -p "$CON_PID" -o "$OUT/perf-$1.data" 2> /dev/null &
+	PERF_PID=$!
+	sleep 0.3
+}
+perf_stop() {
+	[ "${BENCH_PERF:-0}" != 0 ] || return 0
+	kill -INT "$PERF_PID"; wait "$PERF_PID"
+	perf report -i "$OUT/perf-$1.data" --stdio --no-children --percent-limit 1 \
+		> "$OUT/perf-$1.txt" 2> /dev/null
+}
+
+# 1. throughput: cat a file of realistic output; the clock stops when the
+# marker echoed after it is on the screen (the console, tmux) or has arrived
+# (the minimal client).  The typed line never contains the marker itself.
+phase "1. throughput: $TPUT_BYTES bytes x $TPUT_ROUNDS rounds"
+for r in $(seq 1 "$TPUT_ROUNDS"); do
+	for p in con min tmx; do
+		mark=$((7000 + r))
+		[ "$p$r" = con1 ] && perf_start tput
+		h $p tput 600000 "TTBEND$mark" "cat $DATA; echo TTBEND\$((7000+$r))\r" || exit 1
+		echo "${REPLY#ok }" | cut -d' ' -f1 >> "$WORK/tput-$p.txt"
+		[ "$p$r" = con1 ] && perf_stop tput
+		h $p waitcur 60000 "$PROMPT_RE" || exit 1
+		h $p drain 300 >/dev/null
+	done
+done
+for p in con min tmx; do
+	R[tput_ms_$p]=$(median < "$WORK/tput-$p.txt")
+	R[tput_$p]=$(calc "$TPUT_BYTES / 1e6 / (${R[tput_ms_$p]} / 1000)")
+	log "   $p: $(tr '\n' ' ' < "$WORK/tput-$p.txt")ms -> ${R[tput_$p]} MB/s"
+done
+
+# 2. keystroke to echo at a shell prompt
+phase "2. latency: $LAT_KEYS keys each"
+for p in con min tmx; do
+	h $p lat "$LAT_KEYS" $GAP "$OUT/latency-$p.txt" "$PROMPT_RE" || exit 1
+	read -r _ _ R[p50_$p] R[p90_$p] R[p99_$p] R[max_$p] _ <<< "$REPLY"
+	log "   $p: $REPLY"
+done
+
+# 3. Ctrl-C under a `yes` flood, until the prompt is back
+phase "3. Ctrl-C under flood: $CTRLC_REPS rounds"
+for r in $(seq 1 "$CTRLC_REPS"); do
+	for p in con min tmx; do
+		h $p send 'yes\r' && h $p drain 1500 >/dev/null || exit 1
+		[ "$p$r" = con1 ] && perf_start flood
+		h $p ctrlc 120000 "$PROMPT_RE" || exit 1
+		echo "${REPLY#ok }" >> "$WORK/ctrlc-$p.txt"
+		[ "$p$r" = con1 ] && perf_stop flood
+		h $p drain 500 >/dev/null
+	done
+done
+for p in con min tmx; do
+	R[ctrlc_$p]=$(median < "$WORK/ctrlc-$p.txt")
+	R[ctrlc_max_$p]=$(sort -n "$WORK/ctrlc-$p.txt" | tail -1)
+	log "   $p: $(tr '\n' ' ' < "$WORK/ctrlc-$p.txt")ms"
+done
+for p in con min tmx; do h_stop $p; done
+tmux -S "$WORK/tmux.sock" kill-server 2>/dev/null
+
+# 6. start-up to the first frame (the status bar's help hint is drawn with it)
+phase "6. start-up: $STARTUP_REPS runs each"
+for r in $(seq 1 "$STARTUP_REPS"); do
+	for conf in scale one; do
+		h_start st --size $CON_SIZE -- "$CONSOLE" -c "$WORK/$conf.conf"
+		h st wait 10000 '\? help$' && echo "${REPLY##* }" >> "$WORK/startup-$conf.txt"
+		h st drain 200 >/dev/null
+		h_stop st
+	done
+	sock=$WORK/tmux-st$r.sock
+	TMUX_SOCKS+=("$sock")
+	h_start st --size $CON_SIZE -- tmux -S "$sock" -f "$WORK/tmux.conf" new-session 'echo TTBREADY; exec cat'
+	h st wait 10000 'TTBREADY' && echo "${REPLY##* }" >> "$WORK/startup-tmux.txt"
+	h_stop st
+	tmux -S "$sock" kill-server 2>/dev/null
+done
+for c in scale one tmux; do
+	R[startup_$c]=$(median < "$WORK/startup-$c.txt")
+	log "   $c: $(tr '\n' ' ' < "$WORK/startup-$c.txt")ms"
+done
+
+# 4. and 5. one console with NDEV devices
+phase "4./5. scale: $NDEV devices"
+h_start sc --size $CON_SIZE -- "$CONSOLE" -c "$WORK/scale.conf" --log "$WORK/log/scale.log"
+SC_PID=$(h_pid sc)
+h sc wait 30000 "${SCALE[0]} .*device online" || exit 1
+# open_sessions N: N more sessions on every device, through the login dialog
+open_sessions() {
+	local d k keys
+	h sc send '\x071' || return 1
+	for d in "${SCALE[@]}"; do
+		h sc wait 30000 "^ $d .*│" || return 1
+		keys=""
+		for k in $(seq 1 "$1"); do keys+="\\x07n$PASS\\r"; done
+		h sc send "$keys\\x07\\t" || return 1
+	done
+}
+sessions_ready() { [ "$(shells_of "${SCALE[@]}")" -ge "$1" ]; }
+wait_for 60 bash -c "[ \$(ss -Htn state established '( dport = :$PORT )' | wc -l) -ge $((NDEV + NDEV + 2)) ]"
+quiet "$SC_PID"
+R[rss0]=$(rss_kb "$SC_PID")
+
+open_sessions 2 || exit 1
+wait_for 120 sessions_ready $((NDEV * 2)) || log "   only $(shells_of "${SCALE[@]}") shells"
+quiet "$SC_PID"
+
+# the idle baseline: a tmux server with as many windows of an idle shell
+IDLE_SOCK=$WORK/tmux-idle.sock
+tmux_server "$IDLE_SOCK" 120 40 'bash --noprofile --norc'
+for i in $(seq 2 $((NDEV * 2))); do tmux -S "$IDLE_SOCK" new-window -d 'bash --noprofile --norc'; done
+h_start ti --size $CON_SIZE -- tmux -S "$IDLE_SOCK" attach
+h ti drain 1000 >/dev/null
+TMUX_SERVER_PID=$(tmux -S "$IDLE_SOCK" display -p '#{pid}')
+TI_PID=$(h_pid ti)
+quiet "$TMUX_SERVER_PID" 10
+
+phase "4. idle: $NDEV tunnels, $((NDEV * 2)) sessions, ${IDLE_S} s"
+c0=$(cpu_ns "$SC_PID"); x0=$(ctx "$SC_PID")
+tc0=$(cpu_ns "$TMUX_SERVER_PID" "$TI_PID"); tx0=$(ctx "$TMUX_SERVER_PID" "$TI_PID")
+t0=$(now_ms)
+sleep "$IDLE_S"
+c1=$(cpu_ns "$SC_PID"); x1=$(ctx "$SC_PID")
+tc1=$(cpu_ns "$TMUX_SERVER_PID" "$TI_PID"); tx1=$(ctx "$TMUX_SERVER_PID" "$TI_PID")
+t1=$(now_ms)
+R[idle_cpu]=$(calc "($c1 - $c0) / 1e6 / ($t1 - $t0) * 100" 3)
+R[idle_wake]=$(calc "($x1 - $x0) / (($t1 - $t0) / 1000)" 1)
+R[idle_cpu_tmux]=$(calc "($tc1 - $tc0) / 1e6 / ($t1 - $t0) * 100" 3)
+R[idle_wake_tmux]=$(calc "($tx1 - $tx0) / (($t1 - $t0) / 1000)" 1)
+log "   console ${R[idle_cpu]} % ${R[idle_wake]}/s; tmux ${R[idle_cpu_tmux]} % ${R[idle_wake_tmux]}/s"
+R[tmux_rss100]=$(rss_kb "$TMUX_SERVER_PID")
+
+phase "5. scale: $((NDEV * 4)) sessions, 5000 lines of scrollback each"
+open_sessions 2 || exit 1
+for i in $(seq $((NDEV * 2 + 1)) $((NDEV * 4))); do tmux -S "$IDLE_SOCK" new-window -d 'bash --noprofile --norc'; done
+wait_for 120 sessions_ready $((NDEV * 4)) || log "   only $(shells_of "${SCALE[@]}") shells"
+quiet "$SC_PID"
+R[rssA]=$(rss_kb "$SC_PID")
+R[tmux_rssA]=$(rss_kb "$TMUX_SERVER_PID")
+# every session: seq 5000 (rows: device, then its four sessions)
+h sc send '\x071' || exit 1
+for d in "${SCALE[@]}"; do h sc send 'seq 5000\r\x07jseq 5000\r\x07jseq 5000\r\x07jseq 5000\r\x07j\x07j' || exit 1; done
+for w in $(tmux -S "$IDLE_SOCK" list-windows -F '#{window_index}'); do
+	tmux -S "$IDLE_SOCK" send-keys -t ":$w" 'seq 5000' Enter
+done
+h sc send '\x071' && h sc wait 120000 '│5000$' || exit 1
+quiet "$SC_PID" 300
+quiet "$TMUX_SERVER_PID" 60
+R[rssB]=$(rss_kb "$SC_PID")
+R[tmux_rssB]=$(rss_kb "$TMUX_SERVER_PID")
+NS=$((NDEV * 4))
+R[rss_mb]=$(calc "${R[rssB]} / 1024" 1)
+R[kb_sess]=$(calc "(${R[rssA]} - ${R[rss0]}) / $NS" 1)
+R[kb_sess_sb]=$(calc "(${R[rssB]} - ${R[rssA]}) / $NS" 1)
+R[kb_sess_raw]=$(calc "(${R[rssB]} - ${R[rss0]}) / $NS" 1)
+R[tmux_rss_mb]=$(calc "${R[tmux_rssB]} / 1024" 1)
+R[tmux_kb_win]=$(calc "(${R[tmux_rssA]} - ${R[tmux_rss100]}) / ($NS - $NDEV * 2)" 1)
+R[tmux_kb_win_sb]=$(calc "(${R[tmux_rssB]} - ${R[tmux_rssA]}) / $NS" 1)
+R[vtmem_kb]=$(calc "$("$HARNESS" vtmem 93 39) / 1024" 1)
+log "   console RSS ${R[rss0]} kB (0 sessions) ${R[rssA]} kB (open) ${R[rssB]} kB (filled);" \
+	"tmux ${R[tmux_rss100]} / ${R[tmux_rssA]} / ${R[tmux_rssB]} kB"
+h_stop ti
+tmux -S "$IDLE_SOCK" kill-server 2>/dev/null
+
+# keystroke latency in a quiet session while NSTREAM others stream
+h sc send '\x072' || exit 1
+left=$NSTREAM
+for d in "${SCALE[@]:1}"; do
+	for k in 1 2 3 4; do
+		[ $left -gt 0 ] || break 2
+		h sc send "$WORK/bin/ptyharness stream $STREAM_MS\\r\\x07j" || exit 1
+		left=$((left - 1))
+	done
+	h sc send '\x07j' || exit 1
+done
+h sc send '\x071' && h sc drain 2000 >/dev/null || exit 1
+h sc send '\x07l' && h sc waitcur 10000 "$PROMPT_RE" || exit 1
+phase "5. latency while $NSTREAM sessions stream"
+h sc lat "$LAT_KEYS" $GAP "$OUT/latency-loaded.txt" "$PROMPT_RE" || exit 1
+read -r _ _ R[p50_loaded] _ R[p99_loaded] _ _ <<< "$REPLY"
+log "   $REPLY"
+h_stop sc
+
+# --- the table and the JSON ----------------------------------------------------------
+ratio() { calc "$1 / $2" 2; }
+yesno() { awk "BEGIN { print (($1) ? \"yes\" : \"NO\") }"; }
+R[overhead]=$(calc "${R[p99_con]} - ${R[p99_min]}" 3)
+{
+	echo "tunnel_tui benchmarks ($([ $QUICK = 1 ] && echo 'QUICK run, not comparable' || echo 'full run'), $(date -u '+%Y-%m-%d %H:%M UTC'))"
+	echo "machine: $MACHINE; load average at start $LOAD0"
+	echo "console terminal $CON_SIZE (pane, remote pty 93x39); baselines in a 93x39 terminal; relay over TLS on loopback"
+	echo
+	printf '%-44s %12s %18s %8s %10s %5s\n' figure value baseline ratio goal met
+	row() { printf '%-44s %12s %18s %8s %10s %5s\n' "$@"; }
+	row "1. throughput, MB/s ($((TPUT_BYTES >> 20)) MiB)" "${R[tput_con]}" "${R[tput_min]} minimal" \
+		"$(ratio "${R[tput_con]}" "${R[tput_min]}")" "≥ 0.8x" "$(yesno "${R[tput_con]} >= 0.8 * ${R[tput_min]}")"
+	row "" "" "${R[tput_tmx]} tmux+ssh" "$(ratio "${R[tput_con]}" "${R[tput_tmx]}")" "≥ 1x" \
+		"$(yesno "${R[tput_con]} >= ${R[tput_tmx]}")"
+	row "2. keystroke to echo p50, ms" "${R[p50_con]}" "${R[p50_min]} minimal" "$(ratio "${R[p50_con]}" "${R[p50_min]}")" "" ""
+	row "" "" "${R[p50_tmx]} tmux+ssh" "$(ratio "${R[p50_con]}" "${R[p50_tmx]}")" "" ""
+	row "   p99, ms" "${R[p99_con]}" "${R[p99_min]} minimal" "$(ratio "${R[p99_con]}" "${R[p99_min]}")" "" ""
+	row "" "" "${R[p99_tmx]} tmux+ssh" "$(ratio "${R[p99_con]}" "${R[p99_tmx]}")" "" ""
+	row "   console overhead p99, ms" "${R[overhead]}" "" "" "≤ 1 ms" "$(yesno "${R[overhead]} <= 1")"
+	row "3. Ctrl-C under flood to prompt, ms" "${R[ctrlc_con]}" "${R[ctrlc_min]} minimal" \
+		"$(ratio "${R[ctrlc_con]}" "${R[ctrlc_min]}")" "≤ 200 ms" "$(yesno "${R[ctrlc_con]} <= 200")"
+	row "   (median of $CTRLC_REPS; worst ${R[ctrlc_max_con]})" "" "${R[ctrlc_tmx]} tmux+ssh" \
+		"$(ratio "${R[ctrlc_con]}" "${R[ctrlc_tmx]}")" "" ""
+	row "4. idle CPU, % of a core" "${R[idle_cpu]}" "${R[idle_cpu_tmux]} tmux" \
+		"$(ratio "${R[idle_cpu]}" "${R[idle_cpu_tmux]}")" "≤ 0.2 %" "$(yesno "${R[idle_cpu]} <= 0.2")"
+	row "   idle wakeups/s" "${R[idle_wake]}" "${R[idle_wake_tmux]} tmux" \
+		"$(ratio "${R[idle_wake]}" "${R[idle_wake_tmux]}")" "" ""
+	row "5. RSS, MB ($NS sessions, 5000 lines each)" "${R[rss_mb]}" "${R[tmux_rss_mb]} tmux" \
+		"$(ratio "${R[rss_mb]}" "${R[tmux_rss_mb]}")" "" ""
+	row "   KB per session beside scrollback" "${R[kb_sess]}" "${R[tmux_kb_win]} tmux" \
+		"$(ratio "${R[kb_sess]}" "${R[tmux_kb_win]}")" "≤ 256 KB" "$(yesno "${R[kb_sess]} <= 256")"
+	row "   KB per session of scrollback (seq 5000)" "${R[kb_sess_sb]}" "${R[tmux_kb_win_sb]} tmux" \
+		"$(ratio "${R[kb_sess_sb]}" "${R[tmux_kb_win_sb]}")" "" ""
+	row "   KB per session, all" "${R[kb_sess_raw]}" "" "" "" ""
+	row "   p99 echo, $NSTREAM sessions streaming, ms" "${R[p99_loaded]}" "${R[p99_con]} unloaded" \
+		"$(ratio "${R[p99_loaded]}" "${R[p99_con]}")" "" ""
+	row "6. start-up to first frame, $NDEV devices, ms" "${R[startup_scale]}" "${R[startup_tmux]} tmux" \
+		"$(ratio "${R[startup_scale]}" "${R[startup_tmux]}")" "≤ 50 ms" "$(yesno "${R[startup_scale]} <= 50")"
+	row "   (1 device configured)" "${R[startup_one]}" "" "" "" ""
+	echo
+	echo "libvterm alone allocates ${R[vtmem_kb]} KB for one 93x39 screen (both buffers); medians: throughput of $TPUT_ROUNDS, start-up of $STARTUP_REPS"
+} | tee "$OUT/table.txt"
+JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s%s}' \
+	"${R[tput_con]}" "$(ratio "${R[tput_con]}" "${R[tput_min]}")" "$(ratio "${R[tput_con]}" "${R[tput_tmx]}")" \
+	"${R[p50_con]}" "${R[p99_con]}" "${R[overhead]}" "${R[ctrlc_con]}" "${R[idle_cpu]}" "${R[idle_wake]}" \
+	"${R[rss_mb]}" "${R[kb_sess]}" "${R[p99_loaded]}" "${R[startup_scale]}" \
+	"$([ $QUICK = 1 ] && echo ',"quick":true')")
+echo "$JSON" > "$OUT/bench.json"
+echo
+echo "$JSON"
