@@ -28,6 +28,7 @@
 #include <cJSON.h>
 #include <vterm.h>
 #include <curses.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 
 #include <ctype.h>
@@ -119,7 +120,7 @@ typedef void action_fn(const union arg *arg);
 static action_fn act_new_session, act_close_session, act_move, act_zoom,
 		 act_scroll_mode, act_help, act_quit, act_send_prefix,
 		 act_reopen, act_next_device, act_redraw, act_mark, act_broadcast,
-		 act_solo, act_record, act_marker, act_device;
+		 act_solo, act_record, act_marker, act_device, act_connect;
 
 /* After the prefix key (Ctrl-g by default): */
 static const struct binding {
@@ -131,7 +132,8 @@ static const struct binding {
 } bindings[] = {
 	{ 'n', "n", act_new_session, { 0 }, "new session on the selected device (log in)" },
 	{ 'r', "r", act_reopen, { 0 }, "reopen: the selected ended session, or a device's lost ones" },
-	{ 'x', "x", act_close_session, { 0 }, "close the selected session" },
+	{ 'x', "x", act_close_session, { 0 }, "close the selected session, or the device's tunnel" },
+	{ 'c', "c", act_connect, { 0 }, "connect the device again (by device_id: a new tunnel)" },
 	{ 'j', "j / Down", act_move, { .i = +1 }, "next device or session" },
 	{ KEY_DOWN, NULL, act_move, { .i = +1 }, NULL },
 	{ 'k', "k / Up", act_move, { .i = -1 }, "previous device or session" },
@@ -162,13 +164,14 @@ static const struct binding {
 
 enum tunnel_state {	/* one WebSocket to the platform */
 	T_IDLE, T_CONNECTING, T_WAITING, T_ONLINE, T_RECONNECTING,
-	T_AUTH_FAILED, T_CLOSED
+	T_AUTH_FAILED, T_CLOSED, T_CREATING, T_API_ERROR
 };
 static const char *const tunnel_state_names[] = {
 	[T_IDLE] = "idle", [T_CONNECTING] = "connecting",
 	[T_WAITING] = "waiting for device", [T_ONLINE] = "online",
 	[T_RECONNECTING] = "reconnecting", [T_AUTH_FAILED] = "auth failed",
-	[T_CLOSED] = "closed",
+	[T_CLOSED] = "closed", [T_CREATING] = "creating tunnel",
+	[T_API_ERROR] = "API error",
 };
 
 enum session_state { S_PENDING, S_LOGIN, S_LIVE, S_ENDED };
@@ -270,6 +273,7 @@ struct device_config {	/* one [device NAME] section or URL */
 	char name[64];
 	char url[1024];
 	char username[64];
+	char device_id[130];		/* opened through the IoTDA API, not a url */
 	char cacert[PATH_MAX];
 	int pty_cols, pty_rows;		/* 0: size to the pane */
 	int single;			/* one SSH session per tunnel */
@@ -307,6 +311,11 @@ struct tunnel {		/* one device: one WebSocket */
 	struct lane control, held, bulk;	/* see tunnel_write_one() */
 	struct session *sessions;
 	struct session *latest;		/* latest session sent to (§4 routing) */
+	/* opened by device_id through the IoTDA API */
+	char tunnel_id[130];		/* the API's tunnel, while it is open */
+	char api_state[96];		/* the API's view: tunnel and device states */
+	lws_sorted_usec_list_t sul_api;	/* polls the tunnel's state */
+	int expiry_warned;
 };
 
 enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_SCROLL, M_SEARCH,
@@ -471,10 +480,10 @@ static void buf_free(struct buf *b)	/* wipes (it may hold input) and frees */
 }
 
 /* Secrets (tokens, passwords) live in their own locked, undumpable pages,
- * wiped before they are unmapped. */
+ * wiped before they are unmapped; the mapping's size sits just before. */
 static char *secret_alloc(size_t n)	/* n bytes of locked memory, zeroed */
 {
-	size_t len = (n + 4095) & ~(size_t)4095;
+	size_t len = (n + 16 + 4095) & ~(size_t)4095;
 	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
@@ -482,17 +491,19 @@ static char *secret_alloc(size_t n)	/* n bytes of locked memory, zeroed */
 		die("out of memory");
 	(void)mlock(p, len);	/* best effort: RLIMIT_MEMLOCK may refuse */
 	(void)madvise(p, len, MADV_DONTDUMP);
-	return p;
+	memcpy(p, &len, sizeof(len));
+	return p + 16;
 }
 
-static void secret_free(char *p, size_t n)	/* wipes and releases */
+static void secret_free(char *p)	/* wipes and releases */
 {
-	size_t len = (n + 4095) & ~(size_t)4095;
+	size_t len;
 
 	if (!p)
 		return;
-	explicit_bzero(p, len);
-	munmap(p, len);
+	memcpy(&len, p - 16, sizeof(len));
+	explicit_bzero(p - 16, len);
+	munmap(p - 16, len);
 }
 
 static char *secret_dup(const char *s, size_t n)	/* a locked copy of n bytes */
@@ -734,9 +745,163 @@ static const char *status_meaning(const char *code)	/* §6, or "" */
 	return "";
 }
 
+/*** AK/SK request signing (SDK-HMAC-SHA256, the public API signing guide) ***/
+
+struct sign_input {	/* one request to sign; headers lowercase, sorted */
+	const char *method, *path, *query;
+	const char *const (*headers)[2];	/* { name, value } pairs */
+	int nheaders;
+	const char *body;
+	size_t body_len;
+	const char *date;			/* X-Sdk-Date: YYYYMMDDTHHMMSSZ */
+};
+
+static void hex_encode(const unsigned char *p, size_t n, char *out)	/* 2n+1 bytes */
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = hex[p[i] >> 4];
+		out[2 * i + 1] = hex[p[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+static void sha256_hex(const void *p, size_t n, char out[65])	/* lowercase hex digest */
+{
+	unsigned char md[32];
+	unsigned int len = 0;
+
+	EVP_Digest(p, n, md, &len, EVP_sha256(), NULL);
+	hex_encode(md, 32, out);
+}
+
+/* RFC 3986: unreserved characters stay, every other byte becomes %XX. */
+static void uri_encode(struct buf *b, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+			buf_append(b, &s[i], 1);
+		else
+			buf_printf(b, "%%%02X", c);
+	}
+}
+
+static void canonical_uri(struct buf *b, const char *path)	/* each segment encoded, ends in / */
+{
+	const char *seg = path;
+
+	while (*seg == '/')
+		seg++;
+	buf_append(b, "/", 1);
+	while (*seg) {
+		size_t n = strcspn(seg, "/");
+
+		uri_encode(b, seg, n);
+		buf_append(b, "/", 1);
+		seg += n;
+		while (*seg == '/')
+			seg++;
+	}
+}
+
+static int cmp_strp(const void *a, const void *b)	/* qsort: by string */
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* name=value pairs, each part encoded, sorted, joined with &. */
+static void canonical_query(struct buf *b, const char *query)
+{
+	char *copy = strdup(query ? query : ""), *save = NULL, *pairs[64];
+	int n = 0;
+
+	for (char *p = strtok_r(copy, "&", &save); p && n < 64; p = strtok_r(NULL, "&", &save)) {
+		struct buf one = { 0 };
+		char *eq = strchr(p, '=');
+
+		uri_encode(&one, p, eq ? (size_t)(eq - p) : strlen(p));
+		buf_append(&one, "=", 1);
+		if (eq)
+			uri_encode(&one, eq + 1, strlen(eq + 1));
+		pairs[n++] = one.p;
+	}
+	qsort(pairs, (size_t)n, sizeof(*pairs), cmp_strp);
+	for (int i = 0; i < n; i++) {
+		buf_printf(b, "%s%s", i ? "&" : "", pairs[i]);
+		free(pairs[i]);
+	}
+	if (!n)
+		buf_append(b, "", 0);
+	free(copy);
+}
+
+/* The canonical request's SHA-256, as hex (the guide's HashedCanonicalRequest). */
+static void hashed_canonical_request(const struct sign_input *in, char out[65])
+{
+	struct buf cr = { 0 };
+	char body_hash[65];
+
+	buf_printf(&cr, "%s\n", in->method);
+	canonical_uri(&cr, in->path);
+	buf_append(&cr, "\n", 1);
+	canonical_query(&cr, in->query);
+	buf_append(&cr, "\n", 1);
+	for (int i = 0; i < in->nheaders; i++)
+		buf_printf(&cr, "%s:%s\n", in->headers[i][0], in->headers[i][1]);
+	buf_append(&cr, "\n", 1);
+	for (int i = 0; i < in->nheaders; i++)
+		buf_printf(&cr, "%s%s", i ? ";" : "", in->headers[i][0]);
+	sha256_hex(in->body ? in->body : "", in->body_len, body_hash);
+	buf_printf(&cr, "\n%s", body_hash);
+	sha256_hex(cr.p, cr.len, out);
+	buf_free(&cr);
+}
+
+/* The Authorization header value for a request signed with AK/SK. */
+static void sign_request(const struct sign_input *in, const char *ak, const char *sk,
+			 size_t sk_len, char *auth, size_t cap)
+{
+	char hashed[65], to_sign[128], sig[65];
+	unsigned char mac[32];
+	size_t mac_len = 0;
+	struct buf names = { 0 };
+
+	hashed_canonical_request(in, hashed);
+	snprintf(to_sign, sizeof(to_sign), "SDK-HMAC-SHA256\n%s\n%s", in->date, hashed);
+	EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, sk, sk_len,
+		  (const unsigned char *)to_sign, strlen(to_sign), mac, sizeof(mac), &mac_len);
+	hex_encode(mac, 32, sig);
+	for (int i = 0; i < in->nheaders; i++)
+		buf_printf(&names, "%s%s", i ? ";" : "", in->headers[i][0]);
+	snprintf(auth, cap, "SDK-HMAC-SHA256 Access=%s, SignedHeaders=%s, Signature=%s",
+		 ak, names.p ? names.p : "", sig);
+	buf_free(&names);
+	explicit_bzero(mac, sizeof(mac));
+}
+
+static void sdk_date(time_t t, char out[17])	/* X-Sdk-Date: 20191115T033655Z */
+{
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(out, 17, "%Y%m%dT%H%M%SZ", &tm);
+}
+
 /************************************************************************
  *** 5. configuration: the devices file, --tunnel-json, tokens
  ************************************************************************/
+
+struct iotda_config {	/* the [iotda] section: the IoTDA API */
+	char endpoint[512];		/* e.g. https://iotda.example.com */
+	char project_id[130];
+	char instance_id[130];
+	char token_file[PATH_MAX];	/* an IAM token, instead of AK/SK */
+	char cacert[PATH_MAX];
+	int leave_open;			/* close_tunnels = no */
+};
 
 struct config {		/* what the file and the command line say */
 	struct device_config *dev;
@@ -744,6 +909,7 @@ struct config {		/* what the file and the command line say */
 	int prefix_key;
 	int heartbeat_s;
 	char record_dir[PATH_MAX];
+	struct iotda_config iotda;
 	char token_file[PATH_MAX];	/* --token-file, for URL arguments */
 };
 
@@ -806,7 +972,7 @@ static int set_token(struct device_config *d, struct token_source *ts,
 		snprintf(err, errlen, "token is longer than 256 characters");
 		return -1;
 	}
-	secret_free(d->token, 257);
+	secret_free(d->token);
 	d->token = secret_dup(v, strlen(v));
 	return 0;
 }
@@ -889,13 +1055,25 @@ static int set_remember(struct device_config *d, struct token_source *ts,
 	return 0;
 }
 
+static int set_device_id(struct device_config *d, struct token_source *ts,
+			 const char *v, char *err, size_t errlen)	/* device_id = ID */
+{
+	(void)ts;
+	if (!*v || strlen(v) >= sizeof(d->device_id)) {
+		snprintf(err, errlen, "device_id must be 1-128 characters");
+		return -1;
+	}
+	copy_str(d->device_id, sizeof(d->device_id), v);
+	return 0;
+}
+
 static const struct { const char *key; key_setter *set; } device_keys[] = {
 	{ "url", set_url },		{ "token_file", set_token_file },
 	{ "token_env", set_token_env },	{ "token", set_token },
 	{ "username", set_username },	{ "pty", set_pty },
 	{ "sessions", set_sessions },	{ "cacert", set_cacert },
 	{ "attach", set_attach },	{ "reopen", set_reopen },
-	{ "remember_password", set_remember },
+	{ "remember_password", set_remember },	{ "device_id", set_device_id },
 };
 
 /* "C-g", "^g", "Ctrl-g" → 7; -1 if not a control key. */
@@ -955,7 +1133,9 @@ static int config_add_device(struct config *c, const char *name, int line,
 	return 0;
 }
 
-/* A [section] line: [device NAME] or [console]. 1: console section. */
+enum section { SEC_NONE, SEC_DEVICE, SEC_CONSOLE, SEC_IOTDA };
+
+/* A [section] line: [device NAME], [console] or [iotda]; its kind or -1. */
 static int config_section(struct config *c, char *s, int line, char *err, size_t errlen)
 {
 	char *end = strchr(s, ']');
@@ -966,36 +1146,80 @@ static int config_section(struct config *c, char *s, int line, char *err, size_t
 	}
 	*end = '\0';
 	s = trim(s + 1);
-	if (!strcmp(s, "console"))
-		return 1;
+	if (!strcmp(s, "console") || !strcmp(s, "iotda"))
+		return !strcmp(s, "console") ? SEC_CONSOLE : SEC_IOTDA;
 	if (strncmp(s, "device", 6) || !isspace((unsigned char)s[6])) {
-		snprintf(err, errlen, "unknown section [%s] (expected [device NAME] or [console])", s);
+		snprintf(err, errlen, "unknown section [%s] (expected [device NAME], [console] "
+			 "or [iotda])", s);
 		return -1;
 	}
-	return config_add_device(c, trim(s + 6), line, err, errlen);
+	return config_add_device(c, trim(s + 6), line, err, errlen) < 0 ? -1 : SEC_DEVICE;
 }
 
+typedef int global_setter(struct config *c, const char *v, char *err, size_t errlen);
+
+static int set_heartbeat(struct config *c, const char *v, char *err, size_t errlen)
+{	/* heartbeat = SECONDS */
+	c->heartbeat_s = atoi(v);
+	if (c->heartbeat_s >= 1 && c->heartbeat_s <= 3600)
+		return 0;
+	snprintf(err, errlen, "heartbeat must be 1-3600 seconds");
+	return -1;
+}
+
+static int set_prefix(struct config *c, const char *v, char *err, size_t errlen)
+{	/* prefix = C-g */
+	c->prefix_key = parse_prefix(v);
+	if (c->prefix_key > 0)
+		return 0;
+	snprintf(err, errlen, "prefix must be a control key such as C-g");
+	return -1;
+}
+
+/* A string key of a global section: where it goes, how long it may be. */
+#define STRING_KEY(fn, field) \
+static int fn(struct config *c, const char *v, char *err, size_t errlen) \
+{ \
+	if (strlen(v) < sizeof(c->field)) { \
+		copy_str(c->field, sizeof(c->field), v); \
+		return 0; \
+	} \
+	snprintf(err, errlen, "value longer than %zu characters", sizeof(c->field) - 1); \
+	return -1; \
+}
+STRING_KEY(set_record_dir_key, record_dir)
+STRING_KEY(set_endpoint, iotda.endpoint)
+STRING_KEY(set_project_id, iotda.project_id)
+STRING_KEY(set_instance_id, iotda.instance_id)
+STRING_KEY(set_iam_token_file, iotda.token_file)
+STRING_KEY(set_iotda_cacert, iotda.cacert)
+
+static int set_close_tunnels(struct config *c, const char *v, char *err, size_t errlen)
+{	/* close_tunnels = yes|no: close the tunnels we created on quit */
+	if (strcmp(v, "yes") && strcmp(v, "no")) {
+		snprintf(err, errlen, "close_tunnels must be yes or no");
+		return -1;
+	}
+	c->iotda.leave_open = !strcmp(v, "no");
+	return 0;
+}
+
+static const struct { enum section sec; const char *key; global_setter *set; } global_keys[] = {
+	{ SEC_CONSOLE, "prefix", set_prefix },	{ SEC_CONSOLE, "heartbeat", set_heartbeat },
+	{ SEC_CONSOLE, "record_dir", set_record_dir_key },
+	{ SEC_IOTDA, "endpoint", set_endpoint },	{ SEC_IOTDA, "project_id", set_project_id },
+	{ SEC_IOTDA, "instance_id", set_instance_id },	{ SEC_IOTDA, "token_file", set_iam_token_file },
+	{ SEC_IOTDA, "cacert", set_iotda_cacert },	{ SEC_IOTDA, "close_tunnels", set_close_tunnels },
+};
+
 /* One key = value line inside a section. */
-static int config_key(struct config *c, int console, char *key, char *val,
+static int config_key(struct config *c, enum section sec, char *key, char *val,
 		      char *err, size_t errlen)
 {
-	if (console && !strcmp(key, "heartbeat")) {
-		c->heartbeat_s = atoi(val);
-		if (c->heartbeat_s < 1 || c->heartbeat_s > 3600)
-			snprintf(err, errlen, "heartbeat must be 1-3600 seconds");
-		return c->heartbeat_s < 1 || c->heartbeat_s > 3600 ? -1 : 0;
-	}
-	if (console && !strcmp(key, "record_dir")) {
-		copy_str(c->record_dir, sizeof(c->record_dir), val);
-		return 0;
-	}
-	if (console && !strcmp(key, "prefix")) {
-		c->prefix_key = parse_prefix(val);
-		if (c->prefix_key < 0)
-			snprintf(err, errlen, "prefix must be a control key such as C-g");
-		return c->prefix_key < 0 ? -1 : 0;
-	}
-	for (size_t i = 0; !console && i < sizeof(device_keys) / sizeof(*device_keys); i++)
+	for (size_t i = 0; i < sizeof(global_keys) / sizeof(*global_keys); i++)
+		if (global_keys[i].sec == sec && !strcmp(key, global_keys[i].key))
+			return global_keys[i].set(c, val, err, errlen);
+	for (size_t i = 0; sec == SEC_DEVICE && i < sizeof(device_keys) / sizeof(*device_keys); i++)
 		if (!strcmp(key, device_keys[i].key))
 			return device_keys[i].set(&c->dev[c->ndev - 1],
 						  &token_sources[c->ndev - 1], val, err, errlen);
@@ -1015,7 +1239,7 @@ static int config_line(struct config *c, char *s, int line, int *section,
 	if (*s == '[') {
 		int r = config_section(c, s, line, err, errlen);
 
-		*section = r < 0 ? 0 : r == 1 ? 2 : 1;
+		*section = r < 0 ? SEC_NONE : r;
 		return r < 0 ? -1 : 0;
 	}
 	eq = strchr(s, '=');
@@ -1028,24 +1252,37 @@ static int config_line(struct config *c, char *s, int line, int *section,
 		return -1;
 	}
 	*eq = '\0';
-	return config_key(c, *section == 2, trim(s), trim(eq + 1), err, errlen);
+	return config_key(c, (enum section)*section, trim(s), trim(eq + 1), err, errlen);
 }
 
-/* Every device needs a url and one source of token. */
-static int config_check(struct config *c, const char *file, char *err, size_t errlen)
+/* A device needs a url and one source of token, or a device_id (and then
+ * neither: the API makes the tunnel). */
+static const char *device_problem(const struct device_config *d, const struct token_source *ts)
 {
-	for (int i = 0; i < c->ndev; i++) {
-		struct device_config *d = &c->dev[i];
-		struct token_source *ts = &token_sources[i];
-		int sources = !!d->token + !!ts->file[0] + !!ts->env[0];
+	int sources = !!d->token + !!ts->file[0] + !!ts->env[0];
 
-		if (!d->url[0]) {
-			snprintf(err, errlen, "%s:%d: device \"%s\" has no url", file, d->line, d->name);
+	if (d->device_id[0] && (d->url[0] || sources))
+		return "has a device_id: it takes no url or token (the IoTDA API makes them)";
+	if (d->device_id[0])
+		return NULL;
+	if (!d->url[0])
+		return "has no url (or device_id)";
+	return sources == 1 ? NULL : "needs exactly one of token_file, token_env, token";
+}
+
+static int config_check(struct config *c, const char *file, char *err, size_t errlen)
+{	/* every device, and [iotda] when a device needs it */
+	for (int i = 0; i < c->ndev; i++) {
+		const char *why = device_problem(&c->dev[i], &token_sources[i]);
+
+		if (why) {
+			snprintf(err, errlen, "%s:%d: device \"%s\" %s", file, c->dev[i].line,
+				 c->dev[i].name, why);
 			return -1;
 		}
-		if (sources != 1) {
-			snprintf(err, errlen, "%s:%d: device \"%s\" needs exactly one of token_file, "
-				 "token_env, token", file, d->line, d->name);
+		if (c->dev[i].device_id[0] && (!c->iotda.endpoint[0] || !c->iotda.project_id[0])) {
+			snprintf(err, errlen, "%s:%d: device \"%s\" has a device_id: [iotda] needs "
+				 "endpoint and project_id", file, c->dev[i].line, c->dev[i].name);
 			return -1;
 		}
 	}
@@ -1097,26 +1334,32 @@ static char *read_file(const char *path, size_t max, size_t *len, char *err, siz
 	return p;
 }
 
-/* A token from a file: first line, surrounding blanks dropped; warns when
- * others may read the file. */
-static char *token_from_file(const char *path, char *warn, size_t warnlen,
-			     char *err, size_t errlen)
+/* A secret from a file (at most max characters): first line, surrounding
+ * blanks dropped; warns when others may read the file. */
+static char *secret_from_file(const char *path, size_t max, char *warn, size_t warnlen,
+			      char *err, size_t errlen)
 {
 	struct stat st;
-	char *raw = read_file(path, 4096, NULL, err, errlen), *tok, *secret;
+	char *raw = read_file(path, max + 64, NULL, err, errlen), *tok, *secret;
 
 	if (!raw)
 		return NULL;
 	tok = trim(raw);
 	tok[strcspn(tok, "\r\n")] = '\0';
-	if (!*tok || strlen(tok) > 256)
-		snprintf(err, errlen, "%s: the token must be 1-256 characters", path);
+	if (!*tok || strlen(tok) > max)
+		snprintf(err, errlen, "%s: must hold 1-%zu characters", path, max);
 	secret = *err ? NULL : secret_dup(tok, strlen(tok));
-	explicit_bzero(raw, 4097);
+	explicit_bzero(raw, max + 65);
 	free(raw);
 	if (secret && stat(path, &st) == 0 && (st.st_mode & 077))
-		snprintf(warn, warnlen, "token file %s is readable by others (chmod 600 it)", path);
+		snprintf(warn, warnlen, "%s is readable by others (chmod 600 it)", path);
 	return secret;
+}
+
+static char *token_from_file(const char *path, char *warn, size_t warnlen,
+			     char *err, size_t errlen)	/* a tunnel token: 1-256 chars */
+{
+	return secret_from_file(path, 256, warn, warnlen, err, errlen);
 }
 
 /* A token from the environment, then scrubbed from it so that it does not
@@ -1618,7 +1861,7 @@ static struct session *session_new(struct tunnel *t, const char *user)
 static void session_free(struct session *s)	/* unlinks nothing: see callers */
 {
 	rec_stop(s);
-	secret_free(s->password, s->password_len + 1);
+	secret_free(s->password);
 	vt_close(s);
 	buf_free(&s->keys);
 	free(s);
@@ -1669,7 +1912,7 @@ static void session_login(struct session *s, const char *password, size_t passwo
 	new_request_id(s->request_id);
 	encode_connect(&b, s->request_id, s->user, password, password_len, s->cols, s->rows);
 	if (t->cfg.remember_password && password != s->password) {
-		secret_free(s->password, s->password_len + 1);
+		secret_free(s->password);
 		s->password = secret_dup(password, password_len);
 		s->password_len = password_len;
 	}
@@ -2261,8 +2504,12 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 	return 0;
 }
 
+static int api_event(struct lws *wsi, enum lws_callback_reasons reason,
+		     void *user, void *in, size_t len);
+
 static const struct lws_protocols protocols[] = {
 	{ "tunnel", lws_event, 0, MAX_MESSAGE, 0, NULL, 0 },
+	{ "api", api_event, 0, 4096, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
@@ -2326,6 +2573,398 @@ static void tunnel_connect(struct tunnel *t)
 	ui_dirty();
 	if (!lws_client_connect_via_info(&i) && !t->wsi && t->state == T_CONNECTING)
 		tunnel_lost(t, 1006, "cannot connect");
+}
+
+/************************************************************************
+ *** 9. IoTDA API: create, watch and close tunnels by device ID
+ ************************************************************************/
+
+enum api_op { API_CREATE, API_SHOW, API_CLOSE };
+
+struct api_call {	/* one HTTP request in flight */
+	struct api_call *next;
+	struct tunnel *tunnel;
+	enum api_op op;
+	char method[8];
+	char host[300];			/* as sent and as signed */
+	char path[600];
+	char tunnel_id[130];		/* for SHOW and CLOSE */
+	struct buf body, reply;
+	int status;
+	int finished;
+};
+
+static struct api {	/* where the API is and who we are there */
+	struct iotda_config cfg;
+	char *ak, *sk, *iam_token;	/* secrets: locked memory */
+	size_t sk_len;
+	struct lws_vhost *vhost;
+	struct api_call *calls;		/* in flight */
+} api;
+
+#define API_POLL_S       30	/* how often a tunnel's state is asked for */
+#define API_REPLY_MAX    65536
+#define EXPIRY_WARN_S    300	/* warn this long before a token expires */
+
+static void api_call_start(struct tunnel *t, enum api_op op);
+static void on_api_poll(lws_sorted_usec_list_t *sul);
+
+static int api_is_tls(void)	/* https:// endpoint */
+{
+	return !strncmp(api.cfg.endpoint, "https://", 8);
+}
+
+/* The endpoint split for lws: address, port, base path; the Host header
+ * omits a default port, as the signing guide says. */
+static int api_target(char *addr, size_t cap, int *port, char *base, size_t bcap)
+{
+	char url[sizeof(api.cfg.endpoint)];
+	const char *proto, *a, *p;
+
+	copy_str(url, sizeof(url), api.cfg.endpoint);
+	if (lws_parse_uri(url, &proto, &a, port, &p))
+		return -1;
+	copy_str(addr, cap, a);
+	snprintf(base, bcap, "/%s", p);
+	while (strlen(base) > 1 && base[strlen(base) - 1] == '/')
+		base[strlen(base) - 1] = '\0';
+	return 0;
+}
+
+static void api_paths(struct api_call *c, const char *base)	/* method and path per op */
+{
+	static const char *const methods[] = { [API_CREATE] = "POST", [API_SHOW] = "GET",
+					       [API_CLOSE] = "PUT" };
+
+	copy_str(c->method, sizeof(c->method), methods[c->op]);
+	snprintf(c->path, sizeof(c->path), "%s/v5/iot/%s/tunnels%s%s", strcmp(base, "/") ? base : "",
+		 api.cfg.project_id, c->op == API_CREATE ? "" : "/", c->op == API_CREATE ? "" : c->tunnel_id);
+	if (c->op == API_CREATE) {
+		buf_append(&c->body, "{\"device_id\":", 13);
+		json_string(&c->body, c->tunnel->cfg.device_id, strlen(c->tunnel->cfg.device_id));
+		buf_append(&c->body, "}", 1);
+	} else if (c->op == API_CLOSE) {
+		buf_append(&c->body, "{}", 2);
+	}
+}
+
+/* Headers: a signature (AK/SK) or the IAM token, the date, the instance. */
+static int api_headers(struct lws *wsi, struct api_call *c, unsigned char **p, unsigned char *end)
+{
+	char date[17], auth[600], len[16];
+	const char *hdrs[4][2] = { { "content-type", "application/json" }, { "host", c->host },
+				   { "instance-id", api.cfg.instance_id }, { "x-sdk-date", date } };
+	int n = 0;
+	const char *(*list)[2] = hdrs;
+	struct sign_input in = { c->method, c->path, NULL, NULL, 0, c->body.p, c->body.len, date };
+
+	sdk_date(time(NULL), date);
+	if (!api.cfg.instance_id[0]) {	/* drop instance-id from the signed list */
+		hdrs[2][0] = hdrs[3][0];
+		hdrs[2][1] = hdrs[3][1];
+	}
+	in.headers = (const char *const (*)[2])list;
+	in.nheaders = api.cfg.instance_id[0] ? 4 : 3;
+	snprintf(len, sizeof(len), "%zu", c->body.len);
+#define ADD(name, value) n |= lws_add_http_header_by_name(wsi, (const unsigned char *)name, \
+			(const unsigned char *)(value), (int)strlen(value), p, end)
+	ADD("content-type:", "application/json");
+	ADD("x-sdk-date:", date);
+	if (api.cfg.instance_id[0])
+		ADD("instance-id:", api.cfg.instance_id);
+	if (c->body.len)
+		ADD("content-length:", len);
+	if (api.iam_token)
+		ADD("x-auth-token:", api.iam_token);
+	else {
+		sign_request(&in, api.ak, api.sk, api.sk_len, auth, sizeof(auth));
+		ADD("authorization:", auth);
+	}
+#undef ADD
+	return n;
+}
+
+/* An API error as the list shows it: "API 400 IOTDA.014016: message". */
+static void api_error(struct api_call *c, const char *what)
+{
+	cJSON *j = cJSON_ParseWithLength(c->reply.p ? c->reply.p : "", c->reply.len);
+	const char *code = json_str(j, "error_code"), *msg = json_str(j, "error_msg");
+	struct tunnel *t = c->tunnel;
+
+	if (c->op != API_CLOSE)
+		t->state = T_API_ERROR;
+	if (c->status)
+		tunnel_event(t, "%s: API %d %s%s%s", what, c->status, code ? code : "",
+			     code ? ": " : "", msg ? msg : status_meaning(""));
+	else
+		tunnel_event(t, "%s: %s", what, c->reply.len ? c->reply.p : "the API cannot be reached");
+	cJSON_Delete(j);
+}
+
+/* 201: the tunnel exists; connect to it with the token it came with. */
+static void api_created(struct api_call *c)
+{
+	struct tunnel *t = c->tunnel;
+	cJSON *j = cJSON_ParseWithLength(c->reply.p, c->reply.len), *exp;
+	const char *uri = json_str(j, "tunnel_uri"), *tok = json_str(j, "tunnel_access_token");
+	const char *id = json_str(j, "tunnel_id");
+
+	if (!uri || !tok || !id || strlen(tok) > 256 || strncmp(uri, "ws", 2)) {
+		c->status = 0;
+		buf_printf(&c->reply, " (no tunnel_uri, tunnel_access_token, tunnel_id in the reply)");
+		api_error(c, "create tunnel");
+	} else {
+		copy_str(t->cfg.url, sizeof(t->cfg.url), uri);
+		copy_str(t->tunnel_id, sizeof(t->tunnel_id), id);
+		secret_free(t->cfg.token);
+		t->cfg.token = secret_dup(tok, strlen(tok));
+		exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
+		t->cfg.expires = cJSON_IsNumber(exp) ? time(NULL) + (time_t)exp->valuedouble : 0;
+		t->expiry_warned = 0;
+		tunnel_event(t, "tunnel %.12s created", id);
+		tunnel_connect(t);
+		lws_sul_schedule(app.ctx, 0, &t->sul_api, on_api_poll, 2 * LWS_US_PER_SEC);
+	}
+	cJSON_Delete(j);
+}
+
+static const char *connect_state(cJSON *j, const char *key)	/* "CONNECTED" either shape */
+{
+	cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+
+	return cJSON_IsString(v) ? v->valuestring : json_str(v, "status");
+}
+
+/* 200: the API's view of the tunnel, shown under the device. */
+static void api_shown(struct api_call *c)
+{
+	struct tunnel *t = c->tunnel;
+	cJSON *j = cJSON_ParseWithLength(c->reply.p, c->reply.len);
+	const char *st = json_str(j, "status"), *dev = connect_state(j, "device_connect_state");
+	char text[96];
+
+	snprintf(text, sizeof(text), "API: tunnel %s, device %s", st ? st : "?", dev ? dev : "?");
+	if (strcmp(text, t->api_state)) {
+		copy_str(t->api_state, sizeof(t->api_state), text);
+		log_line("%s: %s", t->cfg.name, text);
+		ui_dirty();
+	}
+	cJSON_Delete(j);
+}
+
+/* A reply is complete: act on it by operation. */
+static void api_finished(struct api_call *c)
+{
+	struct tunnel *t = c->tunnel;
+	int ok = c->status >= 200 && c->status < 300;
+
+	c->finished = 1;
+	if (!t)
+		return;
+	if (c->op == API_CREATE)
+		ok ? api_created(c) : api_error(c, "create tunnel");
+	else if (c->op == API_SHOW && ok)
+		api_shown(c);
+	else if (c->op == API_CLOSE)
+		ok ? tunnel_event(t, "tunnel %.12s closed over the API", c->tunnel_id)
+		   : api_error(c, "close tunnel");
+}
+
+static void api_call_free(struct api_call *c)	/* unlinks and frees */
+{
+	struct api_call **pp = &api.calls;
+
+	while (*pp && *pp != c)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = c->next;
+	buf_free(&c->body);
+	buf_free(&c->reply);
+	free(c);
+}
+
+static int api_write_body(struct lws *wsi, struct api_call *c)	/* POST/PUT body */
+{
+	unsigned char *buf = xcalloc(LWS_PRE + c->body.len + 1);
+	int r;
+
+	memcpy(buf + LWS_PRE, c->body.p, c->body.len);
+	r = lws_write(wsi, buf + LWS_PRE, c->body.len, LWS_WRITE_HTTP_FINAL) < (int)c->body.len;
+	lws_client_http_body_pending(wsi, 0);
+	free(buf);
+	return r ? -1 : 0;
+}
+
+static int api_read(struct lws *wsi)	/* lets lws deliver the body */
+{
+	char buf[LWS_PRE + 2048], *p = buf + LWS_PRE;
+	int len = (int)sizeof(buf) - LWS_PRE;
+
+	return lws_http_client_read(wsi, &p, &len) < 0 ? -1 : 0;
+}
+
+static void api_append(struct api_call *c, const void *in, size_t len)	/* reply bytes */
+{
+	if (c->reply.len + len <= API_REPLY_MAX)
+		buf_append(&c->reply, in, len);
+}
+
+/* The API connections' callback: each case a few lines. */
+static int api_event(struct lws *wsi, enum lws_callback_reasons reason,
+		     void *user, void *in, size_t len)
+{
+	struct api_call *c = lws_get_opaque_user_data(wsi);
+
+	if (!c)
+		return lws_callback_http_dummy(wsi, reason, user, in, len);
+	switch (reason) {
+	case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+		if (c->body.len) {
+			lws_client_http_body_pending(wsi, 1);
+			lws_callback_on_writable(wsi);
+		}
+		return api_headers(wsi, c, in, (unsigned char *)*(char **)in + len) ? -1 : 0;
+	case LWS_CALLBACK_CLIENT_HTTP_WRITEABLE:
+		return api_write_body(wsi, c);
+	case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP:
+		c->status = (int)lws_http_client_http_response(wsi);
+		return 0;
+	case LWS_CALLBACK_RECEIVE_CLIENT_HTTP:
+		return api_read(wsi);
+	case LWS_CALLBACK_RECEIVE_CLIENT_HTTP_READ:
+		api_append(c, in, len);
+		return 0;
+	case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
+		api_finished(c);
+		return 0;
+	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+	case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
+		if (!c->finished) {
+			c->status = reason == LWS_CALLBACK_CLOSED_CLIENT_HTTP ? c->status : 0;
+			buf_printf(&c->reply, "%s", in && reason == LWS_CALLBACK_CLIENT_CONNECTION_ERROR ?
+				   (const char *)in : "");
+			c->finished = 1;
+			if (c->tunnel)
+				api_error(c, c->op == API_CREATE ? "create tunnel" : c->op == API_SHOW ?
+					  "show tunnel" : "close tunnel");
+		}
+		lws_set_opaque_user_data(wsi, NULL);
+		api_call_free(c);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/* Starts one request for tunnel t. */
+static void api_call_start(struct tunnel *t, enum api_op op)
+{
+	struct lws_client_connect_info i;
+	struct api_call *c = xcalloc(sizeof(*c));
+	char addr[256], base[300];
+	int port;
+
+	c->tunnel = t;
+	c->op = op;
+	copy_str(c->tunnel_id, sizeof(c->tunnel_id), t->tunnel_id);
+	if (api_target(addr, sizeof(addr), &port, base, sizeof(base)) < 0) {
+		tunnel_event(t, "bad [iotda] endpoint %s", api.cfg.endpoint);
+		free(c);
+		return;
+	}
+	snprintf(c->host, sizeof(c->host), (port == 443 && api_is_tls()) || (port == 80 && !api_is_tls()) ?
+		 "%s" : "%s:%d", addr, port);
+	api_paths(c, base);
+	c->next = api.calls;
+	api.calls = c;
+	memset(&i, 0, sizeof(i));
+	i.context = app.ctx;
+	i.vhost = api.vhost;
+	i.address = addr;
+	i.port = port;
+	i.path = c->path;
+	i.host = c->host;
+	i.origin = c->host;
+	i.method = c->method;
+	i.alpn = "http/1.1";
+	i.ssl_connection = api_is_tls() ? LCCSCF_USE_SSL : 0;
+	if (app.insecure && i.ssl_connection)
+		i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
+	i.local_protocol_name = "api";
+	i.opaque_user_data = c;
+	if (!lws_client_connect_via_info(&i) && !c->finished) {
+		c->finished = 1;
+		api_error(c, "API request");
+		api_call_free(c);
+	}
+}
+
+static void on_api_poll(lws_sorted_usec_list_t *sul)	/* the tunnel's state, now and then */
+{
+	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_api);
+
+	if (!t->tunnel_id[0])
+		return;
+	api_call_start(t, API_SHOW);
+	lws_sul_schedule(app.ctx, 0, &t->sul_api, on_api_poll, API_POLL_S * LWS_US_PER_SEC);
+}
+
+/* Opens a device: by its url, or by asking the API for a tunnel first. */
+static void tunnel_start(struct tunnel *t)
+{
+	if (!t->cfg.device_id[0]) {
+		tunnel_connect(t);
+		return;
+	}
+	t->state = T_CREATING;
+	t->api_state[0] = '\0';
+	tunnel_event(t, "creating a tunnel for device %s", t->cfg.device_id);
+	api_call_start(t, API_CREATE);
+}
+
+/* The user is done with this tunnel: drop its WebSocket at once (its late
+ * callbacks find no tunnel) and, if the API made it, close the tunnel. */
+static void tunnel_close(struct tunnel *t)
+{
+	if (t->wsi) {
+		lws_set_opaque_user_data(t->wsi, NULL);
+		lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		tunnel_lost(t, 1000, "closed here");
+	}
+	lws_sul_cancel(&t->sul_connect);
+	lws_sul_cancel(&t->sul_api);
+	if (t->tunnel_id[0])
+		api_call_start(t, API_CLOSE);
+	t->tunnel_id[0] = '\0';
+	t->state = T_CLOSED;
+}
+
+/* On quit: close the tunnels the API made (unless close_tunnels = no) and
+ * wait for the answers, a few seconds at most. */
+static void api_close_all(void)
+{
+	int64_t deadline = now_us() + 5 * 1000000LL;
+
+	for (struct tunnel *t = app.tunnels; t && !api.cfg.leave_open; t = t->next)
+		if (t->tunnel_id[0]) {
+			api_call_start(t, API_CLOSE);
+			t->tunnel_id[0] = '\0';
+		}
+	while (api.calls && now_us() < deadline && lws_service(app.ctx, 0) >= 0)
+		;
+}
+
+/* A token that is about to expire: say so once, and how to get a new one. */
+static void check_expiry(struct tunnel *t)
+{
+	long left = t->cfg.expires ? (long)(t->cfg.expires - time(NULL)) : LONG_MAX;
+
+	if (left > EXPIRY_WARN_S || left <= 0 || t->expiry_warned)
+		return;
+	t->expiry_warned = 1;
+	tunnel_event(t, "token expires in %ldm%02lds%s", left / 60, left % 60,
+		     t->cfg.device_id[0] ? ": ^G c makes a new tunnel" : "");
+	flash_msg("%s: the tunnel token expires in %ldm%02lds", t->cfg.name, left / 60, left % 60);
 }
 
 /************************************************************************
@@ -2783,6 +3422,7 @@ static void draw_placeholder(int x0, int w)
 	put(1, x0 + 2, w - 2, C_NORMAL, A_BOLD, "%s", t->cfg.name);
 	put(2, x0 + 2, w - 2, tunnel_color(t), 0, "%s", st);
 	put(3, x0 + 2, w - 2, C_DIM, 0, "%s", t->event);
+	put(4, x0 + 2, w - 2, C_DIM, 0, "%s", t->api_state);
 	put(5, x0 + 2, w - 2, C_NORMAL, 0, "Press %s n to log in, %s ? for help.",
 	    keyname(app.prefix_key), keyname(app.prefix_key));
 }
@@ -3018,12 +3658,25 @@ static void forget_selected_session(void)	/* removes it from the list */
 	session_free(s);
 }
 
+static void close_selected_tunnel(void)	/* after the question */
+{
+	struct tunnel *t = app.sel_tunnel;
+
+	tunnel_end_sessions(t, "", "closed here");
+	tunnel_close(t);
+	tunnel_event(t, "closed here; %s c connects again", keyname(app.prefix_key));
+}
+
 static void act_close_session(const union arg *arg)	/* x */
 {
 	struct session *s = app.sel_session;
+	struct tunnel *t = app.sel_tunnel;
 
 	(void)arg;
-	if (!s)
+	if (!s && t && t->state != T_CLOSED)
+		confirm(close_selected_tunnel, "Close the tunnel to %s%s?", t->cfg.name,
+			t->tunnel_id[0] ? " (and the IoTDA tunnel itself)" : "");
+	else if (!s)
 		flash_msg("select a session to close it");
 	else if (s->state == S_ENDED)
 		forget_selected_session();
@@ -3077,6 +3730,27 @@ static void act_next_device(const union arg *arg)	/* Tab / Shift-Tab */
 		if (u->next == t || (!u->next && t == app.tunnels))
 			prev = u;
 	select_session(prev ? prev : t, NULL);
+}
+
+/* c: a device that is closed, failed or about to expire connects again;
+ * one opened by device_id gets a new tunnel from the API. */
+static void act_connect(const union arg *arg)
+{
+	struct tunnel *t = app.sel_tunnel;
+
+	(void)arg;
+	if (!t)
+		return;
+	if (t->state == T_CREATING || (!t->cfg.device_id[0] && t->wsi)) {
+		flash_msg("%s is %s already", t->cfg.name, tunnel_state_names[t->state]);
+		return;
+	}
+	tunnel_end_sessions(t, "", "reconnecting on request");
+	if (t->wsi || t->tunnel_id[0])
+		tunnel_close(t);
+	lws_sul_cancel(&t->sul_connect);
+	t->retries = 0;
+	tunnel_start(t);
 }
 
 static void act_device(const union arg *arg)	/* 1 … 9 */
@@ -3921,6 +4595,8 @@ static const char usage_text[] =
 "      --log FILE         write events here (never secrets)\n"
 "      --record-dir DIR   where recordings go (default $XDG_STATE_HOME/tunnel_tui/recordings)\n"
 "      --user NAME        the login name for devices that set none (--exec: for all)\n"
+"      --device-id ID     open device ID through the IoTDA API ([iotda] in the config;\n"
+"                         HUAWEICLOUD_SDK_AK/SK or [iotda] token_file); repeatable\n"
 "\n"
 "Batch: tunnel_tui --exec 'COMMAND' [-c FILE] (--all | --devices a,b,...)\n"
 "        [--password-file FILE] [--timeout S] [--outdir DIR]\n"
@@ -3936,6 +4612,8 @@ static const char usage_text[] =
 struct options {	/* the command line */
 	const char *config, *tunnel_json, *cacert, *log, *record_dir;
 	const char *exec, *devices, *password_file, *outdir, *user;
+	const char *device_ids[64];	/* --device-id, repeatable */
+	int ndevice_ids;
 	int all, timeout_s;
 	int urls_from;			/* argv index of the first URL */
 };
@@ -3969,6 +4647,7 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		{ "password-file", required_argument, NULL, 'p' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "outdir", required_argument, NULL, 'o' },
+		{ "device-id", required_argument, NULL, 'D' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 } };
@@ -3990,6 +4669,11 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		case 'p': o->password_file = optarg; break;
 		case 'T': o->timeout_s = atoi(optarg); break;
 		case 'o': o->outdir = optarg; break;
+		case 'D':
+			if (o->ndevice_ids == 64)
+				usage_error("at most 64 --device-id");
+			o->device_ids[o->ndevice_ids++] = optarg;
+			break;
 		case 'h': fputs(usage_text, stdout); exit(0);
 		case 'V': puts("tunnel_tui " TUNNEL_TUI_VERSION); exit(0);
 		default: usage_error("bad option");
@@ -4058,7 +4742,7 @@ static void add_url_args(struct config *c, int argc, char **argv, int from)
 			usage_error("%s: a URL must start with wss:// or ws://", argv[i]);
 		config_add_url(c, argv[i], NULL)->token = secret_dup(token, strlen(token));
 	}
-	secret_free(token, 257);
+	secret_free(token);
 }
 
 static void build_tunnels(struct config *c, const struct options *o, char warns[][160])
@@ -4092,7 +4776,7 @@ static char *batch_password(const char *file, size_t *len)
 	struct termios old, quiet;
 	FILE *tty;
 
-	if (file && !(pw = token_from_file(file, warn, sizeof(warn), err, sizeof(err))))
+	if (file && !(pw = secret_from_file(file, 1023, warn, sizeof(warn), err, sizeof(err))))
 		usage_error("--password-file: %s", err);
 	if (!pw && getenv("TUNNEL_TUI_PASSWORD"))
 		pw = token_from_env("TUNNEL_TUI_PASSWORD", err, sizeof(err));
@@ -4139,7 +4823,7 @@ static void batch_select(struct config *c, const struct options *o)
 			token_sources[n] = token_sources[i];
 			c->dev[n++] = c->dev[i];
 		} else {
-			secret_free(c->dev[i].token, 257);
+			secret_free(c->dev[i].token);
 		}
 	c->ndev = n;
 }
@@ -4226,9 +4910,9 @@ static int batch_run(const struct options *o)
 	b.jobs = xcalloc((size_t)n * sizeof(*b.jobs));
 	app.batch = &b;
 	batch_start(&b, o, pw, pwlen);
-	secret_free(pw, pwlen + 1);
+	secret_free(pw);
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
-		tunnel_connect(t);
+		tunnel_start(t);
 	while (!app.quit && lws_service(app.ctx, 0) >= 0)
 		;
 	n = batch_summary(&b);
@@ -4282,10 +4966,15 @@ static void free_all(struct config *c)	/* everything, secrets wiped */
 			session_free(s);
 		}
 		buf_free(&t->rx);
-		secret_free(t->cfg.token, 257);
+		secret_free(t->cfg.token);
 		free(t);
 	}
-	secret_free(app.dlg.password, 1024);
+	while (api.calls)
+		api_call_free(api.calls);
+	secret_free(api.ak);
+	secret_free(api.sk);
+	secret_free(api.iam_token);
+	secret_free(app.dlg.password);
 	buf_free(&app.paste_buf);
 	free(c->dev);
 	free(token_sources);
@@ -4294,8 +4983,52 @@ static void free_all(struct config *c)	/* everything, secrets wiped */
 static void on_tick(lws_sorted_usec_list_t *sul)	/* countdowns in the list and bar */
 {
 	(void)sul;
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		check_expiry(t);
 	ui_dirty();
 	lws_sul_schedule(app.ctx, 0, &app.sul_tick, on_tick, LWS_US_PER_SEC);
+}
+
+/* --device-id ID: a device named ID, opened through the API. */
+static void add_device_ids(struct config *c, const struct options *o)
+{
+	char err[200];
+
+	for (int i = 0; i < o->ndevice_ids; i++) {
+		if (!c->iotda.endpoint[0] || !c->iotda.project_id[0])
+			usage_error("--device-id needs an [iotda] section with endpoint and project_id (-c FILE)");
+		if (config_add_device(c, o->device_ids[i], 0, err, sizeof(err)) < 0 ||
+		    set_device_id(&c->dev[c->ndev - 1], NULL, o->device_ids[i], err, sizeof(err)) < 0)
+			usage_error("--device-id %s: %s", o->device_ids[i], err);
+	}
+}
+
+/* Credentials for the API, needed when any device is opened by device_id:
+ * AK/SK from the environment (as the official SDKs read them; the SK is
+ * scrubbed from it) or an IAM token file. */
+static void api_setup(const struct config *c, const struct options *o)
+{
+	char err[PATH_MAX + 100] = "", warn[160] = "";
+	const char *ak = getenv("HUAWEICLOUD_SDK_AK");
+	int needed = 0;
+
+	for (int i = 0; i < c->ndev; i++)
+		needed |= c->dev[i].device_id[0] != '\0';
+	if (!needed)
+		return;
+	api.cfg = c->iotda;
+	if (api.cfg.token_file[0] && !(api.iam_token = secret_from_file(api.cfg.token_file, 16384,
+			warn, sizeof(warn), err, sizeof(err))))
+		usage_error("[iotda] token_file: %s", err);
+	if (!api.iam_token && (!ak || !*ak || !getenv("HUAWEICLOUD_SDK_SK")))
+		usage_error("devices opened by device_id need HUAWEICLOUD_SDK_AK and "
+			    "HUAWEICLOUD_SDK_SK, or [iotda] token_file");
+	if (!api.iam_token) {
+		api.ak = secret_dup(ak, strlen(ak));
+		api.sk = token_from_env("HUAWEICLOUD_SDK_SK", err, sizeof(err));
+		api.sk_len = strlen(api.sk);
+	}
+	api.vhost = vhost_for_ca(api.cfg.cacert[0] ? api.cfg.cacert : o->cacert ? o->cacert : "");
 }
 
 /* Devices from the file, --tunnel-json and URLs, with their tokens. */
@@ -4309,6 +5042,7 @@ static char (*load_devices(struct options *o, struct config *c, int argc, char *
 		load_config_file(c, o->config ? o->config : path, o->config != NULL);
 	if (o->tunnel_json && config_tunnel_json(c, o->tunnel_json, err, sizeof(err)) < 0)
 		usage_error("%s", err);
+	add_device_ids(c, o);
 	if (o->exec)
 		batch_select(c, o);
 	warns = xcalloc((size_t)(c->ndev + 1) * sizeof(*warns));
@@ -4326,7 +5060,7 @@ static int console_run(void)	/* the screen and the loop, until quit */
 	ui_start();
 	draw();
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
-		tunnel_connect(t);
+		tunnel_start(t);
 	on_tick(NULL);
 	while (!app.quit && lws_service(app.ctx, 0) >= 0)
 		;
@@ -4355,10 +5089,12 @@ static int run(int argc, char **argv)	/* everything main does */
 	app.dlg.password = secret_alloc(1024);
 	lws_set_log_level(app.log ? LLL_ERR | LLL_WARN : 0, lws_log_emit);
 	context_start();
+	api_setup(&c, &o);
 	build_tunnels(&c, &o, warns);
 	free(warns);
 	signals_start();
 	code = o.exec ? batch_run(&o) : console_run();
+	api_close_all();
 	lws_context_destroy(app.ctx);
 	ui_end();
 	free_all(&c);
