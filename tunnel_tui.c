@@ -1390,7 +1390,7 @@ static int config_resolve_tokens(struct config *c, char warns[][160], char *err,
 			c->dev[i].token = token_from_file(ts->file, warns[i], 160, e, sizeof(e));
 		else if (ts->env[0])
 			c->dev[i].token = token_from_env(ts->env, e, sizeof(e));
-		if (!c->dev[i].token) {
+		if (!c->dev[i].token && !c->dev[i].device_id[0]) {	/* the API brings one */
 			snprintf(err, errlen, "device \"%s\": %s", c->dev[i].name, e);
 			return -1;
 		}
