@@ -32,6 +32,7 @@
 #include <openssl/ssl.h>
 
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -260,6 +261,8 @@ struct session {	/* one SSH session: one request_id */
 	int unseen;			/* output since last shown */
 };
 
+enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
+
 struct recording {	/* one asciicast v2 file being written */
 	int fd;
 	off_t size;			/* bytes of whole events written */
@@ -278,7 +281,7 @@ struct device_config {	/* one [device NAME] section or URL */
 	int pty_cols, pty_rows;		/* 0: size to the pane */
 	int single;			/* one SSH session per tunnel */
 	char attach[256];		/* typed after every login, e.g. tmux new -A */
-	enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER } reopen;
+	int reopen;			/* enum reopen */
 	int remember_password;		/* for reopen = auto: kept locked per session */
 	char *token;			/* secret: locked memory */
 	time_t expires;			/* 0: unknown */
@@ -948,22 +951,6 @@ static int set_url(struct device_config *d, struct token_source *ts,
 	return 0;
 }
 
-static int set_token_file(struct device_config *d, struct token_source *ts,
-			  const char *v, char *err, size_t errlen)
-{	/* token_file = PATH */
-	(void)d; (void)err; (void)errlen;
-	copy_str(ts->file, sizeof(ts->file), v);
-	return 0;
-}
-
-static int set_token_env(struct device_config *d, struct token_source *ts,
-			 const char *v, char *err, size_t errlen)
-{	/* token_env = NAME */
-	(void)d; (void)err; (void)errlen;
-	copy_str(ts->env, sizeof(ts->env), v);
-	return 0;
-}
-
 static int set_token(struct device_config *d, struct token_source *ts,
 		     const char *v, char *err, size_t errlen)	/* token = … */
 {
@@ -977,14 +964,6 @@ static int set_token(struct device_config *d, struct token_source *ts,
 	return 0;
 }
 
-static int set_username(struct device_config *d, struct token_source *ts,
-			const char *v, char *err, size_t errlen)
-{	/* username = NAME */
-	(void)ts; (void)err; (void)errlen;
-	copy_str(d->username, sizeof(d->username), v);
-	return 0;
-}
-
 static int set_pty(struct device_config *d, struct token_source *ts,
 		   const char *v, char *err, size_t errlen)	/* pty = auto|CxR */
 {
@@ -995,86 +974,70 @@ static int set_pty(struct device_config *d, struct token_source *ts,
 	return -1;
 }
 
-static int set_sessions(struct device_config *d, struct token_source *ts,
-			const char *v, char *err, size_t errlen)
-{	/* sessions = multi|single */
-	(void)ts;
-	if (strcmp(v, "multi") && strcmp(v, "single")) {
-		snprintf(err, errlen, "sessions must be multi or single");
-		return -1;
-	}
-	d->single = !strcmp(v, "single");
-	return 0;
-}
+/* The device keys: most are a string field or a choice among words (the
+ * word's position is the value); the rest have a setter. */
+enum key_kind { K_STRING, K_TOKEN_SOURCE, K_CHOICE, K_SETTER };
+#define DEV(field)  K_STRING, offsetof(struct device_config, field), \
+		    sizeof(((struct device_config *)0)->field)
+#define SRC(field)  K_TOKEN_SOURCE, offsetof(struct token_source, field), \
+		    sizeof(((struct token_source *)0)->field)
+#define CHOICE(field) K_CHOICE, offsetof(struct device_config, field), sizeof(int)
+static const struct device_key {
+	const char *key;
+	enum key_kind kind;
+	size_t offset, size;
+	const char *choices;		/* K_CHOICE: "a|b|c" */
+	key_setter *set;		/* K_SETTER */
+} device_keys[] = {
+	{ "url", K_SETTER, 0, 0, NULL, set_url },
+	{ "token", K_SETTER, 0, 0, NULL, set_token },
+	{ "pty", K_SETTER, 0, 0, NULL, set_pty },
+	{ "token_file", SRC(file), NULL, NULL },
+	{ "token_env", SRC(env), NULL, NULL },
+	{ "username", DEV(username), NULL, NULL },
+	{ "cacert", DEV(cacert), NULL, NULL },
+	{ "attach", DEV(attach), NULL, NULL },
+	{ "device_id", DEV(device_id), NULL, NULL },
+	{ "sessions", CHOICE(single), "multi|single", NULL },
+	{ "reopen", CHOICE(reopen), "ask|auto|never", NULL },
+	{ "remember_password", CHOICE(remember_password), "never|session", NULL },
+};
 
-static int set_cacert(struct device_config *d, struct token_source *ts,
-		      const char *v, char *err, size_t errlen)	/* cacert = PATH */
+static int set_choice(const struct device_key *k, int *field, const char *v,
+		      char *err, size_t errlen)	/* v's position in k->choices */
 {
-	(void)ts; (void)err; (void)errlen;
-	copy_str(d->cacert, sizeof(d->cacert), v);
-	return 0;
-}
+	const char *c = k->choices;
+	size_t n = strlen(v);
 
-static int set_attach(struct device_config *d, struct token_source *ts,
-		      const char *v, char *err, size_t errlen)	/* attach = COMMAND */
-{
-	(void)ts;
-	if (strlen(v) >= sizeof(d->attach)) {
-		snprintf(err, errlen, "attach is longer than %zu characters", sizeof(d->attach) - 1);
-		return -1;
-	}
-	copy_str(d->attach, sizeof(d->attach), v);
-	return 0;
-}
+	for (int i = 0; *c; i++) {
+		size_t len = strcspn(c, "|");
 
-static int set_reopen(struct device_config *d, struct token_source *ts,
-		      const char *v, char *err, size_t errlen)	/* reopen = auto|ask|never */
-{
-	static const char *const names[] = { [REOPEN_ASK] = "ask", [REOPEN_AUTO] = "auto",
-					     [REOPEN_NEVER] = "never" };
-
-	(void)ts;
-	for (int i = 0; i < 3; i++)
-		if (!strcmp(v, names[i])) {
-			d->reopen = (enum reopen)i;
+		if (len == n && !strncmp(c, v, n)) {
+			*field = i;
 			return 0;
 		}
-	snprintf(err, errlen, "reopen must be auto, ask or never");
+		c += len + (c[len] == '|');
+	}
+	snprintf(err, errlen, "%s must be one of %s", k->key, k->choices);
 	return -1;
 }
 
-static int set_remember(struct device_config *d, struct token_source *ts,
-			const char *v, char *err, size_t errlen)
-{	/* remember_password = session|never */
-	(void)ts;
-	if (strcmp(v, "session") && strcmp(v, "never")) {
-		snprintf(err, errlen, "remember_password must be session or never");
+static int set_device_key(const struct device_key *k, struct device_config *d,
+			  struct token_source *ts, const char *v, char *err, size_t errlen)
+{	/* one key of a [device] section */
+	char *field = k->kind == K_TOKEN_SOURCE ? (char *)ts + k->offset : (char *)d + k->offset;
+
+	if (k->kind == K_SETTER)
+		return k->set(d, ts, v, err, errlen);
+	if (k->kind == K_CHOICE)
+		return set_choice(k, (int *)(void *)field, v, err, errlen);
+	if (!*v || strlen(v) >= k->size) {
+		snprintf(err, errlen, "%s must be 1-%zu characters", k->key, k->size - 1);
 		return -1;
 	}
-	d->remember_password = !strcmp(v, "session");
+	copy_str(field, k->size, v);
 	return 0;
 }
-
-static int set_device_id(struct device_config *d, struct token_source *ts,
-			 const char *v, char *err, size_t errlen)	/* device_id = ID */
-{
-	(void)ts;
-	if (!*v || strlen(v) >= sizeof(d->device_id)) {
-		snprintf(err, errlen, "device_id must be 1-128 characters");
-		return -1;
-	}
-	copy_str(d->device_id, sizeof(d->device_id), v);
-	return 0;
-}
-
-static const struct { const char *key; key_setter *set; } device_keys[] = {
-	{ "url", set_url },		{ "token_file", set_token_file },
-	{ "token_env", set_token_env },	{ "token", set_token },
-	{ "username", set_username },	{ "pty", set_pty },
-	{ "sessions", set_sessions },	{ "cacert", set_cacert },
-	{ "attach", set_attach },	{ "reopen", set_reopen },
-	{ "remember_password", set_remember },	{ "device_id", set_device_id },
-};
 
 /* "C-g", "^g", "Ctrl-g" → 7; -1 if not a control key. */
 static int parse_prefix(const char *v)
@@ -1221,8 +1184,8 @@ static int config_key(struct config *c, enum section sec, char *key, char *val,
 			return global_keys[i].set(c, val, err, errlen);
 	for (size_t i = 0; sec == SEC_DEVICE && i < sizeof(device_keys) / sizeof(*device_keys); i++)
 		if (!strcmp(key, device_keys[i].key))
-			return device_keys[i].set(&c->dev[c->ndev - 1],
-						  &token_sources[c->ndev - 1], val, err, errlen);
+			return set_device_key(&device_keys[i], &c->dev[c->ndev - 1],
+					      &token_sources[c->ndev - 1], val, err, errlen);
 	snprintf(err, errlen, "unknown key \"%s\"", key);
 	return -1;
 }
@@ -4998,8 +4961,9 @@ static void add_device_ids(struct config *c, const struct options *o)
 		if (!c->iotda.endpoint[0] || !c->iotda.project_id[0])
 			usage_error("--device-id needs an [iotda] section with endpoint and project_id (-c FILE)");
 		if (config_add_device(c, o->device_ids[i], 0, err, sizeof(err)) < 0 ||
-		    set_device_id(&c->dev[c->ndev - 1], NULL, o->device_ids[i], err, sizeof(err)) < 0)
-			usage_error("--device-id %s: %s", o->device_ids[i], err);
+		    strlen(o->device_ids[i]) >= sizeof(c->dev[0].device_id))
+			usage_error("--device-id %s: %s", o->device_ids[i], err[0] ? err : "too long");
+		copy_str(c->dev[c->ndev - 1].device_id, sizeof(c->dev[0].device_id), o->device_ids[i]);
 	}
 }
 
