@@ -68,8 +68,9 @@ bench: deps
 	$(MAKE) all certs
 	sh tests/bench/run.sh
 
+# FUZZ_SECONDS=N make fuzz: N seconds per target instead of 600.
 fuzz: deps
-	sh tests/fuzz/run.sh 600
+	sh tests/fuzz/run.sh $${FUZZ_SECONDS:-600}
 
 install: tunnel_tui
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1

@@ -3419,7 +3419,8 @@ static void draw(void)	/* the whole screen, sent in one update */
 	erase();
 	curs_set(0);
 	if (COLS < 30 || LINES < 6) {
-		put(0, 0, COLS, C_ALERT, A_BOLD, "terminal too small (%dx%d)", COLS, LINES);
+		put(0, 0, COLS, C_ALERT, A_BOLD, "too small: %dx%d", COLS, LINES);
+		put(1, 0, COLS, C_NORMAL, 0, "needs 30x6");
 		refresh();
 		return;
 	}

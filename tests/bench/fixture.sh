@@ -74,7 +74,9 @@ user_up() {
 	cp "$HARNESS" "$WORK/bin/ptyharness"	# `stream` runs in the user's shells
 	chmod 755 "$WORK/bin" "$WORK/bin/ptyharness"
 }
-as_user() { setpriv --reuid="$BUSER" --regid="$BUSER" --init-groups -- "$@"; }
+# AS_USER: a command prefix (not a function: `&` would fork a subshell and $!
+# would not be the program's pid); setpriv execs it.
+as_user_prefix() { AS_USER=(setpriv --reuid="$BUSER" --regid="$BUSER" --init-groups --); }
 
 # --- relay and agents ---------------------------------------------------------
 # sandbox_up NAME...: the relay with tunnel t-NAME per device, and its agents.
@@ -105,8 +107,9 @@ sandbox_up() {
 	PORT=$(sed -n 's/^listening on wss:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/log/relay.out")
 	BASE=wss://localhost:$PORT/v5/iot/tunnels
 	declare -gA AGENT_PID
+	as_user_prefix
 	for name in "$@"; do
-		as_user "$DEVICE" --url "$BASE/t-$name/device-connect" --token-file "$WORK/dev/$name.dev" \
+		"${AS_USER[@]}" "$DEVICE" --url "$BASE/t-$name/device-connect" --token-file "$WORK/dev/$name.dev" \
 			--backend pty --login-file "$WORK/dev/logins" --profile full \
 			--cacert "$CERTS/ca.pem" 2> "$WORK/log/agent-$name.log" &
 		PIDS+=($!)

@@ -168,7 +168,7 @@ open_sessions() {
 	local d k keys
 	h sc send '\x071' || return 1
 	for d in "${SCALE[@]}"; do
-		h sc wait 30000 "^ $d .*│" || return 1
+		h sc wait 30000 "^ $d │.*(online|rtt)" || return 1	# the status bar: it is selected
 		keys=""
 		for k in $(seq 1 "$1"); do keys+="\\x07n$PASS\\r"; done
 		h sc send "$keys\\x07\\t" || return 1

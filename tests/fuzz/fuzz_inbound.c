@@ -10,12 +10,15 @@
  * connect_tunnel (and reopening) and pong, without curses input or an lws
  * context (t->wsi is NULL, app.ui_up is 0).
  *
- * The fixture (built once): a tunnel "fuzz-dev" with an 80x24 PTY.  Per input
- * it gets three fresh live sessions with known request_ids (B is the latest;
- * W is 200x50, as a pty = auto session opened on a wide terminal is), each
- * recording into an in-memory file.  Fresh sessions per input keep every
- * crash reproducible from its one input file (libFuzzer's -minimize_crash and
- * the regressions/ replay need that); the tunnel itself is reset.
+ * The fixture: one tunnel "fuzz-dev" (80x24 PTY, online), built once.  Each
+ * input gets three fresh live sessions on it with known request_ids: A and B
+ * are 80x24, B is the latest (where unknown ids go), W is 200x12 as a pty =
+ * auto session opened on a wide terminal is; each records into an in-memory
+ * file.  The input's hash picks the reopen mode and whether passwords are
+ * remembered.  Sessions are made fresh rather than revived across inputs so
+ * that every crash reproduces from its one input file (-minimize_crash and
+ * the regressions/ replay need that); within an input, ended sessions are
+ * put back to live between the steps below, not between frames.
  *
  * Each input goes, in order:
  *   1. whole, as one frame;
@@ -27,11 +30,16 @@
  *      messages cut at data-derived offsets, so escape sequences and UTF-8
  *      characters split across messages (§4.6) are fed the way devices do;
  *   4. for 1 input in 256: a burst of more lines than the scrollback keeps.
- * Then every session is checked (state, scrollback ring, search text of every
- * row, its recording is valid UTF-8 asciicast), the screen is drawn with
- * curses into /dev/null, and utf8_sanitize() is checked on the raw input:
- * valid UTF-8 out, at most 3 bytes held back, identity on valid input, and the
- * same result whole or in pieces.
+ * An input that holds "__TT_" (the --exec markers' prefix) runs in --exec
+ * mode: session A's output then goes to the batch parser that looks for the
+ * BEGIN and END markers (nonce 0123456789abcdef) instead of its terminal.
+ * Then every session is checked (state, scrollback ring, the search text of
+ * every row with a canary after search_back()'s 4096-byte buffer, as ASan
+ * misses an overrun that far; its recording is valid UTF-8 asciicast with
+ * one JSON event per line), the screen is drawn with curses into /dev/null,
+ * and utf8_sanitize() is checked on the raw input: valid UTF-8 out, at most 3
+ * bytes held back, identity on valid input, the same result whole or in
+ * pieces.
  */
 #define TUNNEL_TUI_NO_MAIN
 #pragma GCC diagnostic push
@@ -44,6 +52,7 @@
 #define ROW_CAP		4096		/* search_back()'s row buffer */
 #define ROW_GUARD	32768		/* canary bytes after it */
 #define BURST_LINES	100		/* lines per burst frame */
+#define NONCE		"0123456789abcdef"	/* the --exec markers' */
 
 static const char *const known_ids[NSESS] = {
 	"11111111-1111-4111-8111-111111111111",	/* A: 80x24 */
@@ -55,6 +64,8 @@ static struct tunnel fx;		/* the fixture tunnel */
 static struct session *sess[NSESS];
 static int rec_fd[NSESS];		/* in-memory recording files */
 static char rowbuf[ROW_CAP + ROW_GUARD];
+static struct batch fx_batch;		/* --exec mode, for inputs that ask */
+static struct batch_job fx_job;
 
 /*** small helpers **********************************************************/
 
@@ -212,6 +223,40 @@ static void fixture_down(void)
 	lane_clear(&fx.control);
 	lane_clear(&fx.held);
 	lane_clear(&fx.bulk);
+}
+
+/* --exec mode: session A runs a command; its output goes to the parser. */
+static void batch_up(void)
+{
+	memset(&fx_job, 0, sizeof(fx_job));
+	fx_job.tunnel = &fx;
+	fx_job.session = sess[0];
+	fx_job.exit_code = -1;
+	fx_job.start_us = now_us();
+	fx_job.file = fopen("/dev/null", "w");
+	CHECK(fx_job.file);
+	fx_batch.command = "uname -a";
+	copy_str(fx_batch.nonce, sizeof(fx_batch.nonce), NONCE);
+	fx_batch.jobs = &fx_job;
+	fx_batch.njobs = 1000;	/* never all done: quit_now() needs an lws context */
+	fx_batch.done = 0;
+	sess[0]->job = &fx_job;
+	app.batch = &fx_batch;
+}
+
+/* Back to interactive mode; what the job parsed is consistent. */
+static void batch_down(void)
+{
+	CHECK(!fx_job.done || fx_job.status);
+	CHECK(fx_job.done || !memchr(fx_job.line.p ? fx_job.line.p : "", '\n', fx_job.line.len));
+	CHECK(!fx_job.begun || fx_job.sent);
+	if (fx_job.file)
+		fclose(fx_job.file);
+	buf_free(&fx_job.pre);
+	buf_free(&fx_job.line);
+	buf_free(&fx_job.held);
+	sess[0]->job = NULL;
+	app.batch = NULL;
 }
 
 /*** checks *****************************************************************/
@@ -452,6 +497,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int k;
 
 	fixture_up(h);
+	if (memmem(p, size, "__TT_", 5))
+		batch_up();
 	feed(p, size);
 	revive();
 	k = split_frames(p, size, h, start, len);
@@ -467,6 +514,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_recording(i);
 	}
 	draw_one(h);
+	if (app.batch)
+		batch_down();
 	fixture_down();
 	check_sanitizer(p, size, h);
 	return 0;

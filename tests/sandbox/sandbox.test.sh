@@ -143,6 +143,25 @@ device() {
 }
 dlog() { echo "$WORK/$1.log"; }	# dlog NAME: an agent's log file
 
+# About 40 KB of CJK, kana, hangul, emoji and accents: several output messages,
+# so characters straddle message boundaries; the bytes must come out intact.
+for ((i = 0; i < 600; i++)); do
+	printf '%03d 汉字かなカナ한글 😀🚀🎉 ñé €‰ Ω≈ç √∫ —「」\n' "$i"
+done >"$WORK/mb.txt"
+sed 's/$/\r/' "$WORK/mb.txt" >"$WORK/mb.want"	# the PTY turns LF into CR LF
+mb_cmd="printf '%s\\n' @@MB''BEGIN@@; cat $WORK/mb.txt; printf '%s\\n' @@MB''END@@"
+
+# multibyte NAME REQID SAVE-FILE APP: prints mb.txt in session REQID, checks bytes.
+multibyte() {
+	say "$4" "$(typed "$2" "$mb_cmd")"
+	if ! wait_for 10 has_fixed "$3" '@@MBEND@@'; then
+		fail "$1" "no end marker in $(basename "$3")"
+		return
+	fi
+	between "$3" '@@MBBEGIN@@' '@@MBEND@@' >"$3.got"
+	same_bytes "$1" "$WORK/mb.want" "$3.got"
+}
+
 #### relays and tunnels ########################################################
 
 # Tunnel NAME[:EXPIRES_IN]: source token src-NAME, device token dev-NAME.
@@ -275,7 +294,7 @@ await "oversize from the device: app stays connected" "$WORK/bapp2.out" '^recv p
 #### full-profile sessions (pty backend) #######################################
 
 N1=$RANDOM$RANDOM N2=$RANDOM$RANDOM
-client sapp "$(src sess)" --token-file "$(tokfile sapp src-sess)" \
+client sapp "$(src sess)" --token-file "$(tokfile sapp src-sess)" --raw \
 	--save s1 "$WORK/s1.bin" --save s2 "$WORK/s2.bin" --save s3 "$WORK/s3.bin"
 device dev-sess sess
 await "sessions: connect_tunnel" "$WORK/sapp.out" '^recv connect_tunnel '
@@ -303,9 +322,11 @@ absent "bad password: no \"success\"" "$WORK/sapp.out" '^recv connect_response s
 
 # Shell exit: output flushed, then disconnect 408 with the session's request_id;
 # the WebSocket and the other session live on.
-say sapp "$(typed s1 'echo "bye-""'$N1'"; exit')"
+# 40 KB right before the exit: all of it must precede the 408 (the client saves
+# a message before it prints its line).
+say sapp "$(typed s1 "cat $WORK/mb.txt; echo \"bye-\"\"$N1\"; exit")"
 await "shell exit: disconnect 408 with the request_id" "$WORK/sapp.out" '^recv disconnect s1 \{"status_code":"408"'
-await "shell exit: output before the exit arrived" "$WORK/s1.bin" "bye-$N1"
+check "shell exit: all output arrived before the 408" has_line "$WORK/s1.bin" "bye-$N1"
 await "shell exit: agent logs the end" "$(dlog dev-sess)" ': session s1: ended$'
 say sapp "$(typed s2 'echo "still-""'$N2'"')"
 await "shell exit: the other session still works" "$WORK/s2.bin" "still-$N2"
@@ -313,25 +334,20 @@ absent "shell exit: WebSocket stays open" "$WORK/sapp.out" '^closed '
 
 #### multi-byte output across chunk boundaries ##################################
 
-# About 40 KB of CJK, kana, hangul, emoji and accents: several output messages,
-# so characters straddle message boundaries; the bytes must come out intact.
-for ((i = 0; i < 600; i++)); do
-	printf '%03d 汉字かなカナ한글 😀🚀🎉 ñé €‰ Ω≈ç √∫ —「」\n' "$i"
-done >"$WORK/mb.txt"
-sed 's/$/\r/' "$WORK/mb.txt" >"$WORK/mb.want"	# the PTY turns LF into CR LF
-mb_cmd="printf '%s\\n' @@MB''BEGIN@@; cat $WORK/mb.txt; printf '%s\\n' @@MB''END@@"
-
-# multibyte NAME REQID SAVE-FILE APP: prints mb.txt in session REQID, checks bytes.
-multibyte() {
-	say "$4" "$(typed "$2" "$mb_cmd")"
-	if ! wait_for 10 has_fixed "$3" '@@MBEND@@'; then
-		fail "$1" "no end marker in $(basename "$3")"
-		return
-	fi
-	between "$3" '@@MBBEGIN@@' '@@MBEND@@' >"$3.got"
-	same_bytes "$1" "$WORK/mb.want" "$3.got"
-}
 multibyte "full profile: multi-byte output byte-identical" s2 "$WORK/s2.bin" sapp
+
+# Control bytes take 6 bytes each in JSON (\u0001): 4 KB reads must still go
+# out in messages of at most 8 KB serialized, and arrive intact.
+head -c 20000 /dev/zero | tr '\0' '\1' >"$WORK/ctl.txt"
+say sapp "$(typed s2 "printf '%s\\n' @@CT''BEGIN@@; cat $WORK/ctl.txt; printf '%s\\n' @@CT''END@@")"
+if wait_for 10 has_fixed "$WORK/s2.bin" '@@CTEND@@'; then
+	between "$WORK/s2.bin" '@@CTBEGIN@@' '@@CTEND@@' >"$WORK/ctl.got"
+	same_bytes "full profile: control bytes intact" "$WORK/ctl.txt" "$WORK/ctl.got"
+else
+	fail "full profile: control bytes intact" "no end marker in s2.bin"
+fi
+longest=$(grep -a '^raw .*"command_response"' "$WORK/sapp.out" | awk '{ n = length($0) - 4; if (n > m) m = n } END { print m + 0 }')
+check "full profile: output messages at most 8192 bytes (longest: $longest)" [ "$longest" -le 8192 -a "$longest" -gt 6000 ]
 
 #### device loss and app replacement (tunnel "order") #########################
 
@@ -418,7 +434,7 @@ await "token expiry: app closed 1000" "$WORK/short.out" '^closed 1000'
 
 #### c-sdk profile ##############################################################
 
-client capp "$(src csdk)" --token-file "$(tokfile capp src-csdk)" \
+client capp "$(src csdk)" --token-file "$(tokfile capp src-csdk)" --raw \
 	--save k2 "$WORK/k2.bin" --save c3 "$WORK/c3.bin" --save SSH_timeout_disconnect "$WORK/c3x.bin"
 device dev-csdk csdk --profile c-sdk
 await "c-sdk: connect_tunnel" "$WORK/capp.out" '^recv connect_tunnel '
@@ -430,6 +446,13 @@ say capp "$(typed k2 'stty size; echo "pid=""$$"')"
 await "c-sdk: output under the latest request_id" "$WORK/k2.bin" 'pid=[0-9]+'
 await "c-sdk: fixed 128x30 (stty size: 30 128)" "$WORK/k2.bin" "${SIZE_RE}30 128"
 multibyte "c-sdk: multi-byte output byte-identical across 2048-byte reads" k2 "$WORK/k2.bin" capp
+# ... and those reads really did cut characters: some message's data ends
+# inside a UTF-8 sequence (the frames are cJSON_Print'ed: `"data":<TAB>"..."`).
+check "c-sdk: raw reads split UTF-8 sequences across messages" grep -qaP \
+	'^raw .*"command_response".*([\xc2-\xdf]|[\xe0-\xef][\x80-\xbf]?|[\xf0-\xf4][\x80-\xbf]{0,2})"\s*\}$' "$WORK/capp.out"
+say capp '{"operation_type":"command","request_id":"k2","data":"x"}'
+await "c-sdk: a message without tunnel_service_type is dropped, not fatal" "$(dlog dev-csdk)" \
+	': message without tunnel_service_type \(official devices crash on this\)$'
 # A new connect silently replaces the session: the old shell is gone.
 P1=$(grep -ao 'pid=[0-9][0-9]*' "$WORK/k2.bin" | head -1 | cut -d= -f2)
 say capp "$(login c3 "$USER_OK" "$PASS_OK")"

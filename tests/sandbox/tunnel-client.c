@@ -28,7 +28,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-/*** includes and limits *****************************************************/
+/*** limits and usage ********************************************************/
 
 #define RX_MAX (16u << 20)	/* largest inbound message we reassemble */
 #define MAX_SAVES 8		/* --save may be given this many times */
@@ -43,9 +43,10 @@ static const char usage_text[] =
 	"  --insecure          accept any certificate (self-signed, wrong name)\n"
 	"  --raw               also print every frame as `raw FRAME`\n"
 	"  --save REQID FILE   append the command_response data bytes of REQID\n"
-	"                      to FILE (repeatable, up to 8)\n"
+	"                      to FILE (repeatable, up to 8; stops at a \\u0000)\n"
 	"  --discard           benchmark mode: parse and drop every message, print\n"
-	"                      `bytes N messages M` at exit\n"
+	"                      `bytes N messages M` at exit (N: command_response\n"
+	"                      data bytes, M: messages received)\n"
 	"stdin: JSON lines are sent as text frames; directives:\n"
 	"  !close CODE [REASON]      a close frame\n"
 	"  !ping [PAYLOAD]           a WebSocket PING\n"
@@ -148,42 +149,54 @@ static void add_save(const char *request_id, const char *path)	/* --save */
 	c.saves[c.nsaves++].f = f;
 }
 
-/* Returns the value of the option at argv[*i] and steps past it. */
-static const char *opt_arg(int argc, char **argv, int *i)
+static void opt_url(char **v) { c.url = v[0]; }	/* --url URL */
+static void opt_cacert(char **v) { c.cacert = v[0]; }	/* --cacert FILE */
+static void opt_save(char **v) { add_save(v[0], v[1]); }	/* --save REQID FILE */
+static void opt_insecure(char **v) { (void)v; c.insecure = 1; }	/* --insecure */
+static void opt_raw(char **v) { (void)v; c.raw = 1; }	/* --raw */
+static void opt_discard(char **v) { (void)v; c.discard = 1; }	/* --discard */
+
+static void opt_token_file(char **v)	/* --token-file FILE */
 {
-	if (*i + 1 >= argc)
-		die("missing value");
-	return argv[++*i];
+	free(c.token);
+	c.token = read_token(v[0]);
 }
+
+static void opt_help(char **v)	/* --help */
+{
+	(void)v;
+	fputs(usage_text, stdout);
+	exit(0);
+}
+
+static const struct option {
+	const char *name;
+	int nargs;		/* values that follow the option */
+	void (*set)(char **values);
+} options[] = {
+	{ "--url",        1, opt_url },
+	{ "--token-file", 1, opt_token_file },
+	{ "--cacert",     1, opt_cacert },
+	{ "--insecure",   0, opt_insecure },
+	{ "--raw",        0, opt_raw },
+	{ "--save",       2, opt_save },
+	{ "--discard",    0, opt_discard },
+	{ "--help",       0, opt_help },
+};
 
 static void parse_args(int argc, char **argv)	/* fills the options of c */
 {
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i];
+		size_t k = 0;
 
-		if (!strcmp(a, "--help")) {
-			fputs(usage_text, stdout);
-			exit(0);
-		} else if (!strcmp(a, "--url")) {
-			c.url = opt_arg(argc, argv, &i);
-		} else if (!strcmp(a, "--token-file")) {
-			free(c.token);
-			c.token = read_token(opt_arg(argc, argv, &i));
-		} else if (!strcmp(a, "--cacert")) {
-			c.cacert = opt_arg(argc, argv, &i);
-		} else if (!strcmp(a, "--save")) {
-			const char *id = opt_arg(argc, argv, &i);
-
-			add_save(id, opt_arg(argc, argv, &i));
-		} else if (!strcmp(a, "--insecure")) {
-			c.insecure = 1;
-		} else if (!strcmp(a, "--raw")) {
-			c.raw = 1;
-		} else if (!strcmp(a, "--discard")) {
-			c.discard = 1;
-		} else {
+		while (k < LWS_ARRAY_SIZE(options) && strcmp(argv[i], options[k].name))
+			k++;
+		if (k == LWS_ARRAY_SIZE(options))
 			die("unknown option");
-		}
+		if (i + options[k].nargs >= argc)
+			die("missing value");
+		options[k].set(argv + i + 1);
+		i += options[k].nargs;
 	}
 	if (!c.url)
 		die("--url is required");
@@ -200,8 +213,8 @@ static void parse_args(int argc, char **argv)	/* fills the options of c */
  * raw FRAME                 with --raw: the frame as received (CR/LF shown
  *                           as spaces so it stays one line)
  * unparsed LEN              a frame of LEN bytes that is not JSON
- * pong-ws [PAYLOAD]         a WebSocket PONG (lws also answers its own
- *                           idle-time PINGs: those have no payload)
+ * pong-ws [PAYLOAD]         a WebSocket PONG (lws PINGs an idle link by
+ *                           itself too: those PONGs have no payload)
  * close-sent CODE           our close frame went out (after !close or a signal)
  * closed CODE [REASON]      the peer closed; 1006 when the link just dropped
  * error TEXT                anything else that went wrong
@@ -537,7 +550,7 @@ static void push_envelope(const char *op, const char *request_id, cJSON *data)
 static int dir_send(char *args)
 {
 	char op[64], id[160];
-	int used = 0;
+	int used = (int)strlen(args);
 	cJSON *data = NULL;
 
 	if (sscanf(args, "%63s %159s %n", op, id, &used) < 2)
@@ -552,7 +565,7 @@ static int dir_send(char *args)
 static int dir_disconnect(char *args)
 {
 	char id[160], code[16];
-	int used = 0;
+	int used = (int)strlen(args);
 
 	if (sscanf(args, "%159s %15s %n", id, code, &used) < 2)
 		return -1;

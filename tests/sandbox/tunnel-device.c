@@ -7,15 +7,21 @@
  * `--profile c-sdk` behaves like the official Huawei C device SDK, quirks
  * included, so the console can be tested against what real devices do.
  *
- * One thread runs everything through lws: the WebSocket, the pty masters and
+ * The tunnel is fixed (--url, --notify) or, with --events, announced: a
+ * second WebSocket stands in for the device's MQTT connection, and each
+ * tunnel_notify event on it (re)opens the tunnel connection on the tunnel it
+ * names.  Both WebSockets are a struct conn; a struct conn_kind says what
+ * differs between them.
+ *
+ * One thread runs everything through lws: the WebSockets, the pty masters and
  * ssh sockets (adopted as RAW_FILE), a signalfd and the lws_sul timers.  The
  * only other threads are short-lived ssh login workers (see the ssh backend).
  * The log lines tests wait for are listed in usage_tail.
  *
  * Contents: includes and tunables; state; helpers (ids, JSON strings, UTF-8);
  * outbound messages; the two profiles; sessions; the pty backend; the ssh
- * backend; inbound messages; the WebSocket; signals and children; command
- * line; setup and teardown; main.
+ * backend; inbound messages; the WebSockets; the tunnel; the events channel;
+ * signals and children; command line; setup and teardown; main.
  */
 
 /*** includes and tunables ***************************************************/
@@ -55,6 +61,8 @@
 #define HANGUP_SECS	60		/* and hang up after this long without a PONG */
 #define SSH_TIMEOUT_S	10L		/* libssh connect/auth timeout */
 #define TOKEN_MAX	256		/* PROTOCOL.md §1 */
+#define ID_MAX		128		/* a device id: 1-128 of A-Z a-z 0-9 _ - */
+#define EVENT_MAX	65536		/* largest tunnel_notify event (file or frame) */
 #define PTY_COLS	128		/* the official devices' fixed PTY */
 #define PTY_ROWS	30
 #define PTY_TERM	"xterm"
@@ -77,20 +85,34 @@ static const lws_retry_bo_t retry_policy = {
 	.jitter_percent = 20,
 };
 
-/* Close codes after which the device must not come back (PROTOCOL.md §4.8). */
-static const struct final_close {
-	int code, status;
+/* Ends after which a WebSocket must not come back (PROTOCOL.md §4.8): a
+ * close code, or an HTTP status refusing the upgrade.  status: the exit
+ * status when the agent leaves on it. */
+static const struct final_end {
+	int close;
+	unsigned http;
+	int status;
 	const char *why;
-} final_closes[] = {
-	{ 1000, 0, "the platform closed the tunnel (close 1000); exiting" },
-	{ 1002, 1, "the platform refused the device token (close 1002); exiting" },
-	{ 4000, 1, "replaced by a newer connection of this device (close 4000); exiting" },
+} tunnel_finals[] = {
+	{ 1000, 0, 0, "the platform closed the tunnel (close 1000)" },
+	{ 1002, 0, 1, "the platform refused the device token (close 1002)" },
+	{ 4000, 0, 1, "replaced by a newer connection of this device (close 4000)" },
+	{ 0, 401, 1, "the platform refused the device (HTTP 401)" },
+	{ 0, 403, 1, "the platform refused the device (HTTP 403)" },
+	{ 0, 404, 1, "the platform refused the device (HTTP 404)" },
+}, events_finals[] = {
+	{ 4000, 0, 1, "events channel: replaced by a newer agent of this device (close 4000)" },
 };
 
 static const char usage_head[] =
-	"usage: tunnel-device (--url URL (--token T | --token-file F) | --notify F) [options]\n"
+	"usage: tunnel-device (--url URL (--token T | --token-file F) | --notify F\n"
+	"                      | --device-id ID --events URL) [options]\n"
 	"The sandbox device agent: answers secure-tunnel `connect` messages with shell\n"
-	"sessions on a local pty or on an sshd.\n\n";
+	"sessions on a local pty or on an sshd.  The tunnel is fixed (--url, --notify)\n"
+	"or announced: with --events the agent holds a WebSocket standing in for the\n"
+	"device's MQTT connection, and every tunnel_notify event on it opens the tunnel\n"
+	"it names (one at a time: a newer event closes the current tunnel and its\n"
+	"sessions first).\n\n";
 
 static const char usage_tail[] =
 	"\nThe pty backend runs the agent user's own login shell, whatever name logs in;\n"
@@ -111,9 +133,22 @@ static const char usage_tail[] =
 	"  ... (close 1000|1002|4000); exiting   the platform said stop: no reconnect\n"
 	"  ... (HTTP 401|403|404); exiting       refused before the upgrade: the same\n"
 	"  stopping on signal N          SIGTERM/SIGINT/SIGHUP: close 1001, shells killed\n"
+	"With --events, besides the tunnel's lines above:\n"
+	"  events channel connected      its WebSocket is up\n"
+	"  events channel closed (close CODE)   it went down; reconnects with backoff\n"
+	"  events channel connection failed: WHY\n"
+	"  events channel reconnecting in N ms\n"
+	"  tunnel_notify for tunnel T    an event: the tunnel connection goes to T\n"
+	"  closing tunnel T for the new one   close 1000; its sessions end first\n"
+	"  tunnel_notify for device D; ignored   an event for another device\n"
+	"  dropped a malformed event     no tunnel_notify with URI, token and device\n"
+	"  ... (close 1000|1002|4000|HTTP 401|403|404); waiting for the next tunnel_notify\n"
+	"                                the tunnel's final ends do not end the agent\n"
+	"  events channel: replaced by a newer agent of this device (close 4000); exiting\n"
 	"Exit status: 0 after close 1000 or SIGTERM/SIGINT; 1 when the platform\n"
 	"refuses the device (HTTP 401/403/404, close 1002 or 4000) or on a fatal\n"
-	"error; 2 on bad options.\n";
+	"error; 2 on bad options.  With --events: 0 on SIGTERM/SIGINT, 1 after close\n"
+	"4000 on the events channel or on a fatal error, 2 on bad options.\n";
 
 /*** state *******************************************************************/
 
@@ -128,13 +163,8 @@ struct cred {				/* one line of --login-file */
 
 struct config {				/* the command line, checked and resolved */
 	const char *url, *token_arg, *token_file, *notify, *backend, *profile;
-	const char *ssh, *known_hosts, *login_file, *cacert;
+	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events;
 	int insecure, help;
-	char *token;			/* owned; wiped at exit */
-	char *url_buf;			/* owned: the URL, carved by lws_parse_uri */
-	const char *host;
-	char path[1024];
-	int port, tls;
 	char ssh_host[256];
 	int ssh_port;
 	char *known_hosts_path;		/* owned */
@@ -149,10 +179,49 @@ struct login {				/* what a connect asks for */
 };
 
 enum sstate { S_LOGIN, S_LIVE, S_DEAD };
-enum link { L_IDLE, L_CONNECTING, L_OPEN, L_STOPPING };
+enum link { L_IDLE, L_CONNECTING, L_OPEN, L_SWITCHING, L_STOPPING, L_STATES };
 
 struct ssh_job;
 struct agent;
+
+struct target {				/* where a WebSocket goes */
+	char *url_buf;			/* owned: the URL, carved by lws_parse_uri */
+	char *token;			/* owned, wiped; NULL: no auth header */
+	const char *host;		/* inside url_buf */
+	char path[1024];
+	int port, tls;
+};
+
+/* What differs between the two WebSockets: the log lines (formats), when
+ * to give up, what their messages mean. */
+struct conn_kind {
+	const char *proto;		/* the lws protocol */
+	const char *up, *closed, *failed, *retry, *oversized;
+	const struct final_end *finals;
+	size_t nfinals;
+	size_t rx_max;			/* largest message reassembled */
+	void (*message)(struct agent *a, const char *text, size_t len);
+	int (*writeable)(struct agent *a, struct lws *wsi);	/* -1: close it */
+	void (*lost)(struct agent *a);	/* it went down: drop what lived on it */
+	void (*final)(struct agent *a, const struct final_end *f);
+};
+
+/* One client WebSocket.  Life: L_IDLE -> L_CONNECTING (wsi set) -> L_OPEN
+ * -> L_IDLE again (retry, switch, wait or leave), or via L_SWITCHING (we
+ * close 1000 for the next target) or L_STOPPING (we close 1001 to exit). */
+struct conn {
+	struct agent *a;
+	const struct conn_kind *kind;
+	struct target to;		/* where it goes */
+	struct target next;		/* tunnel: announced, taken once it is down */
+	struct lws *wsi;		/* from the attempt until it ends */
+	enum link link;
+	lws_sorted_usec_list_t sul_connect;
+	uint16_t retries;
+	int close_code;			/* from the peer's close frame, or ours; 0: none */
+	struct sb_rxbuf rx;
+	int rx_skip;			/* the message being received is too big */
+};
 
 /* One request_id.  Life: S_LOGIN (backend logging in) -> S_LIVE (shell fd
  * adopted by lws) -> S_DEAD (ended or killed).  The struct is freed by
@@ -210,24 +279,22 @@ struct agent {				/* the whole program's state */
 	const struct backend *be;
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
-	struct lws *wsi;		/* the tunnel, while L_OPEN or L_STOPPING */
-	enum link link;
-	lws_sorted_usec_list_t sul_connect, sul_stop;
-	uint16_t retries;
-	int close_code;			/* from the platform's close frame; 0: none */
-	struct sb_queue out;
+	struct conn tun;		/* the tunnel: the sessions live on it */
+	struct conn ev;			/* --events: the MQTT stand-in */
+	lws_sorted_usec_list_t sul_stop;
+	struct sb_queue out;		/* the tunnel's */
 	int paused;			/* shells not read: the queue is over OUT_HIGH */
-	struct sb_rxbuf rx;
-	int rx_skip;			/* the message being received is too big */
 	struct session *sessions;
 	char latest_rid[RID_MAX + 1];	/* c-sdk: echoed on everything it sends */
 	int have_latest;
 	int sigfd;
+	int stopping;			/* winding down: sessions gone, closing with 1001 */
 	int quit, status;
 };
 
 static const struct backend pty_backend, ssh_backend;
 static const struct profile full_profile, csdk_profile;
+static const struct conn_kind tunnel_kind, events_kind;
 static const struct backend *const backends[] = { &pty_backend, &ssh_backend };
 static const struct profile *const profiles[] = { &full_profile, &csdk_profile };
 
@@ -348,10 +415,10 @@ static void agent_send(struct agent *a, const char *p, size_t n)	/* queues one f
 {
 	struct session *s;
 
-	if (a->link != L_OPEN)
+	if (a->tun.link != L_OPEN)
 		return;		/* nobody to tell: the sessions die with the tunnel */
 	if (sb_queue_push(&a->out, p, n))
-		lws_callback_on_writable(a->wsi);
+		lws_callback_on_writable(a->tun.wsi);
 	if (a->paused || a->out.bytes <= OUT_HIGH)
 		return;
 	a->paused = 1;	/* the platform is slower than the shells: stop reading them */
