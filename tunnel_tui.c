@@ -2192,10 +2192,14 @@ static void on_tunnel_disconnect(struct tunnel *t, const struct inbound *m)
 
 static void on_pong(struct tunnel *t, const struct inbound *m)	/* round trip */
 {
+	int rtt;
+
 	if (m->request_id && !strcmp(m->request_id, t->ping_id)) {
-		t->rtt_ms = (int)((now_us() - t->ping_sent_us) / 1000);
+		rtt = (int)((now_us() - t->ping_sent_us) / 1000);
 		t->ping_id[0] = '\0';
-		ui_dirty();
+		if (rtt != t->rtt_ms && t == app.sel_tunnel)	/* only the bar shows it */
+			ui_dirty();
+		t->rtt_ms = rtt;
 	}
 }
 
@@ -4944,12 +4948,38 @@ static void free_all(struct config *c)	/* everything, secrets wiped */
 	free(token_sources);
 }
 
-static void on_tick(lws_sorted_usec_list_t *sul)	/* countdowns in the list and bar */
+/* What the screen shows that changes with time alone: retry countdowns,
+ * the token countdown, a flash message.  Idle, it does not change. */
+static uint64_t clock_text_hash(void)
 {
+	char text[64];
+	uint64_t h = (uint64_t)(app.flash[0] && now_us() < app.flash_until_us);
+
+	for (struct tunnel *t = app.tunnels; t; t = t->next) {
+		tunnel_state_text(t, text, sizeof(text));
+		for (const char *p = text; *p; p++)
+			h = h * 131 + (unsigned char)*p;
+	}
+	if (app.sel_tunnel) {
+		expiry_text(app.sel_tunnel, text, sizeof(text));
+		for (const char *p = text; *p; p++)
+			h = h * 131 + (unsigned char)*p;
+	}
+	return h;
+}
+
+static void on_tick(lws_sorted_usec_list_t *sul)	/* redraws only what time changed */
+{
+	static uint64_t last;
+	uint64_t h;
+
 	(void)sul;
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
 		check_expiry(t);
-	ui_dirty();
+	h = clock_text_hash();
+	if (h != last)
+		ui_dirty();
+	last = h;
 	lws_sul_schedule(app.ctx, 0, &app.sul_tick, on_tick, LWS_US_PER_SEC);
 }
 
