@@ -1,13 +1,16 @@
 #!/bin/bash
 # tests/sandbox/platform.test.sh: the relay's HTTP side, driven with curl: its
 # command line, the refusals before the upgrade (HTTP 401/404) or after it
-# (--auth-close: close 1002), the IoTDA tunnel REST API, and what curl can see
-# of a WebSocket peer (the 101, connect_tunnel, disconnect then a close frame).
+# (--auth-close: close 1002), the IoTDA tunnel REST API, AK/SK request signing
+# (requests signed here with openssl), the IoTDA errors the console shows,
+# the devices' events channels (tunnel_notify), and what curl can see of a
+# WebSocket peer (the 101, connect_tunnel, disconnect then a close frame).
 # The relaying itself is sandbox.test.sh's.  Every wait is on an event; no
 # secret may reach the log.  Run: sh tests/run.sh platform
 #
-# Sections: helpers; command line; refusals; REST; live peers; --auth-close;
-# REST off; TLS; the log and the exit.
+# Sections: helpers; command line; refusals; REST; AK/SK signing; events
+# channels; known and online devices; --no-tunnel-edition; live peers;
+# --auth-close; REST off; TLS; the log and the exit.
 source "$(dirname "$0")/../lib.sh"
 export LC_ALL=C	# curl's output files hold raw WebSocket frames
 
@@ -49,6 +52,49 @@ rest() {
 status() { tail -n 1 <<<"$1"; }	# status REST-OUTPUT
 field() { grep -o "\"$1\":\"\\{0,1\\}[^\",}]*" <<<"$2" | head -1 | sed 's/^[^:]*:"\{0,1\}//'; }	# field NAME JSON: its first value
 
+# AK/SK signing (SDK-HMAC-SHA256, Huawei Cloud's API Request Signing Guide), in bash:
+#   CanonicalRequest = METHOD\nURI/\nQUERY\nname:value\n...\n\nh1;h2\nhex(sha256(body))
+AK=SANDBOXAK$RANDOM SK=$(head -c 30 /dev/urandom | base64 | tr -d '/+=') INSTANCE=inst-$RANDOM
+sha256hex() { openssl dgst -sha256 -r | cut -d' ' -f1; }	# hex(sha256(stdin))
+# canon_hash METHOD PATH CANONICAL-QUERY BODY HEADER...: hex(sha256(CanonicalRequest));
+# each HEADER "name:value", names lowercase and sorted.  (Our paths' segments
+# need no encoding; the relay's --self-check covers that.)
+canon_hash() {
+	local method=$1 path=$2 query=$3 body=$4 h canon= names=; shift 4
+	for h; do canon+=$h$'\n'; names+=${names:+;}${h%%:*}; done
+	[ "${path: -1}" = / ] || path+=/
+	printf '%s\n%s\n%s\n%s\n%s\n%s' "$method" "$path" "$query" "$canon" "$names" \
+		"$(printf %s "$body" | sha256hex)" | sha256hex
+}
+signature() { printf 'SDK-HMAC-SHA256\n%s\n%s' "$1" "$2" | openssl dgst -sha256 -hmac "$3" -r | cut -d' ' -f1; }	# signature DATE HASH SK
+# sign METHOD PATH CANONICAL-QUERY BODY DATE SK HEADER...: the Authorization value
+sign() {
+	local date=$5 sk=$6 names= h hash
+	hash=$(canon_hash "$1" "$2" "$3" "$4" "${@:7}")
+	for h in "${@:7}"; do names+=${names:+;}${h%%:*}; done
+	printf 'SDK-HMAC-SHA256 Access=%s, SignedHeaders=%s, Signature=%s' "${SIGN_AK-$AK}" "$names" \
+		"$(signature "$date" "$hash" "$sk")"
+}
+# srest METHOD PATH [BODY] [QUERY [CANONICAL-QUERY]]: a REST call signed with AK/SK
+# (Content-Type, Host, Instance-Id and X-Sdk-Date signed); prints like rest.
+# SIGN_SK, SIGN_AK, SIGN_DATE ("" sends none) and SENT_BODY (what is sent
+# instead of BODY) make bad ones; XTOKEN adds an X-Auth-Token header.
+srest() {
+	local method=$1 path=$2 body=${3-} query=${4-} date=${SIGN_DATE-$(date -u +%Y%m%dT%H%M%SZ)} auth
+	local sent=${SENT_BODY-$body}
+	auth=$(sign "$method" "$path" "${5-$query}" "$body" "$date" "${SIGN_SK-$SK}" \
+		'content-type:application/json' "host:${HTTP#http://}" "instance-id:$INSTANCE" "x-sdk-date:$date")
+	curl -s -X "$method" -H 'Content-Type: application/json' -H "Instance-Id: $INSTANCE" \
+		${date:+-H "X-Sdk-Date: $date"} -H "Authorization: $auth" ${XTOKEN:+-H "X-Auth-Token: $XTOKEN"} \
+		${sent:+--data "$sent"} -w '\n%{http_code}\n' "$HTTP$path${query:+?$query}"
+}
+# events NAME DEVICE_ID: a device's events channel made of curl, frames in $WORK/NAME.raw
+events() {
+	curl -s -N -i -m 60 "${UPGRADE[@]}" "$HTTP/sandbox/devices/$2/events" >"$WORK/$1.raw" 2>/dev/null &
+	PIDS+=($!)
+	PEER[$1]=$!
+}
+
 #### command line ##############################################################
 
 "$PLATFORM" --help >"$WORK/help.out" 2>&1
@@ -65,6 +111,22 @@ check "--cert without --key: exit 2" [ $? = 2 ]
 printf '[{"tunnel_id":"bad id","device_id":"d","source_token":"x"}]' >"$WORK/bad.json"
 "$PLATFORM" --listen 127.0.0.1:0 --tunnels "$WORK/bad.json" >"$WORK/badt.out" 2>&1
 check "malformed --tunnels file: exit 1 before listening" [ $? = 1 -a -z "$(grep listening "$WORK/badt.out")" ]
+printf '["dev-1","bad id"]' >"$WORK/baddev.json"
+"$PLATFORM" --listen 127.0.0.1:0 --devices "$WORK/baddev.json" >"$WORK/badd.out" 2>&1
+check "malformed --devices file: exit 1 before listening" [ $? = 1 -a -z "$(grep listening "$WORK/badd.out")" ]
+printf '%s\n' "$SK" >"$WORK/sk"
+"$PLATFORM" --ak "$AK" 2>/dev/null
+check "--ak without --sk-file: exit 2" [ $? = 2 ]
+"$PLATFORM" --sk-file "$WORK/sk" 2>/dev/null
+check "--sk-file without --ak: exit 2" [ $? = 2 ]
+"$PLATFORM" --ak "$AK" --sk-file "$WORK/no-such-file" 2>/dev/null
+check "--sk-file naming no file: exit 2" [ $? = 2 ]
+missing=
+for o in --ak --sk-file --devices --require-online --no-tunnel-edition --self-check X-Sdk-Date Instance-Id \
+	/sandbox/devices/ loopback; do
+	grep -q -- "$o" "$WORK/help.out" || missing="$missing $o"
+done
+check "--help tells of the AK/SK, device and events options" [ -z "$missing" ]
 
 cat >"$WORK/tunnels.json" <<EOF
 [{"tunnel_id":"t-a","device_id":"dev-a","source_token":"$SRC_A","device_token":"$DEV_A"},
@@ -73,7 +135,8 @@ cat >"$WORK/tunnels.json" <<EOF
  {"tunnel_id":"t-exp","device_id":"dev-exp","source_token":"old","expires_in":0}]
 EOF
 printf '%s\n' "$API_TOKEN" >"$WORK/api.tok"
-start_platform main --tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.tok" || { fail "relay starts"; finish; }
+start_platform main --tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.tok" --ak "$AK" --sk-file "$WORK/sk" ||
+	{ fail "relay starts"; finish; }
 check "stdout: listening on ws://127.0.0.1:PORT" grep -qE '^listening on ws://127\.0\.0\.1:[1-9][0-9]*$' "$WORK/main.out"
 MAIN_PID=$PLATFORM_PID MAIN_LOG=$PLATFORM_LOG
 WS=$PLATFORM_URL HTTP=${PLATFORM_URL/ws:/http:}
@@ -180,6 +243,138 @@ wait_for $T gone "${PEER[short]}"
 check "token expiry: close 1000" has_close "$WORK/short.raw" "03 e8"
 check "token expiry is logged" has_line "$MAIN_LOG" "tunnel $SID: token expired"
 
+#### AK/SK signing #############################################################
+
+# The worked example of the API Request Signing Guide, through the bash signer.
+EX_DATE=20191115T033655Z
+hash=$(canon_hash GET /v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs 'limit=2&marker=13551d6b-755d-4757-b956-536f674975c0' '' \
+	content-type:application/json host:service.region.example.com x-sdk-date:$EX_DATE)
+check "signing guide example: hex(sha256(CanonicalRequest))" \
+	[ "$hash" = b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a ]
+check "signing guide example: the Signature" [ "$(signature $EX_DATE "$hash" MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc)" \
+	= 7be6668032f70418fcc22abc52071e57aff61b84a1d2381bb430d6870f4f6ebe ]
+# ... and through the relay's own verifier, which the live calls below use.
+"$PLATFORM" --self-check >"$WORK/selfcheck.out" 2>&1
+check "--self-check: exit 0" [ $? = 0 ]
+check "--self-check: the example's hash and signature" [ -n "$(grep -F b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a \
+	"$WORK/selfcheck.out")" -a -n "$(grep -F 7be6668032f70418fcc22abc52071e57aff61b84a1d2381bb430d6870f4f6ebe "$WORK/selfcheck.out")" ]
+check "--self-check: no failed check" [ -z "$(grep '^not ok' "$WORK/selfcheck.out")" ]
+
+out=$(srest POST "$API" '{"device_id":"dev-s"}')
+check "signed create: 201" [ "$(status "$out")" = 201 ]
+SID=$(field tunnel_id "$out") STOKEN=$(field tunnel_access_token "$out")
+check "signed create is logged as AK/SK" has_line "$MAIN_LOG" 'rest: POST /v5/iot/\{project_id\}/tunnels: 201 \(AK/SK\)'
+out=$(srest GET "$API/$SID")
+check "signed show: 200 OPEN" [ "$(status "$out")" = 200 -a "$(field status "$out")" = OPEN ]
+# Sent out of order, with '+' and %XX; signed as the SDKs canonicalise it.
+out=$(srest GET "$API" '' 'marker=a%20b~c%2Fd&x=1+2&device_id=dev-s' 'device_id=dev-s&marker=a%20b~c%2Fd&x=1%202')
+check "signed list with a query: sorted, decoded, re-encoded" [ "$(status "$out")" = 200 -a -n "$(grep -F "\"$SID\"" <<<"$out")" ]
+out=$(XTOKEN=wrong-token srest GET "$API/$SID")
+check "a wrong X-Auth-Token beside a good signature: 200" [ "$(status "$out")" = 200 ]
+out=$(curl -s -H "X-Auth-Token: $API_TOKEN" -H "Instance-Id: $INSTANCE" -w '\n%{http_code}\n' "$HTTP$API/$SID")
+check "X-Auth-Token with an unsigned Instance-Id: 200" [ "$(status "$out")" = 200 ]
+check "signed close (PUT with a body): 204" [ "$(status "$(srest PUT "$API/$SID" '{"status":"CLOSED"}')")" = 204 ]
+check "signed show after close: CLOSED" [ "$(field status "$(srest GET "$API/$SID")")" = CLOSED ]
+check "signed delete: 204" [ "$(status "$(srest DELETE "$API/$SID")")" = 204 ]
+
+VERIFY_FAIL='Incorrect IAM authentication information: verify aksk signature fail'
+refused() {	# refused NAME OUT [MSG-REGEX]: a 401 APIGW.0301 with that message
+	if [ "$(status "$2")" = 401 ] && [ "$(field error_code "$2")" = APIGW.0301 ] && grep -qE -- "${3:-$VERIFY_FAIL}" <<<"$2"
+	then ok "$1"; else fail "$1" "got: $(tr '\n' ' ' <<<"$2")"; fi
+}
+refused "a wrong SK: 401 verify aksk signature fail" "$(SIGN_SK=$SK-not srest POST "$API" '{"device_id":"dev-s"}')"
+refused "an unknown AK: the same 401" "$(SIGN_AK=OTHERAK srest POST "$API" '{"device_id":"dev-s"}')"
+refused "a tampered body: 401" "$(SENT_BODY='{"device_id":"dev-t"}' srest POST "$API" '{"device_id":"dev-s"}')"
+refused "a tampered query: 401" "$(srest GET "$API" '' 'device_id=dev-t' 'device_id=dev-s')"
+refused "a stale X-Sdk-Date (20 minutes old): 401 saying so" \
+	"$(SIGN_DATE=$(date -u -d '-20 min' +%Y%m%dT%H%M%SZ) srest GET "$API")" 'X-Sdk-Date .*15 minutes'
+refused "an X-Sdk-Date 20 minutes ahead: 401" \
+	"$(SIGN_DATE=$(date -u -d '+20 min' +%Y%m%dT%H%M%SZ) srest GET "$API")" 'X-Sdk-Date .*15 minutes'
+refused "no X-Sdk-Date: 401 saying so" "$(SIGN_DATE= srest GET "$API")" 'X-Sdk-Date is missing'
+refused "an X-Sdk-Date not YYYYMMDDTHHMMSSZ: 401" "$(SIGN_DATE=2019-11-15T03:36:55Z srest GET "$API")" 'YYYYMMDDTHHMMSSZ'
+out=$(curl -s -H 'Authorization: SDK-HMAC-SHA256 Access=x' -H "X-Sdk-Date: $(date -u +%Y%m%dT%H%M%SZ)" \
+	-w '\n%{http_code}\n' "$HTTP$API")
+refused "a malformed Authorization: 401" "$out" 'Authorization header is not SDK-HMAC-SHA256'
+check "no tunnel was made by a refused call" [ -z "$(grep -F dev-t <<<"$(rest GET "$API")")" ]
+check "a refusal's reason is logged" has_line "$MAIN_LOG" 'rest: GET .*: 401 \(X-Sdk-Date more than 15 minutes off\)'
+check "a bad signature is logged as such" has_line "$MAIN_LOG" 'rest: POST .*: 401 \(signature mismatch\)'
+
+start_platform akonly --ak "$AK" --sk-file "$WORK/sk" || fail "relay with --ak only starts"
+AKHTTP=${PLATFORM_URL/ws:/http:}
+out=$(HTTP=$AKHTTP srest POST "$API" '{"device_id":"dev-s"}')
+check "--ak alone turns the REST API on: signed create 201" [ "$(status "$out")" = 201 ]
+out=$(curl -s -H "X-Auth-Token: $API_TOKEN" -w '\n%{http_code}\n' "$AKHTTP$API")
+refused "--ak alone: an X-Auth-Token is no credential" "$out" 'no SDK-HMAC-SHA256 Authorization'
+kill "$PLATFORM_PID"
+
+#### events channels ###########################################################
+
+events ev1 dev-e
+await "events channel: opens, and is logged" "$MAIN_LOG" 'device dev-e: events channel open$'
+out=$(rest POST "$API" '{"device_id":"dev-e"}')
+EID=$(field tunnel_id "$out")
+await "create: the device's channel gets tunnel_notify" "$WORK/ev1.raw" '"event_type":"tunnel_notify"'
+check "create: the notify is logged, by tunnel and device" has_line "$MAIN_LOG" "tunnel $EID: notify sent to device dev-e\$"
+frame=$(grep -ao '{"object_device_id".*' "$WORK/ev1.raw" | head -1)
+want=$(rest GET "/sandbox/tunnels/$EID/notify" | head -n -1)
+check "notify: object_device_id, \$tunnel_manager" [ "$(field object_device_id "$frame")" = dev-e \
+	-a "$(field service_id "$frame")" = '$tunnel_manager' -a -n "$(field event_time "$frame")" ]
+check "notify: the same device token and URI as GET .../notify" [ -n "$(field tunnel_access_token "$frame")" \
+	-a "$(field tunnel_access_token "$frame")" = "$(field tunnel_access_token "$want")" \
+	-a "$(field tunnel_uri "$frame")" = "$WS/v5/iot/tunnels/$EID/device-connect" -a -n "$(field expires_in "$frame")" ]
+ETOKEN=$(field tunnel_access_token "$frame")
+peer edev "$WS/v5/iot/tunnels/$EID/device-connect" "$ETOKEN"
+await "notify: its token opens device-connect" "$MAIN_LOG" "tunnel $EID: device connected"
+kill "${PEER[edev]}"
+await "(that device goes)" "$MAIN_LOG" "tunnel $EID: device gone"
+rest POST "$API" '{"device_id":"dev-other"}' >/dev/null
+check "another device's tunnel: no event on this channel" [ "$(count "$WORK/ev1.raw" tunnel_notify)" = 1 ]
+events ev2 dev-e
+await "a second channel for the device: the newer opens" "$MAIN_LOG" 'device dev-e: events channel replaced'
+wait_for $T gone "${PEER[ev1]}"
+check "... and the older is closed 4000" has_close "$WORK/ev1.raw" "0f a0"
+out=$(rest POST "$API" '{"device_id":"dev-e"}')
+await "the newer channel gets the next notify" "$WORK/ev2.raw" "$(field tunnel_id "$out")"
+kill "${PEER[ev2]}"
+await "the channel's end is logged" "$MAIN_LOG" 'device dev-e: events channel closed$'
+check "events for a bad device id: HTTP 404" [ "$(ws_code "$WS/sandbox/devices/dev.e/events")" = 404 ]
+
+#### known and online devices ##################################################
+
+printf '["dev-on","dev-off"]\n' >"$WORK/devices.json"
+start_platform online --devices "$WORK/devices.json" --require-online --api-token-file "$WORK/api.tok" ||
+	fail "relay with --devices --require-online starts"
+OHTTP=${PLATFORM_URL/ws:/http:} OLOG=$PLATFORM_LOG
+out=$(HTTP=$OHTTP rest POST "$API" '{"device_id":"dev-x"}')
+check "--devices: a device not listed: 404 IOTDA.014000" [ "$(status "$out")" = 404 -a "$(field error_code "$out")" = IOTDA.014000 ]
+out=$(HTTP=$OHTTP rest POST "$API" '{"device_id":"dev-off"}')
+check "--require-online: an offline device: 400 IOTDA.014016" [ "$(status "$out")" = 400 \
+	-a "$(field error_code "$out")" = IOTDA.014016 -a -n "$(grep -F 'not online' <<<"$out")" ]
+out=$(HTTP=$OHTTP rest POST "$API" '{"device":"dev-on"}')
+check "a bad body still: 400 IOTDA.000006" [ "$(status "$out")" = 400 -a "$(field error_code "$out")" = IOTDA.000006 ]
+check "--devices: events for a device not listed: HTTP 404" [ "$(HTTP=$OHTTP ws_code "${PLATFORM_URL}/sandbox/devices/dev-x/events")" = 404 ]
+HTTP=$OHTTP events on1 dev-on
+await "a listed device's channel opens" "$OLOG" 'device dev-on: events channel open$'
+out=$(HTTP=$OHTTP rest POST "$API" '{"device_id":"dev-on"}')
+check "--require-online: an online device: 201" [ "$(status "$out")" = 201 ]
+await "... and it gets its notify" "$WORK/on1.raw" '"event_type":"tunnel_notify"'
+kill "${PEER[on1]}"
+await "its channel closes" "$OLOG" 'device dev-on: events channel closed$'
+check "--require-online: offline again: 400" [ "$(status "$(HTTP=$OHTTP rest POST "$API" '{"device_id":"dev-on"}')")" = 400 ]
+
+#### --no-tunnel-edition #######################################################
+
+start_platform noedition --no-tunnel-edition --api-token-file "$WORK/api.tok" || fail "--no-tunnel-edition relay starts"
+NHTTP=${PLATFORM_URL/ws:/http:}
+out=$(HTTP=$NHTTP rest POST "$API" '{"device_id":"dev-n"}')
+check "--no-tunnel-edition: create: 403 saying the edition has no tunnels" [ "$(status "$out")" = 403 \
+	-a -n "$(field error_code "$out" | grep '^IOTDA\.')" -a -n "$(grep -F 'edition' <<<"$out")" ]
+check "--no-tunnel-edition: list, show, close, delete: 403" [ "$(status "$(HTTP=$NHTTP rest GET "$API")")" = 403 \
+	-a "$(status "$(HTTP=$NHTTP rest GET "$API/t-a")")" = 403 -a "$(status "$(HTTP=$NHTTP rest PUT "$API/t-a")")" = 403 \
+	-a "$(status "$(HTTP=$NHTTP rest DELETE "$API/t-a")")" = 403 ]
+check "--no-tunnel-edition: auth still comes first (401)" [ "$(status "$(HTTP=$NHTTP rest GET "$API" '' wrong)")" = 401 ]
+kill "$PLATFORM_PID"
+
 #### live peers ################################################################
 
 LSRC=$WS/v5/iot/tunnels/t-live/source-connect LDST=$WS/v5/iot/tunnels/t-live/device-connect
@@ -245,10 +440,10 @@ fi
 #### the log and the exit ######################################################
 
 leaks=
-for s in "$API_TOKEN" "$SRC_A" "$DEV_A" "$SRC_L" "$DEV_L" "$TOKEN" "$DTOKEN" one-token; do
+for s in "$API_TOKEN" "$SRC_A" "$DEV_A" "$SRC_L" "$DEV_L" "$TOKEN" "$DTOKEN" one-token "$SK" "$STOKEN" "$ETOKEN"; do
 	grep -qF -- "$s" "$WORK"/*.log && leaks="$leaks $s"
 done
-check "no token in any relay log" [ -z "$leaks" ]
+check "no token, no SK in any relay log" [ -z "$leaks" ]
 kill "$MAIN_PID"
 wait "$MAIN_PID"
 check "SIGTERM: exit 0" [ $? = 0 ]

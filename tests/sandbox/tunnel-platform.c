@@ -5,8 +5,10 @@
  * a device agent to /v5/iot/tunnels/{id}/device-connect, each with its
  * tunnel_access_token header.  The relay passes their JSON messages across
  * byte for byte and speaks a few itself: connect_tunnel, pong, disconnect.
- * It also serves the IoTDA tunnel REST API and injects faults for tests.
- * The contract is PROTOCOL.md, sections 1-3 and 7.
+ * It also serves the IoTDA tunnel REST API (guarded by X-Auth-Token or by
+ * Huawei Cloud's AK/SK request signing), stands in for each device's MQTT
+ * connection with an events WebSocket that carries tunnel_notify, and
+ * injects faults for tests.  The contract is PROTOCOL.md, sections 1-3 and 7.
  *
  * One thread, one lws event loop.  Every delay is an lws_sul timer; signals
  * arrive through a signalfd adopted into the loop.  No message content and no
@@ -14,17 +16,20 @@
  *
  * Contents, one banner each:
  *   tunables
- *   types           struct relay, struct tunnel, struct peer
+ *   types           struct relay, struct tunnel, struct device, struct peer
  *   helpers         ids, tokens, times, files
  *   sending         per-connection queue, delay line, flow control
  *   peers           attach, replace, gone, close, drop
  *   tunnels         create, find, expire, close, free
+ *   devices         known devices, events channels (the MQTT stand-in)
  *   relaying        one whole inbound message, fault injection
- *   handshake       route and token check: 401/404, or close 1002
- *   REST            route table, handlers, replies
+ *   handshake       route table and checks: 401/403/404, or close 1002
+ *   AK/SK signing   SDK-HMAC-SHA256: canonical request, verification
+ *   REST            route table, auth, handlers, replies
  *   the lws callback
  *   signals         SIGTERM/SIGINT quit, SIGUSR1 drops every device
- *   command line    option table, tunnels file
+ *   command line    option table, tunnels and devices files
+ *   self-check      the signing guide's worked example
  *   main
  */
 #include "sandbox.h"
@@ -32,6 +37,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/signalfd.h>
@@ -40,6 +46,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
@@ -60,7 +67,14 @@
 #define MAX_MESSAGE_LIMIT	(16 * 1024 * 1024) /* --max-message at most */
 #define DELAY_MAX_MS		600000		/* --delay-ms at most */
 #define EXPIRES_MAX		(10L * 365 * 86400) /* expires_in at most */
-#define FILE_MAX		(1 << 20)	/* tunnels and token files */
+#define FILE_MAX		(1 << 20)	/* tunnels, devices and secret files */
+#define SIG_SKEW		(15 * 60)	/* X-Sdk-Date may be this far off, seconds */
+#define SIG_ARGS_MAX		32		/* query parameters a signature may cover */
+#define SIG_NAMES_MAX		16		/* headers a signature may cover */
+#define SIG_NAME_MAX		63		/* longest signed header name */
+#define CANON_MAX		(32 * 1024)	/* longest canonical request */
+#define AK_MAX			128		/* --ak at most */
+#define HEX256			(2 * SHA256_DIGEST_LENGTH + 1)	/* a SHA-256 in hex, NUL */
 
 /*** types ******************************************************************/
 
@@ -71,11 +85,17 @@ struct relay {			/* the whole program's state */
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
 	lws_dll2_owner_t tunnels;	/* struct tunnel, by creation */
+	lws_dll2_owner_t devices;	/* struct device: listed, or online */
 	/* options */
 	char host[64];			/* as given to --listen, for URLs */
 	int port;			/* the real one once listening */
 	const char *cert, *key, *tunnels_file;
-	char *api_token;		/* NULL: the REST API is off */
+	char *api_token;		/* NULL: no X-Auth-Token */
+	char *ak, *sk;			/* NULL: no AK/SK signing (the SK is a secret) */
+	const char *devices_file;	/* NULL: any device id is known */
+	int require_online;		/* POST needs the device's events channel */
+	int no_tunnel_edition;		/* the tunnel API answers 403 */
+	int self_check;
 	int auth_close;
 	size_t max_message;
 	int delay_ms;
@@ -112,6 +132,15 @@ struct tunnel {			/* one tunnel: its tokens and its two connections */
 	lws_sorted_usec_list_t delay_sul, expiry_sul;
 };
 
+/* A device is known when --devices lists it (or always, without --devices)
+ * and online while an agent holds its events channel. */
+struct device {			/* a listed device, or one with an events channel */
+	lws_dll2_t list;
+	char id[ID_MAX + 1];
+	int listed;			/* named by --devices: outlives its channel */
+	struct peer *events;		/* its events channel; NULL: offline */
+};
+
 struct rest_call {		/* one HTTP request/response on a connection */
 	int method;			/* LWSHUMETH_*, -1 unknown */
 	char path[PATH_LEN];
@@ -122,15 +151,19 @@ struct rest_call {		/* one HTTP request/response on a connection */
 };
 
 /* Whoever is at the other end of one connection: an app or a device once
- * upgraded to WebSocket, a REST caller before.  lws allocates it per wsi. */
+ * upgraded to WebSocket (on a tunnel, or a device's events channel), a REST
+ * caller before.  lws allocates it per wsi. */
 struct peer {
 	struct relay *r;
 	struct lws *wsi;
 	struct tunnel *t;		/* NULL once replaced, gone or refused */
 	struct tunnel *pending;		/* chosen at the handshake */
+	struct device *dev;		/* an open events channel's device */
+	int events;			/* upgraded on the events route ... */
+	char device_id[ID_MAX + 1];	/* ... for this device */
 	enum role role;
 	uint64_t serial;
-	int refused;			/* --auth-close: 401/404 owed as 1002 */
+	int refused;			/* --auth-close: 401/403/404 owed as 1002 */
 	int rx_off;			/* we told lws to stop reading it */
 	int close_code;			/* close with this once the queue drains */
 	const char *close_why;
@@ -143,6 +176,7 @@ struct rest_args {		/* what a REST handler gets and gives */
 	struct relay *r;
 	struct peer *p;
 	char project[ID_MAX + 1], tunnel[ID_MAX + 1];	/* from the path; any project */
+	const char *note;		/* for the log line: how it was authenticated, or not */
 	cJSON *out;
 };
 
@@ -245,6 +279,64 @@ static char *read_file(const char *path, size_t *len)	/* whole file, NUL-termina
 	buf[n] = '\0';
 	*len = n;
 	return buf;
+}
+
+/* Trailing newlines and spaces go: files made with echo end in one. */
+static char *read_secret(const char *path)	/* a file's one line, malloc'd; NULL if unreadable */
+{
+	size_t len;
+	char *s = read_file(path, &len), *dup;
+
+	if (!s)
+		return NULL;
+	while (len && (s[len - 1] == '\n' || s[len - 1] == '\r' || s[len - 1] == ' '))
+		s[--len] = '\0';
+	dup = strdup(s);
+	OPENSSL_cleanse(s, len);
+	free(s);
+	if (!dup)
+		abort();
+	return dup;
+}
+
+static void secret_free(char *s)	/* wipes, then frees, a string */
+{
+	if (s)
+		OPENSSL_cleanse(s, strlen(s));
+	free(s);
+}
+
+static void hex_encode(const unsigned char *in, size_t n, char *out)	/* lowercase hex, NUL-terminated */
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", in[i]);
+}
+
+static void sha256_hex(const void *p, size_t n, char out[HEX256])	/* hex(sha256(p)) */
+{
+	unsigned char d[SHA256_DIGEST_LENGTH];
+
+	SHA256(p, n, d);
+	hex_encode(d, sizeof d, out);
+}
+
+static char *trim(char *s)	/* without leading and trailing blanks */
+{
+	size_t n;
+
+	s += strspn(s, " \t");
+	n = strlen(s);
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+		s[--n] = '\0';
+	return s;
+}
+
+static int is_loopback(const char *addr)	/* 127.0.0.0/8, ::1 or ::ffff:127.x.y.z */
+{
+	return !strncmp(addr, "127.", 4) || !strcmp(addr, "::1") ||
+	       !strncmp(addr, "::ffff:127.", 11);
 }
 
 static void rest_call_free(struct rest_call *c)	/* forgets one request */
@@ -414,6 +506,9 @@ static void tunnel_say(struct tunnel *t, enum role to, const char *op, const cha
 
 /*** peers ******************************************************************/
 
+static void events_attach(struct peer *p);
+static void events_gone(struct peer *p);
+
 static void tunnel_unlink(struct tunnel *t, struct peer *p)	/* the tunnel forgets this connection */
 {
 	t->peer[p->role] = NULL;
@@ -509,31 +604,43 @@ static int peer_writable(struct peer *p)	/* writes one frame, or the pending clo
 	return 0;
 }
 
+static void peer_leaving(struct peer *p)	/* the peer sent a close: gone now, not at the TCP close */
+{
+	if (p->t)
+		peer_gone(p);
+	else if (p->dev)
+		events_gone(p);
+}
+
 static void peer_closed(struct peer *p)	/* lws is freeing the connection */
 {
 	if (p->t && p->r->exiting)
 		tunnel_unlink(p->t, p);
-	else if (p->t)
-		peer_gone(p);
+	else
+		peer_leaving(p);
 	sb_queue_clear(&p->q);
 	sb_rx_free(&p->rx);
 }
 
 static void ws_established(struct peer *p)	/* the upgrade is done: join, or close 1002 */
 {
-	struct relay *r = p->r;
-
 	if (p->refused) {
 		peer_close(p, 1002, "authentication failed");
 		return;
 	}
-	if (r->stalled) {	/* a dead relay answers nothing */
-		sb_log("tunnel %s: %s connected to a stalled relay", p->pending->id,
-		       role_name[p->role]);
+	if (p->r->stalled) {	/* a dead relay answers nothing */
+		if (p->events)
+			sb_log("device %s: events channel opened on a stalled relay", p->device_id);
+		else
+			sb_log("tunnel %s: %s connected to a stalled relay", p->pending->id,
+			       role_name[p->role]);
 		peer_rx(p, 0);
 		return;
 	}
-	peer_attach(p, p->pending);
+	if (p->events)
+		events_attach(p);
+	else
+		peer_attach(p, p->pending);
 }
 
 /*** tunnels ****************************************************************/
@@ -644,6 +751,75 @@ static void tunnel_free(struct tunnel *t)	/* unlists and frees a tunnel with no 
 	free(t);
 }
 
+/*** devices ****************************************************************/
+
+/* The events channel, /sandbox/devices/{device_id}/events, stands in for
+ * the device's own MQTT connection to IoTDA: the relay sends on it what IoTDA
+ * would publish on $oc/devices/{device_id}/sys/events/down.  It has no auth,
+ * so it is served to loopback peers only (see ws_check_events). */
+
+static struct device *device_find(struct relay *r, const char *id)	/* by device_id, or NULL */
+{
+	lws_dll2_t *d;
+
+	for (d = lws_dll2_get_head(&r->devices); d; d = d->next) {
+		struct device *dev = lws_container_of(d, struct device, list);
+
+		if (!strcmp(dev->id, id))
+			return dev;
+	}
+	return NULL;
+}
+
+static struct device *device_add(struct relay *r, const char *id)	/* a new entry, listed last */
+{
+	struct device *d = calloc(1, sizeof(*d));
+
+	if (!d)
+		abort();
+	snprintf(d->id, sizeof d->id, "%s", id);
+	lws_dll2_add_tail(&d->list, &r->devices);
+	return d;
+}
+
+static void device_free(struct device *d)	/* unlists and frees an entry */
+{
+	lws_dll2_remove(&d->list);
+	free(d);
+}
+
+static void events_unlink(struct peer *p)	/* the device forgets its channel; unlisted ones go */
+{
+	struct device *d = p->dev;
+
+	d->events = NULL;
+	p->dev = NULL;
+	if (!d->listed)
+		device_free(d);
+}
+
+static void events_gone(struct peer *p)	/* an open events channel ended */
+{
+	sb_log("device %s: events channel closed", p->dev->id);
+	events_unlink(p);
+}
+
+static void events_attach(struct peer *p)	/* p becomes its device's events channel */
+{
+	struct device *d = device_find(p->r, p->device_id);
+
+	if (!d)
+		d = device_add(p->r, p->device_id);
+	if (d->events) {
+		sb_log("device %s: events channel replaced by a newer one", d->id);
+		peer_close(d->events, 4000, "replaced by a newer connection");
+		d->events->dev = NULL;
+	}
+	d->events = p;
+	p->dev = d;
+	sb_log("device %s: events channel open", d->id);
+}
+
 /*** relaying ***************************************************************/
 
 static void relay_stall(struct relay *r)	/* --stall-after: stops reading everything */
@@ -746,32 +922,15 @@ static int peer_receive(struct peer *p, const void *in, size_t len)	/* one chunk
 
 /*** handshake **************************************************************/
 
-static const struct ws_route {	/* the two WebSocket routes */
-	const char *prefix, *suffix;
-	enum role role;
-} ws_routes[] = {
-	{ "/v5/iot/tunnels/", "/source-connect", ROLE_APP },
-	{ "/v5/iot/tunnels/", "/device-connect", ROLE_DEVICE },
-};
-
-static int ws_route(const char *path, char id[ID_MAX + 1], enum role *role)	/* 0 if path is a route */
-{
-	size_t i, len = strlen(path);
-
-	for (i = 0; i < LWS_ARRAY_SIZE(ws_routes); i++) {
-		const struct ws_route *w = &ws_routes[i];
-		size_t pl = strlen(w->prefix), sl = strlen(w->suffix);
-
-		if (len <= pl + sl || strncmp(path, w->prefix, pl) ||
-		    strcmp(path + len - sl, w->suffix) || !valid_id(path + pl, len - pl - sl))
-			continue;
-		memcpy(id, path + pl, len - pl - sl);
-		id[len - pl - sl] = '\0';
-		*role = w->role;
-		return 0;
-	}
-	return -1;
-}
+/* IOTDA.000nnn codes named after their HTTP status are the sandbox's own. */
+static const struct refusal {	/* an upgrade refused: status and IoTDA-style body */
+	int status;
+	const char *code, *msg;
+} refuse_token = { 401, "IOTDA.000002", "the tunnel access token is invalid or expired" },
+  refuse_tunnel = { 404, "IOTDA.014000", "the tunnel does not exist or is closed" },
+  refuse_path = { 404, "IOTDA.000404", "no such WebSocket route" },
+  refuse_device = { 404, "IOTDA.014000", "the device does not exist" },
+  refuse_remote = { 403, "IOTDA.000403", "the events channel is served to loopback peers only" };
 
 static int token_matches(char got[TOKEN_MAX + 1], int n, const char *want)	/* checks, then wipes, a header value */
 {
@@ -791,40 +950,94 @@ static int ws_token_ok(struct lws *wsi, const char *want)	/* tunnel_access_token
 	return token_matches(got, n, want);
 }
 
-static int ws_check(struct peer *p, const char *path, char id[ID_MAX + 1],
-		    const char **why)	/* 0, or 401/404 and why, for the log */
+static const struct refusal *ws_check_tunnel(struct peer *p, const char *id,
+					     const char **why)	/* a tunnel's token check */
 {
-	struct tunnel *t;
+	struct tunnel *t = tunnel_find(p->r, id);
 
-	*why = "bad WebSocket path";
-	if (ws_route(path, id, &p->role))
-		return 404;
-	t = tunnel_find(p->r, id);
 	*why = !t ? "unknown tunnel" : "closed tunnel";
 	if (!t || t->closed)
-		return 404;
+		return &refuse_tunnel;
 	*why = t->expired ? "expired token for tunnel" : "auth failed for tunnel";
 	if (t->expired || !ws_token_ok(p->wsi, t->token[p->role]))
-		return 401;
+		return &refuse_token;
 	p->pending = t;
-	return 0;
+	return NULL;
+}
+
+/* No token: the channel hands out device tokens, so only this machine may
+ * open it, and with --devices only for a listed device. */
+static const struct refusal *ws_check_events(struct peer *p, const char *id,
+					     const char **why)	/* a device's events channel */
+{
+	char addr[64];
+
+	*why = "events channel from a remote peer for device";
+	if (!lws_get_peer_simple(p->wsi, addr, sizeof addr) || !is_loopback(addr))
+		return &refuse_remote;
+	*why = "events channel for unknown device";
+	if (p->r->devices_file && !device_find(p->r, id))
+		return &refuse_device;
+	p->events = 1;
+	snprintf(p->device_id, sizeof p->device_id, "%s", id);
+	return NULL;
+}
+
+static const struct ws_route {	/* the WebSocket routes: /prefix{id}suffix */
+	const char *prefix, *suffix;
+	enum role role;
+	const struct refusal *(*check)(struct peer *p, const char *id, const char **why);
+} ws_routes[] = {
+	{ "/v5/iot/tunnels/",  "/source-connect", ROLE_APP,    ws_check_tunnel },
+	{ "/v5/iot/tunnels/",  "/device-connect", ROLE_DEVICE, ws_check_tunnel },
+	{ "/sandbox/devices/", "/events",         ROLE_DEVICE, ws_check_events },
+};
+
+static const struct ws_route *ws_route(const char *path, char id[ID_MAX + 1])	/* the route path takes, or NULL */
+{
+	size_t i, len = strlen(path);
+
+	for (i = 0; i < LWS_ARRAY_SIZE(ws_routes); i++) {
+		const struct ws_route *w = &ws_routes[i];
+		size_t pl = strlen(w->prefix), sl = strlen(w->suffix);
+
+		if (len <= pl + sl || strncmp(path, w->prefix, pl) ||
+		    strcmp(path + len - sl, w->suffix) || !valid_id(path + pl, len - pl - sl))
+			continue;
+		memcpy(id, path + pl, len - pl - sl);
+		id[len - pl - sl] = '\0';
+		return w;
+	}
+	return NULL;
+}
+
+static const struct refusal *ws_check(struct peer *p, const char *path, char id[ID_MAX + 1],
+				      const char **why)	/* NULL, or why not, for the log */
+{
+	const struct ws_route *w = ws_route(path, id);
+
+	*why = "bad WebSocket path";
+	if (!w)
+		return &refuse_path;
+	p->role = w->role;
+	return w->check(p, id, why);
 }
 
 /* lws 4.1 only drops the socket when this callback refuses, so the status
  * line, headers and body are written here by hand (DESIGN.md). */
-static int ws_refuse_http(struct lws *wsi, int status)	/* answers 401/404, then -1 */
+static int ws_refuse_http(struct lws *wsi, const struct refusal *no)	/* answers 4xx, then -1 */
 {
 	unsigned char buf[LWS_PRE + 768], *start = buf + LWS_PRE, *q = start;
 	unsigned char *end = buf + sizeof buf - 1;
-	const char *body = status == 401 ?
-		"{\"error_code\":\"IOTDA.000002\",\"error_msg\":\"the tunnel access token is invalid or expired\"}" :
-		"{\"error_code\":\"IOTDA.014000\",\"error_msg\":\"the tunnel does not exist or is closed\"}";
-	size_t blen = strlen(body);
+	char body[256];
+	int blen = snprintf(body, sizeof body, "{\"error_code\":\"%s\",\"error_msg\":\"%s\"}",
+			    no->code, no->msg);
 
-	if (lws_add_http_common_headers(wsi, status, "application/json", blen, &q, end) ||
-	    lws_finalize_http_header(wsi, &q, end) || (size_t)(end - q) < blen)
+	if (lws_add_http_common_headers(wsi, no->status, "application/json", (lws_filepos_t)blen,
+					&q, end) ||
+	    lws_finalize_http_header(wsi, &q, end) || end - q < blen)
 		return -1;
-	memcpy(q, body, blen);
+	memcpy(q, body, (size_t)blen);
 	q += blen;
 	lws_write(wsi, start, lws_ptr_diff(q, start), LWS_WRITE_HTTP_HEADERS);
 	return -1;
@@ -833,8 +1046,8 @@ static int ws_refuse_http(struct lws *wsi, int status)	/* answers 401/404, then 
 static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets an upgrade request */
 {
 	char path[PATH_LEN], id[ID_MAX + 1] = "";
+	const struct refusal *no;
 	const char *why;
-	int status;
 
 	rest_call_free(&p->call);	/* the connection may have served REST before */
 	memset(p, 0, sizeof(*p));
@@ -843,15 +1056,314 @@ static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets a
 	p->serial = ++r->serials;
 	if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) < 0)
 		path[0] = '\0';
-	status = ws_check(p, path, id, &why);
-	if (!status)
+	no = ws_check(p, path, id, &why);
+	if (!no)
 		return 0;
-	sb_log("%s%s%s (%d%s)", why, *id ? " " : "", id, status,
+	sb_log("%s%s%s (%d%s)", why, *id ? " " : "", id, no->status,
 	       r->auth_close ? ", closing 1002" : "");
 	if (!r->auth_close)
-		return ws_refuse_http(wsi, status);
-	p->refused = status;
+		return ws_refuse_http(wsi, no);
+	p->refused = no->status;
 	return 0;
+}
+
+/*** AK/SK signing **********************************************************/
+
+/* Huawei Cloud's "SDK-HMAC-SHA256" request signing, checked the way its API
+ * gateway checks it (the public API Request Signing Guide):
+ *   CanonicalRequest = METHOD \n CanonicalURI \n CanonicalQueryString \n
+ *                      CanonicalHeaders \n SignedHeaders \n hex(sha256(body))
+ *   StringToSign     = "SDK-HMAC-SHA256" \n X-Sdk-Date \n hex(sha256(CanonicalRequest))
+ *   Signature        = hex(HMAC-SHA256(SK, StringToSign))
+ * CanonicalHeaders is "name:value\n" per signed header, so an empty line
+ * follows it.  These functions see a struct sig_req, whatever it came from:
+ * lws (REST calls) or a table (--self-check).  Nothing here logs. */
+
+#define SIG_ALGORITHM	"SDK-HMAC-SHA256"
+#define IAM_ERROR	"Incorrect IAM authentication information: "
+
+struct sig_req {		/* what a signature covers, however the request arrived */
+	const char *method, *path;	/* the path URL-decoded, without the query */
+	const char *args[SIG_ARGS_MAX];	/* URL-decoded "name=value" query parameters */
+	int nargs;
+	int (*header)(void *ctx, const char *name, char *out, size_t size);	/* by lowercase name; <0 absent */
+	void *ctx;
+	const char *body;
+	size_t body_len;
+};
+
+struct sig_auth {		/* the Authorization header, taken apart */
+	char access[AK_MAX + 1], names[HEADER_MAX], signature[HEX256];
+};
+
+enum sig_result { SIG_OK, SIG_MALFORMED, SIG_NO_DATE, SIG_SKEWED, SIG_DATE_UNSIGNED,
+		  SIG_UNREADABLE, SIG_BAD_AK, SIG_MISMATCH, SIG_RESULTS };
+
+/* What the caller is told (APIGW.0301, as Huawei's gateway; a bad signature
+ * and an unknown AK read the same) and what the log says. */
+static const struct sig_error {
+	const char *msg, *why;
+} sig_errors[SIG_RESULTS] = {
+	[SIG_OK]            = { NULL, "AK/SK" },
+	[SIG_MALFORMED]     = { IAM_ERROR "the Authorization header is not " SIG_ALGORITHM
+				" Access=AK, SignedHeaders=h1;h2, Signature=HEX",
+				"malformed Authorization" },
+	[SIG_NO_DATE]       = { IAM_ERROR "X-Sdk-Date is missing or not YYYYMMDDTHHMMSSZ",
+				"no valid X-Sdk-Date" },
+	[SIG_SKEWED]        = { IAM_ERROR "X-Sdk-Date is more than 15 minutes away from the "
+				"server's time", "X-Sdk-Date more than 15 minutes off" },
+	[SIG_DATE_UNSIGNED] = { IAM_ERROR "x-sdk-date must be one of the SignedHeaders",
+				"x-sdk-date not signed" },
+	[SIG_UNREADABLE]    = { IAM_ERROR "verify aksk signature fail",
+				"a signed header is missing, or the request is too big to sign" },
+	[SIG_BAD_AK]        = { IAM_ERROR "verify aksk signature fail", "unknown AK" },
+	[SIG_MISMATCH]      = { IAM_ERROR "verify aksk signature fail", "signature mismatch" },
+};
+
+static int put(struct sb_rxbuf *b, const char *s)	/* appends a string; -1 past CANON_MAX */
+{
+	return sb_rx_append(b, s, strlen(s), CANON_MAX);
+}
+
+static int uri_put(struct sb_rxbuf *b, const char *s, size_t len)	/* RFC 3986: unreserved bytes kept, others %XX */
+{
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < len && !rc; i++) {
+		unsigned char c = (unsigned char)s[i];
+		char esc[4];
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '-' || c == '_' || c == '.' || c == '~') {
+			rc = sb_rx_append(b, s + i, 1, CANON_MAX);
+			continue;
+		}
+		snprintf(esc, sizeof esc, "%%%02X", c);
+		rc = sb_rx_append(b, esc, 3, CANON_MAX);
+	}
+	return rc;
+}
+
+static int canon_uri(struct sb_rxbuf *b, const char *path)	/* each segment encoded; ends in "/" */
+{
+	int rc = 0;
+
+	while (*path && !rc) {
+		size_t n = strcspn(path, "/");
+
+		rc = uri_put(b, path, n);
+		path += n;
+		if (*path == '/' && !rc) {
+			rc = put(b, "/");
+			path++;
+		}
+	}
+	if (!rc && (!b->len || b->p[b->len - 1] != '/'))
+		rc = put(b, "/");	/* the URI follows a "\n": never empty */
+	return rc;
+}
+
+static const char *arg_value(const char *arg)	/* what follows the first '=', or "" */
+{
+	const char *eq = strchr(arg, '=');
+
+	return eq ? eq + 1 : "";
+}
+
+static int arg_cmp(const void *a, const void *b)	/* qsort: by name, then by value, bytewise */
+{
+	const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+	size_t xn = strcspn(x, "="), yn = strcspn(y, "=");
+	int c = memcmp(x, y, xn < yn ? xn : yn);
+
+	if (c || xn != yn)
+		return c ? c : xn < yn ? -1 : 1;
+	return strcmp(arg_value(x), arg_value(y));
+}
+
+static int canon_query(struct sb_rxbuf *b, struct sig_req *q)	/* sorted name=value, encoded, joined by & */
+{
+	int i, rc = 0;
+
+	qsort(q->args, (size_t)q->nargs, sizeof *q->args, arg_cmp);
+	for (i = 0; i < q->nargs && !rc; i++) {
+		const char *a = q->args[i], *v = arg_value(a);
+
+		rc = (i && put(b, "&")) || uri_put(b, a, strcspn(a, "=")) || put(b, "=") ||
+		     uri_put(b, v, strlen(v));
+	}
+	return rc ? -1 : 0;
+}
+
+static int canon_headers(struct sb_rxbuf *b, const struct sig_req *q, const char *names)	/* name:trimmed-value\n each */
+{
+	char name[SIG_NAME_MAX + 1], value[HEADER_MAX + 1];
+
+	while (*names) {
+		size_t n = strcspn(names, ";");
+
+		memcpy(name, names, n);	/* names_valid() bounds n */
+		name[n] = '\0';
+		if (q->header(q->ctx, name, value, sizeof value) < 0 ||
+		    put(b, name) || put(b, ":") || put(b, trim(value)) || put(b, "\n"))
+			return -1;
+		names += n + (names[n] == ';');
+	}
+	return 0;
+}
+
+static int canonical_hash(struct sig_req *q, const char *names, char out[HEX256])	/* hex(sha256(CanonicalRequest)) */
+{
+	struct sb_rxbuf b = { 0 };
+	char body[HEX256];
+	int rc;
+
+	sha256_hex(q->body ? q->body : "", q->body_len, body);
+	rc = put(&b, q->method) || put(&b, "\n") || canon_uri(&b, q->path) || put(&b, "\n") ||
+	     canon_query(&b, q) || put(&b, "\n") || canon_headers(&b, q, names) ||
+	     put(&b, "\n") || put(&b, names) || put(&b, "\n") || put(&b, body);
+	if (!rc)
+		sha256_hex(b.p, b.len, out);
+	if (b.p)
+		OPENSSL_cleanse(b.p, b.cap);	/* signed headers may hold secrets */
+	sb_rx_free(&b);
+	return rc ? -1 : 0;
+}
+
+static void sig_hmac(const char *sk, const char *date, const char *hash,
+		     char out[HEX256])	/* hex(HMAC-SHA256(SK, StringToSign)) */
+{
+	char sts[sizeof SIG_ALGORITHM + 32 + HEX256];
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+
+	snprintf(sts, sizeof sts, SIG_ALGORITHM "\n%s\n%s", date, hash);
+	if (!HMAC(EVP_sha256(), sk, (int)strlen(sk), (const unsigned char *)sts, strlen(sts), mac,
+		  &n) || n != SHA256_DIGEST_LENGTH)
+		abort();
+	hex_encode(mac, n, out);
+	OPENSSL_cleanse(mac, sizeof mac);
+}
+
+static const struct auth_member {	/* the members of an SDK-HMAC-SHA256 Authorization */
+	const char *name;
+	size_t off, size;
+} auth_members[] = {
+	{ "Access=",        offsetof(struct sig_auth, access),    AK_MAX + 1 },
+	{ "SignedHeaders=", offsetof(struct sig_auth, names),     HEADER_MAX },
+	{ "Signature=",     offsetof(struct sig_auth, signature), HEX256 },
+};
+
+static int auth_member(struct sig_auth *au, const char *s, size_t n)	/* one Name=value: 0 if known, new and fits */
+{
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(auth_members); i++) {
+		const struct auth_member *m = &auth_members[i];
+		size_t nl = strlen(m->name);
+		char *dst = (char *)au + m->off;
+
+		if (n < nl || strncmp(s, m->name, nl))
+			continue;
+		if (n - nl >= m->size || dst[0])
+			return -1;
+		memcpy(dst, s + nl, n - nl);
+		dst[n - nl] = '\0';
+		return 0;
+	}
+	return -1;
+}
+
+static int auth_parse(const char *h, struct sig_auth *au)	/* 0 if SDK-HMAC-SHA256 with all three members */
+{
+	size_t al = strlen(SIG_ALGORITHM);
+
+	memset(au, 0, sizeof(*au));
+	if (strncmp(h, SIG_ALGORITHM, al) || h[al] != ' ')
+		return -1;
+	for (h += al; *h; ) {
+		size_t n;
+
+		h += strspn(h, " ,");
+		n = strcspn(h, " ,");
+		if (n && auth_member(au, h, n))
+			return -1;
+		h += n;
+	}
+	return au->access[0] && au->names[0] && au->signature[0] ? 0 : -1;
+}
+
+static int names_valid(const char *names)	/* h1;h2;...: lowercase header names, at most SIG_NAMES_MAX */
+{
+	int count = 0;
+
+	while (*names) {
+		size_t n = strspn(names, "abcdefghijklmnopqrstuvwxyz0123456789-_");
+
+		if (!n || n > SIG_NAME_MAX || (names[n] && names[n] != ';') ||
+		    ++count > SIG_NAMES_MAX)
+			return 0;
+		names += n + (names[n] == ';');
+	}
+	return count > 0;
+}
+
+static int names_have(const char *names, const char *name)	/* name is one of h1;h2;... */
+{
+	size_t len = strlen(name);
+
+	while (*names) {
+		size_t n = strcspn(names, ";");
+
+		if (n == len && !strncmp(names, name, len))
+			return 1;
+		names += n + (names[n] == ';');
+	}
+	return 0;
+}
+
+/* The round trip through strftime turns away what strptime lets by:
+ * blanks, short fields, February 30th. */
+static int sdk_date(const char *s, time_t *t)	/* YYYYMMDDTHHMMSSZ, UTC */
+{
+	struct tm tm;
+	char back[17];
+	const char *end;
+
+	memset(&tm, 0, sizeof tm);
+	end = strptime(s, "%Y%m%dT%H%M%SZ", &tm);
+	if (!end || *end)
+		return -1;
+	*t = timegm(&tm);
+	iotda_time(*t, back);
+	return strcmp(back, s) ? -1 : 0;
+}
+
+static enum sig_result sig_verify(const char *ak, const char *sk, struct sig_req *q,
+				  const char *authz, time_t now)	/* checks one signed request */
+{
+	struct sig_auth au;
+	char raw[64], *date = raw, hash[HEX256], want[HEX256];
+	time_t t;
+	int match;
+
+	if (auth_parse(authz, &au) || !names_valid(au.names))
+		return SIG_MALFORMED;
+	if (q->header(q->ctx, "x-sdk-date", raw, sizeof raw) < 0 || sdk_date(date = trim(raw), &t))
+		return SIG_NO_DATE;
+	if (t > now + SIG_SKEW || t < now - SIG_SKEW)
+		return SIG_SKEWED;
+	if (!names_have(au.names, "x-sdk-date"))
+		return SIG_DATE_UNSIGNED;
+	if (canonical_hash(q, au.names, hash))
+		return SIG_UNREADABLE;
+	sig_hmac(sk, date, hash, want);
+	match = CRYPTO_memcmp(want, au.signature, sizeof want) == 0;
+	OPENSSL_cleanse(want, sizeof want);
+	if (!token_equal(au.access, ak))
+		return SIG_BAD_AK;
+	return match ? SIG_OK : SIG_MISMATCH;
 }
 
 /*** REST *******************************************************************/
@@ -923,26 +1435,69 @@ static cJSON *tunnel_info(const struct tunnel *t)	/* an IoTDA TunnelInfo: no tok
 	return o;
 }
 
-/* Body {"device_id"}; also takes "expires_in" (seconds), a sandbox extension. */
-static int rest_create(struct rest_args *a)	/* POST /v5/iot/{project_id}/tunnels */
+/* What IoTDA would publish to the device over MQTT on
+ * $oc/devices/{device_id}/sys/events/down when the tunnel is created. */
+static cJSON *notify_event(struct rest_args *a, const struct tunnel *t)	/* t's tunnel_notify event */
 {
-	struct rest_call *c = &a->p->call;
-	cJSON *body = c->body.len ? cJSON_ParseWithLength(c->body.p, c->body.len) : NULL;
-	cJSON *dev = cJSON_GetObjectItemCaseSensitive(body, "device_id");
-	long expires_in = json_seconds(cJSON_GetObjectItemCaseSensitive(body, "expires_in"),
-				       DEFAULT_EXPIRES_IN);
-	struct tunnel *t;
-	char id[37], url[512];
+	cJSON *o = cJSON_CreateObject(), *svc = cJSON_CreateObject();
+	cJSON *paras = cJSON_CreateObject(), *list = cJSON_CreateArray();
+	char url[512];
 
-	if (!cJSON_IsString(dev) || !valid_id(dev->valuestring, strlen(dev->valuestring)) ||
-	    expires_in < 1) {
-		cJSON_Delete(body);
-		return rest_error(a, 400, "IOTDA.000006", "Invalid input data: device_id "
-				  "(1-128 of A-Z a-z 0-9 _ -) is required.");
+	tunnel_url(a, t, ROLE_DEVICE, url, sizeof url);
+	cJSON_AddStringToObject(paras, "tunnel_uri", url);
+	cJSON_AddStringToObject(paras, "tunnel_access_token", t->token[ROLE_DEVICE]);
+	cJSON_AddNumberToObject(paras, "expires_in", (double)tunnel_expires_in(t));
+	cJSON_AddStringToObject(svc, "service_id", "$tunnel_manager");
+	cJSON_AddStringToObject(svc, "event_type", "tunnel_notify");
+	add_time(svc, "event_time", time(NULL));
+	cJSON_AddItemToObject(svc, "paras", paras);
+	cJSON_AddItemToArray(list, svc);
+	cJSON_AddStringToObject(o, "object_device_id", t->device_id);
+	cJSON_AddItemToObject(o, "services", list);
+	return o;
+}
+
+static void notify_device(struct rest_args *a, const struct tunnel *t)	/* the event down the device's events channel */
+{
+	struct device *d = device_find(a->r, t->device_id);
+	cJSON *ev;
+	char *s;
+
+	if (!d || !d->events)
+		return;
+	ev = notify_event(a, t);
+	s = cJSON_PrintUnformatted(ev);
+	cJSON_Delete(ev);
+	if (!s)
+		abort();
+	peer_send(d->events, s, strlen(s));
+	secret_free(s);
+	sb_log("tunnel %s: notify sent to device %s", t->id, d->id);
+}
+
+/* IOTDA.014000 is IoTDA's code for a device that does not exist, and
+ * IOTDA.014016 the one it gives a command for an offline device; HTTP 400
+ * for a tunnel to an offline device is the sandbox's choice. */
+static int device_check(struct rest_args *a, const char *id)	/* 0, or 404 unknown, 400 offline */
+{
+	struct device *d = device_find(a->r, id);
+
+	if (a->r->devices_file && !(d && d->listed)) {
+		a->note = "unknown device";
+		return rest_error(a, 404, "IOTDA.014000", "The device does not exist.");
 	}
-	uuid4(id);
-	t = tunnel_new(a->r, id, dev->valuestring, NULL, NULL, expires_in);
-	cJSON_Delete(body);
+	if (a->r->require_online && !(d && d->events)) {
+		a->note = "device offline";
+		return rest_error(a, 400, "IOTDA.014016",
+				  "Operation not allowed. The device is not online.");
+	}
+	return 0;
+}
+
+static int created(struct rest_args *a, struct tunnel *t)	/* the 201 body, then the device's notify */
+{
+	char url[512];
+
 	tunnel_arm(t);
 	sb_log("tunnel %s: created for device %s", t->id, t->device_id);
 	tunnel_url(a, t, ROLE_APP, url, sizeof url);
@@ -951,7 +1506,33 @@ static int rest_create(struct rest_args *a)	/* POST /v5/iot/{project_id}/tunnels
 	cJSON_AddStringToObject(a->out, "tunnel_access_token", t->token[ROLE_APP]);
 	cJSON_AddNumberToObject(a->out, "expires_in", (double)tunnel_expires_in(t));
 	cJSON_AddStringToObject(a->out, "tunnel_uri", url);
+	notify_device(a, t);
 	return 201;
+}
+
+/* Body {"device_id"}; also takes "expires_in" (seconds), a sandbox extension. */
+static int rest_create(struct rest_args *a)	/* POST /v5/iot/{project_id}/tunnels */
+{
+	struct rest_call *c = &a->p->call;
+	cJSON *body = c->body.len ? cJSON_ParseWithLength(c->body.p, c->body.len) : NULL;
+	cJSON *dev = cJSON_GetObjectItemCaseSensitive(body, "device_id");
+	long expires_in = json_seconds(cJSON_GetObjectItemCaseSensitive(body, "expires_in"),
+				       DEFAULT_EXPIRES_IN);
+	char id[37];
+	int status;
+
+	if (!cJSON_IsString(dev) || !valid_id(dev->valuestring, strlen(dev->valuestring)) ||
+	    expires_in < 1)
+		status = rest_error(a, 400, "IOTDA.000006", "Invalid input data: device_id "
+				    "(1-128 of A-Z a-z 0-9 _ -) is required.");
+	else
+		status = device_check(a, dev->valuestring);
+	if (!status) {
+		uuid4(id);
+		status = created(a, tunnel_new(a->r, id, dev->valuestring, NULL, NULL, expires_in));
+	}
+	cJSON_Delete(body);
+	return status;
 }
 
 static int rest_list(struct rest_args *a)	/* GET /v5/iot/{project_id}/tunnels[?device_id=] */
@@ -1006,31 +1587,15 @@ static int rest_delete(struct rest_args *a)	/* DELETE …/tunnels/{tunnel_id}: c
 	return 204;
 }
 
-/* What IoTDA would publish to the device over MQTT on
- * $oc/devices/{device_id}/sys/events/down when the tunnel is created. */
+/* The event the device would get when the tunnel is created (its events
+ * channel gets it then, if open). */
 static int rest_notify(struct rest_args *a)	/* GET /sandbox/tunnels/{tunnel_id}/notify */
 {
 	struct tunnel *t = tunnel_find(a->r, a->tunnel);
-	cJSON *svc, *paras, *list;
-	char url[512];
 
 	if (!t || t->closed)
 		return rest_no_tunnel(a);
-	tunnel_url(a, t, ROLE_DEVICE, url, sizeof url);
-	paras = cJSON_CreateObject();
-	cJSON_AddStringToObject(paras, "tunnel_uri", url);
-	cJSON_AddStringToObject(paras, "tunnel_access_token", t->token[ROLE_DEVICE]);
-	cJSON_AddNumberToObject(paras, "expires_in", (double)tunnel_expires_in(t));
-	svc = cJSON_CreateObject();
-	cJSON_AddStringToObject(svc, "service_id", "$tunnel_manager");
-	cJSON_AddStringToObject(svc, "event_type", "tunnel_notify");
-	add_time(svc, "event_time", time(NULL));
-	cJSON_AddItemToObject(svc, "paras", paras);
-	list = cJSON_CreateArray();
-	cJSON_AddItemToArray(list, svc);
-	a->out = cJSON_CreateObject();
-	cJSON_AddStringToObject(a->out, "object_device_id", t->device_id);
-	cJSON_AddItemToObject(a->out, "services", list);
+	a->out = notify_event(a, t);
 	return 200;
 }
 
@@ -1038,13 +1603,14 @@ static const struct rest_route {	/* the REST API: method, path pattern, handler 
 	int method;
 	const char *pattern;
 	int (*handler)(struct rest_args *a);
+	int tunnel_api;			/* IoTDA's tunnel API: 403 with --no-tunnel-edition */
 } rest_routes[] = {
-	{ LWSHUMETH_POST,   "/v5/iot/{project_id}/tunnels",             rest_create },
-	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/tunnels",             rest_list },
-	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_show },
-	{ LWSHUMETH_PUT,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_close },
-	{ LWSHUMETH_DELETE, "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_delete },
-	{ LWSHUMETH_GET,    "/sandbox/tunnels/{tunnel_id}/notify",      rest_notify },
+	{ LWSHUMETH_POST,   "/v5/iot/{project_id}/tunnels",             rest_create, 1 },
+	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/tunnels",             rest_list,   1 },
+	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_show,   1 },
+	{ LWSHUMETH_PUT,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_close,  1 },
+	{ LWSHUMETH_DELETE, "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_delete, 1 },
+	{ LWSHUMETH_GET,    "/sandbox/tunnels/{tunnel_id}/notify",      rest_notify, 0 },
 };
 
 static int route_capture(const char *pat, size_t pl, const char *seg, size_t sl,
@@ -1081,10 +1647,83 @@ static int rest_token_ok(struct lws *wsi, const char *want)	/* X-Auth-Token is w
 			     want);
 }
 
+/* Headers lws knows are tokens (found by their "name:"); the rest it keeps
+ * as custom headers, under their lowercase names with the colon. */
+static int lws_header(void *ctx, const char *name, char *out, size_t size)	/* a request header; <0 absent */
+{
+	struct lws *wsi = ctx;
+	char colon[SIG_NAME_MAX + 2];
+	int i, n = snprintf(colon, sizeof colon, "%s:", name);
+
+	for (i = 0; i < WSI_TOKEN_COUNT; i++) {
+		const char *tok = (const char *)lws_token_to_string((enum lws_token_indexes)i);
+
+		if (tok && !strcmp(tok, colon))
+			return lws_hdr_total_length(wsi, (enum lws_token_indexes)i) > 0 ?
+			       lws_hdr_copy(wsi, out, (int)size, (enum lws_token_indexes)i) : -1;
+	}
+	return lws_hdr_custom_copy(wsi, out, (int)size, colon, n);
+}
+
+/* lws has URL-decoded them ('+' too) and split them at '&'; empty ones are
+ * skipped, as the gateway's URL parser skips them. */
+static int lws_args(struct lws *wsi, struct sig_req *q, char *store, size_t size)	/* the query; -1 if too many */
+{
+	size_t used = 0;
+	int i, n;
+
+	for (i = 0; (n = lws_hdr_copy_fragment(wsi, store + used, (int)(size - used),
+						 WSI_TOKEN_HTTP_URI_ARGS, i)) >= 0; i++) {
+		if (!n)
+			continue;
+		if (q->nargs == SIG_ARGS_MAX)
+			return -1;
+		q->args[q->nargs++] = store + used;
+		used += (size_t)n + 1;
+	}
+	return 0;
+}
+
+static enum sig_result rest_signature(struct rest_args *a, const char *authz)	/* checks the request's signature */
+{
+	struct rest_call *c = &a->p->call;
+	char store[HEADER_MAX + SIG_ARGS_MAX + 1];
+	struct sig_req q = { .method = method_name[c->method], .path = c->path,
+			     .header = lws_header, .ctx = a->p->wsi,
+			     .body = c->body.p, .body_len = c->body.len };
+
+	if (lws_args(a->p->wsi, &q, store, sizeof store))
+		return SIG_UNREADABLE;
+	return sig_verify(a->r->ak, a->r->sk, &q, authz, time(NULL));
+}
+
+/* A good X-Auth-Token or a good signature lets the call in.  Refusals are
+ * IoTDA's for a token, the API gateway's (APIGW.0301) for a signature. */
+static int rest_auth(struct rest_args *a)	/* 0, or the 401 to answer */
+{
+	struct relay *r = a->r;
+	char authz[HEADER_MAX + 1];
+	enum sig_result e;
+
+	if (r->api_token && rest_token_ok(a->p->wsi, r->api_token))
+		return 0;
+	if (!r->ak || lws_hdr_copy(a->p->wsi, authz, sizeof authz,
+				   WSI_TOKEN_HTTP_AUTHORIZATION) <= 0) {
+		a->note = r->api_token ? "X-Auth-Token refused" : "no Authorization";
+		return r->api_token ? rest_error(a, 401, "IOTDA.000002", "Authentication failed: "
+						 "missing or wrong X-Auth-Token.") :
+				      rest_error(a, 401, "APIGW.0301", IAM_ERROR "no "
+						 SIG_ALGORITHM " Authorization header");
+	}
+	e = rest_signature(a, authz);
+	a->note = sig_errors[e].why;
+	return e == SIG_OK ? 0 : rest_error(a, 401, "APIGW.0301", sig_errors[e].msg);
+}
+
 static int rest_route(struct rest_args *a, const struct rest_route **hit)	/* finds and runs a handler */
 {
 	const struct rest_call *c = &a->p->call;
-	int path_known = 0;
+	int path_known = 0, status;
 	size_t i;
 
 	for (i = 0; i < LWS_ARRAY_SIZE(rest_routes) && !*hit; i++)
@@ -1093,17 +1732,19 @@ static int rest_route(struct rest_args *a, const struct rest_route **hit)	/* fin
 			if (rest_routes[i].method == c->method)
 				*hit = &rest_routes[i];
 		}
-	if (!a->r->api_token)
-		return rest_error(a, 404, "IOTDA.000404",
-				  "The REST API is off: start the relay with --api-token.");
+	if (!a->r->api_token && !a->r->ak)
+		return rest_error(a, 404, "IOTDA.000404", "The REST API is off: start the "
+				  "relay with --api-token or --ak and --sk-file.");
 	if (!*hit)
 		return path_known ? rest_error(a, 405, "IOTDA.000405", "Method not allowed.") :
 				    rest_error(a, 404, "IOTDA.000404", "No such API.");
-	if (!rest_token_ok(a->p->wsi, a->r->api_token))
-		return rest_error(a, 401, "IOTDA.000002",
-				  "Authentication failed: missing or wrong X-Auth-Token.");
-	if (c->body_too_big)
+	if (c->body_too_big)	/* before auth: a signature covers the whole body */
 		return rest_error(a, 413, "IOTDA.000413", "Request body too large.");
+	if ((status = rest_auth(a)))
+		return status;
+	if ((*hit)->tunnel_api && a->r->no_tunnel_edition)	/* the code is the sandbox's */
+		return rest_error(a, 403, "IOTDA.000403", "Operation not allowed. The edition "
+				  "of this instance does not support secure tunnels.");
 	return (*hit)->handler(a);
 }
 
@@ -1139,8 +1780,9 @@ static int rest_dispatch(struct peer *p)	/* the whole request is in: answer it *
 	int status = rest_route(&a, &hit);
 	int m = p->call.method;
 
-	sb_log("rest: %s %s: %d", m >= 0 && m < (int)LWS_ARRAY_SIZE(method_name) ?
-	       method_name[m] : "?", hit ? hit->pattern : "(no route)", status);
+	sb_log("rest: %s %s: %d%s%s%s", m >= 0 && m < (int)LWS_ARRAY_SIZE(method_name) ?
+	       method_name[m] : "?", hit ? hit->pattern : "(no route)", status,
+	       a.note ? " (" : "", a.note ? a.note : "", a.note ? ")" : "");
 	sb_rx_free(&p->call.body);
 	return rest_reply(p, status, a.out);
 }
@@ -1201,9 +1843,8 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
 		return peer_receive(p, in, len);
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return peer_writable(p);
-	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:	/* gone now, not at the TCP close */
-		if (p->t)
-			peer_gone(p);
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		peer_leaving(p);
 		return 0;
 	case LWS_CALLBACK_CLOSED:
 		peer_closed(p);
@@ -1307,19 +1948,39 @@ static const char usage_text[] =
 	"                         device_token, expires_in}\n"
 	"  --api-token TOKEN      enable the REST API, guarded by X-Auth-Token\n"
 	"  --api-token-file FILE  the same, token read from FILE\n"
+	"  --ak AK --sk-file FILE enable the REST API for calls signed with this AK/SK\n"
+	"                         (SDK-HMAC-SHA256, as Huawei Cloud's API gateway);\n"
+	"                         the SK is read from FILE only, and never logged\n"
+	"  --devices FILE         JSON array of the device ids that exist; creating a\n"
+	"                         tunnel for another is 404 (default: any id exists)\n"
+	"  --require-online       creating a tunnel for an offline device is 400 (a\n"
+	"                         device is online while its events channel is open)\n"
+	"  --no-tunnel-edition    every tunnel API call is 403, as on an instance whose\n"
+	"                         edition has no secure tunnels\n"
 	"  --auth-close           refuse bad tokens with close 1002, not HTTP 401/404\n"
 	"  --max-message BYTES    largest message relayed (default 10240)\n"
 	"  --delay-ms N           delay every message sent by N ms\n"
 	"  --cut-after ROLE:N     drop ROLE's (app|device) TCP connection after\n"
 	"                         relaying N messages from it (once per tunnel)\n"
 	"  --stall-after N        after N relayed messages, read nothing more\n"
+	"  --self-check           check the AK/SK verifier against the worked example\n"
+	"                         of Huawei Cloud's API Request Signing Guide; exit\n"
 	"  --help                 this text\n"
-	"REST (with --api-token; header X-Auth-Token):\n"
+	"REST (with --api-token or --ak): a call needs a good X-Auth-Token header or a\n"
+	"good signature (Authorization: SDK-HMAC-SHA256 Access=AK, SignedHeaders=...,\n"
+	"Signature=HEX; X-Sdk-Date: YYYYMMDDTHHMMSSZ, signed, within 15 minutes).\n"
+	"An Instance-Id header is accepted, signed or not.\n"
 	"  POST /v5/iot/{project_id}/tunnels {\"device_id\"}   create: 201\n"
 	"  GET  /v5/iot/{project_id}/tunnels[?device_id=]     list\n"
 	"  GET|PUT|DELETE /v5/iot/{project_id}/tunnels/{id}  show | close | delete\n"
 	"  GET  /sandbox/tunnels/{id}/notify   the device's tunnel_notify event\n"
-	"Signals: SIGUSR1 drops every device connection; SIGTERM/SIGINT exit.\n";
+	"Device events, the stand-in for each device's MQTT connection.  It has no\n"
+	"auth, so it is served to loopback peers only:\n"
+	"  WebSocket /sandbox/devices/{device_id}/events   one per device (a newer one\n"
+	"           replaces the older: close 4000); each tunnel created for the\n"
+	"           device sends its tunnel_notify event on it as one text frame\n"
+	"Signals: SIGUSR1 drops every device's tunnel connection (not the events\n"
+	"channels); SIGTERM/SIGINT exit.\n";
 
 static int opt_listen(struct relay *r, const char *v)	/* --listen ADDR:PORT */
 {
@@ -1351,19 +2012,39 @@ static int opt_api_token(struct relay *r, const char *v)	/* --api-token TOKEN */
 
 static int opt_api_token_file(struct relay *r, const char *v)	/* --api-token-file FILE */
 {
-	size_t len;
-	char *s = read_file(v, &len);
-	int rc;
+	char *s = read_secret(v);
+	int rc = s ? opt_api_token(r, s) : -1;
 
-	if (!s)
-		return -1;
-	while (len && (s[len - 1] == '\n' || s[len - 1] == '\r' || s[len - 1] == ' '))
-		s[--len] = '\0';
-	rc = opt_api_token(r, s);
-	OPENSSL_cleanse(s, len);
-	free(s);
+	secret_free(s);
 	return rc;
 }
+
+static int opt_ak(struct relay *r, const char *v)	/* --ak AK */
+{
+	if (!valid_token(v) || strlen(v) > AK_MAX)
+		return -1;
+	free(r->ak);
+	r->ak = strdup(v);
+	return r->ak ? 0 : -1;
+}
+
+static int opt_sk_file(struct relay *r, const char *v)	/* --sk-file FILE: the SK, never argv */
+{
+	char *s = read_secret(v);
+
+	if (!s || !valid_token(s)) {
+		secret_free(s);
+		return -1;
+	}
+	secret_free(r->sk);
+	r->sk = s;
+	return 0;
+}
+
+static int opt_devices(struct relay *r, const char *v) { r->devices_file = v; return 0; }	/* --devices FILE */
+static int opt_require_online(struct relay *r, const char *v) { (void)v; r->require_online = 1; return 0; }	/* --require-online */
+static int opt_no_tunnel_edition(struct relay *r, const char *v) { (void)v; r->no_tunnel_edition = 1; return 0; }	/* --no-tunnel-edition */
+static int opt_self_check(struct relay *r, const char *v) { (void)v; r->self_check = 1; return 0; }	/* --self-check */
 
 static int opt_max_message(struct relay *r, const char *v)	/* --max-message BYTES */
 {
@@ -1419,6 +2100,12 @@ static const struct option_def {	/* the command line, one row per option */
 	{ "--tunnels",        opt_tunnels,        1 },
 	{ "--api-token",      opt_api_token,      1 },
 	{ "--api-token-file", opt_api_token_file, 1 },
+	{ "--ak",             opt_ak,             1 },
+	{ "--sk-file",        opt_sk_file,        1 },
+	{ "--devices",        opt_devices,        1 },
+	{ "--require-online", opt_require_online, 0 },
+	{ "--no-tunnel-edition", opt_no_tunnel_edition, 0 },
+	{ "--self-check",     opt_self_check,     0 },
 	{ "--auth-close",     opt_auth_close,     0 },
 	{ "--max-message",    opt_max_message,    1 },
 	{ "--delay-ms",       opt_delay_ms,       1 },
@@ -1475,6 +2162,8 @@ static void parse_args(struct relay *r, int argc, char **argv)	/* fills r, or ex
 		i += parse_option(r, argv, i);
 	if (!r->cert != !r->key)
 		usage_exit("--cert and --key go together");
+	if (!r->ak != !r->sk)
+		usage_exit("--ak and --sk-file go together");
 }
 
 static const char *json_str(const cJSON *o, const char *name)	/* a string member, or NULL */
@@ -1506,30 +2195,137 @@ static int load_tunnel(struct relay *r, const cJSON *o, int n)	/* one entry of -
 	return 0;
 }
 
-static int load_tunnels(struct relay *r)	/* --tunnels FILE: a JSON array */
+static int load_device(struct relay *r, const cJSON *o, int n)	/* one entry of --devices */
+{
+	const char *id = cJSON_IsString(o) ? o->valuestring : NULL;
+
+	if (!id || !valid_id(id, strlen(id))) {
+		sb_log("%s: entry %d: not a device id (1-128 of A-Z a-z 0-9 _ -)",
+		       r->devices_file, n);
+		return -1;
+	}
+	if (!device_find(r, id))
+		device_add(r, id)->listed = 1;
+	return 0;
+}
+
+static int load_array(struct relay *r, const char *path,
+		      int (*load)(struct relay *r, const cJSON *o, int n))	/* a JSON array file, entry by entry */
 {
 	size_t len;
 	char *text;
 	cJSON *all, *o;
 	int n = 0, rc = 0;
 
-	if (!r->tunnels_file)
+	if (!path)
 		return 0;
-	text = read_file(r->tunnels_file, &len);
+	text = read_file(path, &len);
 	all = text ? cJSON_ParseWithLength(text, len) : NULL;
 	if (text && !cJSON_IsArray(all))
-		sb_log("%s: not a JSON array", r->tunnels_file);
+		sb_log("%s: not a JSON array", path);
 	if (!cJSON_IsArray(all))
 		rc = -1;
 	else
 		cJSON_ArrayForEach(o, all)
-			if (!rc && load_tunnel(r, o, ++n))
+			if (!rc && load(r, o, ++n))
 				rc = -1;
 	if (text)
 		OPENSSL_cleanse(text, len);
 	free(text);
 	cJSON_Delete(all);
 	return rc;
+}
+
+/*** self-check *************************************************************/
+
+/* The worked example of Huawei Cloud's API Request Signing Guide: GET
+ * https://service.region.example.com/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs
+ * ?limit=2&marker=13551d6b-755d-4757-b956-536f674975c0, empty body. */
+#define EX_AK	"QTWAOYTTINDUT2QVKYUC"
+#define EX_SK	"MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc"
+#define EX_DATE	"20191115T033655Z"
+#define EX_HASH	"b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a"
+#define EX_SIG	"7be6668032f70418fcc22abc52071e57aff61b84a1d2381bb430d6870f4f6ebe"
+#define EX_AUTH	SIG_ALGORITHM " Access=" EX_AK ", SignedHeaders=content-type;host;x-sdk-date, " \
+		"Signature=" EX_SIG
+
+static const char *const ex_headers[][2] = {	/* the example's headers */
+	{ "content-type", "application/json" },
+	{ "host", "service.region.example.com" },
+	{ "x-sdk-date", EX_DATE },
+};
+
+static int ex_header(void *ctx, const char *name, char *out, size_t size)	/* one of ex_headers */
+{
+	size_t i;
+
+	(void)ctx;
+	for (i = 0; i < LWS_ARRAY_SIZE(ex_headers); i++)
+		if (!strcmp(ex_headers[i][0], name))
+			return snprintf(out, size, "%s", ex_headers[i][1]);
+	return -1;
+}
+
+static void ex_request(struct sig_req *q)	/* the example, its query out of order */
+{
+	memset(q, 0, sizeof(*q));
+	q->method = "GET";
+	q->path = "/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs";
+	q->args[q->nargs++] = "marker=13551d6b-755d-4757-b956-536f674975c0";
+	q->args[q->nargs++] = "limit=2";
+	q->header = ex_header;
+}
+
+static const struct ex_case {	/* sig_verify on the example, and what it must say */
+	const char *name, *ak, *sk, *authz;
+	long clock;			/* the relay's clock, from the example's date */
+	enum sig_result want;
+} ex_cases[] = {
+	{ "the example verifies",               EX_AK, EX_SK, EX_AUTH, 0, SIG_OK },
+	{ "14 minutes later it still does",     EX_AK, EX_SK, EX_AUTH, 14 * 60, SIG_OK },
+	{ "16 minutes later it is stale",       EX_AK, EX_SK, EX_AUTH, 16 * 60, SIG_SKEWED },
+	{ "16 minutes earlier too",             EX_AK, EX_SK, EX_AUTH, -16 * 60, SIG_SKEWED },
+	{ "another SK: mismatch",               EX_AK, EX_SK "x", EX_AUTH, 0, SIG_MISMATCH },
+	{ "another AK: refused",                "OTHERAK", EX_SK, EX_AUTH, 0, SIG_BAD_AK },
+	{ "another scheme: malformed",          EX_AK, EX_SK, "Bearer x", 0, SIG_MALFORMED },
+	{ "x-sdk-date unsigned: refused",       EX_AK, EX_SK, SIG_ALGORITHM " Access=" EX_AK
+	  ", SignedHeaders=content-type;host, Signature=" EX_SIG, 0, SIG_DATE_UNSIGNED },
+	{ "a signed header absent: refused",    EX_AK, EX_SK, SIG_ALGORITHM " Access=" EX_AK
+	  ", SignedHeaders=host;x-sdk-date;x-none, Signature=" EX_SIG, 0, SIG_UNREADABLE },
+};
+
+static int ex_check(int ok, const char *name)	/* one TAP line; returns ok */
+{
+	printf("%s - %s\n", ok ? "ok" : "not ok", name);
+	return ok;
+}
+
+static int self_check(void)	/* --self-check: exit status 0 if all agree */
+{
+	struct sig_req q;
+	char hash[HEX256] = "", sig[HEX256] = "";
+	time_t t = 0;
+	size_t i;
+	int bad = 0;
+
+	ex_request(&q);
+	bad |= !ex_check(!sdk_date(EX_DATE, &t), "X-Sdk-Date " EX_DATE " parses");
+	bad |= !ex_check(!canonical_hash(&q, "content-type;host;x-sdk-date", hash) &&
+			 !strcmp(hash, EX_HASH), "hex(sha256(CanonicalRequest)) " EX_HASH);
+	sig_hmac(EX_SK, EX_DATE, hash, sig);
+	bad |= !ex_check(!strcmp(sig, EX_SIG), "Signature " EX_SIG);
+	for (i = 0; i < LWS_ARRAY_SIZE(ex_cases); i++) {
+		const struct ex_case *c = &ex_cases[i];
+
+		ex_request(&q);
+		bad |= !ex_check(sig_verify(c->ak, c->sk, &q, c->authz, t + c->clock) == c->want,
+				 c->name);
+	}
+	bad |= !ex_check(is_loopback("127.0.0.1") && is_loopback("::1") &&
+			 is_loopback("::ffff:127.0.0.2") && !is_loopback("10.0.0.1") &&
+			 !is_loopback("::ffff:10.0.0.1"), "loopback peers told from others");
+	printf("self-check: %s\n", bad ? "FAILED" : "ok");
+	return bad;
 }
 
 /*** main *******************************************************************/
@@ -1588,9 +2384,13 @@ static void relay_stop(struct relay *r)	/* frees everything */
 		next = d->next;
 		tunnel_free(lws_container_of(d, struct tunnel, list));
 	}
-	if (r->api_token)
-		OPENSSL_cleanse(r->api_token, strlen(r->api_token));
-	free(r->api_token);
+	for (d = lws_dll2_get_head(&r->devices); d; d = next) {
+		next = d->next;
+		device_free(lws_container_of(d, struct device, list));
+	}
+	secret_free(r->api_token);
+	secret_free(r->sk);
+	free(r->ak);
 }
 
 int main(int argc, char **argv)	/* parse, listen, serve until a signal */
@@ -1606,7 +2406,14 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	parse_args(r, argc, argv);
 	signal(SIGPIPE, SIG_IGN);
 	lws_set_log_level(LLL_ERR, sb_lws_log);
-	if (relay_start(r) || load_tunnels(r)) {
+	if (r->self_check) {
+		int bad = self_check();
+
+		relay_stop(r);
+		return bad;
+	}
+	if (relay_start(r) || load_array(r, r->tunnels_file, load_tunnel) ||
+	    load_array(r, r->devices_file, load_device)) {
 		relay_stop(r);
 		return 1;
 	}
