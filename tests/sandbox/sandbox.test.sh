@@ -180,18 +180,21 @@ printf '%s:%s\n' "$USER_OK" "$PASS_OK" >"$WORK/logins"
 printf 'api-secret\n' >"$WORK/api.tok"
 
 start_platform main --tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.tok" || { fail "main relay starts"; finish; }
-R=$PLATFORM_URL MAIN_URL=$PLATFORM_URL MAIN_PID=$PLATFORM_PID MAIN_LOG=$PLATFORM_LOG
-ok "main relay listens on $R"
+R=$PLATFORM_URL MAIN_URL=$PLATFORM_URL MAIN_PID=$PLATFORM_PID
+ok "main relay starts"
 
 #### arrival order #############################################################
 
-# App first: connect_tunnel only once the device arrives.
+# App first: connect_tunnel only once the device arrives.  (The pong shows
+# the relay has dealt with the app; a connect_tunnel would have come first.)
 client ord "$(src order)" --token-file "$(tokfile ord src-order)"
 await "app first: WebSocket opens" "$WORK/ord.out" '^open$'
+say ord "$(msg ping p-alone null)"
+await "app first: pong while alone" "$WORK/ord.out" '^recv pong p-alone '
+absent "app first: no connect_tunnel before the device" "$WORK/ord.out" '^recv connect_tunnel '
 device dev-order order
 await "app first: device agent connects" "$(dlog dev-order)" ': connected$'
 await "app first: connect_tunnel when the device arrives" "$WORK/ord.out" '^recv connect_tunnel '
-in_order "app first: no connect_tunnel before the device" "$WORK/ord.out" '^open$' '^recv connect_tunnel '
 
 # Device first: connect_tunnel on the app's arrival.
 device dev-first devfirst
@@ -211,6 +214,9 @@ client bad4 "$(dst order)" --token-file "$(tokfile bad4 src-order)"
 await "source token on the device route: HTTP 401" "$WORK/bad4.out" '^http 401$'
 client bad5 "$(src expired)" --token-file "$(tokfile bad5 src-expired)"
 await "expired token: HTTP 401" "$WORK/bad5.out" '^http 401$'
+start_device dev-bad --url "$(dst order)" --token-file "$(tokfile dev-bad wrong-token)" --backend pty --login-file "$WORK/logins"
+await "bad device token: the agent is refused (HTTP 401)" "$WORK/dev-bad.log" 'refused the device \(HTTP 401\); exiting$'
+exited "bad device token: the agent gives up, no retry loop" "$DEVICE_PID"
 exited "refused client exits" "${CPID[bad1]}"
 wait "${CPID[bad1]}"
 check "refused client exit status 1" [ $? = 1 ]
@@ -400,10 +406,8 @@ check "REST: the device's tunnel_notify names the tunnel" has_fixed "$WORK/notif
 start_device dev-rest --notify "$WORK/notify.json" --backend pty --login-file "$WORK/logins"
 DPID[dev-rest]=$DEVICE_PID
 await "REST: the agent connects with the notify JSON" "$(dlog dev-rest)" ': connected$'
-case $RT_URI in
-*/source-connect) ;;
-*) RT_URI=$RT_URI/v5/iot/tunnels/$RT_ID/source-connect ;;
-esac
+check "REST: tunnel_uri is the tunnel's source-connect URL" \
+	[ "$RT_URI" = "$MAIN_URL/v5/iot/tunnels/$RT_ID/source-connect" ]
 client rest "$RT_URI" --token-file "$(tokfile rest "$RT_TOKEN")" --save k1 "$WORK/k1.bin"
 await "REST: app on tunnel_uri gets connect_tunnel" "$WORK/rest.out" '^recv connect_tunnel '
 say rest "$(login k1 "$USER_OK" "$PASS_OK")" "$(typed k1 'echo "rest-""ok"')"
@@ -478,6 +482,7 @@ client ac3 "$(src auth)" --token-file "$(tokfile ac3 src-auth)"
 await "--auth-close, good token: stays open" "$WORK/ac3.out" '^open$'
 start_device dev-ac --url "$(dst auth)" --token-file "$(tokfile dev-ac wrong-token)" --backend pty --login-file "$WORK/logins"
 await "--auth-close: agent with a bad token sees close 1002" "$WORK/dev-ac.log" ': disconnected \(close 1002\)$'
+exited "--auth-close: the agent gives up after 1002" "$DEVICE_PID"
 absent "--auth-close: client with a good token not closed" "$WORK/ac3.out" '^closed'
 
 #### TLS ########################################################################
@@ -562,5 +567,13 @@ else
 	say shapp "$(typed h1 'exit')"
 	await "ssh: exit gives disconnect 408" "$WORK/shapp.out" '^recv disconnect h1 \{"status_code":"408"'
 fi
+
+#### secrets stay out of the logs ##############################################
+
+# ($WORK/*.log: every relay's and agent's stderr)
+leaks=$(grep -laF -e "$PASS_OK" -e wrong-password -e api-secret -e src-order -e dev-order \
+	-e src-sess -e "${RT_TOKEN:-no-token}" -e 'stty size' "$WORK"/*.log)
+check "no token, password or keystroke in any relay or agent log" [ -z "$leaks" ]
+[ -z "$leaks" ] || echo "# found in: $leaks"
 
 finish

@@ -9,8 +9,8 @@
  *
  * stdin, one line at a time: a line that is not a directive is sent as one
  * text frame, byte for byte (without its newline); empty lines and lines
- * starting with `#` are skipped; directives start with `!` (see the table in
- * the "stdin" section).  Lines read before the connection is up wait in the
+ * starting with `#` are skipped; directives start with `!` (the table in
+ * "stdin and directives").  Lines read before the connection is up wait in the
  * queue.  EOF on stdin keeps the connection open until the peer closes it or
  * SIGTERM/SIGINT (which close with 1000; a second signal leaves at once).
  *
@@ -18,7 +18,7 @@
  * Exit status: 0 when the connection ended with close code 1000 (sent or
  * received) or by `!quit`, 1 otherwise (refused, error, other close code).
  *
- * Contents: includes and limits; state; command line; events (stdout);
+ * Contents: limits and usage; state; command line; events (stdout);
  * inbound messages; outbound queue; stdin and directives; signals;
  * the lws callbacks; main. */
 
