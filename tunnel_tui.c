@@ -3172,11 +3172,15 @@ static enum chrome tunnel_color(const struct tunnel *t)	/* its state at a glance
 }
 
 static void tunnel_state_text(const struct tunnel *t, char *out, size_t cap)
-{	/* "online", "retry in 4s", "online · 3 bad" */
-	char bad[32] = "";
+{	/* "online", "retry in 4s", "online · 3 bad", "online · expires 4m10s" */
+	char bad[48] = "";
+	long left = t->cfg.expires ? (long)(t->cfg.expires - time(NULL)) : LONG_MAX;
 
 	if (t->dropped)
 		snprintf(bad, sizeof(bad), " · %u bad", t->dropped);
+	if (left <= EXPIRY_WARN_S)	/* soon: stays in view, unlike an event */
+		snprintf(bad + strlen(bad), sizeof(bad) - strlen(bad), left > 0 ?
+			 " · expires %ldm%02lds" : " · token expired", left / 60, left % 60);
 	if (t->state == T_RECONNECTING)
 		snprintf(out, cap, "retry in %llds%s",
 			 (long long)((t->reconnect_at_us - now_us()) / 1000000 + 1), bad);

@@ -66,7 +66,7 @@ wait_for 10 row_has late '^  online' && ok "app before device: online when the d
 # a token that expires in 25 s: counted down, then the platform ends it
 tui_keys C-g 7
 tui_wait 'expiring │.*token [0-9]m[0-9]+s' 5 && ok "token expiry: a countdown in the status bar" || fail "expiry countdown" "$(tui_screen)"
-check "token expiry: a warning under the device before it expires" bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | grep -A2 '^ expiring' | grep -q 'token expires in'"
+check "token expiry: a warning under the device before it expires" row_has expiring 'expires [0-9]m[0-9]+s'
 tui_keys C-g n
 tui_login
 tui_run 'echo exp-$((5*5))' 'exp-25' || fail "expiring session" "$(tui_screen)"
