@@ -1,9 +1,11 @@
 #!/bin/bash
 # tests/sandbox/device.test.sh: the sandbox device agent (tunnel-device) on its
 # own terms: command line, connection lifecycle against the relay (connect,
-# refusals, reconnect, normal close, SIGTERM), one pty session end to end, and
-# the sshd fixture (tests/sandbox/sshd.sh).  The protocol in depth (sessions,
-# profiles, the ssh backend) is sandbox.test.sh's.  Run: sh tests/run.sh device
+# refusals, reconnect, normal close, SIGTERM), one pty session end to end,
+# --events (tunnels announced by tunnel_notify events on the MQTT stand-in),
+# and the sshd fixture (tests/sandbox/sshd.sh).  The protocol in depth
+# (sessions, profiles, the ssh backend) is sandbox.test.sh's.
+# Run: sh tests/run.sh device
 #
 # Every wait is on an event (a log line, an output line, a process exit).
 source "$(dirname "$0")/../lib.sh"
@@ -35,6 +37,8 @@ out=$("$DEVICE" --help 2>&1)
 check "--help exits 0" [ $? -eq 0 ]
 check "--help documents the log lines" grep -q 'session REQID: login ok' <<< "$out"
 check "--help says the pty backend refuses logins without --login-file" grep -q 'Without' <<< "$out"
+check "--help documents --events" grep -q -- '--events URL' <<< "$out"
+check "--help documents the events log lines" grep -q 'tunnel_notify for tunnel T' <<< "$out"
 
 echo 'not a notify' > "$WORK/bad.json"
 printf '%0257d' 0 > "$WORK/long.token"
@@ -70,6 +74,16 @@ bad_option "notify file of another shape" "not a tunnel_notify" --notify "$WORK/
 bad_option "notify plus --url" "drop --url" --notify "$WORK/bad.json" --url "$U"
 bad_option "unreadable login file" "cannot read the login file" --url "$U" --token t --login-file "$WORK/none"
 bad_option "unreadable CA file" "cannot read the CA file" --url "$U" --token t --cacert "$WORK/none"
+E=ws://127.0.0.1:1/sandbox/devices/d1/events
+bad_option "--events without --device-id" "--events needs --device-id" --events "$E"
+bad_option "--events with --url" "--events excludes --url" --events "$E" --device-id d1 --url "$U"
+bad_option "--events with --token" "--events excludes --token$" --events "$E" --device-id d1 --token t
+bad_option "--events with --token-file" "--events excludes --token-file" --events "$E" --device-id d1 --token-file "$WORK/long.token"
+bad_option "--events with --notify" "--events excludes --notify" --events "$E" --device-id d1 --notify "$WORK/bad.json"
+bad_option "--device-id without --events" "--device-id goes with --events" --url "$U" --token t --device-id d1
+bad_option "bad --device-id" "bad --device-id" --events "$E" --device-id "d 1"
+bad_option "--device-id over 128" "bad --device-id" --events "$E" --device-id "$(printf '%0129d' 0)"
+bad_option "http --events URL" "bad URL" --events http://127.0.0.1/sandbox/devices/d1/events --device-id d1
 
 #### against the relay #########################################################
 
@@ -175,6 +189,370 @@ if [ -r "$CERTS/ca.pem" ]; then
 else
 	fail "TLS" "no $CERTS/ca.pem: run make certs"
 fi
+
+#### --events: tunnels announced on the events channel ########################
+
+# The MQTT stand-in.  The relay serves it at /sandbox/devices/ID/events once it
+# has the route (its --help names it): then POST /v5/iot/{project}/tunnels
+# announces the tunnel there itself, and the lifecycle below runs end to end.
+# Without it, and for what a relay never sends (malformed events, stale
+# tunnels, a tunnel that never answers), a stand-in events server plays that
+# part: it sends the relay's own tunnel_notify (GET /sandbox/tunnels/ID/notify).
+# EVENTS_STANDIN=1 runs the lifecycle on the stand-in even if the relay has it.
+cat > "$WORK/standin.py" <<'PYEOF'
+# The events stand-in: serves ws[s]://127.0.0.1:PORT/sandbox/devices/ID/events,
+# one connection per device id (a newer one replaces the older: close 4000),
+# and sends what stdin says.  Usage: python3 standin.py PORT [CERT KEY]
+# stdin:  send ID TEXT | close ID CODE | drop ID (TCP cut, no close frame)
+# stdout: silent on PORT (a socket that listens and never answers)
+#         listening on ws[s]://127.0.0.1:PORT
+#         connected ID [token header] | replaced ID | closed ID CODE | gone ID
+#         sent ID | no ID
+import base64, hashlib, socket, ssl, struct, sys, threading
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+lock = threading.Lock()
+chans = {}        # device id -> its current socket
+closing = set()   # sockets we sent a close frame on
+
+
+def log(*words):
+    print(*words, flush=True)
+
+
+def frame(op, payload):  # one unmasked frame, FIN set
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | op, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | op, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | op, 127, n)
+    return head + payload
+
+
+def send_close(s, code):
+    with lock:
+        closing.add(s)
+    try:
+        s.sendall(frame(8, struct.pack("!H", code)))
+    except OSError:
+        pass
+
+
+def read_exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError
+        b += c
+    return b
+
+
+def read_frame(s):  # (opcode, unmasked payload)
+    h = read_exact(s, 2)
+    n = h[1] & 127
+    if n == 126:
+        n = struct.unpack("!H", read_exact(s, 2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", read_exact(s, 8))[0]
+    mask = read_exact(s, 4) if h[1] & 128 else b"\0\0\0\0"
+    return h[0] & 15, bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(s, n)))
+
+
+def handshake(s):  # (device id, token header sent?); (None, _) after a 404
+    req = b""
+    while b"\r\n\r\n" not in req:
+        c = s.recv(4096)
+        if not c:
+            return None, False
+        req += c
+    lines = req.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")[1].split("/")
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+    if len(parts) != 5 or parts[1:3] != ["sandbox", "devices"] or parts[4] != "events":
+        s.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        return None, False
+    acc = base64.b64encode(hashlib.sha1(hdrs["sec-websocket-key"].encode() + GUID).digest())
+    s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    return parts[3], "tunnel_access_token" in hdrs
+
+
+def pump(s, dev):  # reads until the close: answers PINGs and the close
+    while True:
+        op, data = read_frame(s)
+        if op == 9:
+            s.sendall(frame(10, data))
+        elif op == 8:
+            log("closed", dev, struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005)
+            if s not in closing:
+                s.sendall(frame(8, data[:2]))
+            return
+
+
+def serve(s, tls):
+    try:
+        s = tls.wrap_socket(s, server_side=True) if tls else s
+        dev, auth = handshake(s)
+    except Exception:  # TLS refused, HTTP garbage: drop it
+        dev = None
+    if dev is None:
+        s.close()
+        return
+    with lock:
+        old, chans[dev] = chans.get(dev), s
+    if old:
+        log("replaced", dev)
+        send_close(old, 4000)
+    log("connected", dev, "token header" if auth else "")
+    try:
+        pump(s, dev)
+    except (EOFError, OSError):
+        log("gone", dev)
+    with lock:
+        if chans.get(dev) is s:
+            del chans[dev]
+        closing.discard(s)
+    s.close()
+
+
+def accept_loop(srv, tls):
+    while True:
+        s, _ = srv.accept()
+        threading.Thread(target=serve, args=(s, tls), daemon=True).start()
+
+
+def command(line):  # one stdin line
+    verb, dev, rest = (line.rstrip("\n").split(" ", 2) + ["", ""])[:3]
+    with lock:
+        s = chans.get(dev)
+    if not s:
+        log("no", dev)
+    elif verb == "send":
+        s.sendall(frame(1, rest.encode()))
+        log("sent", dev)
+    elif verb == "close":
+        send_close(s, int(rest))
+    elif verb == "drop":
+        s.shutdown(socket.SHUT_RDWR)
+
+
+def main():
+    srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+    silent = socket.create_server(("127.0.0.1", 0))
+    tls = None
+    if len(sys.argv) > 3:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[2], sys.argv[3])
+    log("silent on", silent.getsockname()[1])
+    log("listening on %s://127.0.0.1:%d" % ("wss" if tls else "ws", srv.getsockname()[1]))
+    threading.Thread(target=accept_loop, args=(srv, tls), daemon=True).start()
+    for line in sys.stdin:
+        command(line)
+
+
+main()
+PYEOF
+
+# start_standin NAME [CERT KEY]: sets SI_FD (write commands there), SI_OUT, SI_PORT, SI_SILENT
+start_standin() {
+	local name=$1; shift
+	SI_OUT=$WORK/$name.out
+	mkfifo "$WORK/$name.in"
+	exec {SI_FD}<>"$WORK/$name.in"
+	python3 "$WORK/standin.py" 0 "$@" < "$WORK/$name.in" > "$SI_OUT" 2> "$WORK/$name.err" &
+	PIDS+=($!)
+	wait_for 10 has_line "$SI_OUT" '^listening on ' || { fail "stand-in $name starts" "$(cat "$WORK/$name.err")"; return 1; }
+	SI_PORT=$(sed -n 's/^listening on wss*:\/\/127.0.0.1://p' "$SI_OUT")
+	SI_SILENT=$(sed -n 's/^silent on //p' "$SI_OUT")
+}
+si() { echo "$*" >&"$SI_FD"; }	# si send|close|drop DEVICE [ARG]: a stand-in command
+si_url() { echo "ws://127.0.0.1:$SI_PORT/sandbox/devices/$1/events"; }
+field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }	# field NAME < flat JSON
+line_of() { grep -nE -- "$2" "$1" | tail -1 | cut -d: -f1; }	# line_of FILE REGEX: the last match's number
+# await_count NAME FILE REGEX N: ok once FILE has N lines matching REGEX
+await_count() {
+	if wait_for "$T" bash -c "[ \$(grep -cE -- '$3' '$2') -ge $4 ]"; then ok "$1"
+	else fail "$1" "want $4 /$3/ in $2:" "$(tail -5 "$2")"; fi
+}
+api() { curl -s -H "X-Auth-Token: $(cat "$WORK/api.token")" "$@"; }
+# new_tunnel DEVICE: creates one over REST (the app's side in $WORK/tunnel.json) and has
+# it announced on DEVICE's channel (by the relay itself, else the stand-in); sets TID
+new_tunnel() {
+	api -X POST -H 'Content-Type: application/json' -d "{\"device_id\":\"$1\"}" \
+		"$REST/v5/iot/p1/tunnels" > "$WORK/tunnel.json"
+	TID=$(field tunnel_id < "$WORK/tunnel.json")
+	api "$REST/sandbox/tunnels/$TID/notify" > "$WORK/$TID.event"
+	field tunnel_access_token < "$WORK/$TID.event" >> "$WORK/device.tokens"
+	[ -n "$RELAY_EVENTS" ] || si send "$1" "$(cat "$WORK/$TID.event")"
+}
+# announce DEVICE EVENT-FILE: the stand-in sends that event, re-addressed to DEVICE
+announce() { si send "$1" "$(sed "s/\"object_device_id\":\"[^\"]*\"/\"object_device_id\":\"$1\"/" "$2")"; }
+
+PLATFORM_PORT=$(free_port)
+start_platform relay-ev --api-token-file "$WORK/api.token" || finish
+REST=http://127.0.0.1:$PLATFORM_PORT
+: > "$WORK/device.tokens"
+RELAY_EVENTS=
+[ -n "${EVENTS_STANDIN:-}" ] || ! "$PLATFORM" --help 2>&1 | grep -q '/sandbox/devices' || RELAY_EVENTS=1
+HAVE_SI=
+command -v python3 > /dev/null && start_standin si && HAVE_SI=1
+if [ -n "$RELAY_EVENTS" ]; then
+	ev_url() { echo "ws://127.0.0.1:$PLATFORM_PORT/sandbox/devices/$1/events"; }
+	echo "# --events lifecycle: end to end, the relay announces tunnels"
+else
+	ev_url() { si_url "$1"; }
+	echo "# --events lifecycle: a stand-in announces (the relay has no /sandbox/devices route, or EVENTS_STANDIN)"
+fi
+
+if [ -z "$RELAY_EVENTS$HAVE_SI" ]; then
+	ok "--events lifecycle # SKIP no relay events route and no python3 for a stand-in"
+else
+	start_device e1 --device-id dev1 --events "$(ev_url dev1)" --login-file "$WORK/logins"
+	E1=$DEVICE_PID
+	await "--events: the channel comes up" "$WORK/e1.log" ': events channel connected$'
+	check "--events: no tunnel before an event" bash -c "! grep -q ': connected$' '$WORK/e1.log'"
+
+	new_tunnel dev1; T1=$TID
+	await "event 1: agent logs tunnel_notify with the tunnel id" "$WORK/e1.log" ": tunnel_notify for tunnel $T1\$"
+	await "event 1: agent connects" "$WORK/e1.log" ': connected$'
+	await "event 1: the relay has the device on that tunnel" "$PLATFORM_LOG" "tunnel $T1: device connected"
+
+	api -o /dev/null -X PUT "$REST/v5/iot/p1/tunnels/$T1"
+	await "tunnel closed: agent logs close 1000" "$WORK/e1.log" ': disconnected \(close 1000\)$'
+	await "tunnel closed: agent waits for the next event" "$WORK/e1.log" \
+		': the platform closed the tunnel \(close 1000\); waiting for the next tunnel_notify$'
+	check "tunnel closed: agent stays up" kill -0 "$E1"
+
+	new_tunnel dev1; T2=$TID
+	await "event 2: agent logs it" "$WORK/e1.log" ": tunnel_notify for tunnel $T2\$"
+	await_count "event 2: agent connects again" "$WORK/e1.log" ': connected$' 2
+	await "event 2: the relay has the device on the new tunnel" "$PLATFORM_LOG" "tunnel $T2: device connected"
+
+	# A session on T2, then event 3 while it runs: session ended, T2 closed, T3 opened.
+	field tunnel_access_token < "$WORK/tunnel.json" > "$WORK/src2.token"
+	mkfifo "$WORK/app2.in"
+	exec {APP2}<>"$WORK/app2.in"
+	"$CLIENT" --url "$(field tunnel_uri < "$WORK/tunnel.json")" --token-file "$WORK/src2.token" \
+		< "$WORK/app2.in" > "$WORK/app2.out" 2> "$WORK/app2.err" &
+	PIDS+=($!)
+	pw=$(cut -d: -f2 "$WORK/logins")
+	printf '%s\n' "{\"operation_type\":\"connect\",\"tunnel_service_type\":\"ssh\",\"request_id\":\"e1\",\"data\":{\"username\":\"tester\",\"password\":\"$pw\"}}" >&$APP2
+	await "event 2: a session runs on the tunnel" "$WORK/e1.log" ': session e1: login ok$'
+	new_tunnel dev1; T3=$TID
+	await "event 3: agent closes the current tunnel for it" "$WORK/e1.log" ": closing tunnel $T2 for the new one\$"
+	await "event 3: the session on the old tunnel ends" "$WORK/e1.log" ': session e1: ended$'
+	await_count "event 3: the old tunnel closes with 1000" "$WORK/e1.log" ': disconnected \(close 1000\)$' 2
+	await "event 3: the relay sees the device leave the old tunnel" "$PLATFORM_LOG" "tunnel $T2: device gone"
+	await "event 3: the app of the old tunnel is told (410)" "$WORK/app2.out" '^recv disconnect .*410'
+	closing=$(line_of "$WORK/e1.log" "closing tunnel $T2")
+	ended=$(line_of "$WORK/e1.log" 'session e1: ended')
+	closed=$(line_of "$WORK/e1.log" 'disconnected \(close 1000\)')
+	check "event 3: the session ends first, then the old tunnel closes" \
+		[ "${closing:-0}" -lt "${ended:-0}" -a "${ended:-0}" -lt "${closed:-0}" ]
+	await "event 3: the relay has the device on the new tunnel" "$PLATFORM_LOG" "tunnel $T3: device connected"
+	await_count "event 3: agent connected 3 times" "$WORK/e1.log" ': connected$' 3
+	check "events: the tunnel never retried on its own" bash -c "! grep -q ': reconnecting in' '$WORK/e1.log'"
+
+	# A second agent for dev1 replaces this one: close 4000 on the channel, exit 1.
+	start_device e1b --device-id dev1 --events "$(ev_url dev1)" --login-file "$WORK/logins"
+	E1B=$DEVICE_PID
+	await "replaced: the old agent logs close 4000" "$WORK/e1.log" ': events channel closed \(close 4000\)$'
+	await "replaced: ... and says why it exits" "$WORK/e1.log" \
+		': events channel: replaced by a newer agent of this device \(close 4000\); exiting$'
+	await "replaced: its tunnel closes with 1001" "$WORK/e1.log" ': disconnected \(close 1001\)$'
+	await_exit "replaced: the old agent exits 1" "$E1" 1
+	await "replaced: the new agent is on the channel" "$WORK/e1b.log" ': events channel connected$'
+	kill -TERM "$E1B"
+	await_exit "--events SIGTERM: agent exits 0" "$E1B" 0
+	check "--events SIGTERM: the channel closes with 1001" has_line "$WORK/e1b.log" ': events channel closed \(close 1001\)$'
+fi
+
+if [ -z "$HAVE_SI" ]; then
+	ok "--events against the stand-in # SKIP no python3"
+else
+	start_device e2 --device-id dev2 --events "$(si_url dev2)" --login-file "$WORK/logins"
+	E2=$DEVICE_PID
+	await "stand-in: agent on the channel" "$WORK/e2.log" ': events channel connected$'
+	await "stand-in: no token header on the events channel" "$SI_OUT" '^connected dev2 $'
+
+	# Malformed events are dropped, one line each; another device's is ignored.
+	si send dev2 'not JSON at all'
+	await_count "malformed: not JSON" "$WORK/e2.log" ': dropped a malformed event$' 1
+	si send dev2 '{"object_device_id":"dev2","services":[{"event_type":"tunnel_notify","paras":{"tunnel_uri":"ws://127.0.0.1:1/v5/iot/tunnels/x/device-connect"}}]}'
+	await_count "malformed: no token" "$WORK/e2.log" ': dropped a malformed event$' 2
+	si send dev2 '{"object_device_id":"dev2","services":[{"event_type":"tunnel_notify","paras":{"tunnel_uri":"http://127.0.0.1:1/x","tunnel_access_token":"t"}}]}'
+	await_count "malformed: not a ws:// URI" "$WORK/e2.log" ': dropped a malformed event$' 3
+	si send dev2 '{"services":[{"event_type":"tunnel_notify","paras":{"tunnel_uri":"ws://127.0.0.1:1/v5/iot/tunnels/x/device-connect","tunnel_access_token":"t"}}]}'
+	await_count "malformed: no object_device_id" "$WORK/e2.log" ': dropped a malformed event$' 4
+	si send dev2 '{"object_device_id":"dev2","services":[{"event_type":"tunnel_notify","paras":{"tunnel_uri":"ws://127.0.0.1:1/v5/iot/tunnels/x/device-connect","tunnel_access_token":"a b"}}]}'
+	await_count "malformed: a token with a space" "$WORK/e2.log" ': dropped a malformed event$' 5
+	si send dev2 '{"object_device_id":"someone-else","services":[{"event_type":"tunnel_notify","paras":{"tunnel_uri":"ws://127.0.0.1:1/v5/iot/tunnels/x/device-connect","tunnel_access_token":"t"}}]}'
+	await "another device's event: ignored" "$WORK/e2.log" ': tunnel_notify for device someone-else; ignored$'
+	check "none of them opened a tunnel" bash -c "! grep -qE 'tunnel_notify for tunnel|connection failed' '$WORK/e2.log'"
+	check "the agent is still up" kill -0 "$E2"
+
+	# A closed tunnel's event: refused (HTTP 404), and the agent waits on.
+	[ -n "${T1:-}" ] || { new_tunnel dev2; T1=$TID; api -o /dev/null -X PUT "$REST/v5/iot/p1/tunnels/$T1"; }
+	announce dev2 "$WORK/$T1.event"
+	await "stale event: refused, waiting" "$WORK/e2.log" \
+		': the platform refused the device \(HTTP 404\); waiting for the next tunnel_notify$'
+	check "stale event: agent stays up" kill -0 "$E2"
+
+	# A tunnel that never answers the upgrade, then a good event: the attempt is dropped for it.
+	si send dev2 "{\"object_device_id\":\"dev2\",\"services\":[{\"event_type\":\"tunnel_notify\",\"paras\":{\"tunnel_uri\":\"ws://127.0.0.1:$SI_SILENT/v5/iot/tunnels/silent/device-connect\",\"tunnel_access_token\":\"t\"}}]}"
+	await "silent tunnel: agent tries it" "$WORK/e2.log" ': tunnel_notify for tunnel silent$'
+	new_tunnel dev2; T4=$TID
+	[ -z "$RELAY_EVENTS" ] || announce dev2 "$WORK/$T4.event"
+	await "a newer event drops the pending attempt" "$WORK/e2.log" ': connection failed: abandoned before the upgrade$'
+	await "... and connects to the new tunnel at once" "$PLATFORM_LOG" "tunnel $T4: device connected"
+
+	# The channel goes down (TCP cut, close 1000): reconnects with backoff; the tunnel stays.
+	si drop dev2
+	await "channel cut: agent logs close 1006" "$WORK/e2.log" ': events channel closed \(close 1006\)$'
+	await "channel cut: agent schedules a reconnect" "$WORK/e2.log" ': events channel reconnecting in [0-9]+ ms$'
+	await_count "channel cut: agent is back on the channel" "$WORK/e2.log" ': events channel connected$' 2
+	si close dev2 1000
+	await "channel closed 1000: agent logs it" "$WORK/e2.log" ': events channel closed \(close 1000\)$'
+	await_count "channel closed 1000: agent reconnects all the same" "$WORK/e2.log" ': events channel connected$' 3
+	check "the tunnel stayed up meanwhile" bash -c "! grep -q ': disconnected' '$WORK/e2.log' && ! grep -q 'tunnel $T4: device gone' '$PLATFORM_LOG'"
+
+	kill -TERM "$E2"
+	await_exit "SIGTERM: the agent exits 0" "$E2" 0
+	check "SIGTERM: the tunnel closes with 1001" has_line "$WORK/e2.log" ': disconnected \(close 1001\)$'
+	await "SIGTERM: the stand-in gets close 1001" "$SI_OUT" '^closed dev2 1001$'
+
+	# Fixed mode too: a tunnel URL that never answers the upgrade is given up
+	# (lws frees it without a connection error) and retried, not waited on forever.
+	start_device f1 --url "ws://127.0.0.1:$SI_SILENT/v5/iot/tunnels/silent/device-connect" --token t
+	T=20 await "a silent platform: the attempt is given up" "$WORK/f1.log" \
+		': connection failed: abandoned before the upgrade$'	# lws: after 5 s
+	await "a silent platform: and retried" "$WORK/f1.log" ': reconnecting in [0-9]+ ms$'
+	kill "$DEVICE_PID"
+
+	# A wrong events path: refused (HTTP 404), retried all the same.
+	start_device e3 --device-id dev3 --events "ws://127.0.0.1:$SI_PORT/no/such/path"
+	E3=$DEVICE_PID
+	await "events channel refused: retried" "$WORK/e3.log" ': events channel reconnecting in [0-9]+ ms$'
+	check "events channel refused: agent stays up" kill -0 "$E3"
+	kill "$E3"
+
+	# wss://: --cacert applies to the events channel.
+	if [ -r "$CERTS/ca.pem" ]; then
+		start_standin si-tls "$CERTS/server.pem" "$CERTS/server.key"
+		start_device e4 --device-id dev4 --events "wss://localhost:$SI_PORT/sandbox/devices/dev4/events" --cacert "$CERTS/ca.pem"
+		await "wss events channel with --cacert: connected" "$WORK/e4.log" ': events channel connected$'
+		kill "$DEVICE_PID"
+		start_device e5 --device-id dev5 --events "wss://localhost:$SI_PORT/sandbox/devices/dev5/events"
+		await "wss events channel without the CA: refused and retried" "$WORK/e5.log" ': events channel reconnecting in [0-9]+ ms$'
+		check "wss events channel without the CA: never connected" bash -c "! grep -q 'events channel connected' '$WORK/e5.log'"
+		kill "$DEVICE_PID"
+	fi
+fi
+check "--events: no device token, password or keystroke in the logs" \
+	bash -c "! grep -qFf '$WORK/device.tokens' '$WORK'/e*.log && ! grep -q 'pw-' '$WORK'/e*.log"
 
 #### the sshd fixture ##########################################################
 

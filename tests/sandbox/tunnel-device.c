@@ -142,8 +142,9 @@ static const char usage_tail[] =
 	"  closing tunnel T for the new one   close 1000; its sessions end first\n"
 	"  tunnel_notify for device D; ignored   an event for another device\n"
 	"  dropped a malformed event     no tunnel_notify with URI, token and device\n"
-	"  ... (close 1000|1002|4000|HTTP 401|403|404); waiting for the next tunnel_notify\n"
-	"                                the tunnel's final ends do not end the agent\n"
+	"  dropped an oversized event    over 64 KiB\n"
+	"  ...; waiting for the next tunnel_notify   instead of \"; exiting\" after the\n"
+	"                                tunnel's close 1000|1002|4000 or HTTP 401|403|404\n"
 	"  events channel: replaced by a newer agent of this device (close 4000); exiting\n"
 	"Exit status: 0 after close 1000 or SIGTERM/SIGINT; 1 when the platform\n"
 	"refuses the device (HTTP 401/403/404, close 1002 or 4000) or on a fatal\n"
@@ -313,6 +314,24 @@ static const char *loggable(const char *s)	/* a peer's id, safe for one log line
 	if (s[i])
 		strcpy(buf + 61, "...");
 	return buf;
+}
+
+static int token_ok(const char *t)	/* 1-256 printable chars without spaces: an HTTP header's */
+{
+	size_t n = strlen(t), i;
+
+	for (i = 0; i < n; i++)
+		if (t[i] <= ' ' || t[i] > '~')
+			return 0;
+	return n >= 1 && n <= TOKEN_MAX;
+}
+
+static int id_ok(const char *id)	/* a device id: 1-128 of A-Z a-z 0-9 _ - */
+{
+	size_t n = strlen(id);
+
+	return n >= 1 && n <= ID_MAX && strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+					       "0123456789_-") == n;
 }
 
 static void wipe(char *s)	/* passwords and tokens leave no copy in memory */
@@ -1568,135 +1587,341 @@ static void message_dispatch(struct agent *a, const char *text, size_t len)	/* o
 	cJSON_Delete(m.root);
 }
 
-/*** the WebSocket ***********************************************************/
+/*** the WebSockets **********************************************************/
 
-static void tunnel_connect(lws_sorted_usec_list_t *sul)	/* one connection attempt */
+static void target_clear(struct target *t)	/* frees it, the token wiped */
 {
-	struct agent *a = lws_container_of(sul, struct agent, sul_connect);
+	wipe(t->token);
+	free(t->token);
+	free(t->url_buf);
+	memset(t, 0, sizeof(*t));
+}
+
+/* ws[s]://host[:port]/path and a token (NULL: none) into t; -1 leaves t as
+ * it was when the URL is not one. */
+static int target_set(struct target *t, const char *url, const char *token)
+{
+	struct target n = { .url_buf = strdup(url) };
+	const char *prot, *host, *path;
+
+	if (!n.url_buf)
+		abort();
+	if (lws_parse_uri(n.url_buf, &prot, &host, &n.port, &path) || !*host ||
+	    (strcmp(prot, "ws") && strcmp(prot, "wss"))) {
+		free(n.url_buf);
+		return -1;
+	}
+	n.tls = !strcmp(prot, "wss");
+	n.host = host;
+	snprintf(n.path, sizeof n.path, "/%s", path);
+	if (token && !(n.token = strdup(token)))
+		abort();
+	target_clear(t);
+	*t = n;
+	return 0;
+}
+
+static const char *target_tunnel(const struct target *t)	/* the tunnel id in its path, loggable */
+{
+	const char *p = strstr(t->path, "/tunnels/");
+	char id[ID_MAX + 1];
+
+	if (!p)
+		return loggable(NULL);
+	p += strlen("/tunnels/");
+	snprintf(id, sizeof id, "%.*s", (int)strcspn(p, "/?"), p);
+	return loggable(id);
+}
+
+static void conn_connect(lws_sorted_usec_list_t *sul)	/* one connection attempt */
+{
+	static const char cannot[] = "cannot start the connection";
+	struct conn *c = lws_container_of(sul, struct conn, sul_connect);
 	struct lws_client_connect_info i;
+	struct lws *wsi;
 	int insecure = LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK | LCCSCF_ALLOW_INSECURE;
 
+	if (!c->to.url_buf)
+		return;		/* --events: no tunnel announced (yet) */
 	memset(&i, 0, sizeof i);
-	i.context = a->ctx;
-	i.address = a->cfg.host;
-	i.port = a->cfg.port;
-	i.path = a->cfg.path;
+	i.context = c->a->ctx;
+	i.address = c->to.host;
+	i.port = c->to.port;
+	i.path = c->to.path;
 	i.host = i.address;
 	i.origin = i.address;
-	i.ssl_connection = a->cfg.tls ? LCCSCF_USE_SSL | (a->cfg.insecure ? insecure : 0) : 0;
-	i.local_protocol_name = "tunnel";	/* and no Sec-WebSocket-Protocol */
+	i.ssl_connection = c->to.tls ? LCCSCF_USE_SSL | (c->a->cfg.insecure ? insecure : 0) : 0;
+	i.local_protocol_name = c->kind->proto;	/* and no Sec-WebSocket-Protocol */
 	i.retry_and_idle_policy = &retry_policy;
-	a->link = L_CONNECTING;
-	a->close_code = 0;
-	if (!lws_client_connect_via_info(&i) && a->link == L_CONNECTING) {
-		a->link = L_IDLE;	/* failed before any callback: try again */
-		sb_log("connection failed: cannot start the connection");
-		lws_sul_schedule(a->ctx, 0, &a->sul_connect, tunnel_connect, 1000 * LWS_US_PER_MS);
+	i.opaque_user_data = c;		/* how the callbacks tell the two apart */
+	c->link = L_CONNECTING;
+	c->close_code = 0;
+	wsi = lws_client_connect_via_info(&i);
+	if (c->link != L_CONNECTING)
+		return;		/* it failed already, and said so */
+	c->wsi = wsi;
+	if (!wsi) {	/* failed before any callback: try again */
+		c->link = L_IDLE;
+		sb_log(c->kind->failed, (int)sizeof cannot - 1, cannot);
+		lws_sul_schedule(c->a->ctx, 0, &c->sul_connect, conn_connect, 1000 * LWS_US_PER_MS);
 	}
 }
 
-static void tunnel_retry(struct agent *a)	/* schedules the next attempt, with backoff */
+static void conn_retry(struct conn *c)	/* schedules the next attempt, with backoff */
 {
 	char conceal;
-	unsigned ms = lws_retry_get_delay_ms(a->ctx, &retry_policy, &a->retries, &conceal);
+	unsigned ms = lws_retry_get_delay_ms(c->a->ctx, &retry_policy, &c->retries, &conceal);
 
-	sb_log("reconnecting in %u ms", ms);
-	lws_sul_schedule(a->ctx, 0, &a->sul_connect, tunnel_connect, (lws_usec_t)ms * LWS_US_PER_MS);
+	sb_log(c->kind->retry, ms);
+	lws_sul_schedule(c->a->ctx, 0, &c->sul_connect, conn_connect, (lws_usec_t)ms * LWS_US_PER_MS);
 }
 
-static void agent_exit(struct agent *a, int status, const char *why)	/* leaves the loop */
+static void conn_schedule_now(struct conn *c)	/* connects at once, a retry pending or not */
 {
-	sb_log("%s", why);
-	a->status = status;
-	a->quit = 1;
+	lws_sul_cancel(&c->sul_connect);
+	lws_sul_schedule(c->a->ctx, 0, &c->sul_connect, conn_connect, 1);
 }
 
-static void tunnel_lost(struct agent *a)	/* every session dies with the tunnel (DESIGN.md) */
+static void agent_stop_timeout(lws_sorted_usec_list_t *sul)	/* the close handshake took too long */
 {
-	a->wsi = NULL;
-	a->link = L_IDLE;
-	sessions_kill_all(a, SIGHUP);
-	sb_queue_clear(&a->out);
-	a->paused = 0;
-	if (a->rx.p)	/* a half-received connect may hold a password */
-		explicit_bzero(a->rx.p, a->rx.cap);
-	a->rx.len = 0;
-	a->rx_skip = 0;
+	lws_container_of(sul, struct agent, sul_stop)->quit = 1;
 }
 
-static void tunnel_up(struct agent *a, struct lws *wsi)	/* CLIENT_ESTABLISHED */
+static int conn_stop(struct conn *c)	/* no more attempts; an open one closes 1001: 1 then */
 {
-	a->wsi = wsi;
-	a->link = L_OPEN;
-	a->retries = 0;
-	sb_log("connected");
+	lws_sul_cancel(&c->sul_connect);
+	if (c->link != L_OPEN && c->link != L_SWITCHING)
+		return 0;	/* one connecting is dropped with the context */
+	c->link = L_STOPPING;
+	lws_callback_on_writable(c->wsi);
+	return 1;
 }
 
-static void tunnel_closed(struct agent *a)	/* CLIENT_CLOSED: retry unless told not to */
+static void agent_check_stopped(struct agent *a)	/* leaves once no close handshake is pending */
 {
-	int code = a->close_code ? a->close_code : 1006, stopping = a->link == L_STOPPING;
-	size_t i;
+	if (a->tun.link != L_STOPPING && a->ev.link != L_STOPPING)
+		a->quit = 1;
+}
 
-	if (a->link == L_IDLE || a->quit)
-		return;
-	tunnel_lost(a);
-	sb_log("disconnected (close %d)", code);
-	if (stopping) {
+static void agent_wind_down(struct agent *a)	/* shells killed, WebSockets closed 1001, then quit */
+{
+	int busy;
+
+	a->stopping = 1;
+	sessions_kill_all(a, SIGKILL);
+	busy = conn_stop(&a->tun);
+	busy |= conn_stop(&a->ev);
+	if (!busy) {
 		a->quit = 1;
 		return;
 	}
-	for (i = 0; i < LWS_ARRAY_SIZE(final_closes); i++)
-		if (final_closes[i].code == code) {
-			agent_exit(a, final_closes[i].status, final_closes[i].why);
-			return;
-		}
-	tunnel_retry(a);
+	lws_sul_schedule(a->ctx, 0, &a->sul_stop, agent_stop_timeout, STOP_GRACE_MS * LWS_US_PER_MS);
 }
 
-static void tunnel_failed(struct agent *a, struct lws *wsi, const char *in, size_t len)
-{	/* CLIENT_CONNECTION_ERROR: an HTTP refusal is final, the rest is retried */
-	unsigned status = wsi ? lws_http_client_http_response(wsi) : 0;
-	char why[80];
+static void agent_leave(struct agent *a, int status, const char *why)	/* "WHY; exiting", then wind down */
+{
+	sb_log("%s; exiting", why);
+	a->status = status;
+	agent_wind_down(a);
+}
 
-	if (a->link == L_IDLE || a->quit)
+static void conn_down(struct conn *c)	/* it ended: forget the wsi and half a message */
+{
+	c->wsi = NULL;
+	c->link = L_IDLE;
+	if (c->rx.p)	/* a half-received connect may hold a password */
+		explicit_bzero(c->rx.p, c->rx.cap);
+	c->rx.len = 0;
+	c->rx_skip = 0;
+	c->kind->lost(c->a);
+}
+
+static void conn_up(struct conn *c, struct lws *wsi)	/* CLIENT_ESTABLISHED */
+{
+	c->wsi = wsi;
+	c->link = L_OPEN;
+	c->retries = 0;
+	sb_log("%s", c->kind->up);
+}
+
+static void conn_take_next(struct conn *c)	/* the announced target replaces the current one */
+{
+	target_clear(&c->to);
+	c->to = c->next;
+	memset(&c->next, 0, sizeof c->next);
+	c->retries = 0;
+	conn_schedule_now(c);
+}
+
+static const struct final_end *final_find(const struct conn_kind *k, int code, unsigned http)
+{	/* a closed one has code, a refused one http: the end if it is final */
+	size_t i;
+
+	for (i = 0; i < k->nfinals; i++)
+		if (k->finals[i].close == code && k->finals[i].http == http)
+			return &k->finals[i];
+	return NULL;
+}
+
+static void conn_ended(struct conn *c, int code, unsigned http)	/* after its log line: what next */
+{
+	struct agent *a = c->a;
+	const struct final_end *f = final_find(c->kind, code, http);
+
+	if (a->stopping)
+		agent_check_stopped(a);
+	else if (c->next.url_buf)
+		conn_take_next(c);
+	else if (f)
+		c->kind->final(a, f);
+	else
+		conn_retry(c);
+}
+
+static void conn_closed(struct conn *c)	/* CLIENT_CLOSED */
+{
+	int code = c->close_code ? c->close_code : 1006;
+
+	if (c->link == L_IDLE || c->a->quit)
 		return;
-	tunnel_lost(a);
-	sb_log("connection failed: %.*s", in ? (int)len : 13, in ? in : "unknown error");
-	if (in && strstr(in, "unauthorized") && !status)
-		status = 401;
-	if (status == 401 || status == 403 || status == 404) {
-		snprintf(why, sizeof why, "the platform refused the device (HTTP %u); exiting", status);
-		agent_exit(a, 1, why);
-	} else
-		tunnel_retry(a);
+	conn_down(c);
+	sb_log(c->kind->closed, code);
+	conn_ended(c, code, 0);
 }
 
-static void tunnel_receive(struct agent *a, struct lws *wsi, const void *in, size_t len)
-{	/* reassembles fragments, dispatches whole messages */
-	if (!a->rx_skip && sb_rx_append(&a->rx, in, len, RX_MAX) < 0) {
-		a->rx_skip = 1;
-		sb_log("dropped an oversized message");
+static void conn_failed(struct conn *c, struct lws *wsi, const char *in, size_t len)
+{	/* CLIENT_CONNECTION_ERROR: an HTTP refusal may be final, the rest is retried */
+	unsigned status = wsi ? lws_http_client_http_response(wsi) : 0;
+
+	if (c->link == L_IDLE || c->a->quit)
+		return;
+	conn_down(c);
+	sb_log(c->kind->failed, in ? (int)len : 13, in ? in : "unknown error");
+	if (in && memmem(in, len, "unauthorized", 12) && !status)
+		status = 401;
+	conn_ended(c, 0, status);
+}
+
+/* lws 4.1 frees a wsi killed before the upgrade (switch_connecting) without
+ * a CONNECTION_ERROR: its destruction is then the failure.  After an error
+ * or a close, c->wsi is NULL already and this does nothing. */
+static void conn_destroyed(struct conn *c, struct lws *wsi)	/* WSI_DESTROY */
+{
+	static const char gone[] = "abandoned before the upgrade";
+
+	if (c->wsi == wsi)
+		conn_failed(c, NULL, gone, sizeof gone - 1);
+}
+
+static void conn_receive(struct conn *c, struct lws *wsi, const void *in, size_t len)
+{	/* reassembles fragments, hands whole messages on while it is open */
+	if (!c->rx_skip && sb_rx_append(&c->rx, in, len, c->kind->rx_max) < 0) {
+		c->rx_skip = 1;
+		sb_log("%s", c->kind->oversized);
 	}
 	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
 		return;
-	if (!a->rx_skip)
-		message_dispatch(a, a->rx.p ? a->rx.p : "", a->rx.len);
-	if (a->rx.p)	/* a connect carries a password */
-		explicit_bzero(a->rx.p, a->rx.len);
-	a->rx.len = 0;
-	a->rx_skip = 0;
+	if (!c->rx_skip && c->link == L_OPEN)
+		c->kind->message(c->a, c->rx.p ? c->rx.p : "", c->rx.len);
+	if (c->rx.p)	/* a connect carries a password, an event a token */
+		explicit_bzero(c->rx.p, c->rx.len);
+	c->rx.len = 0;
+	c->rx_skip = 0;
+}
+
+/* How we close on purpose, by link state; code 0: not closing. */
+static const struct farewell {
+	int code;
+	const char *reason;
+} farewells[L_STATES] = {
+	[L_SWITCHING] = { LWS_CLOSE_STATUS_NORMAL, "a newer tunnel replaces this one" },
+	[L_STOPPING] = { LWS_CLOSE_STATUS_GOINGAWAY, "device agent stopping" },
+};
+
+static int conn_farewell(struct conn *c, struct lws *wsi)	/* WRITEABLE: 1 when closing (return -1) */
+{
+	const struct farewell *f = &farewells[c->link];
+
+	if (!f->code)
+		return 0;
+	c->close_code = f->code;	/* for the "disconnected" line */
+	lws_close_reason(wsi, (enum lws_close_status)f->code, (unsigned char *)f->reason, strlen(f->reason));
+	return 1;
+}
+
+static int conn_add_token(struct conn *c, struct lws *wsi, void *in, size_t len)	/* the auth header */
+{
+	unsigned char **p = in, *end = *p + len;
+	const char *t = c->to.token;
+
+	if (!t)
+		return 0;	/* the events channel: none */
+	return lws_add_http_header_by_name(wsi, (const unsigned char *)"tunnel_access_token:",
+					   (const unsigned char *)t, (int)strlen(t), p, end) ? -1 : 0;
+}
+
+static int close_code_of(const unsigned char *in, size_t len)	/* a close frame's status */
+{
+	return len >= 2 ? in[0] << 8 | in[1] : 0;
+}
+
+static struct conn *conn_of(struct agent *a, struct lws *wsi)	/* which of ours wsi is, or NULL */
+{
+	struct conn *c = lws_get_opaque_user_data(wsi);
+
+	return a && (c == &a->tun || c == &a->ev) ? c : NULL;
+}
+
+static int conn_event(struct lws *wsi, enum lws_callback_reasons reason, void *in, size_t len)
+{	/* both WebSockets' client callbacks */
+	struct conn *c = conn_of(lws_context_user(lws_get_context(wsi)), wsi);
+
+	if (!c)
+		return 0;
+	switch (reason) {
+	case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+		return conn_add_token(c, wsi, in, len);
+	case LWS_CALLBACK_CLIENT_ESTABLISHED:
+		conn_up(c, wsi);
+		break;
+	case LWS_CALLBACK_CLIENT_RECEIVE:
+		conn_receive(c, wsi, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_WRITEABLE:
+		return c->kind->writeable(c->a, wsi);
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		c->close_code = close_code_of(in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+		conn_failed(c, wsi, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_CLOSED:
+		conn_closed(c);
+		break;
+	case LWS_CALLBACK_WSI_DESTROY:
+		conn_destroyed(c, wsi);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/*** the tunnel **************************************************************/
+
+static void tunnel_lost(struct agent *a)	/* every session dies with the tunnel (DESIGN.md) */
+{
+	sessions_kill_all(a, SIGHUP);
+	sb_queue_clear(&a->out);
+	a->paused = 0;
 }
 
 static int tunnel_writeable(struct agent *a, struct lws *wsi)	/* one frame per callback */
 {
-	static const char bye[] = "device agent stopping";
 	int more;
 
-	if (a->link == L_STOPPING) {
-		a->close_code = LWS_CLOSE_STATUS_GOINGAWAY;	/* for the "disconnected" line */
-		lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)bye, sizeof bye - 1);
+	if (conn_farewell(&a->tun, wsi))
 		return -1;
-	}
 	more = sb_queue_write(&a->out, wsi);
 	if (more < 0)
 		return -1;
@@ -1707,53 +1932,197 @@ static int tunnel_writeable(struct agent *a, struct lws *wsi)	/* one frame per c
 	return 0;
 }
 
-static int tunnel_add_token(struct agent *a, struct lws *wsi, void *in, size_t len)	/* the auth header */
+static void final_leave(struct agent *a, const struct final_end *f)	/* a final end: exit */
 {
-	unsigned char **p = in, *end = *p + len;
-	const char *t = a->cfg.token;
-
-	return lws_add_http_header_by_name(wsi, (const unsigned char *)"tunnel_access_token:",
-					   (const unsigned char *)t, (int)strlen(t), p, end) ? -1 : 0;
+	agent_leave(a, f->status, f->why);
 }
 
-static int close_code_of(const unsigned char *in, size_t len)	/* a close frame's status */
+static void tunnel_final(struct agent *a, const struct final_end *f)	/* exit; with --events, wait */
 {
-	return len >= 2 ? in[0] << 8 | in[1] : 0;
+	if (!a->cfg.events) {
+		final_leave(a, f);
+		return;
+	}
+	sb_log("%s; waiting for the next tunnel_notify", f->why);
+	target_clear(&a->tun.to);	/* its token is of no more use */
 }
+
+static const struct conn_kind tunnel_kind = {
+	.proto = "tunnel",
+	.up = "connected",
+	.closed = "disconnected (close %d)",
+	.failed = "connection failed: %.*s",
+	.retry = "reconnecting in %u ms",
+	.oversized = "dropped an oversized message",
+	.finals = tunnel_finals,
+	.nfinals = LWS_ARRAY_SIZE(tunnel_finals),
+	.rx_max = RX_MAX,
+	.message = message_dispatch,
+	.writeable = tunnel_writeable,
+	.lost = tunnel_lost,
+	.final = tunnel_final,
+};
 
 static int cb_tunnel(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
-{	/* the WebSocket to the platform */
+{	/* the tunnel; also where a finished ssh login wakes the loop */
 	struct agent *a = lws_context_user(lws_get_context(wsi));
 
 	(void)user;
-	switch (reason) {
-	case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
-		return tunnel_add_token(a, wsi, in, len);
-	case LWS_CALLBACK_CLIENT_ESTABLISHED:
-		tunnel_up(a, wsi);
-		break;
-	case LWS_CALLBACK_CLIENT_RECEIVE:
-		tunnel_receive(a, wsi, in, len);
-		break;
-	case LWS_CALLBACK_CLIENT_WRITEABLE:
-		return tunnel_writeable(a, wsi);
-	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-		a->close_code = close_code_of(in, len);
-		break;
-	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
-		tunnel_failed(a, wsi, in, len);
-		break;
-	case LWS_CALLBACK_CLIENT_CLOSED:
-		tunnel_closed(a);
-		break;
-	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:	/* a login worker finished */
-		if (a && a->be->collect)
-			a->be->collect(a);
-		break;
-	default:
-		break;
+	if (reason == LWS_CALLBACK_EVENT_WAIT_CANCELLED && a && a->be->collect)
+		a->be->collect(a);
+	return conn_event(wsi, reason, in, len);
+}
+
+/*** the events channel ******************************************************/
+
+/* IoTDA publishes tunnel_notify to the device over MQTT; here it is a text
+ * frame on a WebSocket, or a file (--notify).  Members (PROTOCOL.md §8):
+ * object_device_id, services[] {event_type "tunnel_notify", paras
+ * {tunnel_uri (tunnel_url accepted too), tunnel_access_token}}. */
+struct notify {				/* one parsed event; strings owned */
+	char *device, *url, *token;
+};
+
+static void notify_free(struct notify *n)	/* the token wiped */
+{
+	wipe(n->token);
+	free(n->token);
+	free(n->url);
+	free(n->device);
+	memset(n, 0, sizeof(*n));
+}
+
+static const cJSON *notify_paras(const cJSON *root)	/* the paras of its tunnel_notify service */
+{
+	const cJSON *svc;
+
+	cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(root, "services")) {
+		const char *ev = str_member(svc, "event_type");
+
+		if (ev && !strcmp(ev, "tunnel_notify"))
+			return cJSON_GetObjectItemCaseSensitive(svc, "paras");
 	}
-	return 0;
+	return NULL;
+}
+
+static char *dup_or_null(const char *s)	/* strdup that passes NULL through */
+{
+	char *d = s ? strdup(s) : NULL;
+
+	if (s && !d)
+		abort();
+	return d;
+}
+
+static int notify_parse(const char *text, size_t len, struct notify *n)	/* 0, or -1: no URI and token */
+{
+	cJSON *root = cJSON_ParseWithLength(text, len);
+	const cJSON *paras = notify_paras(root);
+	char *url = str_member(paras, "tunnel_uri"), *tok = str_member(paras, "tunnel_access_token");
+
+	if (!url)
+		url = str_member(paras, "tunnel_url");
+	if (url && tok) {
+		n->url = dup_or_null(url);
+		n->token = dup_or_null(tok);
+		n->device = dup_or_null(str_member(root, "object_device_id"));
+	}
+	wipe(tok);
+	cJSON_Delete(root);
+	return n->url ? 0 : -1;
+}
+
+/* An announced tunnel replaces the current one; how, by the link's state.
+ * Each path ends in conn_take_next() once the old connection is down. */
+
+static void switch_idle(struct agent *a)	/* nothing up (a retry may be pending): go */
+{
+	conn_take_next(&a->tun);
+}
+
+static void switch_connecting(struct agent *a)	/* abandon the attempt: its error takes the next */
+{
+	if (a->tun.wsi)
+		lws_set_timeout(a->tun.wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+static void switch_open(struct agent *a)	/* sessions end first, then close 1000 */
+{
+	sb_log("closing tunnel %s for the new one", target_tunnel(&a->tun.to));
+	sessions_kill_all(a, SIGHUP);
+	a->tun.link = L_SWITCHING;
+	lws_callback_on_writable(a->tun.wsi);
+}
+
+static void switch_pending(struct agent *a)	/* already closing: the newest target wins */
+{
+	(void)a;
+}
+
+static void (*const switchers[L_STATES])(struct agent *a) = {
+	[L_IDLE] = switch_idle,
+	[L_CONNECTING] = switch_connecting,
+	[L_OPEN] = switch_open,
+	[L_SWITCHING] = switch_pending,
+	[L_STOPPING] = switch_pending,
+};
+
+static void tunnel_announced(struct agent *a, struct target *t)	/* takes t: the tunnel goes there */
+{
+	sb_log("tunnel_notify for tunnel %s", target_tunnel(t));
+	target_clear(&a->tun.next);
+	a->tun.next = *t;
+	memset(t, 0, sizeof(*t));
+	switchers[a->tun.link](a);
+}
+
+static void events_message(struct agent *a, const char *text, size_t len)	/* one event */
+{
+	struct notify n = { 0 };
+	struct target t = { 0 };
+	int bad = notify_parse(text, len, &n) || !n.device || !token_ok(n.token) ||
+		  target_set(&t, n.url, n.token);
+
+	if (bad)
+		sb_log("dropped a malformed event");
+	else if (strcmp(n.device, a->cfg.device_id))
+		sb_log("tunnel_notify for device %s; ignored", loggable(n.device));
+	else
+		tunnel_announced(a, &t);
+	target_clear(&t);
+	notify_free(&n);
+}
+
+static int events_writeable(struct agent *a, struct lws *wsi)	/* only ever to close it */
+{
+	return conn_farewell(&a->ev, wsi) ? -1 : 0;
+}
+
+static void events_lost(struct agent *a)	/* the tunnel does not depend on it */
+{
+	(void)a;
+}
+
+static const struct conn_kind events_kind = {
+	.proto = "events",
+	.up = "events channel connected",
+	.closed = "events channel closed (close %d)",
+	.failed = "events channel connection failed: %.*s",
+	.retry = "events channel reconnecting in %u ms",
+	.oversized = "dropped an oversized event",
+	.finals = events_finals,
+	.nfinals = LWS_ARRAY_SIZE(events_finals),
+	.rx_max = EVENT_MAX,
+	.message = events_message,
+	.writeable = events_writeable,
+	.lost = events_lost,
+	.final = final_leave,
+};
+
+static int cb_events(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{	/* the events channel */
+	(void)user;
+	return conn_event(wsi, reason, in, len);
 }
 
 static int cb_session(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -1781,27 +2150,14 @@ static int cb_session(struct lws *wsi, enum lws_callback_reasons reason, void *u
 
 /*** signals and children ****************************************************/
 
-static void agent_stop_timeout(lws_sorted_usec_list_t *sul)	/* the close handshake took too long */
-{
-	lws_container_of(sul, struct agent, sul_stop)->quit = 1;
-}
-
 static void agent_stop(struct agent *a, int signo)	/* SIGTERM/SIGINT/SIGHUP: close 1001, leave */
 {
-	if (a->link == L_STOPPING) {	/* a second signal: leave now */
+	if (a->stopping) {	/* a second signal: leave now */
 		a->quit = 1;
 		return;
 	}
 	sb_log("stopping on signal %d", signo);
-	sessions_kill_all(a, SIGKILL);
-	lws_sul_cancel(&a->sul_connect);
-	if (a->link != L_OPEN) {
-		a->quit = 1;
-		return;
-	}
-	a->link = L_STOPPING;
-	lws_callback_on_writable(a->wsi);
-	lws_sul_schedule(a->ctx, 0, &a->sul_stop, agent_stop_timeout, STOP_GRACE_MS * LWS_US_PER_MS);
+	agent_wind_down(a);
 }
 
 static void children_reap(struct agent *a)	/* SIGCHLD: no zombies, and notice a shell's exit */
@@ -1851,6 +2207,7 @@ static int cb_signals(struct lws *wsi, enum lws_callback_reasons reason, void *u
 
 static const struct lws_protocols protocols[] = {
 	{ "tunnel", cb_tunnel, 0, 0, 0, NULL, 0 },	/* first: gets the connection errors */
+	{ "events", cb_events, 0, 0, 0, NULL, 0 },
 	{ "session", cb_session, 0, 0, 0, NULL, 0 },
 	{ "signals", cb_signals, 0, 0, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 },
@@ -1869,6 +2226,13 @@ static const struct option_spec {
 	{ "token-file", "FILE", "read the token from FILE", offsetof(struct config, token_file) },
 	{ "notify", "FILE", "a tunnel_notify event (IoTDA $tunnel_manager JSON): URL and token",
 	  offsetof(struct config, notify) },
+	{ "device-id", "ID", "this device (1-128 of A-Z a-z 0-9 _ -), for --events",
+	  offsetof(struct config, device_id) },
+	{ "events", "URL", "ws[s]://HOST:PORT/sandbox/devices/ID/events, the MQTT\n"
+	  "                        stand-in (no token): its tunnel_notify events say\n"
+	  "                        which tunnel to open.  Needs --device-id; not with\n"
+	  "                        --url, --token, --token-file, --notify",
+	  offsetof(struct config, events) },
 	{ "backend", "pty|ssh", "where shells run (default pty)", offsetof(struct config, backend) },
 	{ "ssh", "HOST:PORT", "the sshd of --backend ssh (default 127.0.0.1:22)", offsetof(struct config, ssh) },
 	{ "known-hosts", "FILE", "trust-on-first-use host keys (default\n"
@@ -1915,6 +2279,11 @@ static const struct option_spec *option_find(const char *name, size_t n)	/* by n
 	return NULL;
 }
 
+static const char **option_slot(struct config *c, const struct option_spec *o)	/* where its value goes */
+{
+	return (const char **)(void *)((char *)c + o->off);
+}
+
 static void options_parse(struct config *c, int argc, char **argv)	/* --name VALUE, --name=VALUE */
 {
 	const struct option_spec *o;
@@ -1937,7 +2306,7 @@ static void options_parse(struct config *c, int argc, char **argv)	/* --name VAL
 		val = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
 		if (!val)
 			bad_usage("%s needs a value", argv[i]);
-		*(const char **)((char *)c + o->off) = val;
+		*option_slot(c, o) = val;
 	}
 }
 
@@ -1971,71 +2340,59 @@ static char *token_from_file(const char *path)	/* the first line, trailing blank
 	return t;
 }
 
-/* Reads a tunnel_notify event: services[] with event_type "tunnel_notify",
- * paras.tunnel_uri (the documented name; tunnel_url accepted too). */
-static void notify_read(struct config *c, const char *path)
+static void notify_read(const char *path, struct notify *n)	/* --notify FILE */
 {
-	char *text = file_read(path, 65536), *url = NULL, *tok = NULL;
-	cJSON *root = text ? cJSON_Parse(text) : NULL, *svc;
+	char *text = file_read(path, EVENT_MAX);
+	int bad = !text || notify_parse(text, strlen(text), n);
 
-	cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(root, "services")) {
-		const cJSON *paras = cJSON_GetObjectItemCaseSensitive(svc, "paras");
-		const char *ev = str_member(svc, "event_type");
-
-		if (!ev || strcmp(ev, "tunnel_notify"))
-			continue;
-		url = str_member(paras, "tunnel_uri") ? str_member(paras, "tunnel_uri") : str_member(paras, "tunnel_url");
-		tok = str_member(paras, "tunnel_access_token");
-		break;
-	}
-	if (url && tok) {
-		c->url_buf = strdup(url);
-		c->token = strdup(tok);
-		wipe(tok);
-	}
-	cJSON_Delete(root);
 	if (text)
 		explicit_bzero(text, strlen(text));
 	free(text);
-	if (!c->url_buf || !c->token)
+	if (bad)
 		bad_usage("%s is not a tunnel_notify event with tunnel_uri and tunnel_access_token", path);
 }
 
-static void token_resolve(struct config *c)	/* exactly one source; 1-256 printable chars */
+static void tunnel_resolve(struct agent *a)	/* fixed tunnel: exactly one token source */
 {
-	size_t n;
-	int sources = !!c->token_arg + !!c->token_file + !!c->notify;
+	struct config *c = &a->cfg;
+	struct notify n = { 0 };
 
-	if (sources != 1)
+	if (!!c->token_arg + !!c->token_file + !!c->notify != 1)
 		bad_usage("%s", "give exactly one of --token, --token-file, --notify");
 	if (!c->notify != !!c->url)
 		bad_usage("%s", c->notify ? "--notify gives the URL: drop --url" : "--url is missing");
+	if (c->device_id)
+		bad_usage("%s", "--device-id goes with --events");
 	if (c->notify)
-		notify_read(c, c->notify);
+		notify_read(c->notify, &n);
 	else {
-		c->url_buf = strdup(c->url);
-		c->token = c->token_file ? token_from_file(c->token_file) : strdup(c->token_arg);
+		n.url = dup_or_null(c->url);
+		n.token = c->token_file ? token_from_file(c->token_file) : dup_or_null(c->token_arg);
 	}
-	n = strlen(c->token);
-	for (size_t i = 0; i < n; i++)
-		if (c->token[i] <= ' ' || c->token[i] > '~')
-			n = 0;	/* it goes into an HTTP header */
-	if (n == 0 || n > TOKEN_MAX)
+	if (!token_ok(n.token))
 		bad_usage("the token must be 1-%s printable characters without spaces", "256");
+	if (target_set(&a->tun.to, n.url, n.token))
+		bad_usage("bad URL %s (want ws:// or wss://)", n.url);
+	notify_free(&n);
 }
 
-static void url_resolve(struct config *c)	/* ws[s]://host[:port]/path */
-{
-	const char *prot, *host, *path;
-	char *copy = strdup(c->url_buf);
+/* The tunnel comes from the events channel, so no option may name one. */
+static const char *const events_excludes[] = { "url", "token", "token-file", "notify" };
 
-	if (lws_parse_uri(c->url_buf, &prot, &host, &c->port, &path) || !*host ||
-	    (strcmp(prot, "ws") && strcmp(prot, "wss")))
-		bad_usage("bad URL %s (want ws:// or wss://)", copy);
-	free(copy);
-	c->tls = !strcmp(prot, "wss");
-	c->host = host;
-	snprintf(c->path, sizeof c->path, "/%s", path);
+static void events_resolve(struct agent *a)	/* --events: its URL, --device-id */
+{
+	struct config *c = &a->cfg;
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(events_excludes); i++)
+		if (*option_slot(c, option_find(events_excludes[i], strlen(events_excludes[i]))))
+			bad_usage("--events excludes --%s", events_excludes[i]);
+	if (!c->device_id)
+		bad_usage("%s", "--events needs --device-id");
+	if (!id_ok(c->device_id))
+		bad_usage("bad --device-id '%s' (1-128 of A-Z a-z 0-9 _ -)", c->device_id);
+	if (target_set(&a->ev.to, c->events, NULL))
+		bad_usage("bad URL %s (want ws:// or wss://)", c->events);
 }
 
 static char *known_hosts_default(const struct account *me)	/* $XDG_STATE_HOME or ~/.local/state */
@@ -2135,8 +2492,10 @@ static void config_load(struct agent *a, int argc, char **argv)	/* everything, o
 	a->prof = profiles[i];
 	if (c->cacert && access(c->cacert, R_OK))
 		bad_usage("cannot read the CA file %s", c->cacert);
-	token_resolve(c);
-	url_resolve(c);
+	if (c->events)
+		events_resolve(a);
+	else
+		tunnel_resolve(a);
 	account_load(&c->me);
 	ssh_resolve(c);
 	if (c->login_file)
@@ -2190,7 +2549,9 @@ static int agent_init(struct agent *a)	/* lws context, signals; the first connec
 		sb_log("warning: --insecure: the platform's certificate is NOT checked");
 	if (a->be == &pty_backend && !a->cfg.creds)
 		sb_log("warning: no --login-file: every login will be refused");
-	lws_sul_schedule(a->ctx, 0, &a->sul_connect, tunnel_connect, 1);
+	if (a->cfg.events)
+		sb_log("device %s: waiting for tunnel_notify events", a->cfg.device_id);
+	conn_schedule_now(a->cfg.events ? &a->ev : &a->tun);
 	return 0;
 }
 
@@ -2223,9 +2584,6 @@ static void config_free(struct config *c)	/* secrets wiped */
 		free(cr->user);
 		free(cr);
 	}
-	wipe(c->token);
-	free(c->token);
-	free(c->url_buf);
 	free(c->known_hosts_path);
 	free(c->me.name);
 	free(c->me.home);
@@ -2240,7 +2598,11 @@ static void agent_free(struct agent *a)	/* sessions, lws, children, memory */
 	while (waitpid(-1, NULL, 0) > 0)	/* the shells got SIGKILL */
 		;
 	sb_queue_clear(&a->out);
-	sb_rx_free(&a->rx);
+	sb_rx_free(&a->tun.rx);
+	sb_rx_free(&a->ev.rx);
+	target_clear(&a->tun.to);
+	target_clear(&a->tun.next);
+	target_clear(&a->ev.to);
 	config_free(&a->cfg);
 	ssh_finalize();
 }
@@ -2252,6 +2614,8 @@ int main(int argc, char **argv)	/* options, then the lws loop until told to stop
 	static struct agent a;
 
 	sb_prog = "tunnel-device";
+	a.tun = (struct conn){ .a = &a, .kind = &tunnel_kind };
+	a.ev = (struct conn){ .a = &a, .kind = &events_kind };
 	config_load(&a, argc, argv);
 	if (agent_init(&a)) {
 		sb_log("cannot set up the event loop");
