@@ -57,9 +57,11 @@ start_platform() {
 }
 
 # start_device NAME ARGS...: starts a device agent, logs in $WORK/NAME.log; sets DEVICE_PID.
+# Its shells get a HOME of their own: no personal dotfiles (they can stall).
 start_device() {
 	local name=$1; shift
-	"$DEVICE" "$@" 2> "$WORK/$name.log" &
+	mkdir -p "$WORK/home"
+	"$DEVICE" --home "$WORK/home" "$@" 2> "$WORK/$name.log" &
 	PIDS+=($!)
 	DEVICE_PID=$!
 }

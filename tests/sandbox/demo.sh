@@ -26,6 +26,7 @@ for dev in pump-north pump-south meter-7; do
 done
 printf ']\n' >> "$dir/tunnels.json"
 echo 'demo:demo' > "$dir/logins"
+mkdir -p "$dir/home"	# the demo shells' HOME: a clean one
 
 "$top/tests/sandbox/tunnel-platform" --listen 127.0.0.1:0 --cert "$certs/server.pem" \
 	--key "$certs/server.key" --tunnels "$dir/tunnels.json" > "$dir/platform.out" 2> "$dir/platform.log" &
@@ -44,7 +45,7 @@ for dev in pump-north pump-south meter-7; do
 	[ "$dev" = meter-7 ] && profile=c-sdk
 	"$top/tests/sandbox/tunnel-device" --url "$base/demo-$dev/device-connect" \
 		--token-file "$dir/$dev.device-token" --backend pty --login-file "$dir/logins" \
-		--profile "$profile" --cacert "$certs/ca.pem" 2> "$dir/$dev.log" &
+		--profile "$profile" --cacert "$certs/ca.pem" --home "$dir/home" 2> "$dir/$dev.log" &
 	pids="$pids $!"
 done
 

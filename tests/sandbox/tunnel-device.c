@@ -164,7 +164,7 @@ struct cred {				/* one line of --login-file */
 
 struct config {				/* the command line, checked and resolved */
 	const char *url, *token_arg, *token_file, *notify, *backend, *profile;
-	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events;
+	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events, *home;
 	int insecure, help;
 	char ssh_host[256];
 	int ssh_port;
@@ -2238,6 +2238,8 @@ static const struct option_spec {
 	{ "known-hosts", "FILE", "trust-on-first-use host keys (default\n"
 	  "                        $XDG_STATE_HOME/tunnel-device/known_hosts)", offsetof(struct config, known_hosts) },
 	{ "login-file", "FILE", "user:password lines the pty backend accepts", offsetof(struct config, login_file) },
+	{ "home", "DIR", "the pty backend's HOME and start folder (default the\n"
+	  "                        agent user's): its own dotfiles, not the user's", offsetof(struct config, home) },
 	{ "profile", "full|c-sdk", "full (default), or mimic the official C device SDK",
 	  offsetof(struct config, profile) },
 	{ "cacert", "FILE", "trust this CA too for wss://", offsetof(struct config, cacert) },
@@ -2497,6 +2499,10 @@ static void config_load(struct agent *a, int argc, char **argv)	/* everything, o
 	else
 		tunnel_resolve(a);
 	account_load(&c->me);
+	if (c->home) {	/* tests and demos: shells that read no personal dotfiles */
+		free(c->me.home);
+		c->me.home = strdup(c->home);
+	}
 	ssh_resolve(c);
 	if (c->login_file)
 		creds_load(c);
