@@ -15,7 +15,7 @@ cleanup() {	# kills what the test started, removes its scratch folder
 	local p
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-	[ -n "${TMUX_SOCK:-}" ] && tmux -S "$TMUX_SOCK" kill-server 2>/dev/null
+	for p in "$WORK"/tmux*.sock; do [ -S "$p" ] && tmux -S "$p" kill-server 2>/dev/null; done
 	[ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -81,7 +81,8 @@ finish() {
 # shell around it prints "EXIT=<status>" and the tty's modes when it ends.
 tui_start() {
 	local size=$1; shift
-	TMUX_SOCK=$WORK/tmux.sock
+	TUI_STARTS=$(( ${TUI_STARTS:-0} + 1 ))
+	TMUX_SOCK=$WORK/tmux.$TUI_STARTS.sock	# a new server each time: no race with a dying one
 	printf '%q ' "$CONSOLE" "$@" > "$WORK/tui.cmd"
 	tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x "${size%x*}" -y "${size#*x}" \
 		"sh -c '$(cat "$WORK/tui.cmd") 2>$WORK/tui.err; echo EXIT=\$?; stty -a; sleep 600'"

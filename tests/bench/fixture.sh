@@ -32,6 +32,7 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	if [ -n "$BUSER" ]; then
+		for p in $(ps -u "$BUSER" -o pid= 2>/dev/null); do kill "$p" 2>/dev/null; done	# its shells
 		for _ in 1 2 3 4 5 6 7 8 9 10; do
 			userdel "$BUSER" 2>/dev/null && break
 			sleep 0.3	# its last shells are still going away
@@ -41,6 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap '' PIPE	# a harness that died must not take the cleanup with it
 
 log() { printf '%s\n' "$*" >&2; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -209,7 +211,7 @@ h_stop() {
 	local name=$1
 	[ -n "${HPID[$name]:-}" ] || return 0
 	printf 'quit\n' >&"${HIN[$name]}" 2>/dev/null
-	IFS= read -r -t 10 _ <&"${HOUT[$name]}"
+	IFS= read -r -t 10 _ <&"${HOUT[$name]}" || kill "${HPID[$name]}" 2>/dev/null	# busy: it stops its child
 	local fi=${HIN[$name]} fo=${HOUT[$name]}
 	exec {fi}>&- {fo}<&-
 	wait "${HPID[$name]}" 2>/dev/null

@@ -7,6 +7,9 @@
  *   ptyharness stream INTERVAL_MS    a coloured log line every INTERVAL_MS, forever
  *   ptyharness vtmem COLS ROWS       bytes libvterm allocates for one VTerm
  *                                    screen of that size (altscreen on)
+ *   ptyharness vtbench FILE COLS ROWS  the terminal layer alone: FILE through
+ *                                    libvterm's screen layer as the console sets
+ *                                    it up, and through a row-pointer grid; MB/s
  *   ptyharness drive [--size CxR] [--client RID FIFO USER PASSFILE] -- CMD...
  *
  * drive plays the user's terminal.  It runs CMD on a pty of CxR (default
@@ -254,6 +257,7 @@ static int cmd_gen(int argc, char **argv)
 	want = strtoull(argv[3], NULL, 10);
 	while (o.len < want) {
 		unsigned k = rnd() % 100;
+		size_t before = o.len;
 
 		if (k < 52)	/* shares of lines; by bytes the colour escapes weigh more */
 			gen_log(&o);
@@ -269,13 +273,17 @@ static int cmd_gen(int argc, char **argv)
 			gen_status(&o);
 		else
 			gen_truecolor(&o);
+		if (o.len > want) {	/* never cut a line (an escape, a character): pad */
+			o.len = before;
+			while (o.len < want) {
+				size_t n = want - o.len > 80 ? 80 : want - o.len;
+
+				for (size_t i = 0; i + 1 < n; i++)
+					out_add(&o, "=", 1);
+				out_add(&o, "\n", 1);
+			}
+		}
 	}
-	o.len = want;	/* cut inside a line: no matter, the marker follows a newline */
-	while (o.len && (o.p[o.len - 1] & 0xc0) == 0x80)	/* but not inside a character */
-		o.len--;
-	if (o.len && (unsigned char)o.p[o.len - 1] >= 0xc0)
-		o.len--;
-	o.p[o.len - 1] = '\n';
 	f = fopen(argv[2], "wb");
 	if (!f || fwrite(o.p, 1, o.len, f) != o.len || fclose(f))
 		die("%s: %s", argv[2], strerror(errno));
@@ -345,6 +353,7 @@ static int cmd_vtmem(int argc, char **argv)	/* as tunnel_tui's vt_open() sets it
 }
 
 /*** drive: the screen model **************************************************/
+
 
 static struct screen {
 	int rows, cols;
@@ -528,6 +537,91 @@ static void screen_dump(const char *why)
 	for (int y = 0; y < scr.rows; y++)
 		fprintf(stderr, "%s\n", row_text(y));
 	fprintf(stderr, "---\n");
+}
+
+/*** vtbench: the terminal layer alone ****************************************
+ * Feeds FILE through two models of a COLSxROWS terminal and prints MB/s:
+ *   screen  libvterm's screen layer set up as tunnel_tui's vt_open() does, with
+ *           an sb_pushline that keeps a 5000-line ring of trimmed 16-byte cells
+ *           like vt_sb_pushline() (what the console pays per byte today);
+ *   grid    libvterm's state layer over this file's row-pointer grid (what a
+ *           screen layer of the console's own would pay; no colours kept). */
+
+struct sbcell { uint32_t ch, fg, bg; uint8_t attrs, width; };
+static struct sbline_ { int cols; struct sbcell cells[]; } *ring[5000];
+static int ring_head, ring_count;
+
+static int bench_pushline(int cols, const VTermScreenCell *cells, void *user)
+{
+	int n = cols, slot;
+	struct sbline_ *l;
+
+	(void)user;
+	while (n > 0 && (cells[n - 1].chars[0] == 0 || cells[n - 1].chars[0] == ' '))
+		n--;
+	l = malloc(sizeof(*l) + (size_t)n * sizeof(struct sbcell));
+	l->cols = n;
+	for (int i = 0; i < n; i++)
+		l->cells[i] = (struct sbcell){ cells[i].chars[0], cells[i].fg.type, cells[i].bg.type,
+					       (uint8_t)cells[i].attrs.bold, (uint8_t)cells[i].width };
+	slot = (ring_head + ring_count) % 5000;
+	if (ring_count == 5000) {
+		free(ring[ring_head]);
+		ring_head = (ring_head + 1) % 5000;
+	} else {
+		ring_count++;
+	}
+	ring[slot] = l;
+	return 1;
+}
+
+static int bench_damage(VTermRect r, void *u) { (void)r, (void)u; return 1; }
+
+static int cmd_vtbench(int argc, char **argv)
+{
+	static const VTermScreenCallbacks cbs = { .damage = bench_damage, .sb_pushline = bench_pushline };
+	struct out o = { 0 };
+	char buf[65536];
+	size_t n;
+	FILE *f;
+	int cols, rows;
+	double t0, t_screen, t_grid;
+	VTerm *vt;
+	VTermScreen *vs;
+
+	if (argc != 5)
+		die("usage: vtbench FILE COLS ROWS");
+	cols = atoi(argv[3]);
+	rows = atoi(argv[4]);
+	if (!(f = fopen(argv[2], "rb")))
+		die("%s: %s", argv[2], strerror(errno));
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		out_add(&o, buf, n);
+	fclose(f);
+	vt = vterm_new(rows, cols);
+	vterm_set_utf8(vt, 1);
+	vs = vterm_obtain_screen(vt);
+	vterm_screen_set_callbacks(vs, &cbs, NULL);
+	vterm_screen_enable_altscreen(vs, 1);
+	vterm_screen_set_damage_merge(vs, VTERM_DAMAGE_SCROLL);
+	vterm_screen_reset(vs, 1);
+	t0 = now_ms();
+	for (size_t i = 0; i < o.len; i += 8000) {	/* message-sized writes */
+		size_t k = o.len - i < 8000 ? o.len - i : 8000;
+
+		vterm_input_write(vt, o.p + i, k);
+		vterm_screen_flush_damage(vs);
+	}
+	t_screen = now_ms() - t0;
+	vterm_free(vt);
+	screen_init(rows, cols);
+	t0 = now_ms();
+	for (size_t i = 0; i < o.len; i += 8000)
+		vterm_input_write(scr.vt, o.p + i, o.len - i < 8000 ? o.len - i : 8000);
+	t_grid = now_ms() - t0;
+	printf("screen %.2f MB/s grid %.2f MB/s (%zu bytes, %dx%d)\n", o.len / 1e3 / t_screen,
+	       o.len / 1e3 / t_grid, o.len, cols, rows);
+	return 0;
 }
 
 /*** drive: the child *********************************************************/
@@ -1039,6 +1133,13 @@ static void read_pass(const char *path)
 	ch.pass[strcspn(ch.pass, "\r\n")] = '\0';
 }
 
+static void on_signal(int sig)	/* stopped from outside: the child goes too */
+{
+	if (ch.pid > 0)
+		kill(ch.pid, SIGTERM);
+	_exit(128 + sig);
+}
+
 static int cmd_drive(int argc, char **argv)
 {
 	int cols = 120, rows = 40, i;
@@ -1062,6 +1163,9 @@ static int cmd_drive(int argc, char **argv)
 	if (i + 1 >= argc)
 		die("drive: no command after --");
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGTERM, on_signal);
+	signal(SIGINT, on_signal);
+	signal(SIGHUP, on_signal);
 	screen_init(rows, cols);
 	if (ch.client)
 		spawn_client(argv + i + 1, rows, cols);
@@ -1104,6 +1208,8 @@ int main(int argc, char **argv)
 		return cmd_stream(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "vtmem"))
 		return cmd_vtmem(argc, argv);
+	if (argc >= 2 && !strcmp(argv[1], "vtbench"))
+		return cmd_vtbench(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "drive"))
 		return cmd_drive(argc, argv);
 	die("usage: ptyharness gen FILE BYTES | stream MS | vtmem COLS ROWS | drive [...] -- CMD...");

@@ -74,6 +74,7 @@ h con wait 15000 'online' && h con send '\x07n' && h con wait 5000 'password' &&
 	h con send "$PASS\r" || exit 1
 for p in con min tmx; do h $p waitcur 30000 "$PROMPT_RE" || exit 1; done
 CON_PID=$(h_pid con)
+declare -A PIDS_OF=([con]=$CON_PID [min]=$(h_pid min) [tmx]="$(h_pid tmx) $(tmux -S "$WORK/tmux.sock" display -p '#{pid}')")
 
 perf_start() {	# perf_start NAME: samples the console until perf_stop
 	[ "${BENCH_PERF:-0}" != 0 ] || return 0
@@ -96,8 +97,12 @@ for r in $(seq 1 "$TPUT_ROUNDS"); do
 	for p in con min tmx; do
 		mark=$((7000 + r))
 		[ "$p$r" = con1 ] && perf_start tput
+		c0=$(cpu_ns ${PIDS_OF[$p]})
 		h $p tput 600000 "TTBEND$mark" "cat $DATA; echo TTBEND\$((7000+$r))\r" || exit 1
-		echo "${REPLY#ok }" | cut -d' ' -f1 >> "$WORK/tput-$p.txt"
+		c1=$(cpu_ns ${PIDS_OF[$p]})
+		ms=$(echo "${REPLY#ok }" | cut -d' ' -f1)
+		echo "$ms" >> "$WORK/tput-$p.txt"
+		calc "($c1 - $c0) / 1e6 / $ms * 100" 0 >> "$WORK/tputcpu-$p.txt"
 		[ "$p$r" = con1 ] && perf_stop tput
 		h $p waitcur 60000 "$PROMPT_RE" || exit 1
 		h $p drain 300 >/dev/null
@@ -106,8 +111,17 @@ done
 for p in con min tmx; do
 	R[tput_ms_$p]=$(median < "$WORK/tput-$p.txt")
 	R[tput_$p]=$(calc "$TPUT_BYTES / 1e6 / (${R[tput_ms_$p]} / 1000)")
-	log "   $p: $(tr '\n' ' ' < "$WORK/tput-$p.txt")ms -> ${R[tput_$p]} MB/s"
+	R[tputcpu_$p]=$(median < "$WORK/tputcpu-$p.txt")
+	log "   $p: $(tr '\n' ' ' < "$WORK/tput-$p.txt")ms -> ${R[tput_$p]} MB/s; CPU $(tr '\n' ' ' < "$WORK/tputcpu-$p.txt")% of a core"
 done
+
+# the terminal layer alone, no I/O: the console's libvterm screen set-up vs a
+# row-pointer grid on libvterm's state layer (what the pty delivers: CR LF)
+sed 's/$/\r/' "$DATA" > "$WORK/output.crlf"
+yes | head -c $((1 << 20)) | sed 's/$/\r/' > "$WORK/yes.crlf"
+read -r _ R[vt_screen] _ _ R[vt_grid] _ < <("$HARNESS" vtbench "$WORK/output.crlf" 93 39)
+read -r _ R[vt_screen_yes] _ _ R[vt_grid_yes] _ < <("$HARNESS" vtbench "$WORK/yes.crlf" 93 39)
+log "   terminal layer alone: screen ${R[vt_screen]} MB/s, grid ${R[vt_grid]} MB/s; yes: ${R[vt_screen_yes]} / ${R[vt_grid_yes]} MB/s"
 
 # 2. keystroke to echo at a shell prompt
 phase "2. latency: $LAT_KEYS keys each"
@@ -300,6 +314,9 @@ R[overhead]=$(calc "${R[p99_con]} - ${R[p99_min]}" 3)
 		"$(ratio "${R[startup_scale]}" "${R[startup_tmux]}")" "≤ 50 ms" "$(yesno "${R[startup_scale]} <= 50")"
 	row "   (1 device configured)" "${R[startup_one]}" "" "" "" ""
 	echo
+	echo "CPU during throughput (% of one core, median): console ${R[tputcpu_con]}, minimal client ${R[tputcpu_min]}, tmux server+client ${R[tputcpu_tmx]}"
+	echo "terminal layer alone (no I/O, 93x39): libvterm screen as set up by the console ${R[vt_screen]} MB/s on this output," \
+		"${R[vt_screen_yes]} MB/s on yes; libvterm state + row-pointer grid ${R[vt_grid]} / ${R[vt_grid_yes]} MB/s"
 	echo "libvterm alone allocates ${R[vtmem_kb]} KB for one 93x39 screen (both buffers); medians: throughput of $TPUT_ROUNDS, start-up of $STARTUP_REPS"
 } | tee "$OUT/table.txt"
 JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s%s}' \

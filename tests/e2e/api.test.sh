@@ -83,6 +83,7 @@ check "the SK is not in the relay's log" bash -c "! grep -qF -- '$SK' '$PLATFORM
 
 # a wrong SK: 401 from the API gateway, shown
 tmux -S "$TMUX_SOCK" kill-server
+TMUX_SOCK=$WORK/tmux2.sock	# a new server: no race with the dying one
 tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x 110 -y 30 \
 	"env HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=wrong $CONSOLE -c $WORK/api.conf 2>$WORK/tui2.err; echo EXIT=\$?; sleep 600"
 wait_for 10 row_has pump 'API error' && ok "wrong SK: API error" || fail "wrong SK" "$(tui_screen)"

@@ -114,7 +114,7 @@ tui_run "stty raw -echo; head -c $((SIZE + 1)) > $WORK/paste.out; stty sane; ech
 tmux -S "$TMUX_SOCK" load-buffer "$WORK/paste.in"
 tmux -S "$TMUX_SOCK" paste-buffer -p
 tui_type 'Z'	# typed after the paste: must arrive after it
-tui_wait 'got-21' 20 && ok "50 KB paste: the device read all of it" || fail "50 KB paste: all read" "$(tui_screen)"
+tui_wait 'got-21' 60 && ok "50 KB paste: the device read all of it" || fail "50 KB paste: all read" "$(tui_screen)"
 check "50 KB paste: arrives intact and in order" bash -c "head -c $SIZE '$WORK/paste.out' | tr '\r' '\n' | cmp -s - '$WORK/paste.in'"
 check "50 KB paste: a key typed after the paste arrives after it" bash -c "[ \"\$(tail -c 1 '$WORK/paste.out')\" = Z ]"
 tui_run 'echo alive-$((9*9))' 'alive-81' && ok "the session works on after the paste" || fail "session alive after the paste" "$(tui_screen)"

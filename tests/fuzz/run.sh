@@ -80,7 +80,7 @@ for f in tests/fuzz/regressions/*-*.bin; do
 	base=$(basename "$f" .bin)
 	name=${base%%-*}
 	log=$out/regression-$base.log
-	if [ -x "$out/fuzz_$name" ] && "$out/fuzz_$name" "$f" > "$log" 2>&1; then
+	if [ -x "$out/fuzz_$name" ] && "$out/fuzz_$name" -timeout=10 -rss_limit_mb=2048 "$f" > "$log" 2>&1; then
 		echo "ok - fuzz regression $base"
 	else
 		not_ok "fuzz regression $base (see $log)" "$log"
