@@ -4051,6 +4051,8 @@ static void row_text(const struct session *s, int vr, char *out, size_t cap)
 		VTermRect r = { vr - s->sb_count, vr - s->sb_count + 1, 0, s->cols };
 
 		n = vterm_screen_get_text(s->screen, out, cap - 1, r);
+		if (n > cap - 1)	/* it returns what it would need, not what it wrote */
+			n = cap - 1;
 	} else {
 		const struct sbline *l = sb_line(s, vr);
 
