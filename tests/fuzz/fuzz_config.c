@@ -132,7 +132,7 @@ static void check_parse(const uint8_t *data, size_t size)
 	else
 		check_rejected(err);
 	for (int i = 0; i < c.ndev; i++)
-		secret_free(c.dev[i].token, 257);
+		secret_free(c.dev[i].token);
 	free(c.dev);
 	free(token_sources);
 	token_sources = NULL;

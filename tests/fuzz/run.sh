@@ -50,6 +50,7 @@ for name in $targets; do
 	corpus=$out/corpus-$name
 	mkdir -p "$corpus"
 	cp tests/fuzz/corpus/"$name"/* "$corpus"/
+	rm -f "$out/$name"-*	# crash inputs of an earlier run
 	dict=
 	[ -f "tests/fuzz/$name.dict" ] && dict=-dict=tests/fuzz/$name.dict
 	(
