@@ -259,6 +259,7 @@ struct session {	/* one SSH session: one request_id */
 	struct batch_job *job;		/* --exec: what this session runs */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
+	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
@@ -660,16 +661,63 @@ static const char *json_str(cJSON *o, const char *key)	/* a string member or NUL
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-/* disconnect data (§3): the code may be a string or a number. */
+static void scrub_controls(char *s)	/* remote text shown as ours: no escapes */
+{
+	for (; s && *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = ' ';
+}
+
+/* disconnect data (§3): the code may be a string or a number.  Both are
+ * shown inside the console's own marked line, so no control characters
+ * may end that line early and fake remote output after it. */
 static void decode_status(struct inbound *m, cJSON *data)
 {
 	cJSON *code = cJSON_GetObjectItemCaseSensitive(data, "status_code");
+	cJSON *msg = cJSON_GetObjectItemCaseSensitive(data, "status_msg");
 
 	if (cJSON_IsString(code))
 		copy_str(m->status_code, sizeof(m->status_code), code->valuestring);
 	else if (cJSON_IsNumber(code))
 		snprintf(m->status_code, sizeof(m->status_code), "%d", code->valueint);
-	m->status_msg = json_str(data, "status_msg");
+	scrub_controls(m->status_code);
+	if (cJSON_IsString(msg)) {
+		scrub_controls(msg->valuestring);
+		m->status_msg = msg->valuestring;
+	}
+}
+
+/*
+ * cJSON ends a string at a decoded \u0000, which would cut the rest of the
+ * output off: NUL escapes become U+FFFF (a noncharacter) for the parse and
+ * NUL bytes again after it.  NULL when the frame has none.
+ */
+static char *nul_escapes_out(const char *p, size_t n)
+{
+	char *q;
+
+	if (!memmem(p, n, "\\u0000", 6))
+		return NULL;
+	q = memcpy(xrealloc(NULL, n), p, n);
+	for (size_t i = 0; i + 5 < n; i++)
+		if (q[i] == '\\' && q[++i] == 'u' && !memcmp(q + i + 1, "0000", 4))
+			memcpy(q + i + 1, "FFFF", 4);
+	return q;
+}
+
+static size_t nul_restore(char *s)	/* U+FFFF back to NUL; the true length */
+{
+	size_t o = 0;
+
+	for (size_t i = 0; s[i]; i++) {
+		if (!memcmp(s + i, "\xef\xbf\xbf", 3)) {
+			s[o++] = '\0';
+			i += 2;
+		} else {
+			s[o++] = s[i];
+		}
+	}
+	return o;
 }
 
 /*
@@ -681,13 +729,17 @@ static int decode_message(const char *p, size_t n, struct inbound *m,
 {
 	cJSON *data;
 
-	const char *end = p;
+	char *fixed = nul_escapes_out(p, n);
+	const char *src = fixed ? fixed : p, *end = src;
 
 	memset(m, 0, sizeof(*m));
-	m->root = cJSON_ParseWithLengthOpts(p, n, &end, 0);
-	while (m->root && end < p + n && isspace((unsigned char)*end))
+	m->root = cJSON_ParseWithLengthOpts(src, n, &end, 0);
+	while (m->root && end < src + n && isspace((unsigned char)*end))
 		end++;
-	if (!m->root || !cJSON_IsObject(m->root) || end != p + n) {
+	if (fixed)
+		explicit_bzero(fixed, n);
+	free(fixed);
+	if (!m->root || !cJSON_IsObject(m->root) || end != src + n) {
 		snprintf(err, errlen, "malformed message (%zu bytes, not a JSON object)", n);
 		cJSON_Delete(m->root);
 		m->root = NULL;
@@ -699,7 +751,7 @@ static int decode_message(const char *p, size_t n, struct inbound *m,
 	data = cJSON_GetObjectItemCaseSensitive(m->root, "data");
 	if (cJSON_IsString(data)) {
 		m->data = data->valuestring;
-		m->data_len = strlen(data->valuestring);
+		m->data_len = fixed ? nul_restore(data->valuestring) : strlen(data->valuestring);
 	} else if (cJSON_IsObject(data)) {
 		decode_status(m, data);
 	}
@@ -1583,10 +1635,85 @@ static void rec_start(struct session *s)
 	buf_free(&head);
 }
 
+/*
+ * libvterm 0.1.4 (Debian 12) corrupts memory on a CSI with more than 16
+ * arguments and crashes on U+0080..U+009F printed in insert mode (both
+ * found by fuzzing).  The filter cuts CSI arguments at 16 and drops those
+ * C1 characters, which no terminal prints anyway.  It keeps its state
+ * across messages: sequences arrive split (§4.6).
+ */
+enum { VTF_TEXT, VTF_ESC, VTF_CSI, VTF_STRING, VTF_C2 };
+
+static int vtf_text(struct session *s, unsigned char c)	/* 1: keep c */
+{
+	if (c != 0xc2)
+		return 1;
+	s->vtf_state = VTF_C2;	/* hold it: a C1 character may follow */
+	return 0;
+}
+
+static int vtf_esc(struct session *s, unsigned char c)	/* after ESC */
+{
+	if (c < 0x30 || c > 0x7e)	/* C0, intermediates, high bytes: libvterm waits */
+		return 1;
+	s->vtf_state = c == '[' ? VTF_CSI : strchr("]PX^_", c) ? VTF_STRING : VTF_TEXT;
+	s->vtf_seps = 0;
+	return 1;
+}
+
+static int vtf_csi(struct session *s, unsigned char c)	/* arguments, then the final */
+{
+	if (c >= 0x40 && c <= 0x7e)
+		s->vtf_state = VTF_TEXT;
+	else if (c >= 0x30 && c <= 0x3f && (c == ';' || c == ':'))
+		return ++s->vtf_seps <= 15;
+	else if (c >= 0x30 && c <= 0x3f)
+		return s->vtf_seps <= 15;
+	return 1;
+}
+
+static int vtf_string(struct session *s, unsigned char c)	/* OSC, DCS …: BEL ends */
+{
+	if (c == 0x07)
+		s->vtf_state = VTF_TEXT;
+	return 1;
+}
+
+static int (*const vtf_step[])(struct session *, unsigned char) = {
+	[VTF_TEXT] = vtf_text, [VTF_ESC] = vtf_esc, [VTF_CSI] = vtf_csi,
+	[VTF_STRING] = vtf_string,
+};
+
+/* Copies the bytes libvterm can take safely into out (room for n + 1). */
+static size_t vt_filter(struct session *s, const char *p, size_t n, char *out)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+
+		if (s->vtf_state == VTF_C2) {	/* the held 0xc2: a C1 character goes */
+			s->vtf_state = VTF_TEXT;
+			if (c >= 0x80 && c <= 0x9f)
+				continue;
+			out[o++] = (char)0xc2;
+		}
+		if (c == 0x18 || c == 0x1a || c == 0x1b)	/* CAN, SUB end; ESC starts */
+			s->vtf_state = c == 0x1b ? VTF_ESC : VTF_TEXT;
+		else if (!vtf_step[s->vtf_state](s, c))
+			continue;
+		out[o++] = (char)c;
+	}
+	return o;
+}
+
 /* What the terminal shows: into VTerm, and into the recording if any. */
 static void term_feed(struct session *s, const char *p, size_t n)
 {
-	vterm_input_write(s->vt, p, n);
+	char *safe = xrealloc(NULL, n + 1);
+
+	vterm_input_write(s->vt, safe, vt_filter(s, p, n, safe));
+	free(safe);
 	vterm_screen_flush_damage(s->screen);
 	if (s->rec)
 		rec_output(s, p, n);
@@ -1723,6 +1850,7 @@ static void vt_open(struct session *s)	/* a VTerm the size of the remote PTY */
 	vterm_screen_enable_altscreen(s->screen, 1);
 	vterm_screen_set_damage_merge(s->screen, VTERM_DAMAGE_SCROLL);
 	vterm_screen_reset(s->screen, 1);
+	vterm_input_write(s->vt, " \r", 2);	/* 0.1.4 loops on REP with no glyph before */
 	s->cursor_visible = 1;
 	s->sb = xcalloc(SCROLLBACK_LINES * sizeof(*s->sb));
 }
@@ -2214,6 +2342,7 @@ static void on_session_message(struct tunnel *t, struct session *s, const struct
 		session_output(s, m->data, m->data_len);
 	else if (m->op == OP_CONNECT_RESPONSE) {
 		copy_str(s->note, sizeof(s->note), m->data);	/* §4.4: not in the terminal */
+		scrub_controls(s->note);
 		ui_dirty();
 	} else if (m->op == OP_DISCONNECT)
 		session_end(s, m->status_code[0] ? m->status_code : "?", m->status_msg);
@@ -4050,9 +4179,9 @@ static void row_text(const struct session *s, int vr, char *out, size_t cap)
 	if (vr >= s->sb_count) {
 		VTermRect r = { vr - s->sb_count, vr - s->sb_count + 1, 0, s->cols };
 
-		n = vterm_screen_get_text(s->screen, out, cap - 1, r);
-		if (n > cap - 1)	/* it returns what it would need, not what it wrote */
-			n = cap - 1;
+		memset(out, 0, cap);	/* it returns what it wanted, not what it wrote */
+		vterm_screen_get_text(s->screen, out, cap - 1, r);
+		n = strlen(out);
 	} else {
 		const struct sbline *l = sb_line(s, vr);
 
@@ -4372,7 +4501,9 @@ static void batch_line(struct batch_job *j, const char *line, size_t n)
 	if (n >= (size_t)len && !memcmp(line, end, (size_t)len)) {
 		if (j->has_held && j->held.len)
 			batch_emit(j, j->held.p, j->held.len);
-		j->exit_code = atoi(line + len);
+		j->exit_code = (int)strtol(line + len, NULL, 10);
+		if (j->exit_code < 0 || j->exit_code > 255)	/* not a shell's status */
+			j->exit_code = 255;
 		batch_finish(j, j->exit_code ? "failed" : "ok", "");
 		return;
 	}
@@ -4393,8 +4524,11 @@ static void batch_output(struct batch_job *j, const char *p, size_t n)	/* §4.6 
 	if (!j->begun) {
 		snprintf(begin, sizeof(begin), "__TT_BEGIN_%s\r\n", app.batch->nonce);
 		buf_append(&j->pre, p, n);
-		if (!(at = strstr(j->pre.p, begin)))
+		if (!(at = memmem(j->pre.p, j->pre.len, begin, strlen(begin)))) {
+			if (j->pre.len > strlen(begin))	/* keep only what a marker may start in */
+				buf_consume(&j->pre, j->pre.len - strlen(begin));
 			return;
+		}
 		j->begun = 1;
 		at += strlen(begin);
 		p = at;

@@ -122,6 +122,11 @@ static void test_decode_shapes(void)
 	expect(decodes("{\"operation_type\":\"command_response\",\"data\":42}", &m) == 0 && !m.data,
 	       "decode: data of an unexpected type is ignored", "");
 	cJSON_Delete(m.root);
+	r = decodes("{\"operation_type\":\"command_response\",\"data\":\"a\\u0000b\\\\u0000c\"}", &m);
+	expect(r == 0 && m.data_len == 10 && !memcmp(m.data, "a\0b\\u0000c", 10),
+	       "decode: \\u0000 in data keeps the bytes after it (an escaped \\\\u0000 stays text)",
+	       "len=%zu", m.data_len);
+	cJSON_Delete(m.root);
 	expect(decodes("{\"operation_type\":\"command_response\",\"data\":\"\xe6\xbc\"}", &m) == 0 &&
 	       m.data_len == 2, "decode: raw bytes >= 0x80 (a split UTF-8 char) kept", "len=%zu", m.data_len);
 	cJSON_Delete(m.root);
