@@ -18,7 +18,7 @@ B        = build
 SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client
 TESTBINS = $(B)/unit_tests $(B)/hostile-relay
 
-.PHONY: all deps demo test test-asan bench fuzz install uninstall clean certs
+.PHONY: all deps demo test test-asan asan bench fuzz install uninstall clean certs
 
 all: tunnel_tui $(SANDBOX)
 
@@ -55,14 +55,37 @@ demo: deps
 	$(MAKE) all certs
 	sh tests/sandbox/demo.sh
 
+# Everything, twice: plain builds, then AddressSanitizer + UBSan builds.
 test: deps
-	$(MAKE) all certs $(TESTBINS)
-	sh tests/run.sh
+	$(MAKE) all certs $(TESTBINS) asan
+	sh tests/run.sh --asan
 
 test-asan: deps
-	$(MAKE) clean
-	$(MAKE) CC=clang CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all certs $(TESTBINS)
-	ASAN=1 sh tests/run.sh
+	$(MAKE) all certs asan
+	sh tests/run.sh --asan-only
+
+# The sanitizer builds (clang), beside the plain ones: build/asan/.
+A        = $(B)/asan
+ASANCC   = clang
+ASANFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASANBINS = $(A)/tunnel_tui $(A)/unit_tests $(A)/tunnel-platform $(A)/tunnel-device \
+	   $(A)/tunnel-client $(A)/hostile-relay
+asan: $(ASANBINS)
+
+$(A)/tunnel_tui: tunnel_tui.c | $(A)
+	$(ASANCC) $(ASANFLAGS) $(WARN) $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+$(A)/unit_tests: tests/unit/unit_tests.c tunnel_tui.c | $(A)
+	$(ASANCC) $(ASANFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+$(A)/tunnel-%: tests/sandbox/tunnel-%.c tests/sandbox/sandbox.h | $(A)
+	$(ASANCC) $(ASANFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+$(A)/hostile-relay: tests/e2e/hostile-relay.c tests/sandbox/sandbox.h | $(A)
+	$(ASANCC) $(ASANFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+$(A):
+	mkdir -p $@
 
 bench: deps
 	$(MAKE) all certs
@@ -81,7 +104,7 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/tunnel_tui $(DESTDIR)$(PREFIX)/share/man/man1/tunnel_tui.1
 
 clean:
-	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/fuzz
+	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/hostile-relay $(A) $(B)/fuzz
 
 # The benchmarks' pty driver and load generator (tests/bench/; make bench builds it).
 .PHONY: bench-harness

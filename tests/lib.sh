@@ -3,9 +3,13 @@
 # the sandbox started on free ports, and cleanup of everything started.
 set -u
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PLATFORM=$TOP/tests/sandbox/tunnel-platform
-DEVICE=$TOP/tests/sandbox/tunnel-device
-CONSOLE=$TOP/tunnel_tui
+# The programs under test; tests/run.sh points these at build/asan/ for the
+# sanitizer pass.
+PLATFORM=${TT_PLATFORM:-$TOP/tests/sandbox/tunnel-platform}
+DEVICE=${TT_DEVICE:-$TOP/tests/sandbox/tunnel-device}
+CLIENT=${TT_CLIENT:-$TOP/tests/sandbox/tunnel-client}
+HOSTILE=${TT_HOSTILE:-$TOP/build/hostile-relay}
+CONSOLE=${TT_CONSOLE:-$TOP/tunnel_tui}
 CERTS=$TOP/build/certs
 WORK=$(mktemp -d /tmp/tunnel_tui_test.XXXXXX)
 PIDS=()

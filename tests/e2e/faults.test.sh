@@ -21,7 +21,7 @@ PLATFORM_PORT=0 start_platform staller --tunnels "$WORK/other.json" --stall-afte
 STALL_URL=$PLATFORM_URL
 start_device stalldev --url "$STALL_URL/v5/iot/tunnels/t-other/device-connect" --token-file "$WORK/dev.tok" \
 	--login-file "$WORK/logins"
-"$TOP/build/hostile-relay" > "$WORK/hostile.out" 2> "$WORK/hostile.log" &
+"$HOSTILE" > "$WORK/hostile.out" 2> "$WORK/hostile.log" &
 PIDS+=($!)
 wait_for 5 has_line "$WORK/hostile.out" '^listening on ' || fail "hostile relay starts"
 HOSTILE_URL=$(sed -n 's/^listening on //p' "$WORK/hostile.out")
@@ -145,7 +145,7 @@ tui_wait 'TOKEN EXPIRED' 5 && ok "token expiry: the status bar says TOKEN EXPIRE
 tui_keys C-g 1
 tui_wait 'alive-81' 5
 mkfifo "$WORK/replacer.in"
-"$TOP/tests/sandbox/tunnel-client" --url "wss://localhost:$MAIN_PORT/v5/iot/tunnels/t-fine/source-connect" \
+"$CLIENT" --url "wss://localhost:$MAIN_PORT/v5/iot/tunnels/t-fine/source-connect" \
 	--token-file "$WORK/fine.app" --cacert "$CERTS/ca.pem" < "$WORK/replacer.in" > "$WORK/replacer.out" 2>&1 &
 PIDS+=($!)
 exec 9> "$WORK/replacer.in"

@@ -11,7 +11,6 @@
 source "$(dirname "$0")/../lib.sh"
 
 DEVICE=${TUNNEL_DEVICE:-$DEVICE}	# e.g. a sanitizer build, without touching the shared one
-CLIENT=$TOP/tests/sandbox/tunnel-client
 SSHD_SH=$TOP/tests/sandbox/sshd.sh
 T=10	# seconds an awaited event may take before the check fails
 

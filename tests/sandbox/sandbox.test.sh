@@ -16,7 +16,6 @@
 source "$(dirname "$0")/../lib.sh"
 export LC_ALL=C	# byte-wise grep and string handling: output holds raw UTF-8
 
-CLIENT=$TOP/tests/sandbox/tunnel-client
 SSHD_SH=$TOP/tests/sandbox/sshd.sh
 T=5	# seconds one awaited event may take before the check fails
 USER_OK=tester PASS_OK=s3cret-pass
