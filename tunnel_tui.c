@@ -5024,6 +5024,10 @@ static int batch_run(const struct options *o)
 	while (!app.quit && lws_service(app.ctx, 0) >= 0)
 		;
 	n = batch_summary(&b);
+	for (int i = 0; i < b.njobs; i++)	/* sessions outlive the jobs (until exit) */
+		if (b.jobs[i].session)
+			b.jobs[i].session->job = NULL;
+	app.batch = NULL;
 	free(b.jobs);
 	return app.exit_code ? app.exit_code : n;
 }
