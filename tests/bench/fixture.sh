@@ -105,6 +105,7 @@ sandbox_up() {
 	"$PLATFORM" --listen 127.0.0.1:0 --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
 		--tunnels "$WORK/tunnels.json" > "$WORK/log/relay.out" 2> "$WORK/log/relay.log" &
 	PIDS+=($!)
+	RELAY_PID=$!
 	wait_for 10 grep -q '^listening on ' "$WORK/log/relay.out" || { log "relay did not start"; return 1; }
 	PORT=$(sed -n 's/^listening on wss:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/log/relay.out")
 	BASE=wss://localhost:$PORT/v5/iot/tunnels
@@ -176,10 +177,10 @@ sshd_up() {
 
 # tmux_server SOCK COLS ROWS CMD: a private tmux server, status line off,
 # 5000 lines of history like the console's scrollback.
+printf 'set -g status off\nset -g history-limit 5000\nset -sg escape-time 10\n' > "$WORK/tmux.conf"
 tmux_server() {
 	local sock=$1
 	TMUX_SOCKS+=("$sock")
-	printf 'set -g status off\nset -g history-limit 5000\nset -sg escape-time 10\n' > "$WORK/tmux.conf"
 	tmux -S "$sock" -f "$WORK/tmux.conf" new-session -d -x "$2" -y "$3" "$4"
 }
 
@@ -220,7 +221,7 @@ h_stop() {
 
 # --- process accounting ---------------------------------------------------------
 # cpu_ns PID...: CPU time (all threads) in ns; ctx PID...: context switches
-cpu_ns() { local p; for p in "$@"; do cat /proc/"$p"/task/*/schedstat; done 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'; }
+cpu_ns() { local p; for p in "$@"; do cat /proc/"$p"/task/*/schedstat; done 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 ctx() { local p; for p in "$@"; do cat /proc/"$p"/task/*/status; done 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
 rss_kb() { awk '/^VmRSS/ { print $2 }' /proc/"$1"/status; }
 # quiet PID: until the process used no CPU for a whole second (setup only)

@@ -63,9 +63,9 @@ end() {	# end PHASE: stop, report self and inclusive top functions
 			sleep 1
 			f=$(ls -t "$OUT"/profile.callgrind.$PID.* 2>/dev/null | head -1)
 			echo "# self"
-			callgrind_annotate "$f" 2>/dev/null | sed -n '/^Ir/,$p' | head -30
+			callgrind_annotate "$f" 2>/dev/null | sed -n '/^Ir/,$p' 2>/dev/null | head -30
 			echo "# inclusive"
-			callgrind_annotate --inclusive=yes "$f" 2>/dev/null | sed -n '/^Ir/,$p' | head -40
+			callgrind_annotate --inclusive=yes "$f" 2>/dev/null | sed -n '/^Ir/,$p' 2>/dev/null | head -40
 		fi
 	} >> "$OUT/profile-$TOOL.txt"
 }

@@ -34,7 +34,8 @@
  *   waitcur MS REGEX                 until the cursor's row matches
  *   lat N GAPMIN GAPMAX FILE REGEX   N keystroke echoes at a prompt (cursor row
  *                                    matches REGEX); GAP ms between keys; the
- *                                    samples go to FILE -> ok N P50 P90 P99 MAX MEAN
+ *                                    samples are appended to FILE (ms, one a
+ *                                    line) -> ok N P50 P90 P99 MAX MEAN
  *   tput MS MARKER TEXT              type TEXT, time until MARKER is on screen
  *                                    (client: in the raw stream) -> ok MS BYTES
  *   ctrlc MS REGEX                   Ctrl-C, time until the cursor row matches
@@ -914,7 +915,7 @@ static void do_lat(char *args)
 
 	if (compile(&re, args) < 0)
 		return;
-	f = fopen(file, "w");
+	f = fopen(file, "a");	/* rounds of several configurations interleave */
 	while (done < n) {
 		struct cell_want home;
 		int k;

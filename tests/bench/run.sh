@@ -4,15 +4,18 @@
 # line, one JSON object with the headline figures.  Nothing here is a test
 # assertion: a missed goal is reported, not failed.
 #
-#   BENCH_QUICK=1   a short run for development (smaller, fewer, shorter)
-#   BENCH_PERF=1    also record the console with perf during throughput and
-#                   the Ctrl-C flood (reports in build/bench/)
-#   KEEP_WORK=1     keep the scratch folder (logs, screens) for a look
+#   BENCH_QUICK=1        a short run for development (smaller, fewer, shorter)
+#   BENCH_ONLY="paths startup scale"   the phases to run (default: all three;
+#                        paths = figures 1-3, startup = 6, scale = 4 and 5)
+#   BENCH_PERF=1         also perf-record the console during throughput and
+#                        the Ctrl-C flood (reports in build/bench/)
+#   KEEP_WORK=1          keep the scratch folder (logs, screens) for a look
 #
-# Results (table, JSON, latency samples, perf reports) go to build/bench/.
-# How each figure is taken: tests/bench/README-fragment.md.
+# Results (table, JSON, latency samples) go to build/bench/.  How each figure
+# is taken: tests/bench/README-fragment.md.  tests/bench/profile.sh profiles.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -u
+[ "$(id -u)" = 0 ] || { echo "make bench needs root: it adds a throwaway user and runs a private sshd" >&2; exit 1; }
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$TOP" || exit 1
 export LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=xterm-256color
@@ -21,7 +24,7 @@ make -s bench-harness || exit 1
 source "$TOP/tests/bench/fixture.sh"
 OUT=$TOP/build/bench
 mkdir -p "$OUT"
-rm -f "$OUT"/*.txt "$OUT"/*.json "$OUT"/perf-*
+rm -f "$OUT"/latency-*.txt "$OUT"/table.txt "$OUT"/bench.json "$OUT"/perf-*
 
 if [ "${BENCH_QUICK:-0}" != 0 ]; then
 	QUICK=1 TPUT_BYTES=$((4 << 20)) TPUT_ROUNDS=1 LAT_KEYS=40 CTRLC_REPS=2
@@ -30,24 +33,26 @@ else
 	QUICK=0 TPUT_BYTES=$((20 << 20)) TPUT_ROUNDS=3 LAT_KEYS=200 CTRLC_REPS=5
 	NDEV=50 IDLE_S=60 STARTUP_REPS=5
 fi
+ONLY=" ${BENCH_ONLY:-paths startup scale} "
 NSTREAM=20		# background sessions streaming during the loaded latency run
 STREAM_MS=10		# each prints a ~110-byte coloured log line every 10 ms
 GAP="30 70"		# think time between keystrokes, ms (uniform)
 CON_SIZE=120x40		# the console's terminal; its pane (the remote pty) is 93x39
 PANE_SIZE=93x39		# the baselines' terminal = that pane
-declare -A R		# results
+declare -A R		# results; a missing one prints as "-" and null
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+pct() { sort -n | awk -v q="$1" '{ v[NR] = $1 } END { k = int(q * NR); if (k < q * NR) k++; if (k < 1) k = 1; if (NR) print v[k] }'; }	# nearest rank
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 phase() { log "== $* ($(date +%T))"; }
+r() { echo "${R[$1]:--}"; }	# a result or "-"
+has() { local k; for k; do [ -n "${R[$k]:-}" ] || return 1; done; }
 
-# --- the machine ------------------------------------------------------------------
+# --- the machine and the fixture ---------------------------------------------
 MACHINE="$(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), \
 $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 phase "machine: $MACHINE; load $LOAD0"
-
-# --- fixture ----------------------------------------------------------------------
 phase setup
 user_up || exit 1
 SCALE=()
@@ -62,267 +67,327 @@ DATA=$WORK/output.txt
 chmod 644 "$DATA"
 RID=b3e1c0de-0000-4000-8000-00000000be01
 
-# --- the three paths, side by side -----------------------------------------------------
-phase "console, minimal client, tmux + ssh: log in"
-h_start con --size $CON_SIZE -- "$CONSOLE" -c "$WORK/main.conf" --log "$WORK/log/console.log"
-h_start min --size $PANE_SIZE --client $RID "$WORK/min.fifo" field "$WORK/pass" -- \
-	"$CLIENT" --url "$BASE/t-m1/source-connect" --token-file "$WORK/app/m1.app" \
-	--cacert "$CERTS/ca.pem" --discard --save $RID "$WORK/min.fifo"
-tmux_server "$WORK/tmux.sock" "${PANE_SIZE%x*}" "${PANE_SIZE#*x}" "$SSH_CMD"
-h_start tmx --size $PANE_SIZE -- tmux -S "$WORK/tmux.sock" attach
-h con wait 15000 'online' && h con send '\x07n' && h con wait 5000 'password' &&
-	h con send "$PASS\r" || exit 1
-for p in con min tmx; do h $p waitcur 30000 "$PROMPT_RE" || exit 1; done
-CON_PID=$(h_pid con)
-declare -A PIDS_OF=([con]=$CON_PID [min]=$(h_pid min) [tmx]="$(h_pid tmx) $(tmux -S "$WORK/tmux.sock" display -p '#{pid}')")
+fixture_quiet() {	# the relay and the agents have nothing left to do (before a phase)
+	local t0=$(now_ms)
+	quiet "$RELAY_PID" 30
+	quiet "${AGENT_PID[c1]}" 30
+	quiet "${AGENT_PID[m1]}" 30
+	log "   (fixture quiet after $(( $(now_ms) - t0 )) ms; load $(cut -d' ' -f1 /proc/loadavg))"
+}
 
 perf_start() {	# perf_start NAME: samples the console until perf_stop
 	[ "${BENCH_PERF:-0}" != 0 ] || return 0
-	perf record -F 999 -g -p "$CON_PID" -o "$OUT/perf-$1.data" 2> /dev/null &
+	perf record -F 999 --call-graph dwarf,16384 -p "$CON_PID" -o "$OUT/perf-$1.data" 2> /dev/null &
 	PERF_PID=$!
-	sleep 0.3
+	sleep 0.5
 }
 perf_stop() {
 	[ "${BENCH_PERF:-0}" != 0 ] || return 0
 	kill -INT "$PERF_PID"; wait "$PERF_PID"
-	perf report -i "$OUT/perf-$1.data" --stdio --no-children --percent-limit 1 \
-		> "$OUT/perf-$1.txt" 2> /dev/null
+	perf report -i "$OUT/perf-$1.data" --stdio --children --sort sym --percent-limit 2 -g none \
+		2> /dev/null | grep -E '^ +[0-9]' | grep -v ' 0x0000' > "$OUT/perf-$1.txt"
 }
 
-# 1. throughput: cat a file of realistic output; the clock stops when the
-# marker echoed after it is on the screen (the console, tmux) or has arrived
-# (the minimal client).  The typed line never contains the marker itself.
-phase "1. throughput: $TPUT_BYTES bytes x $TPUT_ROUNDS rounds"
-for r in $(seq 1 "$TPUT_ROUNDS"); do
-	for p in con min tmx; do
-		mark=$((7000 + r))
-		[ "$p$r" = con1 ] && perf_start tput
-		c0=$(cpu_ns ${PIDS_OF[$p]})
-		h $p tput 600000 "TTBEND$mark" "cat $DATA; echo TTBEND\$((7000+$r))\r" || exit 1
-		c1=$(cpu_ns ${PIDS_OF[$p]})
-		ms=$(echo "${REPLY#ok }" | cut -d' ' -f1)
-		echo "$ms" >> "$WORK/tput-$p.txt"
-		calc "($c1 - $c0) / 1e6 / $ms * 100" 0 >> "$WORK/tputcpu-$p.txt"
-		[ "$p$r" = con1 ] && perf_stop tput
-		h $p waitcur 60000 "$PROMPT_RE" || exit 1
-		h $p drain 300 >/dev/null
+# --- figures 1-3: the console, the minimal client, tmux + ssh ---------------
+paths_phase() {
+	local p r ms c0 c1
+	phase "console, minimal client, tmux + ssh: log in"
+	h_start con --size $CON_SIZE -- "$CONSOLE" -c "$WORK/main.conf" --log "$WORK/log/console.log"
+	h_start min --size $PANE_SIZE --client $RID "$WORK/min.fifo" field "$WORK/pass" -- \
+		"$CLIENT" --url "$BASE/t-m1/source-connect" --token-file "$WORK/app/m1.app" \
+		--cacert "$CERTS/ca.pem" --discard --save $RID "$WORK/min.fifo"
+	tmux_server "$WORK/tmux.sock" "${PANE_SIZE%x*}" "${PANE_SIZE#*x}" "$SSH_CMD"
+	h_start tmx --size $PANE_SIZE -- tmux -S "$WORK/tmux.sock" attach
+	h con wait 15000 'online' && h con send '\x07n' && h con wait 5000 'password' &&
+		h con send "$PASS\r" || return 1
+	for p in con min tmx; do h $p waitcur 30000 "$PROMPT_RE" || return 1; done
+	CON_PID=$(h_pid con)
+	R[rss_con_login]=$(rss_kb "$CON_PID")
+	declare -gA PIDS_OF=([con]=$CON_PID [min]=$(h_pid min)
+		[tmx]="$(h_pid tmx) $(tmux -S "$WORK/tmux.sock" display -p '#{pid}')")
+
+	# 1. throughput: cat a file of realistic output; the clock stops when the
+	# marker echoed after it is on the screen (the console, tmux) or has
+	# arrived (the minimal client).  The typed line never contains the marker.
+	phase "1. throughput: $TPUT_BYTES bytes x $TPUT_ROUNDS rounds"
+	for r in $(seq 1 "$TPUT_ROUNDS"); do
+		for p in con min tmx; do
+			[ "$p$r" = con1 ] && perf_start tput
+			c0=$(cpu_ns ${PIDS_OF[$p]})
+			h $p tput 600000 "TTBEND$((7000 + r))" "cat $DATA; echo TTBEND\$((7000+$r))\r" || return 1
+			c1=$(cpu_ns ${PIDS_OF[$p]})
+			ms=$(echo "${REPLY#ok }" | cut -d' ' -f1)
+			echo "$ms" >> "$WORK/tput-$p.txt"
+			calc "($c1 - $c0) / 1e6 / $ms * 100" 0 >> "$WORK/tputcpu-$p.txt"
+			echo >> "$WORK/tputcpu-$p.txt"
+			[ "$p$r" = con1 ] && perf_stop tput
+			h $p waitcur 60000 "$PROMPT_RE" && h $p drain 300 >/dev/null || return 1
+		done
 	done
-done
-for p in con min tmx; do
-	R[tput_ms_$p]=$(median < "$WORK/tput-$p.txt")
-	R[tput_$p]=$(calc "$TPUT_BYTES / 1e6 / (${R[tput_ms_$p]} / 1000)")
-	R[tputcpu_$p]=$(median < "$WORK/tputcpu-$p.txt")
-	log "   $p: $(tr '\n' ' ' < "$WORK/tput-$p.txt")ms -> ${R[tput_$p]} MB/s; CPU $(tr '\n' ' ' < "$WORK/tputcpu-$p.txt")% of a core"
-done
-
-# the terminal layer alone, no I/O: the console's libvterm screen set-up vs a
-# row-pointer grid on libvterm's state layer (what the pty delivers: CR LF)
-sed 's/$/\r/' "$DATA" > "$WORK/output.crlf"
-yes | head -c $((1 << 20)) | sed 's/$/\r/' > "$WORK/yes.crlf"
-read -r _ R[vt_screen] _ _ R[vt_grid] _ < <("$HARNESS" vtbench "$WORK/output.crlf" 93 39)
-read -r _ R[vt_screen_yes] _ _ R[vt_grid_yes] _ < <("$HARNESS" vtbench "$WORK/yes.crlf" 93 39)
-log "   terminal layer alone: screen ${R[vt_screen]} MB/s, grid ${R[vt_grid]} MB/s; yes: ${R[vt_screen_yes]} / ${R[vt_grid_yes]} MB/s"
-
-# 2. keystroke to echo at a shell prompt
-phase "2. latency: $LAT_KEYS keys each"
-for p in con min tmx; do
-	h $p lat "$LAT_KEYS" $GAP "$OUT/latency-$p.txt" "$PROMPT_RE" || exit 1
-	read -r _ _ R[p50_$p] R[p90_$p] R[p99_$p] R[max_$p] _ <<< "$REPLY"
-	log "   $p: $REPLY"
-done
-
-# 3. Ctrl-C under a `yes` flood, until the prompt is back
-phase "3. Ctrl-C under flood: $CTRLC_REPS rounds"
-for r in $(seq 1 "$CTRLC_REPS"); do
+	R[rss_con_sb]=$(calc "($(rss_kb "$CON_PID") - ${R[rss_con_login]}) / 1024" 1)
 	for p in con min tmx; do
-		h $p send 'yes\r' && h $p drain 1500 >/dev/null || exit 1
-		[ "$p$r" = con1 ] && perf_start flood
-		h $p ctrlc 120000 "$PROMPT_RE" || exit 1
-		echo "${REPLY#ok }" >> "$WORK/ctrlc-$p.txt"
-		[ "$p$r" = con1 ] && perf_stop flood
-		h $p drain 500 >/dev/null
+		R[tput_ms_$p]=$(median < "$WORK/tput-$p.txt")
+		R[tput_$p]=$(calc "$TPUT_BYTES / 1e6 / (${R[tput_ms_$p]} / 1000)")
+		R[tputcpu_$p]=$(median < "$WORK/tputcpu-$p.txt")
+		log "   $p: $(tr '\n' ' ' < "$WORK/tput-$p.txt")ms -> ${R[tput_$p]} MB/s;" \
+			"CPU $(tr '\n' ' ' < "$WORK/tputcpu-$p.txt")% of a core"
 	done
-done
-for p in con min tmx; do
-	R[ctrlc_$p]=$(median < "$WORK/ctrlc-$p.txt")
-	R[ctrlc_max_$p]=$(sort -n "$WORK/ctrlc-$p.txt" | tail -1)
-	log "   $p: $(tr '\n' ' ' < "$WORK/ctrlc-$p.txt")ms"
-done
-for p in con min tmx; do h_stop $p; done
-tmux -S "$WORK/tmux.sock" kill-server 2>/dev/null
 
-# 6. start-up to the first frame (the status bar's help hint is drawn with it)
-phase "6. start-up: $STARTUP_REPS runs each"
-for r in $(seq 1 "$STARTUP_REPS"); do
-	for conf in scale one; do
-		h_start st --size $CON_SIZE -- "$CONSOLE" -c "$WORK/$conf.conf"
-		h st wait 10000 '\? help$' && echo "${REPLY##* }" >> "$WORK/startup-$conf.txt"
-		h st drain 200 >/dev/null
+	# the terminal layer alone, no I/O: the console's libvterm screen set-up
+	# vs a row-pointer grid on libvterm's state layer (input as a pty gives it)
+	sed 's/$/\r/' "$DATA" > "$WORK/output.crlf"
+	yes 2>/dev/null | head -c $((1 << 20)) | sed 's/$/\r/' > "$WORK/yes.crlf"
+	read -r _ R[vt_screen] _ _ R[vt_grid] _ < <("$HARNESS" vtbench "$WORK/output.crlf" 93 39)
+	read -r _ R[vt_screen_yes] _ _ R[vt_grid_yes] _ < <("$HARNESS" vtbench "$WORK/yes.crlf" 93 39)
+	log "   terminal layer alone: screen $(r vt_screen) MB/s, grid $(r vt_grid) MB/s;" \
+		"yes: $(r vt_screen_yes) / $(r vt_grid_yes) MB/s"
+
+	# 2. keystroke to echo at a shell prompt, in rounds of 20 keys that take
+	# turns, so that whatever else the machine does hits all three alike
+	phase "2. latency: $LAT_KEYS keys each"
+	local -A keycpu=([con]=0 [min]=0 [tmx]=0)
+	for r in $(seq 1 $((LAT_KEYS / 20))); do
+		for p in con min tmx; do
+			c0=$(cpu_ns ${PIDS_OF[$p]})
+			h $p lat 20 $GAP "$OUT/latency-$p.txt" "$PROMPT_RE" || return 1
+			c1=$(cpu_ns ${PIDS_OF[$p]})
+			keycpu[$p]=$(( ${keycpu[$p]} + c1 - c0 ))
+		done
+	done
+	for p in con min tmx; do
+		R[keycpu_$p]=$(calc "${keycpu[$p]} / 1e6 / $(wc -l < "$OUT/latency-$p.txt")" 3)
+		R[p50_$p]=$(pct 0.5 < "$OUT/latency-$p.txt")
+		R[p99_$p]=$(pct 0.99 < "$OUT/latency-$p.txt")
+		log "   $p: p50 $(r p50_$p) p90 $(pct 0.9 < "$OUT/latency-$p.txt") p99 $(r p99_$p)" \
+			"max $(pct 1 < "$OUT/latency-$p.txt") ms over $(wc -l < "$OUT/latency-$p.txt") keys"
+	done
+
+	# 3. Ctrl-C under a `yes` flood, until the prompt is back
+	phase "3. Ctrl-C under flood: $CTRLC_REPS rounds"
+	for r in $(seq 1 "$CTRLC_REPS"); do
+		for p in con min tmx; do
+			h $p send 'yes\r' && h $p drain 1500 >/dev/null || return 1
+			[ $p = con ] && ss -Htn "( sport = :$PORT or dport = :$PORT )" |
+				awk '{ s += $2 + $3 } END { print s }' >> "$WORK/inflight.txt"
+			[ "$p$r" = con1 ] && perf_start flood
+			h $p ctrlc 120000 "$PROMPT_RE" || return 1
+			echo "${REPLY#ok }" >> "$WORK/ctrlc-$p.txt"
+			[ "$p$r" = con1 ] && perf_stop flood
+			h $p drain 500 >/dev/null
+		done
+	done
+	for p in con min tmx; do
+		R[ctrlc_$p]=$(median < "$WORK/ctrlc-$p.txt")
+		R[ctrlc_max_$p]=$(sort -n "$WORK/ctrlc-$p.txt" | tail -1)
+		log "   $p: $(tr '\n' ' ' < "$WORK/ctrlc-$p.txt")ms"
+	done
+	R[inflight_mb]=$(calc "$(median < "$WORK/inflight.txt") / 1e6" 1)
+	log "   in flight between the shell and the console at Ctrl-C: $(r inflight_mb) MB" \
+		"(socket queues at the relay's port; the agent's and relay's own queues add up to 0.5 MB)"
+	for p in con min tmx; do h_stop $p; done
+	tmux -S "$WORK/tmux.sock" kill-server 2>/dev/null
+}
+
+# --- figure 6: start-up to the first frame --------------------------------------
+# The status bar's help hint is drawn in the first frame; tmux's first frame
+# is its pane showing what the command printed first.
+startup_phase() {
+	local r c conf sock
+	phase "6. start-up: $STARTUP_REPS runs each"
+	fixture_quiet
+	for r in $(seq 1 "$STARTUP_REPS"); do
+		for conf in scale one; do
+			h_start st --size $CON_SIZE -- "$CONSOLE" -c "$WORK/$conf.conf"
+			h st wait 10000 '\? help$' && echo "${REPLY##* }" >> "$WORK/startup-$conf.txt"
+			h st drain 200 >/dev/null
+			h_stop st
+		done
+		sock=$WORK/tmux-st$r.sock
+		TMUX_SOCKS+=("$sock")
+		h_start st --size $CON_SIZE -- tmux -S "$sock" -f "$WORK/tmux.conf" new-session 'echo TTBREADY; exec cat'
+		h st wait 10000 'TTBREADY' && echo "${REPLY##* }" >> "$WORK/startup-tmux.txt"
 		h_stop st
+		tmux -S "$sock" kill-server 2>/dev/null
 	done
-	sock=$WORK/tmux-st$r.sock
-	TMUX_SOCKS+=("$sock")
-	h_start st --size $CON_SIZE -- tmux -S "$sock" -f "$WORK/tmux.conf" new-session 'echo TTBREADY; exec cat'
-	h st wait 10000 'TTBREADY' && echo "${REPLY##* }" >> "$WORK/startup-tmux.txt"
-	h_stop st
-	tmux -S "$sock" kill-server 2>/dev/null
-done
-for c in scale one tmux; do
-	R[startup_$c]=$(median < "$WORK/startup-$c.txt")
-	log "   $c: $(tr '\n' ' ' < "$WORK/startup-$c.txt")ms"
-done
+	for c in scale one tmux; do
+		[ -s "$WORK/startup-$c.txt" ] || continue
+		R[startup_$c]=$(median < "$WORK/startup-$c.txt")
+		log "   $c: $(tr '\n' ' ' < "$WORK/startup-$c.txt")ms"
+	done
+}
 
-# 4. and 5. one console with NDEV devices
-phase "4./5. scale: $NDEV devices"
-h_start sc --size $CON_SIZE -- "$CONSOLE" -c "$WORK/scale.conf" --log "$WORK/log/scale.log"
-SC_PID=$(h_pid sc)
-h sc wait 30000 "${SCALE[0]} .*device online" || exit 1
-# open_sessions N: N more sessions on every device, through the login dialog
+# --- figures 4 and 5: one console with NDEV devices ---------------------------
+# open_sessions N: N more sessions on every device, through the login dialog;
+# the status bar names the selected device (and says whether it is online).
 open_sessions() {
-	local d k keys
+	local d k keys want=$2
 	h sc send '\x071' || return 1
 	for d in "${SCALE[@]}"; do
-		h sc wait 30000 "^ $d │.*(online|rtt)" || return 1	# the status bar: it is selected
+		h sc wait 30000 "^ $d │$want" || return 1
 		keys=""
 		for k in $(seq 1 "$1"); do keys+="\\x07n$PASS\\r"; done
 		h sc send "$keys\\x07\\t" || return 1
+		want=""
 	done
 }
 sessions_ready() { [ "$(shells_of "${SCALE[@]}")" -ge "$1" ]; }
-wait_for 60 bash -c "[ \$(ss -Htn state established '( dport = :$PORT )' | wc -l) -ge $((NDEV + NDEV + 2)) ]"
-quiet "$SC_PID"
-R[rss0]=$(rss_kb "$SC_PID")
 
-open_sessions 2 || exit 1
-wait_for 120 sessions_ready $((NDEV * 2)) || log "   only $(shells_of "${SCALE[@]}") shells"
-quiet "$SC_PID"
+scale_phase() {
+	local i d k w left c0 c1 x0 x1 tc0 tc1 tx0 tx1 t0 t1 NS=$((NDEV * 4))
+	local IDLE_SOCK=$WORK/tmux-idle.sock TMUX_SERVER_PID TI_PID
+	phase "4./5. scale: $NDEV devices"
+	fixture_quiet
+	h_start sc --size $CON_SIZE -- "$CONSOLE" -c "$WORK/scale.conf" --log "$WORK/log/scale.log"
+	SC_PID=$(h_pid sc)
+	h sc wait 30000 "${SCALE[0]} .*device online" || return 1
+	wait_for 60 bash -c "[ \$(ss -Htn state established '( dport = :$PORT )' | wc -l) -ge $((NDEV + NDEV + 2)) ]"
+	quiet "$SC_PID"
+	R[rss0]=$(rss_kb "$SC_PID")
+	open_sessions 2 '.*(device online|rtt)' || return 1
+	wait_for 120 sessions_ready $((NDEV * 2)) || log "   only $(shells_of "${SCALE[@]}") shells"
+	quiet "$SC_PID"
 
-# the idle baseline: a tmux server with as many windows of an idle shell
-IDLE_SOCK=$WORK/tmux-idle.sock
-tmux_server "$IDLE_SOCK" 120 40 'bash --noprofile --norc'
-for i in $(seq 2 $((NDEV * 2))); do tmux -S "$IDLE_SOCK" new-window -d 'bash --noprofile --norc'; done
-h_start ti --size $CON_SIZE -- tmux -S "$IDLE_SOCK" attach
-h ti drain 1000 >/dev/null
-TMUX_SERVER_PID=$(tmux -S "$IDLE_SOCK" display -p '#{pid}')
-TI_PID=$(h_pid ti)
-quiet "$TMUX_SERVER_PID" 10
+	# the idle baseline: a tmux server with as many windows of an idle shell
+	tmux_server "$IDLE_SOCK" 120 40 'bash --noprofile --norc'
+	for i in $(seq 2 $((NDEV * 2))); do tmux -S "$IDLE_SOCK" new-window -d 'bash --noprofile --norc'; done
+	h_start ti --size $CON_SIZE -- tmux -S "$IDLE_SOCK" attach
+	h ti drain 1000 >/dev/null
+	TMUX_SERVER_PID=$(tmux -S "$IDLE_SOCK" display -p '#{pid}')
+	TI_PID=$(h_pid ti)
+	quiet "$TMUX_SERVER_PID" 10
 
-phase "4. idle: $NDEV tunnels, $((NDEV * 2)) sessions, ${IDLE_S} s"
-c0=$(cpu_ns "$SC_PID"); x0=$(ctx "$SC_PID")
-tc0=$(cpu_ns "$TMUX_SERVER_PID" "$TI_PID"); tx0=$(ctx "$TMUX_SERVER_PID" "$TI_PID")
-t0=$(now_ms)
-sleep "$IDLE_S"
-c1=$(cpu_ns "$SC_PID"); x1=$(ctx "$SC_PID")
-tc1=$(cpu_ns "$TMUX_SERVER_PID" "$TI_PID"); tx1=$(ctx "$TMUX_SERVER_PID" "$TI_PID")
-t1=$(now_ms)
-R[idle_cpu]=$(calc "($c1 - $c0) / 1e6 / ($t1 - $t0) * 100" 3)
-R[idle_wake]=$(calc "($x1 - $x0) / (($t1 - $t0) / 1000)" 1)
-R[idle_cpu_tmux]=$(calc "($tc1 - $tc0) / 1e6 / ($t1 - $t0) * 100" 3)
-R[idle_wake_tmux]=$(calc "($tx1 - $tx0) / (($t1 - $t0) / 1000)" 1)
-log "   console ${R[idle_cpu]} % ${R[idle_wake]}/s; tmux ${R[idle_cpu_tmux]} % ${R[idle_wake_tmux]}/s"
-R[tmux_rss100]=$(rss_kb "$TMUX_SERVER_PID")
+	phase "4. idle: $NDEV tunnels, $((NDEV * 2)) sessions, ${IDLE_S} s"
+	c0=$(cpu_ns "$SC_PID"); x0=$(ctx "$SC_PID")
+	tc0=$(cpu_ns "$TMUX_SERVER_PID" "$TI_PID"); tx0=$(ctx "$TMUX_SERVER_PID" "$TI_PID")
+	t0=$(now_ms)
+	sleep "$IDLE_S"
+	c1=$(cpu_ns "$SC_PID"); x1=$(ctx "$SC_PID")
+	tc1=$(cpu_ns "$TMUX_SERVER_PID" "$TI_PID"); tx1=$(ctx "$TMUX_SERVER_PID" "$TI_PID")
+	t1=$(now_ms)
+	R[idle_cpu]=$(calc "($c1 - $c0) / 1e6 / ($t1 - $t0) * 100" 3)
+	R[idle_wake]=$(calc "($x1 - $x0) / (($t1 - $t0) / 1000)" 1)
+	R[idle_cpu_tmux]=$(calc "($tc1 - $tc0) / 1e6 / ($t1 - $t0) * 100" 3)
+	R[idle_wake_tmux]=$(calc "($tx1 - $tx0) / (($t1 - $t0) / 1000)" 1)
+	log "   console $(r idle_cpu) % $(r idle_wake)/s; tmux $(r idle_cpu_tmux) % $(r idle_wake_tmux)/s"
+	R[tmux_rss100]=$(rss_kb "$TMUX_SERVER_PID")
 
-phase "5. scale: $((NDEV * 4)) sessions, 5000 lines of scrollback each"
-open_sessions 2 || exit 1
-for i in $(seq $((NDEV * 2 + 1)) $((NDEV * 4))); do tmux -S "$IDLE_SOCK" new-window -d 'bash --noprofile --norc'; done
-wait_for 120 sessions_ready $((NDEV * 4)) || log "   only $(shells_of "${SCALE[@]}") shells"
-quiet "$SC_PID"
-R[rssA]=$(rss_kb "$SC_PID")
-R[tmux_rssA]=$(rss_kb "$TMUX_SERVER_PID")
-# every session: seq 5000 (rows: device, then its four sessions)
-h sc send '\x071' || exit 1
-for d in "${SCALE[@]}"; do h sc send 'seq 5000\r\x07jseq 5000\r\x07jseq 5000\r\x07jseq 5000\r\x07j\x07j' || exit 1; done
-for w in $(tmux -S "$IDLE_SOCK" list-windows -F '#{window_index}'); do
-	tmux -S "$IDLE_SOCK" send-keys -t ":$w" 'seq 5000' Enter
-done
-h sc send '\x071' && h sc wait 120000 '│5000$' || exit 1
-quiet "$SC_PID" 300
-quiet "$TMUX_SERVER_PID" 60
-R[rssB]=$(rss_kb "$SC_PID")
-R[tmux_rssB]=$(rss_kb "$TMUX_SERVER_PID")
-NS=$((NDEV * 4))
-R[rss_mb]=$(calc "${R[rssB]} / 1024" 1)
-R[kb_sess]=$(calc "(${R[rssA]} - ${R[rss0]}) / $NS" 1)
-R[kb_sess_sb]=$(calc "(${R[rssB]} - ${R[rssA]}) / $NS" 1)
-R[kb_sess_raw]=$(calc "(${R[rssB]} - ${R[rss0]}) / $NS" 1)
-R[tmux_rss_mb]=$(calc "${R[tmux_rssB]} / 1024" 1)
-R[tmux_kb_win]=$(calc "(${R[tmux_rssA]} - ${R[tmux_rss100]}) / ($NS - $NDEV * 2)" 1)
-R[tmux_kb_win_sb]=$(calc "(${R[tmux_rssB]} - ${R[tmux_rssA]}) / $NS" 1)
-R[vtmem_kb]=$(calc "$("$HARNESS" vtmem 93 39) / 1024" 1)
-log "   console RSS ${R[rss0]} kB (0 sessions) ${R[rssA]} kB (open) ${R[rssB]} kB (filled);" \
-	"tmux ${R[tmux_rss100]} / ${R[tmux_rssA]} / ${R[tmux_rssB]} kB"
-h_stop ti
-tmux -S "$IDLE_SOCK" kill-server 2>/dev/null
-
-# keystroke latency in a quiet session while NSTREAM others stream
-h sc send '\x072' || exit 1
-left=$NSTREAM
-for d in "${SCALE[@]:1}"; do
-	for k in 1 2 3 4; do
-		[ $left -gt 0 ] || break 2
-		h sc send "$WORK/bin/ptyharness stream $STREAM_MS\\r\\x07j" || exit 1
-		left=$((left - 1))
+	phase "5. scale: $NS sessions, 5000 lines of scrollback each"
+	open_sessions 2 '' || return 1
+	for i in $(seq $((NDEV * 2 + 1)) "$NS"); do tmux -S "$IDLE_SOCK" new-window -d 'bash --noprofile --norc'; done
+	wait_for 120 sessions_ready "$NS" || log "   only $(shells_of "${SCALE[@]}") shells"
+	quiet "$SC_PID"
+	R[rssA]=$(rss_kb "$SC_PID")
+	R[tmux_rssA]=$(rss_kb "$TMUX_SERVER_PID")
+	# every session: seq 5000 (the list's rows: a device, then its four sessions)
+	h sc send '\x071' || return 1
+	for d in "${SCALE[@]}"; do
+		h sc send 'seq 5000\r\x07jseq 5000\r\x07jseq 5000\r\x07jseq 5000\r\x07j\x07j' || return 1
 	done
-	h sc send '\x07j' || exit 1
-done
-h sc send '\x071' && h sc drain 2000 >/dev/null || exit 1
-h sc send '\x07l' && h sc waitcur 10000 "$PROMPT_RE" || exit 1
-phase "5. latency while $NSTREAM sessions stream"
-h sc lat "$LAT_KEYS" $GAP "$OUT/latency-loaded.txt" "$PROMPT_RE" || exit 1
-read -r _ _ R[p50_loaded] _ R[p99_loaded] _ _ <<< "$REPLY"
-log "   $REPLY"
-h_stop sc
+	for w in $(tmux -S "$IDLE_SOCK" list-windows -F '#{window_index}'); do
+		tmux -S "$IDLE_SOCK" send-keys -t ":$w" 'seq 5000' Enter
+	done
+	h sc send '\x071' && h sc wait 120000 '│5000$' || return 1
+	quiet "$SC_PID" 300
+	quiet "$TMUX_SERVER_PID" 60
+	R[rssB]=$(rss_kb "$SC_PID")
+	R[tmux_rssB]=$(rss_kb "$TMUX_SERVER_PID")
+	R[rss_mb]=$(calc "${R[rssB]} / 1024" 1)
+	R[kb_sess]=$(calc "(${R[rssA]} - ${R[rss0]}) / $NS" 1)
+	R[kb_sess_sb]=$(calc "(${R[rssB]} - ${R[rssA]}) / $NS" 1)
+	R[kb_sess_raw]=$(calc "(${R[rssB]} - ${R[rss0]}) / $NS" 1)
+	R[tmux_rss_mb]=$(calc "${R[tmux_rssB]} / 1024" 1)
+	R[tmux_kb_win]=$(calc "(${R[tmux_rssA]} - ${R[tmux_rss100]}) / ($NS - $NDEV * 2)" 1)
+	R[tmux_kb_win_sb]=$(calc "(${R[tmux_rssB]} - ${R[tmux_rssA]}) / $NS" 1)
+	log "   console RSS $(r rss0) kB (0 sessions) $(r rssA) kB (open) $(r rssB) kB (filled);" \
+		"tmux $(r tmux_rss100) / $(r tmux_rssA) / $(r tmux_rssB) kB"
+	h_stop ti
+	tmux -S "$IDLE_SOCK" kill-server 2>/dev/null
+
+	# keystroke latency in a quiet session while NSTREAM others stream
+	h sc send '\x072' || return 1
+	left=$NSTREAM
+	for d in "${SCALE[@]:1}"; do
+		for k in 1 2 3 4; do
+			[ $left -gt 0 ] || break 2
+			h sc send "$WORK/bin/ptyharness stream $STREAM_MS\\r\\x07j" || return 1
+			left=$((left - 1))
+		done
+		h sc send '\x07j' || return 1
+	done
+	h sc send '\x071' && h sc drain 2000 >/dev/null || return 1
+	h sc send '\x07l' && h sc waitcur 10000 "$PROMPT_RE" || return 1
+	phase "5. latency while $NSTREAM sessions stream"
+	h sc lat "$LAT_KEYS" $GAP "$OUT/latency-loaded.txt" "$PROMPT_RE" || return 1
+	R[p50_loaded]=$(pct 0.5 < "$OUT/latency-loaded.txt")
+	R[p99_loaded]=$(pct 0.99 < "$OUT/latency-loaded.txt")
+	log "   p50 $(r p50_loaded) p99 $(r p99_loaded) max $(pct 1 < "$OUT/latency-loaded.txt") ms"
+	h_stop sc
+}
+
+[[ $ONLY == *" paths "* ]] && { paths_phase || log "   (figures 1-3 stopped early)"; }
+[[ $ONLY == *" startup "* ]] && { startup_phase || log "   (figure 6 stopped early)"; }
+[[ $ONLY == *" scale "* ]] && { scale_phase || log "   (figures 4-5 stopped early)"; }
+R[vtmem_kb]=$(calc "$("$HARNESS" vtmem 93 39) / 1024" 1)
 
 # --- the table and the JSON ----------------------------------------------------------
-ratio() { calc "$1 / $2" 2; }
-yesno() { awk "BEGIN { print (($1) ? \"yes\" : \"NO\") }"; }
-R[overhead]=$(calc "${R[p99_con]} - ${R[p99_min]}" 3)
+ratio() {	# value / baseline; "-" when either is missing or the baseline is 0
+	has "$1" "$2" && awk "BEGIN { exit !(${R[$2]} != 0) }" && calc "${R[$1]} / ${R[$2]}" 2 || echo -
+}
+met() { has "$1" && awk "BEGIN { print (($2) ? \"yes\" : \"NO\") }" || echo -; }
+row() { printf '%-46s %10s %20s %7s %9s %4s\n' "$@"; }
+has p99_con p99_min && R[overhead]=$(calc "${R[p99_con]} - ${R[p99_min]}" 3)
+has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 {
-	echo "tunnel_tui benchmarks ($([ $QUICK = 1 ] && echo 'QUICK run, not comparable' || echo 'full run'), $(date -u '+%Y-%m-%d %H:%M UTC'))"
+	echo "tunnel_tui benchmarks ($([ $QUICK = 1 ] && echo 'QUICK run: small, not comparable' || echo 'full run'), $(date -u '+%Y-%m-%d %H:%M UTC'))"
 	echo "machine: $MACHINE; load average at start $LOAD0"
-	echo "console terminal $CON_SIZE (pane, remote pty 93x39); baselines in a 93x39 terminal; relay over TLS on loopback"
+	echo "console in a $CON_SIZE terminal (its pane, the remote pty: 93x39); baselines in 93x39; relay over TLS on loopback"
 	echo
-	printf '%-44s %12s %18s %8s %10s %5s\n' figure value baseline ratio goal met
-	row() { printf '%-44s %12s %18s %8s %10s %5s\n' "$@"; }
-	row "1. throughput, MB/s ($((TPUT_BYTES >> 20)) MiB)" "${R[tput_con]}" "${R[tput_min]} minimal" \
-		"$(ratio "${R[tput_con]}" "${R[tput_min]}")" "≥ 0.8x" "$(yesno "${R[tput_con]} >= 0.8 * ${R[tput_min]}")"
-	row "" "" "${R[tput_tmx]} tmux+ssh" "$(ratio "${R[tput_con]}" "${R[tput_tmx]}")" "≥ 1x" \
-		"$(yesno "${R[tput_con]} >= ${R[tput_tmx]}")"
-	row "2. keystroke to echo p50, ms" "${R[p50_con]}" "${R[p50_min]} minimal" "$(ratio "${R[p50_con]}" "${R[p50_min]}")" "" ""
-	row "" "" "${R[p50_tmx]} tmux+ssh" "$(ratio "${R[p50_con]}" "${R[p50_tmx]}")" "" ""
-	row "   p99, ms" "${R[p99_con]}" "${R[p99_min]} minimal" "$(ratio "${R[p99_con]}" "${R[p99_min]}")" "" ""
-	row "" "" "${R[p99_tmx]} tmux+ssh" "$(ratio "${R[p99_con]}" "${R[p99_tmx]}")" "" ""
-	row "   console overhead p99, ms" "${R[overhead]}" "" "" "≤ 1 ms" "$(yesno "${R[overhead]} <= 1")"
-	row "3. Ctrl-C under flood to prompt, ms" "${R[ctrlc_con]}" "${R[ctrlc_min]} minimal" \
-		"$(ratio "${R[ctrlc_con]}" "${R[ctrlc_min]}")" "≤ 200 ms" "$(yesno "${R[ctrlc_con]} <= 200")"
-	row "   (median of $CTRLC_REPS; worst ${R[ctrlc_max_con]})" "" "${R[ctrlc_tmx]} tmux+ssh" \
-		"$(ratio "${R[ctrlc_con]}" "${R[ctrlc_tmx]}")" "" ""
-	row "4. idle CPU, % of a core" "${R[idle_cpu]}" "${R[idle_cpu_tmux]} tmux" \
-		"$(ratio "${R[idle_cpu]}" "${R[idle_cpu_tmux]}")" "≤ 0.2 %" "$(yesno "${R[idle_cpu]} <= 0.2")"
-	row "   idle wakeups/s" "${R[idle_wake]}" "${R[idle_wake_tmux]} tmux" \
-		"$(ratio "${R[idle_wake]}" "${R[idle_wake_tmux]}")" "" ""
-	row "5. RSS, MB ($NS sessions, 5000 lines each)" "${R[rss_mb]}" "${R[tmux_rss_mb]} tmux" \
-		"$(ratio "${R[rss_mb]}" "${R[tmux_rss_mb]}")" "" ""
-	row "   KB per session beside scrollback" "${R[kb_sess]}" "${R[tmux_kb_win]} tmux" \
-		"$(ratio "${R[kb_sess]}" "${R[tmux_kb_win]}")" "≤ 256 KB" "$(yesno "${R[kb_sess]} <= 256")"
-	row "   KB per session of scrollback (seq 5000)" "${R[kb_sess_sb]}" "${R[tmux_kb_win_sb]} tmux" \
-		"$(ratio "${R[kb_sess_sb]}" "${R[tmux_kb_win_sb]}")" "" ""
-	row "   KB per session, all" "${R[kb_sess_raw]}" "" "" "" ""
-	row "   p99 echo, $NSTREAM sessions streaming, ms" "${R[p99_loaded]}" "${R[p99_con]} unloaded" \
-		"$(ratio "${R[p99_loaded]}" "${R[p99_con]}")" "" ""
-	row "6. start-up to first frame, $NDEV devices, ms" "${R[startup_scale]}" "${R[startup_tmux]} tmux" \
-		"$(ratio "${R[startup_scale]}" "${R[startup_tmux]}")" "≤ 50 ms" "$(yesno "${R[startup_scale]} <= 50")"
-	row "   (1 device configured)" "${R[startup_one]}" "" "" "" ""
+	row figure value baseline ratio goal met
+	row "1. throughput, MB/s ($((TPUT_BYTES >> 20)) MiB)" "$(r tput_con)" "$(r tput_min) minimal" \
+		"$(ratio tput_con tput_min)" "≥ 0.8x" "$(met tput_con "$(r tput_con) >= 0.8 * $(r tput_min)")"
+	row "" "" "$(r tput_tmx) tmux+ssh" "$(ratio tput_con tput_tmx)" "≥ 1x" \
+		"$(met tput_con "$(r tput_con) >= $(r tput_tmx)")"
+	row "2. keystroke to echo p50, ms" "$(r p50_con)" "$(r p50_min) minimal" "$(ratio p50_con p50_min)" "" ""
+	row "" "" "$(r p50_tmx) tmux+ssh" "$(ratio p50_con p50_tmx)" "" ""
+	row "   p99, ms" "$(r p99_con)" "$(r p99_min) minimal" "$(ratio p99_con p99_min)" "" ""
+	row "" "" "$(r p99_tmx) tmux+ssh" "$(ratio p99_con p99_tmx)" "" ""
+	row "   console overhead p99 (console - minimal)" "$(r overhead)" "" "" "≤ 1 ms" "$(met overhead "$(r overhead) <= 1")"
+	row "   console overhead p50" "$(r overhead50)" "" "" "" ""
+	row "3. Ctrl-C under flood to prompt, ms" "$(r ctrlc_con)" "$(r ctrlc_min) minimal" \
+		"$(ratio ctrlc_con ctrlc_min)" "≤ 200 ms" "$(met ctrlc_con "$(r ctrlc_con) <= 200")"
+	row "   (median of $CTRLC_REPS; worst $(r ctrlc_max_con))" "" "$(r ctrlc_tmx) tmux+ssh" \
+		"$(ratio ctrlc_con ctrlc_tmx)" "" ""
+	row "4. idle CPU, % of a core" "$(r idle_cpu)" "$(r idle_cpu_tmux) tmux" \
+		"$(ratio idle_cpu idle_cpu_tmux)" "≤ 0.2 %" "$(met idle_cpu "$(r idle_cpu) <= 0.2")"
+	row "   idle wakeups/s" "$(r idle_wake)" "$(r idle_wake_tmux) tmux" "$(ratio idle_wake idle_wake_tmux)" "" ""
+	row "5. RSS, MB ($((NDEV * 4)) sessions, 5000 lines each)" "$(r rss_mb)" "$(r tmux_rss_mb) tmux" \
+		"$(ratio rss_mb tmux_rss_mb)" "" ""
+	row "   KB per session beside scrollback" "$(r kb_sess)" "$(r tmux_kb_win) tmux" \
+		"$(ratio kb_sess tmux_kb_win)" "≤ 256 KB" "$(met kb_sess "$(r kb_sess) <= 256")"
+	row "   KB per session of scrollback (seq 5000)" "$(r kb_sess_sb)" "$(r tmux_kb_win_sb) tmux" \
+		"$(ratio kb_sess_sb tmux_kb_win_sb)" "" ""
+	row "   KB per session, all" "$(r kb_sess_raw)" "" "" "" ""
+	row "   p99 echo, $NSTREAM sessions streaming, ms" "$(r p99_loaded)" "$(r p99_con) unloaded" \
+		"$(ratio p99_loaded p99_con)" "" ""
+	row "6. start-up to first frame, $NDEV devices, ms" "$(r startup_scale)" "$(r startup_tmux) tmux" \
+		"$(ratio startup_scale startup_tmux)" "≤ 50 ms" "$(met startup_scale "$(r startup_scale) <= 50")"
+	row "   (1 device configured)" "$(r startup_one)" "" "" "" ""
 	echo
-	echo "CPU during throughput (% of one core, median): console ${R[tputcpu_con]}, minimal client ${R[tputcpu_min]}, tmux server+client ${R[tputcpu_tmx]}"
-	echo "terminal layer alone (no I/O, 93x39): libvterm screen as set up by the console ${R[vt_screen]} MB/s on this output," \
-		"${R[vt_screen_yes]} MB/s on yes; libvterm state + row-pointer grid ${R[vt_grid]} / ${R[vt_grid_yes]} MB/s"
-	echo "libvterm alone allocates ${R[vtmem_kb]} KB for one 93x39 screen (both buffers); medians: throughput of $TPUT_ROUNDS, start-up of $STARTUP_REPS"
+	echo "at Ctrl-C the socket queues between the shell and the console held $(r inflight_mb) MB (median); the console works it off before the prompt shows"
+	echo "CPU per echoed keystroke (ms, Ctrl-U redraws included): console $(r keycpu_con), minimal client $(r keycpu_min), tmux server+client $(r keycpu_tmx)"
+	echo "CPU while throughput runs (% of one core, median): console $(r tputcpu_con)," \
+		"minimal client $(r tputcpu_min), tmux server+client $(r tputcpu_tmx)"
+	echo "terminal layer alone (no I/O, 93x39): libvterm screen as the console sets it up $(r vt_screen) MB/s" \
+		"on this output, $(r vt_screen_yes) MB/s on yes; libvterm state + row-pointer grid $(r vt_grid) / $(r vt_grid_yes) MB/s"
+	echo "5000 lines of this output in a session's scrollback cost the console $(r rss_con_sb) MB (RSS growth over the throughput runs)"
+	echo "libvterm allocates $(r vtmem_kb) KB for one 93x39 screen (both buffers); medians of" \
+		"$TPUT_ROUNDS throughput and $STARTUP_REPS start-up runs; latency over $LAT_KEYS keys"
 } | tee "$OUT/table.txt"
+j() { echo "${R[$1]:-null}"; }
 JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s%s}' \
-	"${R[tput_con]}" "$(ratio "${R[tput_con]}" "${R[tput_min]}")" "$(ratio "${R[tput_con]}" "${R[tput_tmx]}")" \
-	"${R[p50_con]}" "${R[p99_con]}" "${R[overhead]}" "${R[ctrlc_con]}" "${R[idle_cpu]}" "${R[idle_wake]}" \
-	"${R[rss_mb]}" "${R[kb_sess]}" "${R[p99_loaded]}" "${R[startup_scale]}" \
+	"$(j tput_con)" "$(ratio tput_con tput_min | sed 's/^-$/null/')" "$(ratio tput_con tput_tmx | sed 's/^-$/null/')" \
+	"$(j p50_con)" "$(j p99_con)" "$(j overhead)" "$(j ctrlc_con)" "$(j idle_cpu)" "$(j idle_wake)" \
+	"$(j rss_mb)" "$(j kb_sess)" "$(j p99_loaded)" "$(j startup_scale)" \
 	"$([ $QUICK = 1 ] && echo ',"quick":true')")
 echo "$JSON" > "$OUT/bench.json"
 echo
