@@ -260,6 +260,9 @@ struct session {	/* one SSH session: one request_id */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
 	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
+	char vtf_params[16];		/* a CSI's parameter bytes, as far as they fit */
+	int vtf_nparams;
+	int alt_enabled;		/* the alternate screen's buffer exists */
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
@@ -1658,14 +1661,33 @@ static int vtf_esc(struct session *s, unsigned char c)	/* after ESC */
 		return 1;
 	s->vtf_state = c == '[' ? VTF_CSI : strchr("]PX^_", c) ? VTF_STRING : VTF_TEXT;
 	s->vtf_seps = 0;
+	s->vtf_nparams = 0;
 	return 1;
+}
+
+/* The alternate screen costs a second buffer (36 bytes a cell): it is made
+ * only when a program first asks for it (DECSET 1049, 1047 or 47). */
+static void vtf_csi_final(struct session *s, unsigned char c)
+{
+	static const char *const alt[] = { "?1049", "?1047", "?47" };
+
+	s->vtf_params[s->vtf_nparams] = '\0';
+	for (size_t i = 0; c == 'h' && !s->alt_enabled && i < 3; i++)
+		if (!strcmp(s->vtf_params, alt[i])) {
+			vterm_screen_enable_altscreen(s->screen, 1);
+			s->alt_enabled = 1;
+		}
+	s->vtf_nparams = 0;
 }
 
 static int vtf_csi(struct session *s, unsigned char c)	/* arguments, then the final */
 {
-	if (c >= 0x40 && c <= 0x7e)
+	if (c >= 0x30 && c <= 0x3f && s->vtf_nparams < (int)sizeof(s->vtf_params) - 1)
+		s->vtf_params[s->vtf_nparams++] = (char)c;
+	if (c >= 0x40 && c <= 0x7e) {
 		s->vtf_state = VTF_TEXT;
-	else if (c >= 0x30 && c <= 0x3f && (c == ';' || c == ':'))
+		vtf_csi_final(s, c);
+	} else if (c >= 0x30 && c <= 0x3f && (c == ';' || c == ':'))
 		return ++s->vtf_seps <= 15;
 	else if (c >= 0x30 && c <= 0x3f)
 		return s->vtf_seps <= 15;
@@ -1847,7 +1869,6 @@ static void vt_open(struct session *s)	/* a VTerm the size of the remote PTY */
 	vterm_output_set_callback(s->vt, vt_output, s);
 	s->screen = vterm_obtain_screen(s->vt);
 	vterm_screen_set_callbacks(s->screen, &vt_callbacks, s);
-	vterm_screen_enable_altscreen(s->screen, 1);
 	vterm_screen_set_damage_merge(s->screen, VTERM_DAMAGE_SCROLL);
 	vterm_screen_reset(s->screen, 1);
 	vterm_input_write(s->vt, " \r", 2);	/* 0.1.4 loops on REP with no glyph before */
