@@ -180,8 +180,8 @@ tui_login() {	# the login dialog is open with the user prefilled: type $PASS
 	tui_type "$PASS"
 	tui_keys Enter
 }
-tui_run() {	# tui_run CMD MARK: types CMD and Enter; waits for MARK on screen
+tui_run() {	# tui_run CMD MARK [SECONDS]: types CMD and Enter; waits for MARK on screen
 	tui_type "$1"
 	tui_keys Enter
-	tui_wait "$2" 10
+	tui_wait "$2" "${3:-10}"
 }
