@@ -1,14 +1,20 @@
 #!/bin/sh
-# tests/fuzz/run.sh SECONDS: builds every libFuzzer target (tests/fuzz/fuzz_*.c)
-# into build/fuzz/, fuzzes each for SECONDS (all targets at once, one core
-# each) on a copy of its seed corpus (build/fuzz/corpus-NAME, kept between runs
-# so fuzzing resumes; the committed seeds stay small), then replays every saved
-# crash input in tests/fuzz/regressions/NAME-*.bin.
+# tests/fuzz/run.sh SECONDS [NAME...]: builds every libFuzzer target
+# (tests/fuzz/fuzz_*.c; or only fuzz_NAME.c for each NAME given) into
+# build/fuzz/, fuzzes each for SECONDS on a copy of its seed corpus
+# (build/fuzz/corpus-NAME, kept between runs so fuzzing resumes; the committed
+# seeds stay small), then replays every saved crash input in
+# tests/fuzz/regressions/NAME-*.bin.
+# All targets fuzz at once, so the run takes SECONDS however many there are;
+# with more targets than cores they share them (CI: three targets on 2 cores,
+# so each gets about 20 s of CPU in its 30 s).
 # Prints TAP-style lines; exits non-zero on a build failure, a crash, or a
 # regression input that still fails.  `make fuzz` runs 600 s per target, CI
 # (tests/e2e/fuzz.test.sh) 30 s.
 set -u
 secs=${1:-30}
+[ $# -gt 0 ] && shift
+only=$*		# target names; empty: all
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 out=build/fuzz
@@ -37,6 +43,7 @@ not_ok() {	# not_ok TEXT LOG: a failure line and the log's most telling lines
 for src in tests/fuzz/fuzz_*.c; do
 	name=$(basename "$src" .c)
 	name=${name#fuzz_}
+	case " ${only:-$name} " in *" $name "*) ;; *) continue ;; esac
 	# shellcheck disable=SC2086
 	if clang $cflags -o "$out/fuzz_$name" "$src" $libs > "$out/$name.build.log" 2>&1; then
 		targets="$targets $name"
@@ -80,6 +87,7 @@ for f in tests/fuzz/regressions/*-*.bin; do
 	[ -e "$f" ] || continue
 	base=$(basename "$f" .bin)
 	name=${base%%-*}
+	case " ${only:-$name} " in *" $name "*) ;; *) continue ;; esac
 	log=$out/regression-$base.log
 	if [ -x "$out/fuzz_$name" ] && "$out/fuzz_$name" -timeout=10 -rss_limit_mb=2048 "$f" > "$log" 2>&1; then
 		echo "ok - fuzz regression $base"

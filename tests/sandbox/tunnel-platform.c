@@ -152,10 +152,12 @@ struct rest_call {		/* one HTTP request/response on a connection */
 
 /* Whoever is at the other end of one connection: an app or a device once
  * upgraded to WebSocket (on a tunnel, or a device's events channel), a REST
- * caller before.  lws allocates it per wsi. */
+ * caller before.  lws allocates it per wsi.  tests/fuzz/fuzz_relay.c makes
+ * peers with no wsi: they queue, count and change state, and every lws call
+ * on the connection is skipped (peer_rx, peer_send, peer_close, peer_drop). */
 struct peer {
 	struct relay *r;
-	struct lws *wsi;
+	struct lws *wsi;		/* NULL: fuzz_relay.c's, no connection */
 	struct tunnel *t;		/* NULL once replaced, gone or refused */
 	struct tunnel *pending;		/* chosen at the handshake */
 	struct device *dev;		/* an open events channel's device */
@@ -172,9 +174,18 @@ struct peer {
 	struct rest_call call;
 };
 
+/* The REST code reads headers and query parameters only through this: lws
+ * (lws_header, lws_arg) for a real request, fuzz_relay.c's own for its. */
+struct rest_in {		/* a request's headers and query parameters */
+	int (*header)(void *ctx, const char *name, char *out, size_t size);	/* by lowercase name; <0 absent */
+	int (*arg)(void *ctx, int i, char *out, size_t size);	/* the i-th, URL-decoded; <0 past the last */
+	void *ctx;
+};
+
 struct rest_args {		/* what a REST handler gets and gives */
 	struct relay *r;
 	struct peer *p;
+	const struct rest_in *in;	/* the request's headers and query */
 	char project[ID_MAX + 1], tunnel[ID_MAX + 1];	/* from the path; any project */
 	const char *note;		/* for the log line: how it was authenticated, or not */
 	cJSON *out;
@@ -385,7 +396,8 @@ static void peer_rx(struct peer *p, int on)	/* reads a connection or not (stall 
 	if (on == !p->rx_off)
 		return;
 	p->rx_off = !on;
-	lws_rx_flow_control(p->wsi, on);
+	if (p->wsi)
+		lws_rx_flow_control(p->wsi, on);
 }
 
 /* Whoever feeds a full backlog stops being read until it halves: the device
@@ -423,7 +435,7 @@ static void delay_clear(struct tunnel *t)	/* forgets every message in the delay 
 
 static void peer_send(struct peer *p, const char *m, size_t len)	/* queues one frame on this connection */
 {
-	if (sb_queue_push(&p->q, m, len))
+	if (sb_queue_push(&p->q, m, len) && p->wsi)
 		lws_callback_on_writable(p->wsi);
 }
 
@@ -525,7 +537,8 @@ static void peer_close(struct peer *p, int code, const char *why)	/* asks for a 
 		return;
 	p->close_code = code;
 	p->close_why = why;
-	lws_callback_on_writable(p->wsi);
+	if (p->wsi)
+		lws_callback_on_writable(p->wsi);
 }
 
 static void peer_gone(struct peer *p)	/* an attached connection ended: the app hears of a device's */
@@ -573,12 +586,15 @@ static void peer_attach(struct peer *p, struct tunnel *t)	/* makes p the tunnel'
  * a close frame; linger 0 makes the final close() a reset. */
 static void peer_drop(struct peer *p)	/* ends the TCP connection at once */
 {
-	int fd = lws_get_socket_fd(p->wsi);
 	struct linger lg = { 1, 0 };
+	int fd;
 
 	if (p->t)
 		peer_gone(p);
 	sb_queue_clear(&p->q);
+	if (!p->wsi)
+		return;
+	fd = lws_get_socket_fd(p->wsi);
 	if (fd >= 0) {
 		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 		shutdown(fd, SHUT_RDWR);
@@ -900,23 +916,30 @@ static void peer_oversize(struct peer *p)	/* a message over --max-message: 413, 
 }
 
 /* Fragments and partial frames are gathered into p->rx first; the size cap
- * counts what lws says is still to come, so an oversized frame is refused at
- * its first chunk rather than buffered. */
-static int peer_receive(struct peer *p, const void *in, size_t len)	/* one chunk of a message */
+ * counts rest, what lws says is still to come of this frame, so an oversized
+ * frame is refused at its first chunk rather than buffered.  final: the frame
+ * is the message's last.  (Apart from lws, so fuzz_relay.c can call it.) */
+static void peer_chunk(struct peer *p, const void *in, size_t len, size_t rest,
+		       int final)	/* one chunk of a message */
 {
-	size_t rest = lws_remaining_packet_payload(p->wsi);
 	size_t max = p->r->max_message;
 
 	if (!p->t || p->r->stalled)
-		return 0;	/* replaced, refused, closing or dead: ignored */
+		return;	/* replaced, refused, closing or dead: ignored */
 	if (p->rx.len + len + rest > max || sb_rx_append(&p->rx, in, len, max) < 0) {
 		peer_oversize(p);
-		return 0;
+		return;
 	}
-	if (rest || !lws_is_final_fragment(p->wsi))
-		return 0;
+	if (rest || !final)
+		return;
 	relay_message(p, p->rx.p, p->rx.len);
 	p->rx.len = 0;
+}
+
+static int peer_receive(struct peer *p, const void *in, size_t len)	/* LWS_CALLBACK_RECEIVE */
+{
+	peer_chunk(p, in, len, lws_remaining_packet_payload(p->wsi),
+		   lws_is_final_fragment(p->wsi));
 	return 0;
 }
 
@@ -1392,7 +1415,7 @@ static void base_url(struct rest_args *a, char *out, size_t size)	/* ws[s]://hos
 	struct relay *r = a->r;
 	const char *scheme = r->cert ? "wss" : "ws";
 	char host[128];
-	int n = lws_hdr_copy(a->p->wsi, host, sizeof host, WSI_TOKEN_HOST);
+	int n = a->in->header(a->in->ctx, "host", host, sizeof host);
 
 	if (n > 0 && strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 				  "0123456789.-:[]") == (size_t)n)
@@ -1535,10 +1558,22 @@ static int rest_create(struct rest_args *a)	/* POST /v5/iot/{project_id}/tunnels
 	return status;
 }
 
+static const char *rest_arg(const struct rest_in *in, const char *prefix, char *buf,
+			    size_t size)	/* what follows prefix in the first parameter with it, or NULL */
+{
+	size_t pl = strlen(prefix);
+	int i;
+
+	for (i = 0; in->arg(in->ctx, i, buf, size) >= 0; i++)	/* as lws_get_urlarg_by_name */
+		if (!strncmp(buf, prefix, pl))
+			return buf + pl;
+	return NULL;
+}
+
 static int rest_list(struct rest_args *a)	/* GET /v5/iot/{project_id}/tunnels[?device_id=] */
 {
 	char buf[ID_MAX + 16];
-	const char *dev = lws_get_urlarg_by_name(a->p->wsi, "device_id=", buf, sizeof buf);
+	const char *dev = rest_arg(a->in, "device_id=", buf, sizeof buf);
 	cJSON *list = cJSON_CreateArray();
 	lws_dll2_t *d;
 
@@ -1639,12 +1674,11 @@ static int route_match(const char *pat, const char *path, struct rest_args *a)	/
 	return !*pat && !*path;
 }
 
-static int rest_token_ok(struct lws *wsi, const char *want)	/* X-Auth-Token is want */
+static int rest_token_ok(const struct rest_in *in, const char *want)	/* X-Auth-Token is want */
 {
 	char got[TOKEN_MAX + 1] = "";
 
-	return token_matches(got, lws_hdr_copy(wsi, got, sizeof got, WSI_TOKEN_X_AUTH_TOKEN),
-			     want);
+	return token_matches(got, in->header(in->ctx, "x-auth-token", got, sizeof got), want);
 }
 
 /* Headers lws knows are tokens (found by their "name:"); the rest it keeps
@@ -1665,15 +1699,19 @@ static int lws_header(void *ctx, const char *name, char *out, size_t size)	/* a 
 	return lws_hdr_custom_copy(wsi, out, (int)size, colon, n);
 }
 
+static int lws_arg(void *ctx, int i, char *out, size_t size)	/* the i-th query parameter; <0 past the last */
+{
+	return lws_hdr_copy_fragment(ctx, out, (int)size, WSI_TOKEN_HTTP_URI_ARGS, i);
+}
+
 /* lws has URL-decoded them ('+' too) and split them at '&'; empty ones are
  * skipped, as the gateway's URL parser skips them. */
-static int lws_args(struct lws *wsi, struct sig_req *q, char *store, size_t size)	/* the query; -1 if too many */
+static int query_args(const struct rest_in *in, struct sig_req *q, char *store, size_t size)	/* the query; -1 if too many */
 {
 	size_t used = 0;
 	int i, n;
 
-	for (i = 0; (n = lws_hdr_copy_fragment(wsi, store + used, (int)(size - used),
-						 WSI_TOKEN_HTTP_URI_ARGS, i)) >= 0; i++) {
+	for (i = 0; (n = in->arg(in->ctx, i, store + used, size - used)) >= 0; i++) {
 		if (!n)
 			continue;
 		if (q->nargs == SIG_ARGS_MAX)
@@ -1689,10 +1727,10 @@ static enum sig_result rest_signature(struct rest_args *a, const char *authz)	/*
 	struct rest_call *c = &a->p->call;
 	char store[HEADER_MAX + SIG_ARGS_MAX + 1];
 	struct sig_req q = { .method = method_name[c->method], .path = c->path,
-			     .header = lws_header, .ctx = a->p->wsi,
+			     .header = a->in->header, .ctx = a->in->ctx,
 			     .body = c->body.p, .body_len = c->body.len };
 
-	if (lws_args(a->p->wsi, &q, store, sizeof store))
+	if (query_args(a->in, &q, store, sizeof store))
 		return SIG_UNREADABLE;
 	return sig_verify(a->r->ak, a->r->sk, &q, authz, time(NULL));
 }
@@ -1705,10 +1743,9 @@ static int rest_auth(struct rest_args *a)	/* 0, or the 401 to answer */
 	char authz[HEADER_MAX + 1];
 	enum sig_result e;
 
-	if (r->api_token && rest_token_ok(a->p->wsi, r->api_token))
+	if (r->api_token && rest_token_ok(a->in, r->api_token))
 		return 0;
-	if (!r->ak || lws_hdr_copy(a->p->wsi, authz, sizeof authz,
-				   WSI_TOKEN_HTTP_AUTHORIZATION) <= 0) {
+	if (!r->ak || a->in->header(a->in->ctx, "authorization", authz, sizeof authz) <= 0) {
 		a->note = r->api_token ? "X-Auth-Token refused" : "no Authorization";
 		return r->api_token ? rest_error(a, 401, "IOTDA.000002", "Authentication failed: "
 						 "missing or wrong X-Auth-Token.") :
@@ -1775,7 +1812,8 @@ static int rest_reply(struct peer *p, int status, cJSON *out)	/* headers now, bo
 
 static int rest_dispatch(struct peer *p)	/* the whole request is in: answer it */
 {
-	struct rest_args a = { .r = p->r, .p = p };
+	const struct rest_in in = { lws_header, lws_arg, p->wsi };
+	struct rest_args a = { .r = p->r, .p = p, .in = &in };
 	const struct rest_route *hit = NULL;
 	int status = rest_route(&a, &hit);
 	int m = p->call.method;
@@ -2393,6 +2431,7 @@ static void relay_stop(struct relay *r)	/* frees everything */
 	free(r->ak);
 }
 
+#ifndef TUNNEL_PLATFORM_NO_MAIN	/* fuzz_relay.c includes this file */
 int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 {
 	static struct relay relay;
@@ -2430,3 +2469,4 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	relay_stop(r);
 	return 0;
 }
+#endif
