@@ -110,7 +110,9 @@ awk 'BEGIN { for (i = 1; i <= 1100; i++) printf "p%04d 漢字 paste line, the qu
 check "the paste fixture is 50 KB" [ "$(stat -c %s "$WORK/paste.in")" -ge 50000 ]
 # raw mode on the device: a canonical tty crawls through a 50 KB line stream
 SIZE=$(stat -c %s "$WORK/paste.in")
-tui_run "stty raw -echo; head -c $((SIZE + 1)) > $WORK/paste.out; stty sane; echo got-\$((3*7))" 'paste.out' 30
+# paste only once the shell runs the command (READY is output, not the echo):
+# until then bash is still in bracketed-paste mode and would frame the paste
+tui_run "stty raw -echo; echo READY-\$((2*5)); head -c $((SIZE + 1)) > $WORK/paste.out; stty sane; echo got-\$((3*7))" 'READY-10' 30
 tmux -S "$TMUX_SOCK" load-buffer "$WORK/paste.in"
 tmux -S "$TMUX_SOCK" paste-buffer -p
 tui_type 'Z'	# typed after the paste: must arrive after it
