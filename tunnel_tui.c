@@ -24,6 +24,9 @@
  *  11. batch exec       --exec: one command on many devices, no screen
  *  12. startup and exit  terminal restore, signals, command line, main
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE	/* memmem, explicit_bzero, …: builds with any flags */
+#endif
 #include <libwebsockets.h>
 #include <cJSON.h>
 #include <vterm.h>
