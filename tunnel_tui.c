@@ -14,15 +14,17 @@
  *   2. data types        struct app, struct tunnel (one WebSocket),
  *                        struct session (one request_id)
  *   3. utilities         buffers, secrets, time, UTF-8
- *   4. protocol          encode, decode, route, chunk: pure, unit-tested
+ *   4. protocol          encode, decode, route, chunk, AK/SK signing:
+ *                        pure, unit-tested
  *   5. configuration     the devices file, --tunnel-json, tokens
  *   6. terminal          VTerm glue, scrollback, recording
  *   7. sessions          open, end, reopen, input
  *   8. network           the lws callback, send lanes, heartbeat, reconnect
- *   9. screen            layout, list, pane, status bar, overlays
- *  10. keys              bindings, modes, dialogs
- *  11. batch exec       --exec: one command on many devices, no screen
- *  12. startup and exit  terminal restore, signals, command line, main
+ *   9. IoTDA API         create, watch and close tunnels by device ID
+ *  10. screen            layout, list, pane, status bar, overlays
+ *  11. keys              bindings, modes, dialogs
+ *  12. batch exec        --exec: one command on many devices, no screen
+ *  13. startup and exit  terminal restore, signals, command line, main
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE	/* memmem, explicit_bzero, …: builds with any flags */
@@ -3088,7 +3090,7 @@ static void check_expiry(struct tunnel *t)
 }
 
 /************************************************************************
- *** 9. screen: layout, list, pane, status bar, overlays
+ *** 10. screen: layout, list, pane, status bar, overlays
  ************************************************************************/
 
 static void draw(void);
@@ -3603,7 +3605,7 @@ static void draw(void)	/* the whole screen, sent in one update */
 }
 
 /************************************************************************
- *** 10. keys: bindings, modes, dialogs
+ *** 11. keys: bindings, modes, dialogs
  ************************************************************************/
 
 static void flash_msg(const char *fmt, ...)	/* a short message in the status bar */
@@ -4430,7 +4432,7 @@ static void tty_readable(void)	/* drains every key curses has */
 }
 
 /************************************************************************
- *** 11. batch exec: one command on many devices, no screen (--exec)
+ *** 12. batch exec: one command on many devices, no screen (--exec)
  ************************************************************************/
 
 struct batch_job {	/* one device's run of the command */
@@ -4600,7 +4602,7 @@ static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
 }
 
 /************************************************************************
- *** 12. startup and exit: terminal restore, signals, command line, main
+ *** 13. startup and exit: terminal restore, signals, command line, main
  ************************************************************************/
 
 static struct termios saved_tty;	/* the outer terminal as we found it */
