@@ -45,6 +45,7 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"	/* main's helpers */
 #include "../../tunnel_tui.c"
+#include "fuzz_util.h"
 #pragma GCC diagnostic pop
 
 #define NSESS		3
@@ -76,27 +77,6 @@ static void fail(int line, const char *what)
 	abort();
 }
 #define CHECK(cond) do { if (!(cond)) fail(__LINE__, #cond); } while (0)
-
-/* FNV-1a: options and cut points derived from the input, deterministically. */
-static uint32_t hash_bytes(const void *p, size_t n)
-{
-	uint32_t h = 2166136261u;
-
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ ((const uint8_t *)p)[i]) * 16777619u;
-	return h;
-}
-
-/* xorshift32: the next pseudo-random number from a state seeded by a hash. */
-static uint32_t next_rand(uint32_t *st)
-{
-	uint32_t x = *st ? *st : 0x9e3779b9u;
-
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	return *st = x;
-}
 
 /* Up to max sorted, distinct cut points strictly inside (0, n). */
 static int cut_points(uint32_t seed, size_t n, size_t *cuts, int max)

@@ -59,6 +59,7 @@
 #pragma GCC diagnostic ignored "-Wunused-variable"	/* and their tables */
 #pragma GCC diagnostic ignored "-Wunused-const-variable"
 #include "../sandbox/tunnel-platform.c"
+#include "fuzz_util.h"
 #pragma GCC diagnostic pop
 
 #include <sys/mman.h>
@@ -104,27 +105,6 @@ static void fail(int line, const char *what)
 	abort();
 }
 #define CHECK(cond) do { if (!(cond)) fail(__LINE__, #cond); } while (0)
-
-/* FNV-1a: cut points derived from the input, and frames compared by hash. */
-static uint32_t hash_bytes(const void *p, size_t n)
-{
-	uint32_t h = 2166136261u;
-
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ ((const uint8_t *)p)[i]) * 16777619u;
-	return h;
-}
-
-/* xorshift32: the next pseudo-random number from a state seeded by a hash. */
-static uint32_t next_rand(uint32_t *st)
-{
-	uint32_t x = *st ? *st : 0x9e3779b9u;
-
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	return *st = x;
-}
 
 /* Up to max sorted, distinct cut points strictly inside (0, n). */
 static int cut_points(uint32_t *seed, size_t n, size_t *cuts, int max)
