@@ -78,26 +78,6 @@ static void fail(int line, const char *what)
 }
 #define CHECK(cond) do { if (!(cond)) fail(__LINE__, #cond); } while (0)
 
-/* Up to max sorted, distinct cut points strictly inside (0, n). */
-static int cut_points(uint32_t seed, size_t n, size_t *cuts, int max)
-{
-	int k = 0;
-
-	for (int i = 0; i < max && n > 1; i++) {
-		size_t c = 1 + next_rand(&seed) % (n - 1);
-		int j = k;
-
-		while (j > 0 && cuts[j - 1] > c)
-			j--;
-		if (j > 0 && cuts[j - 1] == c)
-			continue;
-		memmove(&cuts[j + 1], &cuts[j], (size_t)(k - j) * sizeof(*cuts));
-		cuts[j] = c;
-		k++;
-	}
-	return k;
-}
-
 /* Strict UTF-8 (RFC 3629): no overlongs, surrogates or code points > U+10FFFF. */
 static int utf8_valid(const char *s, size_t n)
 {
@@ -331,7 +311,7 @@ static void check_sanitizer(const char *p, size_t n, uint32_t seed)
 {
 	struct buf whole = { 0 }, parts = { 0 }, tail = { 0 };
 	size_t used = utf8_sanitize(&whole, p, n), cuts[4], from = 0;
-	int k = cut_points(seed, n, cuts, 4);
+	int k = cut_points(&(uint32_t){ seed }, n, cuts, 4);
 
 	CHECK(used <= n && n - used <= 3);
 	if (!utf8_valid(whole.p ? whole.p : "", whole.len))
@@ -389,7 +369,7 @@ static void feed_data_split(const char *frame, size_t n)
 	if (decode_message(frame, n, &m, err, sizeof(err)) < 0)
 		return;
 	if (m.data && m.data_len) {
-		k = cut_points(hash_bytes(m.data, m.data_len), m.data_len, cuts, 3);
+		k = cut_points(&(uint32_t){ hash_bytes(m.data, m.data_len) }, m.data_len, cuts, 3);
 		for (int i = 0; i <= k; i++) {
 			size_t to = i < k ? cuts[i] : m.data_len;
 
@@ -415,7 +395,7 @@ static int split_frames(const char *p, size_t n, uint32_t h, size_t *start, size
 			}
 		return k;
 	}
-	c = cut_points(h, n, cuts, 1 + (int)(h % 3));
+	c = cut_points(&(uint32_t){ h }, n, cuts, 1 + (int)(h % 3));
 	for (int i = 0; i <= c; i++) {
 		size_t to = i < c ? cuts[i] : n;
 

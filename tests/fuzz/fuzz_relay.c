@@ -106,26 +106,6 @@ static void fail(int line, const char *what)
 }
 #define CHECK(cond) do { if (!(cond)) fail(__LINE__, #cond); } while (0)
 
-/* Up to max sorted, distinct cut points strictly inside (0, n). */
-static int cut_points(uint32_t *seed, size_t n, size_t *cuts, int max)
-{
-	int k = 0;
-
-	for (int i = 0; i < max && n > 1; i++) {
-		size_t c = 1 + next_rand(seed) % (n - 1);
-		int j = k;
-
-		while (j > 0 && cuts[j - 1] > c)
-			j--;
-		if (j > 0 && cuts[j - 1] == c)
-			continue;
-		memmove(&cuts[j + 1], &cuts[j], (size_t)(k - j) * sizeof(*cuts));
-		cuts[j] = c;
-		k++;
-	}
-	return k;
-}
-
 /* A NUL-terminated, writable copy of n bytes. */
 static char *text_copy(const char *p, size_t n)
 {

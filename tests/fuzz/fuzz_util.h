@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* FNV-1a: options, cut points and comparisons derived from the input. */
 static inline uint32_t hash_bytes(const void *p, size_t n)
@@ -25,6 +26,27 @@ static inline uint32_t next_rand(uint32_t *st)
 	x ^= x >> 17;
 	x ^= x << 5;
 	return *st = x;
+}
+
+/* Up to max sorted, distinct cut points strictly inside (0, n), drawn
+ * from *seed (which advances). */
+static inline int cut_points(uint32_t *seed, size_t n, size_t *cuts, int max)
+{
+	int k = 0;
+
+	for (int i = 0; i < max && n > 1; i++) {
+		size_t c = 1 + next_rand(seed) % (n - 1);
+		int j = k;
+
+		while (j > 0 && cuts[j - 1] > c)
+			j--;
+		if (j > 0 && cuts[j - 1] == c)
+			continue;
+		memmove(&cuts[j + 1], &cuts[j], (size_t)(k - j) * sizeof(*cuts));
+		cuts[j] = c;
+		k++;
+	}
+	return k;
 }
 
 #endif
