@@ -25,7 +25,7 @@ cleanup() {	# kills what the test started, removes its scratch folder
 trap cleanup EXIT
 
 ok()   { echo "ok - $1"; }
-fail() { echo "not ok - $1"; shift; for l in "$@"; do echo "# $l"; done; FAILS=$((FAILS + 1)); }
+fail() { echo "not ok - $1"; shift; printf '%s\n' "$@" | sed 's/^/# /'; FAILS=$((FAILS + 1)); }
 # check NAME CMD...: ok when CMD succeeds
 check() { local n=$1; shift; if "$@"; then ok "$n"; else fail "$n" "failed: $*"; fi; }
 

@@ -31,7 +31,7 @@ run_one() {	# run_one TEST LOG: runs it, prints its lines, adds up the counts
 		tail -n 20 "$2" | sed 's/^/   | /'
 		f=1
 	fi
-	[ "$f" -gt 0 ] && grep -A8 '^not ok ' "$2" | grep '^#' | sed 's/^/   /' | head -40
+	[ "$f" -gt 0 ] && grep -A50 '^not ok ' "$2" | grep '^#' | sed 's/^/   /' | head -100
 	passed=$((passed + p))
 	failed=$((failed + f))
 }

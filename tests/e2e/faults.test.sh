@@ -112,7 +112,8 @@ check "the paste fixture is 50 KB" [ "$(stat -c %s "$WORK/paste.in")" -ge 50000 
 SIZE=$(stat -c %s "$WORK/paste.in")
 # paste only once the shell runs the command (READY is output, not the echo):
 # until then bash is still in bracketed-paste mode and would frame the paste
-tui_run "stty raw -echo; echo READY-\$((2*5)); head -c $((SIZE + 1)) > $WORK/paste.out; stty sane; echo got-\$((3*7))" 'READY-10' 30
+tui_run "stty raw -echo; echo READY-\$((2*5)); head -c $((SIZE + 1)) > $WORK/paste.out; stty sane; echo got-\$((3*7))" 'READY-10' 30 \
+	|| fail "50 KB paste: the reader starts" "$(tui_screen)"
 tmux -S "$TMUX_SOCK" load-buffer "$WORK/paste.in"
 tmux -S "$TMUX_SOCK" paste-buffer -p
 tui_type 'Z'	# typed after the paste: must arrive after it

@@ -239,7 +239,7 @@ struct session {
 	struct sb_rxbuf in;		/* keystrokes the backend has not taken */
 	unsigned char carry[4];		/* full profile: a UTF-8 char split by a read */
 	size_t ncarry;
-	lws_sorted_usec_list_t sul_carry, sul_exit;
+	lws_sorted_usec_list_t sul_carry, sul_exit, sul_write;
 	union {
 		struct { pid_t pid; int fd; } pty;
 		struct { ssh_session ssh; ssh_channel chan; struct ssh_job *job; } ssh;
@@ -674,6 +674,7 @@ static void session_release(struct session *s)	/* frees s once lws and the worke
 	s->a->be->close(s);
 	lws_sul_cancel(&s->sul_carry);
 	lws_sul_cancel(&s->sul_exit);
+	lws_sul_cancel(&s->sul_write);
 	if (s->in.p)	/* keystrokes may be a sudo password */
 		explicit_bzero(s->in.p, s->in.cap);
 	sb_rx_free(&s->in);
@@ -815,13 +816,27 @@ static int session_readable(struct session *s)	/* RAW_RX_FILE; -1 makes lws clos
 	return 0;
 }
 
+static void session_rearm(lws_sorted_usec_list_t *sul)	/* asks for POLLOUT again */
+{
+	struct session *s = lws_container_of(sul, struct session, sul_write);
+
+	if (s->wsi && s->state == S_LIVE)
+		lws_callback_on_writable(s->wsi);
+}
+
 static int session_writeable(struct session *s)	/* RAW_WRITEABLE_FILE: the shell takes input again */
 {
+	const struct backend *be = s->a->be;
+
 	if (s->state != S_LIVE)
 		return 0;
-	if (s->a->be->flush)
-		s->a->be->flush(s);
+	if (be->flush)
+		be->flush(s);
 	session_flush_input(s);
+	/* lws 4.1 clears POLLOUT after this callback returns, undoing a request
+	 * made inside it (a 50 KB paste stalled on a full tty): ask from a timer */
+	if (s->in.len || (be->backlog && be->backlog(s)))
+		lws_sul_schedule(s->a->ctx, 0, &s->sul_write, session_rearm, 1);
 	if (session_pump(s, 0) < 0) {	/* ssh: the flush may have read packets */
 		session_finish(s);
 		return -1;
