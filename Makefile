@@ -108,6 +108,8 @@ clean:
 
 # The benchmarks' pty driver and load generator (tests/bench/; make bench builds it).
 .PHONY: bench-harness
-bench-harness: $(B)/ptyharness
+bench-harness: $(B)/ptyharness $(B)/vtbench
+$(B)/vtbench: tests/bench/vtbench.c tunnel_tui.c | $(B)
+	$(CC) $(CFLAGS) $(WARN) $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
 $(B)/ptyharness: tests/bench/ptyharness.c | $(B)
 	$(CC) $(CFLAGS) $(WARN) $(shell pkg-config --cflags vterm) -o $@ $< $(shell pkg-config --libs vterm) -lutil -lm

@@ -234,6 +234,12 @@ struct cell {		/* one screen cell, compact (scrollback keeps many) */
 enum { ATTR_BOLD = 1, ATTR_UNDERLINE = 2, ATTR_ITALIC = 4, ATTR_BLINK = 8,
        ATTR_REVERSE = 16 };
 
+struct grid {		/* a screen's cells: row pointers, rotated when it scrolls */
+	struct cell *cells;		/* rows * cols, one block */
+	struct cell **row;		/* row[r]: somewhere in cells */
+	int rows, cols;
+};
+
 struct sbline {		/* one scrollback line, trailing blanks trimmed */
 	int cols;
 	struct cell cells[];
@@ -247,8 +253,10 @@ struct session {	/* one SSH session: one request_id */
 	enum session_state state;
 	char note[160];			/* connect_response text or end reason */
 	int rows, cols;			/* the remote PTY's size */
-	VTerm *vt;
-	VTermScreen *screen;
+	VTerm *vt;			/* libvterm's parser and state; the cells are ours */
+	struct grid primary, alt;	/* alt: made when a program first asks for it */
+	struct grid *grid;		/* the one shown */
+	struct cell pen;		/* what printing and erasing leave */
 	struct sbline **sb;		/* ring of SCROLLBACK_LINES */
 	int sb_head, sb_count;
 	int scroll;			/* lines scrolled back in scroll mode */
@@ -265,9 +273,6 @@ struct session {	/* one SSH session: one request_id */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
 	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
-	char vtf_params[16];		/* a CSI's parameter bytes, as far as they fit */
-	int vtf_nparams;
-	int alt_enabled;		/* the alternate screen's buffer exists */
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
@@ -1666,33 +1671,14 @@ static int vtf_esc(struct session *s, unsigned char c)	/* after ESC */
 		return 1;
 	s->vtf_state = c == '[' ? VTF_CSI : strchr("]PX^_", c) ? VTF_STRING : VTF_TEXT;
 	s->vtf_seps = 0;
-	s->vtf_nparams = 0;
 	return 1;
-}
-
-/* The alternate screen costs a second buffer (36 bytes a cell): it is made
- * only when a program first asks for it (DECSET 1049, 1047 or 47). */
-static void vtf_csi_final(struct session *s, unsigned char c)
-{
-	static const char *const alt[] = { "?1049", "?1047", "?47" };
-
-	s->vtf_params[s->vtf_nparams] = '\0';
-	for (size_t i = 0; c == 'h' && !s->alt_enabled && i < 3; i++)
-		if (!strcmp(s->vtf_params, alt[i])) {
-			vterm_screen_enable_altscreen(s->screen, 1);
-			s->alt_enabled = 1;
-		}
-	s->vtf_nparams = 0;
 }
 
 static int vtf_csi(struct session *s, unsigned char c)	/* arguments, then the final */
 {
-	if (c >= 0x30 && c <= 0x3f && s->vtf_nparams < (int)sizeof(s->vtf_params) - 1)
-		s->vtf_params[s->vtf_nparams++] = (char)c;
-	if (c >= 0x40 && c <= 0x7e) {
+	if (c >= 0x40 && c <= 0x7e)
 		s->vtf_state = VTF_TEXT;
-		vtf_csi_final(s, c);
-	} else if (c >= 0x30 && c <= 0x3f && (c == ';' || c == ':'))
+	else if (c == ';' || c == ':')
 		return ++s->vtf_seps <= 15;
 	else if (c >= 0x30 && c <= 0x3f)
 		return s->vtf_seps <= 15;
@@ -1741,7 +1727,7 @@ static void term_feed(struct session *s, const char *p, size_t n)
 
 	vterm_input_write(s->vt, safe, vt_filter(s, p, n, safe));
 	free(safe);
-	vterm_screen_flush_damage(s->screen);
+	session_touched(s);
 	if (s->rec)
 		rec_output(s, p, n);
 }
@@ -1760,21 +1746,7 @@ static uint32_t pack_color(const VTermColor *c, int fg)	/* VTermColor → 32 bit
 	       c->rgb.blue;
 }
 
-static struct cell pack_cell(const VTermScreenCell *v)	/* VTerm's cell → ours */
-{
-	struct cell c = {
-		.ch = v->chars[0] == (uint32_t)-1 ? 0 : v->chars[0],
-		.fg = pack_color(&v->fg, 1), .bg = pack_color(&v->bg, 0),
-		.width = v->width > 0 ? (uint8_t)v->width : 1,
-	};
-
-	c.attrs = (v->attrs.bold ? ATTR_BOLD : 0) |
-		  (v->attrs.underline ? ATTR_UNDERLINE : 0) |
-		  (v->attrs.italic ? ATTR_ITALIC : 0) |
-		  (v->attrs.blink ? ATTR_BLINK : 0) |
-		  (v->attrs.reverse ? ATTR_REVERSE : 0);
-	return c;
-}
+static const struct cell blank_cell = { 0, COLOR_DEFAULT, COLOR_DEFAULT, 0, 1 };
 
 static int cell_blank(const struct cell *c)	/* nothing visible in it */
 {
@@ -1782,24 +1754,63 @@ static int cell_blank(const struct cell *c)	/* nothing visible in it */
 	       !(c->attrs & (ATTR_REVERSE | ATTR_UNDERLINE));
 }
 
-/* VTerm pushes a line off the top: keep it, trimmed, in the ring. */
-static int vt_sb_pushline(int cols, const VTermScreenCell *cells, void *user)
+static void cells_fill(struct cell *c, int n, struct cell v)	/* n copies of v */
 {
-	struct session *s = user;
+	for (int i = 0; i < n; i++)
+		c[i] = v;
+}
+
+/*
+ * The screen layer is ours, on libvterm's state layer: libvterm 0.1.4's own
+ * (VTermScreen) moves every cell of the screen for each line that scrolls,
+ * and that capped output at a few MB/s.  Ours rotates row pointers.
+ */
+static void grid_alloc(struct grid *g, int rows, int cols)	/* blank */
+{
+	g->rows = rows;
+	g->cols = cols;
+	g->cells = xrealloc(NULL, (size_t)rows * (size_t)cols * sizeof(struct cell));
+	g->row = xrealloc(NULL, (size_t)rows * sizeof(*g->row));
+	cells_fill(g->cells, rows * cols, blank_cell);
+	for (int r = 0; r < rows; r++)
+		g->row[r] = g->cells + (size_t)r * (size_t)cols;
+}
+
+static void grid_free(struct grid *g)
+{
+	free(g->cells);
+	free(g->row);
+	memset(g, 0, sizeof(*g));
+}
+
+static void rows_reverse(struct cell **r, int n)	/* r[0..n) back to front */
+{
+	for (int i = 0, j = n - 1; i < j; i++, j--) {
+		struct cell *t = r[i];
+
+		r[i] = r[j];
+		r[j] = t;
+	}
+}
+
+static void rows_rotate(struct cell **r, int n, int k)	/* row k comes first */
+{
+	rows_reverse(r, k);
+	rows_reverse(r + k, n - k);
+	rows_reverse(r, n);
+}
+
+/* A line leaves the top of the screen: keep it, trimmed, in the ring. */
+static void sb_push(struct session *s, const struct cell *cells, int cols)
+{
 	struct sbline *l;
 	int n = cols, slot;
 
-	while (n > 0) {
-		struct cell c = pack_cell(&cells[n - 1]);
-
-		if (!cell_blank(&c))
-			break;
+	while (n > 0 && cell_blank(&cells[n - 1]))
 		n--;
-	}
 	l = xrealloc(NULL, sizeof(*l) + (size_t)n * sizeof(struct cell));
 	l->cols = n;
-	for (int i = 0; i < n; i++)
-		l->cells[i] = pack_cell(&cells[i]);
+	memcpy(l->cells, cells, (size_t)n * sizeof(struct cell));
 	slot = (s->sb_head + s->sb_count) % SCROLLBACK_LINES;
 	if (s->sb_count == SCROLLBACK_LINES) {
 		free(s->sb[s->sb_head]);
@@ -1810,7 +1821,6 @@ static int vt_sb_pushline(int cols, const VTermScreenCell *cells, void *user)
 	s->sb[slot] = l;
 	if (s->scroll)	/* keep the user's view still while output arrives */
 		s->scroll = s->scroll < s->sb_count ? s->scroll + 1 : s->sb_count;
-	return 1;
 }
 
 static const struct sbline *sb_line(const struct session *s, int i)	/* 0: oldest */
@@ -1818,25 +1828,95 @@ static const struct sbline *sb_line(const struct session *s, int i)	/* 0: oldest
 	return s->sb[(s->sb_head + i) % SCROLLBACK_LINES];
 }
 
-static int vt_damage(VTermRect r, void *user)	/* screen changed */
+static int vt_putglyph(VTermGlyphInfo *info, VTermPos pos, void *user)	/* printed */
 {
-	(void)r;
-	session_touched(user);
+	struct session *s = user;
+	struct cell *c;
+
+	if (pos.row < 0 || pos.row >= s->grid->rows || pos.col < 0 || pos.col >= s->grid->cols)
+		return 1;
+	c = &s->grid->row[pos.row][pos.col];
+	*c = s->pen;
+	c->ch = info->chars[0] == (uint32_t)-1 ? 0 : info->chars[0];
+	if (info->width == 2 && pos.col + 1 < s->grid->cols) {
+		c->width = 2;
+		c[1] = s->pen;	/* its right half: skipped when drawn */
+	}
 	return 1;
 }
 
-static int vt_moverect(VTermRect dst, VTermRect src, void *user)	/* scrolled */
+static int vt_erase(VTermRect r, int selective, void *user)	/* ED, EL, ECH … */
 {
-	(void)dst; (void)src;
-	session_touched(user);
+	struct session *s = user;
+	struct cell e = blank_cell;
+
+	(void)selective;	/* DECSCA protection is not kept: nothing we reach uses it */
+	e.bg = s->pen.bg;	/* background colour erase, as xterm */
+	for (int row = r.start_row; row < r.end_row; row++)
+		cells_fill(s->grid->row[row] + r.start_col, r.end_col - r.start_col, e);
 	return 1;
 }
 
-static int vt_movecursor(VTermPos pos, VTermPos old, int visible, void *user)
-{	/* cursor moved */
-	(void)pos; (void)old; (void)visible;
-	session_touched(user);
+static int vt_moverect(VTermRect dst, VTermRect src, void *user)	/* ICH, DCH, regions */
+{
+	struct grid *g = ((struct session *)user)->grid;
+	int h = src.end_row - src.start_row, w = src.end_col - src.start_col;
+	int down = dst.start_row > src.start_row;
+
+	for (int i = 0; i < h; i++) {
+		int k = down ? h - 1 - i : i;
+
+		memmove(g->row[dst.start_row + k] + dst.start_col,
+			g->row[src.start_row + k] + src.start_col, (size_t)w * sizeof(struct cell));
+	}
 	return 1;
+}
+
+/* Full-width scrolls rotate rows; lines leaving the top of the primary
+ * screen go to the scrollback.  Anything else returns 0: libvterm then
+ * does it with vt_moverect and vt_erase. */
+static int vt_scrollrect(VTermRect r, int down, int right, void *user)
+{
+	struct session *s = user;
+	struct grid *g = s->grid;
+	int h = r.end_row - r.start_row, n = abs(down) < h ? abs(down) : h;
+	VTermRect gone = { down > 0 ? r.end_row - n : r.start_row, 0, 0, g->cols };
+
+	if (right || r.start_col > 0 || r.end_col < g->cols || !n)
+		return 0;
+	for (int i = 0; down > 0 && r.start_row == 0 && g == &s->primary && i < n; i++)
+		sb_push(s, g->row[i], g->cols);
+	rows_rotate(g->row + r.start_row, h, down > 0 ? n : h - n);
+	gone.end_row = gone.start_row + n;
+	return vt_erase(gone, 0, s);
+}
+
+static int vt_setpenattr(VTermAttr attr, VTermValue *val, void *user)	/* SGR */
+{
+	static const uint8_t bit[] = {
+		[VTERM_ATTR_BOLD] = ATTR_BOLD, [VTERM_ATTR_UNDERLINE] = ATTR_UNDERLINE,
+		[VTERM_ATTR_ITALIC] = ATTR_ITALIC, [VTERM_ATTR_BLINK] = ATTR_BLINK,
+		[VTERM_ATTR_REVERSE] = ATTR_REVERSE,
+	};
+	struct cell *pen = &((struct session *)user)->pen;
+
+	if (attr == VTERM_ATTR_FOREGROUND)
+		pen->fg = pack_color(&val->color, 1);
+	else if (attr == VTERM_ATTR_BACKGROUND)
+		pen->bg = pack_color(&val->color, 0);
+	else if ((size_t)attr < sizeof(bit) && bit[attr])
+		pen->attrs = (uint8_t)((attr == VTERM_ATTR_UNDERLINE ? val->number : val->boolean) ?
+				       pen->attrs | bit[attr] : pen->attrs & ~bit[attr]);
+	return 1;
+}
+
+/* The alternate screen costs a second grid: made when first asked for. */
+static void vt_altscreen(struct session *s, int on)
+{
+	if (on && !s->alt.row)
+		grid_alloc(&s->alt, s->rows, s->cols);
+	s->grid = on ? &s->alt : &s->primary;
+	s->altscreen = on;
 }
 
 static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
@@ -1844,10 +1924,9 @@ static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
 	struct session *s = user;
 
 	if (prop == VTERM_PROP_ALTSCREEN)
-		s->altscreen = val->boolean;
+		vt_altscreen(s, val->boolean);
 	else if (prop == VTERM_PROP_CURSORVISIBLE)
 		s->cursor_visible = val->boolean;
-	session_touched(s);
 	return 1;
 }
 
@@ -1861,31 +1940,36 @@ static void vt_output(const char *p, size_t n, void *user)	/* keys and replies *
 		session_queue_keys(s, p, n);
 }
 
-static const VTermScreenCallbacks vt_callbacks = {
-	.damage = vt_damage, .moverect = vt_moverect,
-	.movecursor = vt_movecursor, .settermprop = vt_settermprop,
-	.sb_pushline = vt_sb_pushline,
+static const VTermStateCallbacks vt_callbacks = {
+	.putglyph = vt_putglyph, .scrollrect = vt_scrollrect, .moverect = vt_moverect,
+	.erase = vt_erase, .setpenattr = vt_setpenattr, .settermprop = vt_settermprop,
 };
 
 static void vt_open(struct session *s)	/* a VTerm the size of the remote PTY */
 {
+	VTermState *state;
+
 	s->vt = vterm_new(s->rows, s->cols);
 	vterm_set_utf8(s->vt, 1);
 	vterm_output_set_callback(s->vt, vt_output, s);
-	s->screen = vterm_obtain_screen(s->vt);
-	vterm_screen_set_callbacks(s->screen, &vt_callbacks, s);
-	vterm_screen_set_damage_merge(s->screen, VTERM_DAMAGE_SCROLL);
-	vterm_screen_reset(s->screen, 1);
+	grid_alloc(&s->primary, s->rows, s->cols);
+	s->grid = &s->primary;
+	s->pen = blank_cell;
+	state = vterm_obtain_state(s->vt);
+	vterm_state_set_callbacks(state, &vt_callbacks, s);
+	vterm_state_reset(state, 1);
 	vterm_input_write(s->vt, " \r", 2);	/* 0.1.4 loops on REP with no glyph before */
 	s->cursor_visible = 1;
 	s->sb = xcalloc(SCROLLBACK_LINES * sizeof(*s->sb));
 }
 
-static void vt_close(struct session *s)	/* frees the VTerm and scrollback */
+static void vt_close(struct session *s)	/* frees the VTerm, grids and scrollback */
 {
 	for (int i = 0; i < s->sb_count; i++)
 		free(s->sb[(s->sb_head + i) % SCROLLBACK_LINES]);
 	free(s->sb);
+	grid_free(&s->primary);
+	grid_free(&s->alt);
 	if (s->vt)
 		vterm_free(s->vt);
 }
@@ -3230,13 +3314,11 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
 	for (int x = 0; x < w;) {
 		int col = off_x + x;
 		struct cell c = blank;
-		VTermScreenCell vc;
 
 		if (l && col < l->cols)
 			c = l->cells[col];
-		else if (!l && srow < s->rows && col < s->cols &&
-			 vterm_screen_get_cell(s->screen, (VTermPos){ srow, col }, &vc))
-			c = pack_cell(&vc);
+		else if (!l && srow < s->rows && col < s->cols)
+			c = s->grid->row[srow][col];
 		if (c.width == 2 && x + 1 >= w)
 			c = blank;	/* half a wide character does not fit */
 		draw_cell(y, x0 + x, &c);
@@ -4197,25 +4279,19 @@ static void scroll_by(struct session *s, int n)	/* + looks back */
 	ui_dirty();
 }
 
-/* History row vr (scrollback, then screen) as UTF-8 text, for search. */
+/* History row vr (scrollback, then screen) as UTF-8 text, for search; the
+ * right half of a wide character is no column of its own. */
 static void row_text(const struct session *s, int vr, char *out, size_t cap)
 {
+	const struct sbline *l = vr < s->sb_count ? sb_line(s, vr) : NULL;
+	const struct cell *c = l ? l->cells : s->grid->row[vr - s->sb_count];
+	int cols = l ? l->cols : s->grid->cols;
 	size_t n = 0;
 
-	if (vr >= s->sb_count) {
-		VTermRect r = { vr - s->sb_count, vr - s->sb_count + 1, 0, s->cols };
+	for (int i = 0; i < cols && n + MB_LEN_MAX < cap; i++) {
+		int k = i && c[i - 1].width == 2 ? 0 : wctomb(out + n, c[i].ch ? (wchar_t)c[i].ch : L' ');
 
-		memset(out, 0, cap);	/* it returns what it wanted, not what it wrote */
-		vterm_screen_get_text(s->screen, out, cap - 1, r);
-		n = strlen(out);
-	} else {
-		const struct sbline *l = sb_line(s, vr);
-
-		for (int i = 0; i < l->cols && n + MB_LEN_MAX < cap; i++) {
-			int k = wctomb(out + n, l->cells[i].ch ? (wchar_t)l->cells[i].ch : L' ');
-
-			n += k > 0 ? (size_t)k : 0;
-		}
+		n += k > 0 ? (size_t)k : 0;
 	}
 	out[n] = '\0';
 }

@@ -5,11 +5,6 @@
  *                                    CJK, box drawing, progress bars redrawn
  *                                    with CR/EL, cursor-up status columns)
  *   ptyharness stream INTERVAL_MS    a coloured log line every INTERVAL_MS, forever
- *   ptyharness vtmem COLS ROWS       bytes libvterm allocates for one VTerm
- *                                    screen of that size (altscreen on)
- *   ptyharness vtbench FILE COLS ROWS  the terminal layer alone: FILE through
- *                                    libvterm's screen layer as the console sets
- *                                    it up, and through a row-pointer grid; MB/s
  *   ptyharness drive [--size CxR] [--client RID FIFO USER PASSFILE] -- CMD...
  *
  * drive plays the user's terminal.  It runs CMD on a pty of CxR (default
@@ -320,39 +315,6 @@ static int cmd_stream(int argc, char **argv)
 	}
 }
 
-/*** vtmem: what one libvterm screen costs ***********************************/
-
-static size_t vt_bytes;
-static void *count_malloc(size_t n, void *u)
-{
-	(void)u;
-	vt_bytes += n;
-	return calloc(1, n);
-}
-static void count_free(void *p, void *u)
-{
-	(void)u;
-	free(p);
-}
-
-static int cmd_vtmem(int argc, char **argv)	/* as tunnel_tui's vt_open() sets it up */
-{
-	VTermAllocatorFunctions fns = { count_malloc, count_free };
-	VTerm *vt;
-	VTermScreen *s;
-
-	if (argc != 4)
-		die("usage: vtmem COLS ROWS");
-	vt = vterm_new_with_allocator(atoi(argv[3]), atoi(argv[2]), &fns, NULL);
-	vterm_set_utf8(vt, 1);
-	s = vterm_obtain_screen(vt);
-	vterm_screen_enable_altscreen(s, 1);
-	vterm_screen_reset(s, 1);
-	printf("%zu\n", vt_bytes);
-	vterm_free(vt);
-	return 0;
-}
-
 /*** drive: the screen model **************************************************/
 
 
@@ -538,91 +500,6 @@ static void screen_dump(const char *why)
 	for (int y = 0; y < scr.rows; y++)
 		fprintf(stderr, "%s\n", row_text(y));
 	fprintf(stderr, "---\n");
-}
-
-/*** vtbench: the terminal layer alone ****************************************
- * Feeds FILE through two models of a COLSxROWS terminal and prints MB/s:
- *   screen  libvterm's screen layer set up as tunnel_tui's vt_open() does, with
- *           an sb_pushline that keeps a 5000-line ring of trimmed 16-byte cells
- *           like vt_sb_pushline() (what the console pays per byte today);
- *   grid    libvterm's state layer over this file's row-pointer grid (what a
- *           screen layer of the console's own would pay; no colours kept). */
-
-struct sbcell { uint32_t ch, fg, bg; uint8_t attrs, width; };
-static struct sbline_ { int cols; struct sbcell cells[]; } *ring[5000];
-static int ring_head, ring_count;
-
-static int bench_pushline(int cols, const VTermScreenCell *cells, void *user)
-{
-	int n = cols, slot;
-	struct sbline_ *l;
-
-	(void)user;
-	while (n > 0 && (cells[n - 1].chars[0] == 0 || cells[n - 1].chars[0] == ' '))
-		n--;
-	l = malloc(sizeof(*l) + (size_t)n * sizeof(struct sbcell));
-	l->cols = n;
-	for (int i = 0; i < n; i++)
-		l->cells[i] = (struct sbcell){ cells[i].chars[0], cells[i].fg.type, cells[i].bg.type,
-					       (uint8_t)cells[i].attrs.bold, (uint8_t)cells[i].width };
-	slot = (ring_head + ring_count) % 5000;
-	if (ring_count == 5000) {
-		free(ring[ring_head]);
-		ring_head = (ring_head + 1) % 5000;
-	} else {
-		ring_count++;
-	}
-	ring[slot] = l;
-	return 1;
-}
-
-static int bench_damage(VTermRect r, void *u) { (void)r, (void)u; return 1; }
-
-static int cmd_vtbench(int argc, char **argv)
-{
-	static const VTermScreenCallbacks cbs = { .damage = bench_damage, .sb_pushline = bench_pushline };
-	struct out o = { 0 };
-	char buf[65536];
-	size_t n;
-	FILE *f;
-	int cols, rows;
-	double t0, t_screen, t_grid;
-	VTerm *vt;
-	VTermScreen *vs;
-
-	if (argc != 5)
-		die("usage: vtbench FILE COLS ROWS");
-	cols = atoi(argv[3]);
-	rows = atoi(argv[4]);
-	if (!(f = fopen(argv[2], "rb")))
-		die("%s: %s", argv[2], strerror(errno));
-	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-		out_add(&o, buf, n);
-	fclose(f);
-	vt = vterm_new(rows, cols);
-	vterm_set_utf8(vt, 1);
-	vs = vterm_obtain_screen(vt);
-	vterm_screen_set_callbacks(vs, &cbs, NULL);
-	vterm_screen_enable_altscreen(vs, 1);
-	vterm_screen_set_damage_merge(vs, VTERM_DAMAGE_SCROLL);
-	vterm_screen_reset(vs, 1);
-	t0 = now_ms();
-	for (size_t i = 0; i < o.len; i += 8000) {	/* message-sized writes */
-		size_t k = o.len - i < 8000 ? o.len - i : 8000;
-
-		vterm_input_write(vt, o.p + i, k);
-		vterm_screen_flush_damage(vs);
-	}
-	t_screen = now_ms() - t0;
-	vterm_free(vt);
-	screen_init(rows, cols);
-	t0 = now_ms();
-	for (size_t i = 0; i < o.len; i += 8000)
-		vterm_input_write(scr.vt, o.p + i, o.len - i < 8000 ? o.len - i : 8000);
-	t_grid = now_ms() - t0;
-	printf("screen %.2f MB/s grid %.2f MB/s (%zu bytes, %dx%d)\n", o.len / 1e3 / t_screen,
-	       o.len / 1e3 / t_grid, o.len, cols, rows);
-	return 0;
 }
 
 /*** drive: the child *********************************************************/
@@ -1207,12 +1084,8 @@ int main(int argc, char **argv)
 		return cmd_gen(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "stream"))
 		return cmd_stream(argc, argv);
-	if (argc >= 2 && !strcmp(argv[1], "vtmem"))
-		return cmd_vtmem(argc, argv);
-	if (argc >= 2 && !strcmp(argv[1], "vtbench"))
-		return cmd_vtbench(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "drive"))
 		return cmd_drive(argc, argv);
-	die("usage: ptyharness gen FILE BYTES | stream MS | vtmem COLS ROWS | drive [...] -- CMD...");
+	die("usage: ptyharness gen FILE BYTES | stream MS | drive [...] -- CMD...");
 	return 2;
 }

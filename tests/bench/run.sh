@@ -133,14 +133,14 @@ paths_phase() {
 			"CPU $(tr '\n' ' ' < "$WORK/tputcpu-$p.txt")% of a core"
 	done
 
-	# the terminal layer alone, no I/O: the console's libvterm screen set-up
-	# vs a row-pointer grid on libvterm's state layer (input as a pty gives it)
+	# the terminal layer alone, no I/O: the console's own (libvterm's state
+	# and the console's grid) vs libvterm's screen layer (input as a pty gives it)
 	sed 's/$/\r/' "$DATA" > "$WORK/output.crlf"
 	yes 2>/dev/null | head -c $((1 << 20)) | sed 's/$/\r/' > "$WORK/yes.crlf"
-	read -r _ R[vt_screen] _ _ R[vt_grid] _ < <("$HARNESS" vtbench "$WORK/output.crlf" 93 39)
-	read -r _ R[vt_screen_yes] _ _ R[vt_grid_yes] _ < <("$HARNESS" vtbench "$WORK/yes.crlf" 93 39)
-	log "   terminal layer alone: screen $(r vt_screen) MB/s, grid $(r vt_grid) MB/s;" \
-		"yes: $(r vt_screen_yes) / $(r vt_grid_yes) MB/s"
+	read -r R[vt_console] R[vt_screen] R[vt_console_kb] R[vt_screen_kb] < <("$TOP/build/vtbench" "$WORK/output.crlf" 93 39)
+	read -r R[vt_console_yes] R[vt_screen_yes] _ _ < <("$TOP/build/vtbench" "$WORK/yes.crlf" 93 39)
+	log "   terminal layer alone: console $(r vt_console) MB/s, libvterm screen $(r vt_screen) MB/s;" \
+		"yes: $(r vt_console_yes) / $(r vt_screen_yes) MB/s"
 
 	# 2. keystroke to echo at a shell prompt, in rounds of 20 keys that take
 	# turns, so that whatever else the machine does hits all three alike
@@ -327,7 +327,6 @@ scale_phase() {
 [[ $ONLY == *" paths "* ]] && { paths_phase || log "   (figures 1-3 stopped early)"; }
 [[ $ONLY == *" startup "* ]] && { startup_phase || log "   (figure 6 stopped early)"; }
 [[ $ONLY == *" scale "* ]] && { scale_phase || log "   (figures 4-5 stopped early)"; }
-R[vtmem_kb]=$(calc "$("$HARNESS" vtmem 93 39) / 1024" 1)
 
 # --- the table and the JSON ----------------------------------------------------------
 ratio() {	# value / baseline; "-" when either is missing or the baseline is 0
@@ -377,10 +376,10 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	echo "CPU per echoed keystroke (ms, Ctrl-U redraws included): console $(r keycpu_con), minimal client $(r keycpu_min), tmux server+client $(r keycpu_tmx)"
 	echo "CPU while throughput runs (% of one core, median): console $(r tputcpu_con)," \
 		"minimal client $(r tputcpu_min), tmux server+client $(r tputcpu_tmx)"
-	echo "terminal layer alone (no I/O, 93x39): libvterm screen as the console sets it up $(r vt_screen) MB/s" \
-		"on this output, $(r vt_screen_yes) MB/s on yes; libvterm state + row-pointer grid $(r vt_grid) / $(r vt_grid_yes) MB/s"
+	echo "terminal layer alone (no I/O, 93x39): the console's $(r vt_console) MB/s on this output, $(r vt_console_yes) MB/s" \
+		"on yes; libvterm's screen layer (the console's before) $(r vt_screen) / $(r vt_screen_yes) MB/s"
 	echo "5000 lines of this output in a session's scrollback cost the console $(r rss_con_sb) MB (RSS growth over the throughput runs)"
-	echo "libvterm allocates $(r vtmem_kb) KB for one 93x39 screen (both buffers); medians of" \
+	echo "one 93x39 terminal, both screens made: $(r vt_console_kb) KB in the console, $(r vt_screen_kb) KB with libvterm's screen layer; medians of" \
 		"$TPUT_ROUNDS throughput and $STARTUP_REPS start-up runs; latency over $LAT_KEYS keys"
 } | tee "$OUT/table.txt"
 j() { echo "${R[$1]:-null}"; }

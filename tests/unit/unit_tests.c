@@ -501,6 +501,82 @@ static void test_cli_errors(void)
 	}
 }
 
+/*** terminal: the console's screen layer on libvterm's state ***************/
+
+static struct session *term_open(int cols, int rows)	/* a bare session's terminal */
+{
+	struct session *s = xcalloc(sizeof(*s));
+
+	s->rows = rows;
+	s->cols = cols;
+	vt_open(s);
+	return s;
+}
+
+static void term_close(struct session *s)
+{
+	vt_close(s);
+	free(s);
+}
+
+static void feed(struct session *s, const char *text)
+{
+	term_feed(s, text, strlen(text));
+}
+
+static int row_is(const struct session *s, int vr, const char *want)	/* history row, blanks trimmed */
+{
+	char got[512];
+	size_t n;
+
+	row_text(s, vr, got, sizeof(got));
+	n = strlen(got);
+	while (n && got[n - 1] == ' ')
+		got[--n] = '\0';
+	return !strcmp(got, want);
+}
+
+static void test_terminal(void)
+{
+	struct session *s = term_open(10, 3);
+	const struct cell *c;
+
+	setlocale(LC_CTYPE, "C.UTF-8");	/* search text is UTF-8, as in the console */
+	feed(s, "one\r\ntwo\r\nthree\r\nfour\r\nfive");
+	expect(s->sb_count == 2 && row_is(s, 0, "one") && row_is(s, 1, "two") &&
+	       row_is(s, 2, "three") && row_is(s, 4, "five"),
+	       "terminal: lines scrolled off the top go to the scrollback in order",
+	       "sb_count %d", s->sb_count);
+	feed(s, "\033[2;3r\033[3;1H\nsix\033[r");	/* a scroll region below the top */
+	expect(s->sb_count == 2 && row_is(s, 2, "three") && row_is(s, 3, "five"),
+	       "terminal: a scroll region that spares the top row keeps its lines out of the scrollback",
+	       "sb_count %d", s->sb_count);
+	feed(s, "\033[H\033[2J\033[1;31mR\033[0m漢x");
+	c = s->grid->row[0];
+	expect(c[0].ch == 'R' && c[0].fg == (COLOR_INDEXED | 1) && (c[0].attrs & ATTR_BOLD) &&
+	       c[1].ch == 0x6f22 && c[1].width == 2 && c[3].ch == 'x' && c[3].fg == COLOR_DEFAULT,
+	       "terminal: colours, bold and a wide character land in the right cells",
+	       "%x %x %x", c[0].ch, c[1].ch, c[3].ch);
+	expect(row_is(s, s->sb_count, "R漢x"), "terminal: search text skips a wide character's right half", "");
+	feed(s, "\033[1;2H\033[2@");	/* insert two blanks: the rest moves right */
+	expect(s->grid->row[0][1].ch == 0 && s->grid->row[0][3].ch == 0x6f22 && s->grid->row[0][5].ch == 'x',
+	       "terminal: inserted characters move the rest of the row", "");
+	feed(s, "\033[?1049h\033[Halt");
+	expect(s->altscreen && row_is(s, s->sb_count, "alt"), "terminal: the alternate screen is made on demand", "");
+	feed(s, "\r\n\r\n\r\n\r\n");
+	expect(s->sb_count == 2, "terminal: the alternate screen scrolls nothing into the scrollback",
+	       "sb_count %d", s->sb_count);
+	feed(s, "\033[?1049l");
+	expect(!s->altscreen && s->grid->row[0][0].ch == 'R', "terminal: leaving it shows the primary screen again", "");
+	feed(s, "\033[44m\033[2K");
+	expect(s->grid->row[0][0].ch == 0 && s->grid->row[0][9].bg == (COLOR_INDEXED | 4),
+	       "terminal: erasing leaves the background colour (as xterm)", "");
+	feed(s, "\033[0m\033[3;1H\033[5S");	/* scroll up more lines than the screen has */
+	expect(s->sb_count == 5 && s->grid->row[2][0].ch == 0,
+	       "terminal: a scroll past the screen's height blanks it, every line kept", "sb_count %d", s->sb_count);
+	term_close(s);
+}
+
 int main(void)
 {
 	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
@@ -520,6 +596,7 @@ int main(void)
 	test_keys();
 	test_misc();
 	test_cli_errors();
+	test_terminal();
 	free(token_sources);
 	return failures != 0;
 }

@@ -1,0 +1,123 @@
+/* vtbench: the terminal layer alone, no I/O (part of `make bench`).
+ *
+ *   vtbench FILE COLS ROWS
+ *
+ * Feeds FILE, in message-sized writes, through
+ *   console  tunnel_tui's own terminal layer: term_feed() into a session as
+ *            vt_open() sets it up (libvterm's parser and state, the console's
+ *            row-pointer grid, the 5000-line scrollback ring);
+ *   screen   libvterm's screen layer (VTermScreen) with a scrollback callback
+ *            that keeps the same ring: what the console used before it had a
+ *            screen layer of its own, and what most libvterm programs use;
+ * and prints "console MB/s screen MB/s console_kb screen_kb": the speeds, and
+ * the heap one session's terminal takes (VTerm and screen buffers, no
+ * scrollback lines yet) in each, both with the alternate screen made. */
+#define TUNNEL_TUI_NO_MAIN
+#pragma GCC diagnostic ignored "-Wunused-function"	/* main's helpers */
+#include "../../tunnel_tui.c"
+#include <malloc.h>
+
+#define WRITE_SIZE 8000		/* about one relayed message */
+
+static double now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static size_t heap_used(void)
+{
+	return mallinfo2().uordblks;
+}
+
+static int ring_push(int cols, const VTermScreenCell *cells, void *user)	/* as the console keeps it */
+{
+	struct session *s = user;
+	struct cell row[cols];
+
+	for (int i = 0; i < cols; i++)
+		row[i] = (struct cell){ cells[i].chars[0] == (uint32_t)-1 ? 0 : cells[i].chars[0],
+					pack_color(&cells[i].fg, 1), pack_color(&cells[i].bg, 0),
+					(uint8_t)(cells[i].attrs.bold | cells[i].attrs.reverse << 4),
+					(uint8_t)cells[i].width };
+	sb_push(s, row, cols);
+	return 1;
+}
+
+static int no_damage(VTermRect r, void *user)
+{
+	(void)r, (void)user;
+	return 1;
+}
+
+static double run_console(const struct buf *in, int cols, int rows, size_t *bytes)
+{
+	struct session s = { .rows = rows, .cols = cols };
+	size_t h0 = heap_used();
+	double t0;
+
+	vt_open(&s);
+	vt_altscreen(&s, 1);	/* made, as the screen layer's below */
+	vt_altscreen(&s, 0);
+	*bytes = heap_used() - h0 - SCROLLBACK_LINES * sizeof(*s.sb);
+	t0 = now_ms();
+	for (size_t i = 0; i < in->len; i += WRITE_SIZE)
+		term_feed(&s, in->p + i, in->len - i < WRITE_SIZE ? in->len - i : WRITE_SIZE);
+	t0 = now_ms() - t0;
+	vt_close(&s);
+	return t0;
+}
+
+static double run_screen(const struct buf *in, int cols, int rows, size_t *bytes)
+{
+	static const VTermScreenCallbacks cbs = { .damage = no_damage, .sb_pushline = ring_push };
+	struct session ring = { .rows = rows, .cols = cols };
+	size_t h0 = heap_used();
+	VTerm *vt = vterm_new(rows, cols);
+	VTermScreen *vs;
+	double t0;
+
+	vterm_set_utf8(vt, 1);
+	vs = vterm_obtain_screen(vt);
+	vterm_screen_set_callbacks(vs, &cbs, &ring);
+	vterm_screen_enable_altscreen(vs, 1);
+	vterm_screen_set_damage_merge(vs, VTERM_DAMAGE_SCROLL);
+	vterm_screen_reset(vs, 1);
+	*bytes = heap_used() - h0;
+	ring.sb = xcalloc(SCROLLBACK_LINES * sizeof(*ring.sb));
+	t0 = now_ms();
+	for (size_t i = 0; i < in->len; i += WRITE_SIZE) {
+		vterm_input_write(vt, in->p + i, in->len - i < WRITE_SIZE ? in->len - i : WRITE_SIZE);
+		vterm_screen_flush_damage(vs);
+	}
+	t0 = now_ms() - t0;
+	vterm_free(vt);
+	ring.vt = NULL;
+	vt_close(&ring);
+	return t0;
+}
+
+int main(int argc, char **argv)
+{
+	struct buf in = { 0 };
+	char chunk[65536];
+	size_t n, console_bytes, screen_bytes;
+	double t_console, t_screen;
+	FILE *f;
+
+	if (argc != 4 || !(f = fopen(argv[1], "rb"))) {
+		fprintf(stderr, "usage: vtbench FILE COLS ROWS\n");
+		return 2;
+	}
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		buf_append(&in, chunk, n);
+	fclose(f);
+	t_console = run_console(&in, atoi(argv[2]), atoi(argv[3]), &console_bytes);
+	t_screen = run_screen(&in, atoi(argv[2]), atoi(argv[3]), &screen_bytes);
+	printf("%.2f %.2f %.1f %.1f\n", in.len / 1e3 / t_console, in.len / 1e3 / t_screen,
+	       console_bytes / 1024.0, screen_bytes / 1024.0);
+	buf_free(&in);
+	return 0;
+}
