@@ -74,6 +74,7 @@
 #define DEAD_LINK_BEATS     3		/* silent heartbeats before the link is dead */
 #define DEVICE_WAIT_S       10		/* send connect anyway after this (§4.2) */
 #define FRAME_INTERVAL_US   16000	/* at most ~60 redraws a second */
+#define PAIR_CACHE          509		/* colour pairs remembered for drawing (a prime) */
 #define ERROR_REPORT_S      5		/* rate limit for malformed-input notices */
 #define DEFAULT_PTY_COLS    128		/* what official devices run (§5) */
 #define DEFAULT_PTY_ROWS    30
@@ -1705,6 +1706,10 @@ static size_t vt_filter(struct session *s, const char *p, size_t n, char *out)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)p[i];
 
+		if (s->vtf_state == VTF_TEXT && c != 0x18 && c != 0x1a && c != 0x1b && c != 0xc2) {
+			out[o++] = (char)c;	/* the common case, kept short */
+			continue;
+		}
 		if (s->vtf_state == VTF_C2) {	/* the held 0xc2: a C1 character goes */
 			s->vtf_state = VTF_TEXT;
 			if (c >= 0x80 && c <= 0x9f)
@@ -1808,16 +1813,14 @@ static void sb_push(struct session *s, const struct cell *cells, int cols)
 
 	while (n > 0 && cell_blank(&cells[n - 1]))
 		n--;
-	l = xrealloc(NULL, sizeof(*l) + (size_t)n * sizeof(struct cell));
+	slot = (s->sb_head + s->sb_count) % SCROLLBACK_LINES;
+	if (s->sb_count == SCROLLBACK_LINES)	/* full: the oldest line's memory is reused */
+		s->sb_head = (s->sb_head + 1) % SCROLLBACK_LINES;
+	else
+		s->sb_count++;
+	l = xrealloc(s->sb[slot], sizeof(*l) + (size_t)n * sizeof(struct cell));
 	l->cols = n;
 	memcpy(l->cells, cells, (size_t)n * sizeof(struct cell));
-	slot = (s->sb_head + s->sb_count) % SCROLLBACK_LINES;
-	if (s->sb_count == SCROLLBACK_LINES) {
-		free(s->sb[s->sb_head]);
-		s->sb_head = (s->sb_head + 1) % SCROLLBACK_LINES;
-	} else {
-		s->sb_count++;
-	}
 	s->sb[slot] = l;
 	if (s->scroll)	/* keep the user's view still while output arrives */
 		s->scroll = s->scroll < s->sb_count ? s->scroll + 1 : s->sb_count;
@@ -3194,6 +3197,8 @@ static void ui_dirty(void)
 	if (app.dirty || !app.ui_up)
 		return;
 	app.dirty = 1;
+	if (!app.ctx)	/* before the loop: run() draws the first frame itself */
+		return;
 	wait = app.last_draw_us + FRAME_INTERVAL_US - now_us();
 	lws_sul_schedule(app.ctx, 0, &app.sul_draw, on_draw_timer, wait > 0 ? wait : 0);
 }
@@ -3221,6 +3226,24 @@ static int pair(int fg, int bg)	/* a colour pair, allocated on demand */
 		return 0;
 	p = alloc_pair(fg, bg);
 	return p < 0 ? 0 : p;
+}
+
+/* alloc_pair() searches a tree on every call, and the pane asks once a cell
+ * each frame: remembered here, and checked, as curses recycles the least
+ * recently used pair once every pair is taken. */
+static int pair_cached(int fg, int bg)
+{
+	static struct { int fg, bg, pair; } seen[PAIR_CACHE];
+	unsigned slot = ((unsigned)fg * 31u + (unsigned)bg) % PAIR_CACHE;
+	int f, b;
+
+	if (seen[slot].pair > 0 && seen[slot].fg == fg && seen[slot].bg == bg &&
+	    extended_pair_content(seen[slot].pair, &f, &b) == OK && f == fg && b == bg)
+		return seen[slot].pair;
+	seen[slot].fg = fg;
+	seen[slot].bg = bg;
+	seen[slot].pair = pair(fg, bg);
+	return seen[slot].pair;
 }
 
 static int chrome(enum chrome c)	/* a pair for the console's own colours */
@@ -3295,7 +3318,7 @@ static void draw_cell(int y, int x, const struct cell *c)	/* one remote cell */
 		   (c->attrs & ATTR_ITALIC ? A_ITALIC : 0) |
 		   (c->attrs & ATTR_BLINK ? A_BLINK : 0) |
 		   (c->attrs & ATTR_REVERSE ? A_REVERSE : 0);
-	int p = pair(curses_color(c->fg), curses_color(c->bg));
+	int p = pair_cached(curses_color(c->fg), curses_color(c->bg));
 	cchar_t cc;
 
 	if (wc[0] < 32 || (wc[0] >= 0x7f && wc[0] < 0xa0))
@@ -4774,7 +4797,7 @@ static void adopt(int fd, void *what)	/* a descriptor into the lws loop */
 }
 
 /* SIGWINCH, SIGINT, SIGTERM, SIGHUP become readable data in the loop. */
-static void signals_start(void)
+static int signals_block(void)	/* to a signalfd, adopted once lws runs */
 {
 	sigset_t set;
 	int fd;
@@ -4790,7 +4813,7 @@ static void signals_start(void)
 	fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (fd < 0)
 		die("signalfd: %s", strerror(errno));
-	adopt(fd, RAW_SIGNALS);
+	return fd;
 }
 
 static const char usage_text[] =
@@ -4967,7 +4990,8 @@ static void build_tunnels(struct config *c, const struct options *o, char warns[
 			copy_str(t->cfg.username, sizeof(t->cfg.username), o->user);
 		if (!t->cfg.cacert[0] && o->cacert)
 			copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), o->cacert);
-		t->vhost = vhost_for_ca(t->cfg.cacert);
+		if (t->cfg.cacert[0] && access(t->cfg.cacert, R_OK) < 0)	/* TLS would only say "unable to connect" */
+			usage_error("device %s: CA file %s: %s", t->cfg.name, t->cfg.cacert, strerror(errno));
 		t->rtt_ms = -1;
 		if (warns[i][0])
 			copy_str(t->event, sizeof(t->event), warns[i]);
@@ -5148,7 +5172,7 @@ static void wiping_free(void *p)	/* cJSON's free: parsed frames hold secrets */
 	free(p);
 }
 
-static void context_start(void)	/* the lws context and the default vhost */
+static void context_start(void)	/* the lws context and the vhosts (one per CA) */
 {
 	struct lws_context_creation_info info;
 
@@ -5162,6 +5186,10 @@ static void context_start(void)	/* the lws context and the default vhost */
 	if (!app.ctx)
 		die("cannot start libwebsockets");
 	app.vhost = vhost_for_ca("");
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		t->vhost = vhost_for_ca(t->cfg.cacert);
+	if (api.ak || api.iam_token)
+		api.vhost = vhost_for_ca(api.cfg.cacert);
 }
 
 static void free_all(struct config *c)	/* everything, secrets wiped */
@@ -5269,7 +5297,10 @@ static void api_setup(const struct config *c, const struct options *o)
 		api.sk = token_from_env("HUAWEICLOUD_SDK_SK", err, sizeof(err));
 		api.sk_len = strlen(api.sk);
 	}
-	api.vhost = vhost_for_ca(api.cfg.cacert[0] ? api.cfg.cacert : o->cacert ? o->cacert : "");
+	if (!api.cfg.cacert[0] && o->cacert)
+		copy_str(api.cfg.cacert, sizeof(api.cfg.cacert), o->cacert);
+	if (api.cfg.cacert[0] && access(api.cfg.cacert, R_OK) < 0)
+		usage_error("[iotda] CA file %s: %s", api.cfg.cacert, strerror(errno));
 }
 
 /* Devices from the file, --tunnel-json and URLs, with their tokens. */
@@ -5298,8 +5329,6 @@ static char (*load_devices(struct options *o, struct config *c, int argc, char *
 static int console_run(void)	/* the screen and the loop, until quit */
 {
 	adopt(dup(0), RAW_TTY);
-	ui_start();
-	draw();
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
 		tunnel_start(t);
 	on_tick(NULL);
@@ -5313,7 +5342,7 @@ static int run(int argc, char **argv)	/* everything main does */
 	struct options o = { 0 };
 	struct config c = { .prefix_key = 0x07 };
 	char (*warns)[160];
-	int code;
+	int code, sigfd;
 
 	setlocale(LC_ALL, "");
 	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
@@ -5329,11 +5358,16 @@ static int run(int argc, char **argv)	/* everything main does */
 	set_record_dir(&o, &c);
 	app.dlg.password = secret_alloc(1024);
 	lws_set_log_level(app.log ? LLL_ERR | LLL_WARN : 0, lws_log_emit);
-	context_start();
 	api_setup(&c, &o);
 	build_tunnels(&c, &o, warns);
 	free(warns);
-	signals_start();
+	sigfd = signals_block();
+	if (!o.exec) {	/* the first frame before TLS set-up: the CA bundle takes longest */
+		ui_start();
+		draw();
+	}
+	context_start();
+	adopt(sigfd, RAW_SIGNALS);
 	code = o.exec ? batch_run(&o) : console_run();
 	api_close_all();
 	lws_context_destroy(app.ctx);

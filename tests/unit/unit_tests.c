@@ -465,17 +465,19 @@ static void test_misc(void)
 /* The whole program on a bad command line: exit 2, a message on stderr. */
 static void test_cli_errors(void)
 {
-	static const struct { const char *args[4], *want; } cases[] = {
+	static const struct { const char *args[6], *want; } cases[] = {
 		{ { "-c", "/nonexistent/devices.conf", NULL }, "/nonexistent/devices.conf: No such file" },
 		{ { "ws://h/v5/iot/tunnels/x/source-connect", NULL }, "need --token-file or TUNNEL_TUI_TOKEN" },
 		{ { "--bogus", NULL }, "bad option" },
 		{ { "--tunnel-json", "/dev/null", NULL }, "expected tunnel_uri and tunnel_access_token" },
+		{ { "--cacert", "/nonexistent/ca.pem", "--token-file", "/etc/hostname",
+		    "ws://h/v5/iot/tunnels/x/source-connect", NULL }, "CA file /nonexistent/ca.pem: No such file" },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
 		int pipefd[2], status = 0;
 		char out[512] = "", name[160];
-		char *argv[6] = { "tunnel_tui" };
+		char *argv[8] = { "tunnel_tui" };
 		int argc = 1;
 		pid_t pid;
 		ssize_t n;
