@@ -137,8 +137,8 @@ paths_phase() {
 	# and the console's grid) vs libvterm's screen layer (input as a pty gives it)
 	sed 's/$/\r/' "$DATA" > "$WORK/output.crlf"
 	yes 2>/dev/null | head -c $((1 << 20)) | sed 's/$/\r/' > "$WORK/yes.crlf"
-	read -r R[vt_console] R[vt_screen] R[vt_console_kb] R[vt_screen_kb] < <("$TOP/build/vtbench" "$WORK/output.crlf" 93 39)
-	read -r R[vt_console_yes] R[vt_screen_yes] _ _ < <("$TOP/build/vtbench" "$WORK/yes.crlf" 93 39)
+	read -r R[vt_console] R[vt_screen] R[vt_console_kb] R[vt_screen_kb] R[vt_parser] < <("$TOP/build/vtbench" "$WORK/output.crlf" 93 39)
+	read -r R[vt_console_yes] R[vt_screen_yes] _ _ R[vt_parser_yes] < <("$TOP/build/vtbench" "$WORK/yes.crlf" 93 39)
 	log "   terminal layer alone: console $(r vt_console) MB/s, libvterm screen $(r vt_screen) MB/s;" \
 		"yes: $(r vt_console_yes) / $(r vt_screen_yes) MB/s"
 
@@ -377,7 +377,8 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	echo "CPU while throughput runs (% of one core, median): console $(r tputcpu_con)," \
 		"minimal client $(r tputcpu_min), tmux server+client $(r tputcpu_tmx)"
 	echo "terminal layer alone (no I/O, 93x39): the console's $(r vt_console) MB/s on this output, $(r vt_console_yes) MB/s" \
-		"on yes; libvterm's screen layer (the console's before) $(r vt_screen) / $(r vt_screen_yes) MB/s"
+		"on yes; libvterm's screen layer (the console's before) $(r vt_screen) / $(r vt_screen_yes) MB/s;" \
+		"libvterm's parser and state alone (no cells kept) $(r vt_parser) / $(r vt_parser_yes) MB/s"
 	echo "5000 lines of this output in a session's scrollback cost the console $(r rss_con_sb) MB (RSS growth over the throughput runs)"
 	echo "one 93x39 terminal, both screens made: $(r vt_console_kb) KB in the console, $(r vt_screen_kb) KB with libvterm's screen layer; medians of" \
 		"$TPUT_ROUNDS throughput and $STARTUP_REPS start-up runs; latency over $LAT_KEYS keys"

@@ -9,7 +9,9 @@
  *   screen   libvterm's screen layer (VTermScreen) with a scrollback callback
  *            that keeps the same ring: what the console used before it had a
  *            screen layer of its own, and what most libvterm programs use;
- * and prints "console MB/s screen MB/s console_kb screen_kb": the speeds, and
+ *   parser   libvterm's parser and state with no callbacks: the ceiling of
+ *            any screen layer on libvterm;
+ * and prints "console MB/s screen MB/s console_kb screen_kb parser MB/s": the speeds, and
  * the heap one session's terminal takes (VTerm and screen buffers, no
  * scrollback lines yet) in each, both with the alternate screen made. */
 #define TUNNEL_TUI_NO_MAIN
@@ -99,12 +101,27 @@ static double run_screen(const struct buf *in, int cols, int rows, size_t *bytes
 	return t0;
 }
 
+static double run_parser(const struct buf *in, int cols, int rows)
+{
+	VTerm *vt = vterm_new(rows, cols);
+	double t0;
+
+	vterm_set_utf8(vt, 1);
+	vterm_state_reset(vterm_obtain_state(vt), 1);
+	t0 = now_ms();
+	for (size_t i = 0; i < in->len; i += WRITE_SIZE)
+		vterm_input_write(vt, in->p + i, in->len - i < WRITE_SIZE ? in->len - i : WRITE_SIZE);
+	t0 = now_ms() - t0;
+	vterm_free(vt);
+	return t0;
+}
+
 int main(int argc, char **argv)
 {
 	struct buf in = { 0 };
 	char chunk[65536];
 	size_t n, console_bytes, screen_bytes;
-	double t_console, t_screen;
+	double t_console, t_screen, t_parser;
 	FILE *f;
 
 	if (argc != 4 || !(f = fopen(argv[1], "rb"))) {
@@ -116,8 +133,9 @@ int main(int argc, char **argv)
 	fclose(f);
 	t_console = run_console(&in, atoi(argv[2]), atoi(argv[3]), &console_bytes);
 	t_screen = run_screen(&in, atoi(argv[2]), atoi(argv[3]), &screen_bytes);
-	printf("%.2f %.2f %.1f %.1f\n", in.len / 1e3 / t_console, in.len / 1e3 / t_screen,
-	       console_bytes / 1024.0, screen_bytes / 1024.0);
+	t_parser = run_parser(&in, atoi(argv[2]), atoi(argv[3]));
+	printf("%.2f %.2f %.1f %.1f %.2f\n", in.len / 1e3 / t_console, in.len / 1e3 / t_screen,
+	       console_bytes / 1024.0, screen_bytes / 1024.0, in.len / 1e3 / t_parser);
 	buf_free(&in);
 	return 0;
 }
