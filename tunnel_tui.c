@@ -243,6 +243,7 @@ struct grid {		/* a screen's cells: row pointers, rotated when it scrolls */
 
 struct sbline {		/* one scrollback line, trailing blanks trimmed */
 	int cols;
+	int room;			/* cells allocated: a reused slot keeps its memory */
 	struct cell cells[];
 };
 
@@ -1800,6 +1801,14 @@ static void rows_reverse(struct cell **r, int n)	/* r[0..n) back to front */
 
 static void rows_rotate(struct cell **r, int n, int k)	/* row k comes first */
 {
+	struct cell *t;
+
+	if (k == 1 || k == n - 1) {	/* a line at a time: the usual scroll */
+		t = k == 1 ? r[0] : r[n - 1];
+		memmove(k == 1 ? r : r + 1, k == 1 ? r + 1 : r, (size_t)(n - 1) * sizeof(*r));
+		r[k == 1 ? n - 1 : 0] = t;
+		return;
+	}
 	rows_reverse(r, k);
 	rows_reverse(r + k, n - k);
 	rows_reverse(r, n);
@@ -1818,7 +1827,11 @@ static void sb_push(struct session *s, const struct cell *cells, int cols)
 		s->sb_head = (s->sb_head + 1) % SCROLLBACK_LINES;
 	else
 		s->sb_count++;
-	l = xrealloc(s->sb[slot], sizeof(*l) + (size_t)n * sizeof(struct cell));
+	l = s->sb[slot];
+	if (!l || n > l->room || n < l->room / 2) {	/* realloc showed in profiles */
+		l = xrealloc(l, sizeof(*l) + (size_t)n * sizeof(struct cell));
+		l->room = n;
+	}
 	l->cols = n;
 	memcpy(l->cells, cells, (size_t)n * sizeof(struct cell));
 	s->sb[slot] = l;
