@@ -222,6 +222,21 @@ static void batch_down(void)
 /*** checks *****************************************************************/
 
 /* The session list, the routing target and every scrollback ring are sane. */
+/* The rows are the grid's own, each once, however it scrolled. */
+static void check_grid(const struct grid *g, const struct session *s)
+{
+	static unsigned char seen[4096];
+
+	CHECK(g->row && g->rows == s->rows && g->cols == s->cols && g->rows <= (int)sizeof(seen));
+	memset(seen, 0, (size_t)g->rows);
+	for (int r = 0; r < g->rows; r++) {
+		ptrdiff_t k = g->row[r] - g->cells;
+
+		CHECK(k >= 0 && k % g->cols == 0 && k / g->cols < g->rows && !seen[k / g->cols]);
+		seen[k / g->cols] = 1;
+	}
+}
+
 static void check_invariants(void)
 {
 	int n = 0;
@@ -236,8 +251,12 @@ static void check_invariants(void)
 		for (int i = 0; i < s->sb_count; i++) {
 			const struct sbline *l = sb_line(s, i);
 
-			CHECK(l && l->cols >= 0 && l->cols <= s->cols);
+			CHECK(l && l->cols >= 0 && l->cols <= s->cols && l->cols <= l->room);
 		}
+		check_grid(&s->primary, s);
+		if (s->alt.row)
+			check_grid(&s->alt, s);
+		CHECK(s->grid == (s->altscreen ? &s->alt : &s->primary));
 	}
 	CHECK(n == NSESS);
 	CHECK(!fx.latest || fx.latest->state != S_ENDED);
