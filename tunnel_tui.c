@@ -3357,7 +3357,8 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
 			c = s->grid->row[srow][col];
 		if (c.width == 2 && x + 1 >= w)
 			c = blank;	/* half a wide character does not fit */
-		draw_cell(y, x0 + x, &c);
+		if (!cell_blank(&c))	/* erase() left blanks: most of a pane, usually */
+			draw_cell(y, x0 + x, &c);
 		x += c.width == 2 ? 2 : 1;
 	}
 }
