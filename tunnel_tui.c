@@ -263,6 +263,7 @@ struct session {	/* one SSH session: one request_id */
 	int sb_head, sb_count;
 	int scroll;			/* lines scrolled back in scroll mode */
 	int altscreen, cursor_visible;
+	int reverse_video;		/* DECSCNM: a visual bell flashes with it */
 	struct buf keys;		/* typed input not yet sent */
 	int bulk_frames;		/* its frames waiting in the bulk lane */
 	char *password;			/* remember_password = session only: locked */
@@ -1943,6 +1944,8 @@ static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
 		vt_altscreen(s, val->boolean);
 	else if (prop == VTERM_PROP_CURSORVISIBLE)
 		s->cursor_visible = val->boolean;
+	else if (prop == VTERM_PROP_REVERSE)
+		s->reverse_video = val->boolean;
 	return 1;
 }
 
@@ -3353,8 +3356,10 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
 
 		if (l && col < l->cols)
 			c = l->cells[col];
-		else if (!l && srow < s->rows && col < s->cols)
+		else if (!l && srow < s->rows && col < s->cols) {
 			c = s->grid->row[srow][col];
+			c.attrs ^= s->reverse_video ? ATTR_REVERSE : 0;
+		}
 		if (c.width == 2 && x + 1 >= w)
 			c = blank;	/* half a wide character does not fit */
 		if (!cell_blank(&c))	/* erase() left blanks: most of a pane, usually */

@@ -573,6 +573,10 @@ static void test_terminal(void)
 	feed(s, "\033[44m\033[2K");
 	expect(s->grid->row[0][0].ch == 0 && s->grid->row[0][9].bg == (COLOR_INDEXED | 4),
 	       "terminal: erasing leaves the background colour (as xterm)", "");
+	feed(s, "\033[?5h");
+	expect(s->reverse_video, "terminal: reverse video (a visual bell) is kept for drawing", "");
+	feed(s, "\033[?5l");
+	expect(!s->reverse_video, "terminal: ... and ends", "");
 	feed(s, "\033[0m\033[3;1H\033[5S");	/* scroll up more lines than the screen has */
 	expect(s->sb_count == 5 && s->grid->row[2][0].ch == 0,
 	       "terminal: a scroll past the screen's height blanks it, every line kept", "sb_count %d", s->sb_count);
