@@ -3249,17 +3249,12 @@ static int pair(int fg, int bg)	/* a colour pair, allocated on demand */
  * recently used pair once every pair is taken. */
 static int pair_cached(int fg, int bg)
 {
-	static struct { int fg, bg, pair; } seen[PAIR_CACHE];
-	unsigned slot = ((unsigned)fg * 31u + (unsigned)bg) % PAIR_CACHE;
-	int f, b;
+	static int seen[PAIR_CACHE];
+	int *p = &seen[((unsigned)fg * 31u + (unsigned)bg) % PAIR_CACHE], f, b;
 
-	if (seen[slot].pair > 0 && seen[slot].fg == fg && seen[slot].bg == bg &&
-	    extended_pair_content(seen[slot].pair, &f, &b) == OK && f == fg && b == bg)
-		return seen[slot].pair;
-	seen[slot].fg = fg;
-	seen[slot].bg = bg;
-	seen[slot].pair = pair(fg, bg);
-	return seen[slot].pair;
+	if (*p <= 0 || extended_pair_content(*p, &f, &b) != OK || f != fg || b != bg)
+		*p = pair(fg, bg);
+	return *p;
 }
 
 static int chrome(enum chrome c)	/* a pair for the console's own colours */
