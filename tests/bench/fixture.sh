@@ -73,8 +73,10 @@ user_up() {
 		export LANG=C.UTF-8
 	EOF
 	chown -R "$BUSER:" "$WORK/home"
-	cp "$HARNESS" "$WORK/bin/ptyharness"	# `stream` runs in the user's shells
-	chmod 755 "$WORK/bin" "$WORK/bin/ptyharness"
+	# what the user runs or reads, out of a clone it may not reach (a 0700 home)
+	cp "$HARNESS" "$DEVICE" "$CERTS/ca.pem" "$WORK/bin/"
+	chmod 755 "$WORK/bin" "$WORK/bin/ptyharness" "$WORK/bin/tunnel-device"
+	chmod 644 "$WORK/bin/ca.pem"
 }
 # AS_USER: a command prefix (not a function: `&` would fork a subshell and $!
 # would not be the program's pid); setpriv execs it.
@@ -112,9 +114,9 @@ sandbox_up() {
 	declare -gA AGENT_PID
 	as_user_prefix
 	for name in "$@"; do
-		"${AS_USER[@]}" "$DEVICE" --url "$BASE/t-$name/device-connect" --token-file "$WORK/dev/$name.dev" \
+		"${AS_USER[@]}" "$WORK/bin/tunnel-device" --url "$BASE/t-$name/device-connect" --token-file "$WORK/dev/$name.dev" \
 			--backend pty --login-file "$WORK/dev/logins" --profile full \
-			--cacert "$CERTS/ca.pem" 2> "$WORK/log/agent-$name.log" &
+			--cacert "$WORK/bin/ca.pem" 2> "$WORK/log/agent-$name.log" &
 		PIDS+=($!)
 		AGENT_PID[$name]=$!
 	done

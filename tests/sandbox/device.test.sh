@@ -559,7 +559,8 @@ if [ "$(id -u)" -ne 0 ]; then
 	ok "sshd fixture # SKIP not root"
 	finish
 fi
-out=$(runuser -u nobody -- sh "$SSHD_SH" start "$WORK/nobody-sshd" 2>&1)
+# the script on stdin: a plain user may not reach a clone under a 0700 folder
+out=$(runuser -u nobody -- sh -s start "$WORK/nobody-sshd" < "$SSHD_SH" 2>&1)
 st=$?
 check "sshd.sh as a plain user: exit 3, says skipped" [ $st -eq 3 -a "$out" = "skipped: sshd tests need root" ]
 
