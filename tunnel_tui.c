@@ -1700,29 +1700,61 @@ static int (*const vtf_step[])(struct session *, unsigned char) = {
 	[VTF_STRING] = vtf_string,
 };
 
-/* Copies the bytes libvterm can take safely into out (room for n + 1). */
-static size_t vt_filter(struct session *s, const char *p, size_t n, char *out)
+/* Bytes that end a run of plain text: CAN, SUB, ESC, and 0xc2 (C1's lead). */
+static const uint8_t vtf_stop[256] = { [0x18] = 1, [0x1a] = 1, [0x1b] = 1, [0xc2] = 1 };
+
+/* One byte outside plain text; returns how many bytes it put in out (0-2). */
+static size_t vtf_byte(struct session *s, unsigned char c, char *out)
 {
 	size_t o = 0;
 
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)p[i];
+	if (s->vtf_state == VTF_C2) {	/* the held 0xc2: a C1 character goes */
+		s->vtf_state = VTF_TEXT;
+		if (c >= 0x80 && c <= 0x9f)
+			return 0;
+		out[o++] = (char)0xc2;
+	}
+	if (c == 0x18 || c == 0x1a || c == 0x1b)	/* CAN, SUB end; ESC starts */
+		s->vtf_state = c == 0x1b ? VTF_ESC : VTF_TEXT;
+	else if (!vtf_step[s->vtf_state](s, c))
+		return o;
+	out[o++] = (char)c;
+	return o;
+}
 
-		if (s->vtf_state == VTF_TEXT && c != 0x18 && c != 0x1a && c != 0x1b && c != 0xc2) {
-			out[o++] = (char)c;	/* the common case, kept short */
-			continue;
+/* A CSI's parameter bytes (0-9 : ; < = > ?) up to the 16th argument;
+ * returns how many of p it took.  Inline here: CSIs are most escapes. */
+static size_t vtf_params(struct session *s, const char *p, size_t n, char *out, size_t *o)
+{
+	size_t i = 0;
+
+	for (; i < n && (unsigned char)p[i] - 0x30u < 0x10u; i++) {
+		if (p[i] == ';' || p[i] == ':')
+			s->vtf_seps++;
+		if (s->vtf_seps <= 15)
+			out[(*o)++] = p[i];
+	}
+	return i;
+}
+
+/* Copies the bytes libvterm can take safely into out (room for n + 1).
+ * Text and CSI parameters go in runs: stepping each byte showed in profiles. */
+static size_t vt_filter(struct session *s, const char *p, size_t n, char *out)
+{
+	size_t o = 0, i = 0, k;
+
+	while (i < n) {
+		if (s->vtf_state == VTF_TEXT) {
+			for (k = i; k < n && !vtf_stop[(unsigned char)p[k]]; k++)
+				;
+			memcpy(out + o, p + i, k - i);
+			o += k - i;
+			i = k;
+		} else if (s->vtf_state == VTF_CSI) {
+			i += vtf_params(s, p + i, n - i, out, &o);
 		}
-		if (s->vtf_state == VTF_C2) {	/* the held 0xc2: a C1 character goes */
-			s->vtf_state = VTF_TEXT;
-			if (c >= 0x80 && c <= 0x9f)
-				continue;
-			out[o++] = (char)0xc2;
-		}
-		if (c == 0x18 || c == 0x1a || c == 0x1b)	/* CAN, SUB end; ESC starts */
-			s->vtf_state = c == 0x1b ? VTF_ESC : VTF_TEXT;
-		else if (!vtf_step[s->vtf_state](s, c))
-			continue;
-		out[o++] = (char)c;
+		if (i < n)
+			o += vtf_byte(s, (unsigned char)p[i++], out + o);
 	}
 	return o;
 }
@@ -1730,10 +1762,12 @@ static size_t vt_filter(struct session *s, const char *p, size_t n, char *out)
 /* What the terminal shows: into VTerm, and into the recording if any. */
 static void term_feed(struct session *s, const char *p, size_t n)
 {
-	char *safe = xrealloc(NULL, n + 1);
+	char safe[16384 + 1];	/* a message at a time, mostly: no malloc */
 
-	vterm_input_write(s->vt, safe, vt_filter(s, p, n, safe));
-	free(safe);
+	for (size_t i = 0, k; i < n; i += k) {
+		k = n - i < sizeof(safe) - 1 ? n - i : sizeof(safe) - 1;
+		vterm_input_write(s->vt, safe, vt_filter(s, p + i, k, safe));
+	}
 	session_touched(s);
 	if (s->rec)
 		rec_output(s, p, n);
@@ -1763,8 +1797,11 @@ static int cell_blank(const struct cell *c)	/* nothing visible in it */
 
 static void cells_fill(struct cell *c, int n, struct cell v)	/* n copies of v */
 {
-	for (int i = 0; i < n; i++)
-		c[i] = v;
+	if (n <= 0)
+		return;
+	c[0] = v;	/* then doubling copies: a line's worth in a few memcpy */
+	for (int done = 1; done < n; done *= 2)
+		memcpy(c + done, c, (size_t)(n - done < done ? n - done : done) * sizeof(*c));
 }
 
 /*
@@ -1848,14 +1885,15 @@ static const struct sbline *sb_line(const struct session *s, int i)	/* 0: oldest
 static int vt_putglyph(VTermGlyphInfo *info, VTermPos pos, void *user)	/* printed */
 {
 	struct session *s = user;
+	const struct grid *g = s->grid;
 	struct cell *c;
 
-	if (pos.row < 0 || pos.row >= s->grid->rows || pos.col < 0 || pos.col >= s->grid->cols)
-		return 1;
-	c = &s->grid->row[pos.row][pos.col];
+	if ((unsigned)pos.row >= (unsigned)g->rows || (unsigned)pos.col >= (unsigned)g->cols)
+		return 1;	/* the casts catch negatives too */
+	c = g->row[pos.row] + pos.col;
 	*c = s->pen;
 	c->ch = info->chars[0] == (uint32_t)-1 ? 0 : info->chars[0];
-	if (info->width == 2 && pos.col + 1 < s->grid->cols) {
+	if (info->width == 2 && pos.col + 1 < g->cols) {
 		c->width = 2;
 		c[1] = s->pen;	/* its right half: skipped when drawn */
 	}
@@ -2512,6 +2550,10 @@ static void tunnel_receive(struct tunnel *t, struct lws *wsi, const void *in, si
 	} else if (!t->rx_skip && t->rx.len + len > RX_LIMIT) {
 		tunnel_report(t, "a frame over 1 MB");
 		t->rx_skip = 1;
+	}
+	if (final && !t->rx_skip && !t->rx.len) {	/* whole in one piece: no copy */
+		tunnel_message(t, in, len);
+		return;
 	}
 	if (!t->rx_skip)
 		buf_append(&t->rx, in, len);

@@ -583,6 +583,61 @@ static void test_terminal(void)
 	term_close(s);
 }
 
+/* The filter's state machine one byte at a time (vtf_byte takes any byte
+ * in any state): what vt_filter's runs must match, however input is split. */
+static size_t filter_stepwise(struct session *s, const char *p, size_t n, char *out)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++)
+		o += vtf_byte(s, (unsigned char)p[i], out + o);
+	return o;
+}
+
+static void test_filter(void)
+{
+	static const char *const pieces[] = {
+		"plain ", "\033[1;31m", "\033[1;2;3;4;5;6;7;8;9;10;11;12;13;14;15;16;17;18;19;20m",
+		"\xc2\x85", "\xc2\xa9", "\xc2", "\033]0;title\007", "\033", "[", "\030", "\032",
+		"\033[?1049h", "漢字", "\r\n", ";", ":", "9", "\033[38:2:1:2:3m",
+		"\033[1:2:3:4:5:6:7:8:9:10:11:12:13:14:15:16:17m",
+	};
+	static const char long_csi[] = "\033[1;2;3;4;5;6;7;8;9;10;11;12;13;14;15;16;17;18m",
+			  cut_csi[] = "\033[1;2;3;4;5;6;7;8;9;10;11;12;13;14;15;16m";
+	struct session a = { 0 }, b = { 0 };
+	char in[4096], want[4200], got[4200];
+	size_t n, w, g, i, k;
+	unsigned seed = 12345;
+
+	n = vt_filter(&a, long_csi, sizeof(long_csi) - 1, got);
+	expect(n == sizeof(cut_csi) - 1 && !memcmp(got, cut_csi, n),
+	       "filter: a CSI is cut after its 16th argument", "%zu: %.*s", n, (int)n, got);
+	memset(&a, 0, sizeof(a));
+	n = vt_filter(&a, "x\xc2", 2, got);
+	n += vt_filter(&a, "\x9by\xc2\xa9", 4, got + n);
+	expect(n == 4 && !memcmp(got, "xy\xc2\xa9", 4), "filter: C1 characters go, also split across messages, and U+00A9 stays",
+	       "%zu", n);
+	for (int round = 0; round < 200; round++) {
+		memset(&a, 0, sizeof(a));
+		memset(&b, 0, sizeof(b));
+		for (n = 0; n < sizeof(in) - 64; n += strlen(pieces[k])) {
+			k = (size_t)rand_r(&seed) % (sizeof(pieces) / sizeof(*pieces));
+			memcpy(in + n, pieces[k], strlen(pieces[k]));
+		}
+		w = filter_stepwise(&a, in, n, want);
+		for (g = 0, i = 0; i < n; i += k) {
+			k = 1 + rand_r(&seed) % 700;
+			k = k < n - i ? k : n - i;
+			g += vt_filter(&b, in + i, k, got + g);
+		}
+		if (g != w || memcmp(got, want, w) || a.vtf_state != b.vtf_state) {
+			expect(0, "filter: runs give the same bytes as stepping byte by byte", "round %d", round);
+			return;
+		}
+	}
+	expect(1, "filter: runs give the same bytes as stepping byte by byte", "");
+}
+
 int main(void)
 {
 	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
@@ -603,6 +658,7 @@ int main(void)
 	test_misc();
 	test_cli_errors();
 	test_terminal();
+	test_filter();
 	free(token_sources);
 	return failures != 0;
 }
