@@ -3439,6 +3439,15 @@ static int draw_pane(const struct session *s, int x0, int w, int h, int *cx)
 	return -1;
 }
 
+static int text_cols(const char *text)	/* columns a UTF-8 string takes */
+{
+	wchar_t wide[256];
+	size_t n = mbstowcs(wide, text, 255);
+	int cols = n == (size_t)-1 ? -1 : wcswidth(wide, n);
+
+	return cols < 0 ? (int)strlen(text) : cols;
+}
+
 /* Text at (y, x), at most w columns, in a chrome colour and attributes. */
 static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, ...)
 {
@@ -3685,9 +3694,10 @@ static void draw_help(void)
 	for (size_t i = 0, row = 2; i < sizeof(bindings) / sizeof(*bindings) && (int)row < h - 1; i++) {
 		if (!bindings[i].help)
 			continue;
-		put(y + (int)row++, x + 2, w - 4, C_STATUS, 0, "  %-10s %s",
-		    bindings[i].fn == act_send_prefix ? prefix : bindings[i].keyname,
-		    bindings[i].help);
+		const char *k = bindings[i].fn == act_send_prefix ? prefix : bindings[i].keyname;
+
+		put(y + (int)row++, x + 2, w - 4, C_STATUS, 0, "  %-*s %s",	/* printf pads bytes */
+		    10 + (int)strlen(k) - text_cols(k), k, bindings[i].help);
 	}
 	put(y + h - 1, x + 2, w - 4, C_STATUS, A_DIM, " any key closes ");
 }

@@ -39,9 +39,27 @@ tui_resize 120 40
 wait_for 5 bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | sed -n 40p | grep -q 'help'" \
 	&& ok "resize: the status bar follows to the new last line" || fail "resize: the status bar follows" "$(tui_screen)"
 tui_resize 100 30
+# tmux tells the pty (SIGWINCH) a few hundred ms after it resizes: until the
+# console has drawn at the new size, keys would race that
+wait_for 5 bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | sed -n 30p | grep -q 'help'" \
+	|| fail "resize back: the status bar on the last line" "$(tui_screen)"
+
+# the help's key names pad by columns: "1 … 9" holds a 3-byte character
+tui_keys C-g '?'
+tui_wait 'any key closes' 5 || fail "help shows" "$(tui_screen)"
+desc_col() {	# desc_col TEXT: the column TEXT starts in (characters: one column each here)
+	local LC_ALL=C.UTF-8 l
+	l=$(tui_screen | grep -m1 -F -- "$1") || { echo "missing: $1"; return; }
+	l=${l%%"$1"*}
+	echo "${#l}"
+}
+a=$(desc_col 'device 1 … 9, its first session') b=$(desc_col 'next device or session')
+check "help: every description starts in the same column ($a, $b)" [ "$a" -gt 0 -a "$a" = "$b" ]
+tui_keys Space	# any key closes the help, and goes no further
+wait_for 5 tui_lacks 'any key closes' || fail "help closes" "$(tui_screen)"
 
 tui_run 'exit' 'disconnected 408' && ok "shell exit shows 408 inline" || fail "shell exit shows 408 inline" "$(tui_screen)"
-check "the ended session is marked in the list" tui_has ' field +ended'
+wait_for 5 tui_has " field +ended" && ok "the ended session is marked in the list" || fail "the ended session is marked in the list" "$(tui_screen)"
 
 tui_keys C-g j
 tui_wait 'second-56' 5
