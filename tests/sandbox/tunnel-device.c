@@ -54,6 +54,7 @@
 #define OUT_HIGH	(256u << 10)	/* queued bytes that stop reading shells ... */
 #define OUT_LOW		(64u << 10)	/* ... and the level that restarts them */
 #define IN_MAX		(1u << 20)	/* keystrokes held for a shell not reading */
+#define INPUT_RETRY_US	2000		/* held keystrokes: retried this often (a backstop for POLLOUT) */
 #define CARRY_MS	20		/* a split UTF-8 tail waits this long for its rest */
 #define EXIT_GRACE_MS	250		/* shell gone, pty still open (a background job) */
 #define STOP_GRACE_MS	2000		/* SIGTERM: time for the close handshake */
@@ -741,6 +742,8 @@ static void session_finish(struct session *s)	/* the shell ended: output first, 
 	s->state = S_DEAD;
 }
 
+static void session_rearm(lws_sorted_usec_list_t *sul);
+
 static void session_flush_input(struct session *s)	/* hands buffered keystrokes to the shell */
 {
 	const struct backend *be = s->a->be;
@@ -756,8 +759,13 @@ static void session_flush_input(struct session *s)	/* hands buffered keystrokes 
 		memmove(s->in.p, s->in.p + w, s->in.len - (size_t)w);
 		s->in.len -= (size_t)w;
 	}
-	if (s->wsi && (s->in.len || (be->backlog && be->backlog(s))))
+	if (s->wsi && (s->in.len || (be->backlog && be->backlog(s)))) {
 		lws_callback_on_writable(s->wsi);
+		/* lws 4.1 can lose that request (it clears POLLOUT after a
+		 * RAW_WRITEABLE_FILE callback, undoing one made inside it): a
+		 * 50 KB paste stalled on a full tty.  A timer retries as well. */
+		lws_sul_schedule(s->a->ctx, 0, &s->sul_write, session_rearm, INPUT_RETRY_US);
+	}
 }
 
 static void session_input(struct session *s, const void *p, size_t n)	/* keystrokes from a command */
@@ -816,12 +824,15 @@ static int session_readable(struct session *s)	/* RAW_RX_FILE; -1 makes lws clos
 	return 0;
 }
 
-static void session_rearm(lws_sorted_usec_list_t *sul)	/* asks for POLLOUT again */
+static void session_rearm(lws_sorted_usec_list_t *sul)	/* input left over: try again */
 {
 	struct session *s = lws_container_of(sul, struct session, sul_write);
 
-	if (s->wsi && s->state == S_LIVE)
-		lws_callback_on_writable(s->wsi);
+	if (!s->wsi || s->state != S_LIVE)
+		return;
+	if (s->a->be->flush)
+		s->a->be->flush(s);
+	session_flush_input(s);
 }
 
 static int session_writeable(struct session *s)	/* RAW_WRITEABLE_FILE: the shell takes input again */
@@ -833,10 +844,6 @@ static int session_writeable(struct session *s)	/* RAW_WRITEABLE_FILE: the shell
 	if (be->flush)
 		be->flush(s);
 	session_flush_input(s);
-	/* lws 4.1 clears POLLOUT after this callback returns, undoing a request
-	 * made inside it (a 50 KB paste stalled on a full tty): ask from a timer */
-	if (s->in.len || (be->backlog && be->backlog(s)))
-		lws_sul_schedule(s->a->ctx, 0, &s->sul_write, session_rearm, 1);
 	if (session_pump(s, 0) < 0) {	/* ssh: the flush may have read packets */
 		session_finish(s);
 		return -1;
