@@ -1677,14 +1677,10 @@ static int vtf_esc(struct session *s, unsigned char c)	/* after ESC */
 	return 1;
 }
 
-static int vtf_csi(struct session *s, unsigned char c)	/* arguments, then the final */
+static int vtf_csi(struct session *s, unsigned char c)	/* the final (arguments: vtf_params) */
 {
 	if (c >= 0x40 && c <= 0x7e)
 		s->vtf_state = VTF_TEXT;
-	else if (c == ';' || c == ':')
-		return ++s->vtf_seps <= 15;
-	else if (c >= 0x30 && c <= 0x3f)
-		return s->vtf_seps <= 15;
 	return 1;
 }
 
@@ -1723,7 +1719,7 @@ static size_t vtf_byte(struct session *s, unsigned char c, char *out)
 }
 
 /* A CSI's parameter bytes (0-9 : ; < = > ?) up to the 16th argument;
- * returns how many of p it took.  Inline here: CSIs are most escapes. */
+ * returns how many of p it took.  A run: CSIs are most escapes. */
 static size_t vtf_params(struct session *s, const char *p, size_t n, char *out, size_t *o)
 {
 	size_t i = 0;
@@ -2547,10 +2543,6 @@ static void tunnel_receive(struct tunnel *t, struct lws *wsi, const void *in, si
 	} else if (!t->rx_skip && t->rx.len + len > RX_LIMIT) {
 		tunnel_report(t, "a frame over 1 MB");
 		t->rx_skip = 1;
-	}
-	if (final && !t->rx_skip && !t->rx.len) {	/* whole in one piece: no copy */
-		tunnel_message(t, in, len);
-		return;
 	}
 	if (!t->rx_skip)
 		buf_append(&t->rx, in, len);
