@@ -25,7 +25,7 @@ cleanup() {	# kills what the test started, removes its scratch folder
 trap cleanup EXIT
 
 ok()   { echo "ok - $1"; }
-fail() { echo "not ok - $1"; shift; printf '%s\n' "$@" | sed 's/^/# /'; FAILS=$((FAILS + 1)); }
+fail() { echo "not ok - $1"; shift; [ $# -eq 0 ] || printf '%s\n' "$@" | sed 's/^/# /'; FAILS=$((FAILS + 1)); }
 # check NAME CMD...: ok when CMD succeeds
 check() { local n=$1; shift; if "$@"; then ok "$n"; else fail "$n" "failed: $*"; fi; }
 
@@ -96,6 +96,7 @@ tui_keys()   { tmux -S "$TMUX_SOCK" send-keys "$@"; }	# tmux key names
 tui_type()   { tmux -S "$TMUX_SOCK" send-keys -l "$1"; }	# literal text
 tui_screen() { tmux -S "$TMUX_SOCK" capture-pane -p "$@"; }	# what the user sees
 tui_has()    { tui_screen | grep -qE -- "$1"; }
+tui_line_has() { tui_screen | sed -n "$1p" | grep -qE -- "$2"; }	# LINE REGEX
 tui_lacks()  { ! tui_screen | grep -qE -- "$1"; }
 # tui_wait REGEX [SECONDS]: until the screen shows REGEX (default 10 s)
 tui_wait()   { wait_for "${2:-10}" tui_has "$1"; }

@@ -36,12 +36,12 @@ wait_for 5 tui_lacks '│1 *$' && check "leaving it restores the shell screen" t
 	|| fail "leaving it restores the shell screen" "$(tui_screen)"
 
 tui_resize 120 40
-wait_for 5 bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | sed -n 40p | grep -q 'help'" \
+wait_for 5 tui_line_has 40 help \
 	&& ok "resize: the status bar follows to the new last line" || fail "resize: the status bar follows" "$(tui_screen)"
 tui_resize 100 30
 # tmux tells the pty (SIGWINCH) a few hundred ms after it resizes: until the
 # console has drawn at the new size, keys would race that
-wait_for 5 bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | sed -n 30p | grep -q 'help'" \
+wait_for 5 tui_line_has 30 help \
 	|| fail "resize back: the status bar on the last line" "$(tui_screen)"
 
 # the help's key names pad by columns: "1 … 9" holds a 3-byte character
@@ -59,7 +59,7 @@ tui_keys Space	# any key closes the help, and goes no further
 wait_for 5 tui_lacks 'any key closes' || fail "help closes" "$(tui_screen)"
 
 tui_run 'exit' 'disconnected 408' && ok "shell exit shows 408 inline" || fail "shell exit shows 408 inline" "$(tui_screen)"
-wait_for 5 tui_has " field +ended" && ok "the ended session is marked in the list" || fail "the ended session is marked in the list" "$(tui_screen)"
+tui_wait ' field +ended' 5 && ok "the ended session is marked in the list" || fail "the ended session is marked in the list" "$(tui_screen)"
 
 tui_keys C-g j
 tui_wait 'second-56' 5

@@ -221,7 +221,6 @@ static void batch_down(void)
 
 /*** checks *****************************************************************/
 
-/* The session list, the routing target and every scrollback ring are sane. */
 /* The rows are the grid's own, each once, however it scrolled. */
 static void check_grid(const struct grid *g, const struct session *s)
 {
@@ -237,6 +236,7 @@ static void check_grid(const struct grid *g, const struct session *s)
 	}
 }
 
+/* The session list, the routing target and every scrollback ring are sane. */
 static void check_invariants(void)
 {
 	int n = 0;

@@ -56,8 +56,6 @@
 #define TUNNEL_PLATFORM_NO_MAIN
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"	/* main's helpers */
-#pragma GCC diagnostic ignored "-Wunused-variable"	/* and their tables */
-#pragma GCC diagnostic ignored "-Wunused-const-variable"
 #include "../sandbox/tunnel-platform.c"
 #include "fuzz_util.h"
 #pragma GCC diagnostic pop
@@ -146,14 +144,6 @@ static int ends_with(const char *s, const char *suffix)
 	size_t n = strlen(s), k = strlen(suffix);
 
 	return n >= k && !strcmp(s + n - k, suffix);
-}
-
-/* A string member's value, or NULL. */
-static const char *member(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-
-	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 /* The pool index of a connection. */
@@ -246,15 +236,15 @@ static void check_envelope(const struct frame *f, const char *op, const char *ri
 	cJSON *m = cJSON_ParseWithLength(f->p, f->len);
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "request_id");
 	const cJSON *data = cJSON_GetObjectItemCaseSensitive(m, "data");
-	const char *got = member(m, "operation_type"), *type = member(m, "tunnel_service_type");
+	const char *got = json_str(m, "operation_type"), *type = json_str(m, "tunnel_service_type");
 
 	CHECK(cJSON_IsObject(m) && !memchr(f->p, '\0', f->len));
 	CHECK(got && !strcmp(got, op) && type && !strcmp(type, "ssh"));
 	CHECK(rid ? cJSON_IsString(id) && !strcmp(id->valuestring, rid) : cJSON_IsNull(id));
 	if (status) {
-		const char *code = member(data, "status_code");
+		const char *code = json_str(data, "status_code");
 
-		CHECK(code && !strcmp(code, status) && member(data, "status_msg"));
+		CHECK(code && !strcmp(code, status) && json_str(data, "status_msg"));
 	} else {
 		CHECK(cJSON_IsNull(data));
 	}
@@ -466,18 +456,6 @@ static void drop_devices(void)
 	}
 }
 
-/* The head frame goes, as sb_queue_write() sends it. */
-static void queue_pop(struct sb_queue *q)
-{
-	struct sb_frame *f = q->head;
-
-	q->head = f->next;
-	if (!q->head)
-		q->tail = NULL;
-	q->bytes -= f->len;
-	free(f);
-}
-
 /* Every queue of a role written out, as peer_writable() does; a connection
  * that asked to close is then closed, as lws does. */
 static void write_out(enum role role)
@@ -487,8 +465,7 @@ static void write_out(enum role role)
 
 		if (dead[i] || p->role != role)
 			continue;
-		while (p->q.head)
-			queue_pop(&p->q);
+		sb_queue_clear(&p->q);	/* all of it sent */
 		if (p->close_code) {
 			peer_closed(p);
 			dead[i] = 1;
@@ -655,7 +632,7 @@ static int plan_chunks(size_t n, uint32_t seed, struct chunk *c)
 static int ping_of(const char *m, size_t n, char **rid)
 {
 	cJSON *j = cJSON_ParseWithLength(m, n);
-	const char *op = member(j, "operation_type"), *id = member(j, "request_id");
+	const char *op = json_str(j, "operation_type"), *id = json_str(j, "request_id");
 	int ping = op && !strcmp(op, "ping");
 
 	*rid = ping && id ? strdup(id) : NULL;
@@ -1110,25 +1087,25 @@ static void check_notify(const cJSON *ev, const struct tunnel *t)
 	const cJSON *list = cJSON_GetObjectItemCaseSensitive(ev, "services");
 	const cJSON *svc = cJSON_GetArrayItem(list, 0);
 	const cJSON *paras = cJSON_GetObjectItemCaseSensitive(svc, "paras");
-	const char *dev = member(ev, "object_device_id"), *id = member(svc, "service_id");
-	const char *type = member(svc, "event_type"), *time = member(svc, "event_time");
-	const char *token = member(paras, "tunnel_access_token");
+	const char *dev = json_str(ev, "object_device_id"), *id = json_str(svc, "service_id");
+	const char *type = json_str(svc, "event_type"), *time = json_str(svc, "event_time");
+	const char *token = json_str(paras, "tunnel_access_token");
 
 	CHECK(dev && !strcmp(dev, t->device_id) && cJSON_GetArraySize(list) == 1);
 	CHECK(id && !strcmp(id, "$tunnel_manager") && type && !strcmp(type, "tunnel_notify"));
 	CHECK(time && strlen(time) == 16);
 	CHECK(token && !strcmp(token, t->token[ROLE_DEVICE]));
 	CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(paras, "expires_in")));
-	check_url(member(paras, "tunnel_uri"), t, "device-connect");
+	check_url(json_str(paras, "tunnel_uri"), t, "device-connect");
 }
 
 /* POST …/tunnels answered 201: the tunnel is there, for the body's device,
  * and the device's events channel, if open, got its tunnel_notify. */
 static void check_created(const struct snap *s, const struct peer *rp, const cJSON *out)
 {
-	const char *id = member(out, "tunnel_id"), *token = member(out, "tunnel_access_token");
+	const char *id = json_str(out, "tunnel_id"), *token = json_str(out, "tunnel_access_token");
 	cJSON *body = cJSON_ParseWithLength(rp->call.body.p, rp->call.body.len);
-	const char *dev = member(body, "device_id");
+	const char *dev = json_str(body, "device_id");
 	const struct tunnel *t = id ? tunnel_find(&R, id) : NULL;
 	const struct device *d;
 	struct frame f[MAX_SENT];
@@ -1136,7 +1113,7 @@ static void check_created(const struct snap *s, const struct peer *rp, const cJS
 	CHECK(t && strlen(id) == 36 && dev && !strcmp(t->device_id, dev) && !t->closed);
 	CHECK(token && !strcmp(token, t->token[ROLE_APP]) && strlen(token) == 32);
 	CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(out, "expires_in")));
-	check_url(member(out, "tunnel_uri"), t, "source-connect");
+	check_url(json_str(out, "tunnel_uri"), t, "source-connect");
 	if (nmade < MAX_MADE)
 		snprintf(made[nmade++], ID_MAX + 1, "%s", id);
 	snprintf(new_id, sizeof new_id, "%s", id);
@@ -1180,8 +1157,8 @@ static void check_list(struct req *q, const cJSON *out)
 	}
 	CHECK(cJSON_GetArraySize(list) == n);
 	cJSON_ArrayForEach(o, list) {
-		const char *id = member(o, "tunnel_id"), *dv = member(o, "device_id");
-		const char *st = member(o, "status");
+		const char *id = json_str(o, "tunnel_id"), *dv = json_str(o, "device_id");
+		const char *st = json_str(o, "status");
 
 		CHECK(id && tunnel_find(&R, id) && dv && (!dev || !strcmp(dev, dv)));
 		CHECK(st && (!strcmp(st, "OPEN") || !strcmp(st, "CLOSED")));
@@ -1192,7 +1169,7 @@ static void check_list(struct req *q, const cJSON *out)
 /* An error reply: IoTDA's {error_code, error_msg}. */
 static void check_error(const cJSON *out)
 {
-	CHECK(member(out, "error_code") && member(out, "error_msg"));
+	CHECK(json_str(out, "error_code") && json_str(out, "error_msg"));
 }
 
 /* What one REST call answered, and did, is what the API says. */
@@ -1222,7 +1199,7 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 	if (status >= 400)
 		check_error(a->out);
 	if (hit && hit->handler == rest_create && status == 201) {
-		const char *id = member(a->out, "tunnel_id");
+		const char *id = json_str(a->out, "tunnel_id");
 
 		t = id ? tunnel_find(&R, id) : NULL;
 		allowed = t ? t->token[ROLE_APP] : NULL;
@@ -1230,7 +1207,7 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 	} else if (hit && hit->handler == rest_list && status == 200) {
 		check_list(q, a->out);
 	} else if (hit && hit->handler == rest_show && status == 200) {
-		const char *id = member(a->out, "tunnel_id");
+		const char *id = json_str(a->out, "tunnel_id");
 
 		CHECK(t && id && !strcmp(id, t->id));
 	} else if (hit && hit->handler == rest_notify && status == 200) {
@@ -1300,8 +1277,8 @@ static void file_put(const char *pl, size_t n)
 /* One --tunnels entry by the documented rules; NULL if invalid, else its id. */
 static const char *tunnel_entry(const cJSON *o, long *expires_in)
 {
-	const char *id = member(o, "tunnel_id"), *dev = member(o, "device_id");
-	const char *src = member(o, "source_token"), *dtok = member(o, "device_token");
+	const char *id = json_str(o, "tunnel_id"), *dev = json_str(o, "device_id");
+	const char *src = json_str(o, "source_token"), *dtok = json_str(o, "device_token");
 	const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "expires_in");
 
 	*expires_in = DEFAULT_EXPIRES_IN;
@@ -1330,7 +1307,7 @@ static void tunnels_file(const char *pl, size_t n)
 		const cJSON *p = all->child;
 
 		for (i = 0; id && i < good; i++, p = p->next)
-			if (!strcmp(member(p, "tunnel_id"), id))
+			if (!strcmp(json_str(p, "tunnel_id"), id))
 				id = NULL;
 		if (!id || tunnel_find(&R, id)) {
 			ok = 0;
@@ -1345,16 +1322,16 @@ static void tunnels_file(const char *pl, size_t n)
 	CHECK((rc == 0) == ok && R.tunnels.count == before + (unsigned int)good);
 	i = 0;
 	cJSON_ArrayForEach(o, arr) {
-		const char *id, *dtok = member(o, "device_token");
+		const char *id, *dtok = json_str(o, "device_token");
 		const struct tunnel *t;
 
 		if (i++ == good)
 			break;
 		id = tunnel_entry(o, &exp);
 		t = tunnel_find(&R, id);
-		CHECK(t && !strcmp(t->device_id, member(o, "device_id")) && !t->closed);
-		CHECK(!strcmp(t->token[ROLE_APP], member(o, "source_token")));
-		CHECK(!strcmp(t->token[ROLE_DEVICE], dtok ? dtok : member(o, "source_token")));
+		CHECK(t && !strcmp(t->device_id, json_str(o, "device_id")) && !t->closed);
+		CHECK(!strcmp(t->token[ROLE_APP], json_str(o, "source_token")));
+		CHECK(!strcmp(t->token[ROLE_DEVICE], dtok ? dtok : json_str(o, "source_token")));
 		CHECK(exp ? exp < 2 || !t->expired : t->expired);
 	}
 	cJSON_Delete(all);

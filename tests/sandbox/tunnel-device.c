@@ -54,7 +54,7 @@
 #define OUT_HIGH	(256u << 10)	/* queued bytes that stop reading shells ... */
 #define OUT_LOW		(64u << 10)	/* ... and the level that restarts them */
 #define IN_MAX		(1u << 20)	/* keystrokes held for a shell not reading */
-#define INPUT_RETRY_US	2000		/* held keystrokes: retried this often (a backstop for POLLOUT) */
+#define INPUT_RETRY_US	10000		/* held keystrokes: retried this often (a backstop for POLLOUT) */
 #define CARRY_MS	20		/* a split UTF-8 tail waits this long for its rest */
 #define EXIT_GRACE_MS	250		/* shell gone, pty still open (a background job) */
 #define STOP_GRACE_MS	2000		/* SIGTERM: time for the close handshake */
@@ -824,15 +824,14 @@ static int session_readable(struct session *s)	/* RAW_RX_FILE; -1 makes lws clos
 	return 0;
 }
 
-static void session_rearm(lws_sorted_usec_list_t *sul)	/* input left over: try again */
+static int session_writeable(struct session *s);
+
+static void session_rearm(lws_sorted_usec_list_t *sul)	/* input left over: as if writeable */
 {
 	struct session *s = lws_container_of(sul, struct session, sul_write);
 
-	if (!s->wsi || s->state != S_LIVE)
-		return;
-	if (s->a->be->flush)
-		s->a->be->flush(s);
-	session_flush_input(s);
+	if (s->wsi && session_writeable(s) < 0)
+		session_close_wsi(s);
 }
 
 static int session_writeable(struct session *s)	/* RAW_WRITEABLE_FILE: the shell takes input again */
