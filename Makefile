@@ -106,7 +106,8 @@ uninstall:
 clean:
 	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/hostile-relay $(A) $(B)/fuzz
 
-# The benchmarks' pty driver and load generator (tests/bench/; make bench builds it).
+# The benchmarks' pty driver and load generator, and the terminal layer's
+# own benchmark (tests/bench/; make bench builds them).
 .PHONY: bench-harness
 bench-harness: $(B)/ptyharness $(B)/vtbench
 $(B)/vtbench: tests/bench/vtbench.c tunnel_tui.c | $(B)

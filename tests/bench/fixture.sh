@@ -15,6 +15,7 @@ CLIENT=$TOP/tests/sandbox/tunnel-client
 CONSOLE=$TOP/tunnel_tui
 CERTS=$TOP/build/certs
 HARNESS=$TOP/build/ptyharness
+VTBENCH=$TOP/build/vtbench
 WORK=$(mktemp -d /tmp/tunnel_tui_bench.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/log" "$WORK/app" "$WORK/bin"

@@ -43,7 +43,7 @@ declare -A R		# results; a missing one prints as "-" and null
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 pct() { sort -n | awk -v q="$1" '{ v[NR] = $1 } END { k = int(q * NR); if (k < q * NR) k++; if (k < 1) k = 1; if (NR) print v[k] }'; }	# nearest rank
-calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\\n\", $1 }"; }
 phase() { log "== $* ($(date +%T))"; }
 r() { echo "${R[$1]:--}"; }	# a result or "-"
 has() { local k; for k; do [ -n "${R[$k]:-}" ] || return 1; done; }
@@ -119,7 +119,6 @@ paths_phase() {
 			ms=$(echo "${REPLY#ok }" | cut -d' ' -f1)
 			echo "$ms" >> "$WORK/tput-$p.txt"
 			calc "($c1 - $c0) / 1e6 / $ms * 100" 0 >> "$WORK/tputcpu-$p.txt"
-			echo >> "$WORK/tputcpu-$p.txt"
 			[ "$p$r" = con1 ] && perf_stop tput
 			h $p waitcur 60000 "$PROMPT_RE" && h $p drain 300 >/dev/null || return 1
 		done
@@ -137,8 +136,8 @@ paths_phase() {
 	# and the console's grid) vs libvterm's screen layer (input as a pty gives it)
 	sed 's/$/\r/' "$DATA" > "$WORK/output.crlf"
 	yes 2>/dev/null | head -c $((1 << 20)) | sed 's/$/\r/' > "$WORK/yes.crlf"
-	read -r R[vt_console] R[vt_screen] R[vt_console_kb] R[vt_screen_kb] R[vt_parser] < <("$TOP/build/vtbench" "$WORK/output.crlf" 93 39)
-	read -r R[vt_console_yes] R[vt_screen_yes] _ _ R[vt_parser_yes] < <("$TOP/build/vtbench" "$WORK/yes.crlf" 93 39)
+	read -r R[vt_console] R[vt_screen] R[vt_console_kb] R[vt_screen_kb] R[vt_parser] < <("$VTBENCH" "$WORK/output.crlf" 93 39)
+	read -r R[vt_console_yes] R[vt_screen_yes] _ _ R[vt_parser_yes] < <("$VTBENCH" "$WORK/yes.crlf" 93 39)
 	log "   terminal layer alone: console $(r vt_console) MB/s, libvterm screen $(r vt_screen) MB/s;" \
 		"yes: $(r vt_console_yes) / $(r vt_screen_yes) MB/s"
 

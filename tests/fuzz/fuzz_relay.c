@@ -1293,34 +1293,57 @@ static const char *tunnel_entry(const cJSON *o, long *expires_in)
 	return id;
 }
 
+/* A tunnels entry that loads: valid, and its id new to the relay and to
+ * the entries before it in arr. */
+static int tunnel_entry_new(const cJSON *o, const cJSON *arr)
+{
+	long exp;
+	const char *id = tunnel_entry(o, &exp);
+
+	for (const cJSON *p = arr->child; id && p != o; p = p->next)
+		if (!strcmp(json_str(p, "tunnel_id"), id))
+			return 0;
+	return id && !tunnel_find(&R, id);
+}
+
+static int device_entry(const cJSON *o, const cJSON *arr)	/* a devices entry that loads */
+{
+	(void)arr;
+	return cJSON_IsString(o) && id_ok(o->valuestring);
+}
+
+/* Writes pl as the file a relay option names and loads it: load_array's
+ * result; *good: how many entries of arr load, judged by valid first. */
+static int file_load(const char *pl, size_t n, const char **option, const cJSON *arr,
+		     int (*load)(struct relay *, const cJSON *, int),
+		     int (*valid)(const cJSON *, const cJSON *), int *good)
+{
+	const cJSON *o;
+
+	*good = 0;
+	cJSON_ArrayForEach(o, arr) {
+		if (!valid(o, arr))
+			break;
+		++*good;
+	}
+	file_put(pl, n);
+	*option = file_path;
+	return load_array(&R, file_path, load);
+}
+
 /* --tunnels: accepted exactly when a JSON array of valid, new entries; the
  * ones before the first bad entry are loaded, as listed. */
 static void tunnels_file(const char *pl, size_t n)
 {
 	cJSON *all = cJSON_ParseWithLength(pl, n), *arr = cJSON_IsArray(all) ? all : NULL, *o;
 	unsigned int before = R.tunnels.count;
-	int good = 0, ok = !!arr, rc, i;
+	int good, rc = file_load(pl, n, &R.tunnels_file, arr, load_tunnel, tunnel_entry_new, &good);
+	int i = 0;
 	long exp;
 
-	cJSON_ArrayForEach(o, arr) {	/* how many load, judged first */
-		const char *id = tunnel_entry(o, &exp);
-		const cJSON *p = all->child;
-
-		for (i = 0; id && i < good; i++, p = p->next)
-			if (!strcmp(json_str(p, "tunnel_id"), id))
-				id = NULL;
-		if (!id || tunnel_find(&R, id)) {
-			ok = 0;
-			break;
-		}
-		good++;
-	}
-	file_put(pl, n);
-	R.tunnels_file = file_path;
-	rc = load_array(&R, file_path, load_tunnel);
 	T = tunnel_find(&R, FIXTURE_ID);
-	CHECK((rc == 0) == ok && R.tunnels.count == before + (unsigned int)good);
-	i = 0;
+	CHECK((rc == 0) == (arr && good == cJSON_GetArraySize(arr)) &&
+	      R.tunnels.count == before + (unsigned int)good);
 	cJSON_ArrayForEach(o, arr) {
 		const char *id, *dtok = json_str(o, "device_token");
 		const struct tunnel *t;
@@ -1342,19 +1365,10 @@ static void tunnels_file(const char *pl, size_t n)
 static void devices_file(const char *pl, size_t n)
 {
 	cJSON *all = cJSON_ParseWithLength(pl, n), *arr = cJSON_IsArray(all) ? all : NULL, *o;
-	int good = 0, ok = !!arr, rc, i = 0;
+	int good, rc = file_load(pl, n, &R.devices_file, arr, load_device, device_entry, &good);
+	int i = 0;
 
-	cJSON_ArrayForEach(o, arr) {
-		if (!cJSON_IsString(o) || !id_ok(o->valuestring)) {
-			ok = 0;
-			break;
-		}
-		good++;
-	}
-	file_put(pl, n);
-	R.devices_file = file_path;
-	rc = load_array(&R, file_path, load_device);
-	CHECK((rc == 0) == ok);
+	CHECK((rc == 0) == (arr && good == cJSON_GetArraySize(arr)));
 	cJSON_ArrayForEach(o, arr) {
 		if (i++ == good)
 			break;
