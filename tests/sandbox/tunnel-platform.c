@@ -62,6 +62,7 @@
 #define TOKEN_BYTES		24		/* random bytes: 32 base64 chars */
 #define PATH_LEN		512		/* longest request path we route */
 #define REST_BODY_MAX		(64 * 1024)	/* larger request bodies get 413 */
+#define REFUSED_READ_MAX	(1u << 20)	/* an oversize message is read to its end up to this */
 #define RX_CHUNK		16384		/* lws receive buffer per connection */
 #define HEADER_MAX		4096		/* room for long tokens in headers */
 #define MAX_MESSAGE_LIMIT	(16 * 1024 * 1024) /* --max-message at most */
@@ -168,6 +169,7 @@ struct peer {
 	int refused;			/* --auth-close: 401/403/404 owed as 1002 */
 	int rx_off;			/* we told lws to stop reading it */
 	int close_code;			/* close with this once the queue drains */
+	int refusing;			/* reading an oversize message to its end */
 	const char *close_why;
 	struct sb_queue q;
 	struct sb_rxbuf rx;
@@ -912,28 +914,35 @@ static void peer_oversize(struct peer *p)	/* a message over --max-message: 413, 
 	else
 		tunnel_say(t, ROLE_APP, "disconnect", NULL, sb_status("413", why));
 	peer_gone(p);
-	peer_close(p, 1009, "message too big");
+	p->refusing = 1;	/* closed 1009 once read to its end: peer_chunk */
 }
 
 /* Fragments and partial frames are gathered into p->rx first; the size cap
  * counts rest, what lws says is still to come of this frame, so an oversized
- * frame is refused at its first chunk rather than buffered.  final: the frame
- * is the message's last.  (Apart from lws, so fuzz_relay.c can call it.) */
+ * frame is refused at its first chunk rather than buffered.  It is read to
+ * its end before the close: closing with it unread makes the kernel reset
+ * the connection, and the sender may lose the close frame (1006, not 1009).
+ * final: the frame is the message's last.  (Apart from lws, so
+ * fuzz_relay.c can call it.) */
 static void peer_chunk(struct peer *p, const void *in, size_t len, size_t rest,
 		       int final)	/* one chunk of a message */
 {
 	size_t max = p->r->max_message;
 
-	if (!p->t || p->r->stalled)
-		return;	/* replaced, refused, closing or dead: ignored */
-	if (p->rx.len + len + rest > max || sb_rx_append(&p->rx, in, len, max) < 0) {
+	if (!p->refusing) {
+		if (!p->t || p->r->stalled)
+			return;	/* replaced, refused, closing or dead: ignored */
+		if (p->rx.len + len + rest <= max && sb_rx_append(&p->rx, in, len, max) == 0) {
+			if (!rest && final) {
+				relay_message(p, p->rx.p, p->rx.len);
+				p->rx.len = 0;
+			}
+			return;
+		}
 		peer_oversize(p);
-		return;
 	}
-	if (rest || !final)
-		return;
-	relay_message(p, p->rx.p, p->rx.len);
-	p->rx.len = 0;
+	if ((!rest && final) || rest > REFUSED_READ_MAX)
+		peer_close(p, 1009, "message too big");
 }
 
 static int peer_receive(struct peer *p, const void *in, size_t len)	/* LWS_CALLBACK_RECEIVE */
