@@ -16,7 +16,7 @@ SBLIBS    = $(shell pkg-config --libs $(SBPKGS) 2>/dev/null) -lutil
 B        = build
 
 SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client
-TESTBINS = $(B)/unit_tests $(B)/hostile-relay
+TESTBINS = $(B)/unit_tests $(B)/sign $(B)/hostile-relay
 
 .PHONY: all deps demo test test-asan asan bench fuzz install uninstall clean certs
 
@@ -32,6 +32,9 @@ tests/sandbox/tunnel-device: tests/sandbox/tunnel-device.c tests/sandbox/sandbox
 	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
 
 $(B)/unit_tests: tests/unit/unit_tests.c tunnel_tui.c | $(B)
+	$(CC) $(CFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+$(B)/sign: tests/unit/sign.c tunnel_tui.c | $(B)
 	$(CC) $(CFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
 
 tests/sandbox/tunnel-client: tests/sandbox/tunnel-client.c tests/sandbox/sandbox.h
@@ -68,7 +71,7 @@ test-asan: deps
 A        = $(B)/asan
 ASANCC   = clang
 ASANFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-ASANBINS = $(A)/tunnel_tui $(A)/unit_tests $(A)/tunnel-platform $(A)/tunnel-device \
+ASANBINS = $(A)/tunnel_tui $(A)/unit_tests $(A)/sign $(A)/tunnel-platform $(A)/tunnel-device \
 	   $(A)/tunnel-client $(A)/hostile-relay
 asan: $(ASANBINS)
 
@@ -76,6 +79,9 @@ $(A)/tunnel_tui: tunnel_tui.c | $(A)
 	$(ASANCC) $(ASANFLAGS) $(WARN) $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
 
 $(A)/unit_tests: tests/unit/unit_tests.c tunnel_tui.c | $(A)
+	$(ASANCC) $(ASANFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+$(A)/sign: tests/unit/sign.c tunnel_tui.c | $(A)
 	$(ASANCC) $(ASANFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
 
 $(A)/tunnel-%: tests/sandbox/tunnel-%.c tests/sandbox/sandbox.h | $(A)
@@ -104,7 +110,7 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/tunnel_tui $(DESTDIR)$(PREFIX)/share/man/man1/tunnel_tui.1
 
 clean:
-	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/hostile-relay $(A) $(B)/fuzz
+	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/sign $(B)/hostile-relay $(A) $(B)/fuzz
 
 # The benchmarks' pty driver and load generator, and the terminal layer's
 # own benchmark (tests/bench/; make bench builds them).

@@ -878,12 +878,16 @@ static void canonical_uri(struct buf *b, const char *path)	/* each segment encod
 	}
 }
 
-static int cmp_strp(const void *a, const void *b)	/* qsort: by string */
+static int cmp_query_pair(const void *a, const void *b)	/* qsort: by name, then value */
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	const char *x = *(char *const *)a, *y = *(char *const *)b;
+	size_t nx = strcspn(x, "="), ny = strcspn(y, "=");
+	int c = memcmp(x, y, nx < ny ? nx : ny);
+
+	return c ? c : nx != ny ? (nx < ny ? -1 : 1) : strcmp(x + nx, y + ny);
 }
 
-/* name=value pairs, each part encoded, sorted, joined with &. */
+/* name=value pairs, each part encoded, sorted by name then value, joined with &. */
 static void canonical_query(struct buf *b, const char *query)
 {
 	char *copy = strdup(query ? query : ""), *save = NULL, *pairs[64];
@@ -899,7 +903,7 @@ static void canonical_query(struct buf *b, const char *query)
 			uri_encode(&one, eq + 1, strlen(eq + 1));
 		pairs[n++] = one.p;
 	}
-	qsort(pairs, (size_t)n, sizeof(*pairs), cmp_strp);
+	qsort(pairs, (size_t)n, sizeof(*pairs), cmp_query_pair);
 	for (int i = 0; i < n; i++) {
 		buf_printf(b, "%s%s", i ? "&" : "", pairs[i]);
 		free(pairs[i]);
@@ -931,26 +935,94 @@ static void hashed_canonical_request(const struct sign_input *in, char out[65])
 	buf_free(&cr);
 }
 
-/* The Authorization header value for a request signed with AK/SK. */
-static void sign_request(const struct sign_input *in, const char *ak, const char *sk,
-			 size_t sk_len, char *auth, size_t cap)
+/* Who signs API requests, and how: the basic algorithm signs with the SK
+ * itself; the derived one (standard and enterprise instances, where remote
+ * login lives) with a key derived per day, region and service. */
+enum signing { SIGN_DERIVED, SIGN_BASIC };
+#define SIGN_SERVICE "iotdm"		/* the service name IoTDA signs under */
+
+struct signer {
+	enum signing how;
+	const char *ak, *sk;		/* secrets: locked memory */
+	size_t sk_len;
+	const char *region;		/* derived: e.g. cn-north-4 */
+};
+
+static void hmac_sha256(const void *key, size_t key_len, const void *p, size_t n,
+			unsigned char out[32])	/* out = HMAC-SHA256(key, p) */
 {
-	char hashed[65], to_sign[128], sig[65];
+	size_t len = 0;
+
+	EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, p, n, out, 32, &len);
+}
+
+/* The derived key: lower-case hex of HKDF-SHA256 (RFC 5869; ikm the SK, salt
+ * the AK, info the scope, 32 bytes: one expand block). */
+static void derived_key(const struct signer *sg, const char *scope, char out[65])
+{
+	unsigned char prk[32], okm[32];
+	struct buf info = { 0 };
+
+	hmac_sha256(sg->ak, strlen(sg->ak), sg->sk, sg->sk_len, prk);
+	buf_printf(&info, "%s%c", scope, 1);
+	hmac_sha256(prk, sizeof(prk), info.p, info.len, okm);
+	hex_encode(okm, sizeof(okm), out);
+	explicit_bzero(prk, sizeof(prk));
+	explicit_bzero(okm, sizeof(okm));
+	buf_free(&info);
+}
+
+/* The Authorization header value for a request signed with AK/SK. */
+static void sign_request(const struct sign_input *in, const struct signer *sg,
+			 char *auth, size_t cap)
+{
+	char hashed[65], to_sign[256], scope[128], key[65], sig[65];
 	unsigned char mac[32];
-	size_t mac_len = 0;
 	struct buf names = { 0 };
+	int derived = sg->how == SIGN_DERIVED;
 
 	hashed_canonical_request(in, hashed);
-	snprintf(to_sign, sizeof(to_sign), "SDK-HMAC-SHA256\n%s\n%s", in->date, hashed);
-	EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, sk, sk_len,
-		  (const unsigned char *)to_sign, strlen(to_sign), mac, sizeof(mac), &mac_len);
+	snprintf(scope, sizeof(scope), "%.8s/%.64s/" SIGN_SERVICE, in->date, sg->region);
+	if (derived) {
+		snprintf(to_sign, sizeof(to_sign), "V11-HMAC-SHA256\n%s\n%s\n%s", in->date, scope, hashed);
+		derived_key(sg, scope, key);
+		hmac_sha256(key, 64, to_sign, strlen(to_sign), mac);
+		explicit_bzero(key, sizeof(key));
+	} else {
+		snprintf(to_sign, sizeof(to_sign), "SDK-HMAC-SHA256\n%s\n%s", in->date, hashed);
+		hmac_sha256(sg->sk, sg->sk_len, to_sign, strlen(to_sign), mac);
+	}
 	hex_encode(mac, 32, sig);
 	for (int i = 0; i < in->nheaders; i++)
 		buf_printf(&names, "%s%s", i ? ";" : "", in->headers[i][0]);
-	snprintf(auth, cap, "SDK-HMAC-SHA256 Access=%s, SignedHeaders=%s, Signature=%s",
-		 ak, names.p ? names.p : "", sig);
+	if (derived)
+		snprintf(auth, cap, "V11-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s",
+			 sg->ak, scope, names.p ? names.p : "", sig);
+	else
+		snprintf(auth, cap, "SDK-HMAC-SHA256 Access=%s, SignedHeaders=%s, Signature=%s",
+			 sg->ak, names.p ? names.p : "", sig);
 	buf_free(&names);
 	explicit_bzero(mac, sizeof(mac));
+}
+
+/* The region a derived signature names: the host label just before
+ * .myhuaweicloud.com ({id}.st1.iotda-app.cn-north-4.myhuaweicloud.com). */
+static int region_from_endpoint(const char *endpoint, char *out, size_t cap)
+{
+	const char *host = strstr(endpoint, "://"), *end, *dom;
+	const char *label;
+
+	host = host ? host + 3 : endpoint;
+	end = host + strcspn(host, ":/");
+	dom = memmem(host, (size_t)(end - host), ".myhuaweicloud.com", 18);
+	if (!dom || dom + 18 != end)
+		return -1;
+	for (label = dom; label > host && label[-1] != '.'; label--)
+		;
+	if (label == dom || (size_t)(dom - label) >= cap)
+		return -1;
+	snprintf(out, cap, "%.*s", (int)(dom - label), label);
+	return 0;
 }
 
 static void sdk_date(time_t t, char out[17])	/* X-Sdk-Date: 20191115T033655Z */
@@ -972,6 +1044,8 @@ struct iotda_config {	/* the [iotda] section: the IoTDA API */
 	char token_file[PATH_MAX];	/* an IAM token, instead of AK/SK */
 	char cacert[PATH_MAX];
 	int leave_open;			/* close_tunnels = no */
+	char region[64];		/* derived signing's; default from the endpoint */
+	int signing;			/* enum signing: derived (default) or basic */
 };
 
 struct config {		/* what the file and the command line say */
@@ -1224,6 +1298,17 @@ STRING_KEY(set_project_id, iotda.project_id)
 STRING_KEY(set_instance_id, iotda.instance_id)
 STRING_KEY(set_iam_token_file, iotda.token_file)
 STRING_KEY(set_iotda_cacert, iotda.cacert)
+STRING_KEY(set_region, iotda.region)
+
+static int set_signing(struct config *c, const char *v, char *err, size_t errlen)
+{	/* signing = derived|basic: V11-HMAC-SHA256 or SDK-HMAC-SHA256 */
+	if (strcmp(v, "derived") && strcmp(v, "basic")) {
+		snprintf(err, errlen, "signing must be derived or basic");
+		return -1;
+	}
+	c->iotda.signing = !strcmp(v, "basic") ? SIGN_BASIC : SIGN_DERIVED;
+	return 0;
+}
 
 static int set_close_tunnels(struct config *c, const char *v, char *err, size_t errlen)
 {	/* close_tunnels = yes|no: close the tunnels we created on quit */
@@ -1241,6 +1326,7 @@ static const struct { enum section sec; const char *key; global_setter *set; } g
 	{ SEC_IOTDA, "endpoint", set_endpoint },	{ SEC_IOTDA, "project_id", set_project_id },
 	{ SEC_IOTDA, "instance_id", set_instance_id },	{ SEC_IOTDA, "token_file", set_iam_token_file },
 	{ SEC_IOTDA, "cacert", set_iotda_cacert },	{ SEC_IOTDA, "close_tunnels", set_close_tunnels },
+	{ SEC_IOTDA, "region", set_region },		{ SEC_IOTDA, "signing", set_signing },
 };
 
 /* One key = value line inside a section. */
@@ -2933,7 +3019,8 @@ static int api_headers(struct lws *wsi, struct api_call *c, unsigned char **p, u
 	if (api.iam_token)
 		ADD("x-auth-token:", api.iam_token);
 	else {
-		sign_request(&in, api.ak, api.sk, api.sk_len, auth, sizeof(auth));
+		sign_request(&in, &(struct signer){ api.cfg.signing, api.ak, api.sk, api.sk_len,
+						     api.cfg.region }, auth, sizeof(auth));
 		ADD("authorization:", auth);
 	}
 #undef ADD
@@ -5347,6 +5434,10 @@ static void api_setup(const struct config *c, const struct options *o)
 	if (!api.iam_token && (!ak || !*ak || !getenv("HUAWEICLOUD_SDK_SK")))
 		usage_error("devices opened by device_id need HUAWEICLOUD_SDK_AK and "
 			    "HUAWEICLOUD_SDK_SK, or [iotda] token_file");
+	if (!api.iam_token && api.cfg.signing == SIGN_DERIVED && !api.cfg.region[0] &&
+	    region_from_endpoint(api.cfg.endpoint, api.cfg.region, sizeof(api.cfg.region)) < 0)
+		usage_error("[iotda] endpoint %s names no region: set region = (e.g. cn-north-4) "
+			    "for derived signing, or signing = basic", api.cfg.endpoint);
 	if (!api.iam_token) {
 		api.ak = secret_dup(ak, strlen(ak));
 		api.sk = token_from_env("HUAWEICLOUD_SDK_SK", err, sizeof(err));

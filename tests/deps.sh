@@ -1,6 +1,9 @@
 #!/bin/sh
 # Installs every Debian package named in the list ($1) that is missing or older
-# than its minimum version.  Quiet when nothing is missing.
+# than its minimum version.  A package is also taken as there when a command
+# of its name reports a version at least that high (npm comes with
+# NodeSource's nodejs, not as a Debian package, on some machines).  Quiet
+# when nothing is missing.
 set -eu
 list=${1:-vendor/packages}
 missing=
@@ -10,6 +13,9 @@ while read -r pkg min _; do
 	case $have in
 	"install ok installed "*)
 		dpkg --compare-versions "${have##* }" ge "$min" && continue ;;
+	*)
+		ver=$("$pkg" --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)
+		[ -n "$ver" ] && dpkg --compare-versions "$ver" ge "${min#*:}" && continue ;;
 	esac
 	missing="$missing $pkg"
 done < "$list"

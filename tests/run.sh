@@ -44,11 +44,11 @@ for pass in $passes; do
 		# the sanitizer builds stand in for every program; reports fail the test
 		export ASAN=1 TT_CONSOLE=$top/build/asan/tunnel_tui TT_PLATFORM=$top/build/asan/tunnel-platform \
 			TT_DEVICE=$top/build/asan/tunnel-device TT_CLIENT=$top/build/asan/tunnel-client \
-			TT_HOSTILE=$top/build/asan/hostile-relay \
+			TT_HOSTILE=$top/build/asan/hostile-relay TT_SIGN=$top/build/asan/sign \
 			ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
 		unit=build/asan/unit_tests
 	fi
-	for t in $unit tests/sandbox/*.test.sh tests/e2e/*.test.sh; do
+	for t in $unit tests/unit/*.test.sh tests/sandbox/*.test.sh tests/e2e/*.test.sh; do
 		[ -e "$t" ] || continue
 		case $t in *"$filter"*) ;; *) continue ;; esac
 		# the fuzzers are sanitized builds already; valgrind does not mix with ASan

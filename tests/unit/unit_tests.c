@@ -280,8 +280,8 @@ static void test_signing_guide_example(void)	/* the public signing guide's worke
 	hashed_canonical_request(&in, hashed);
 	expect(!strcmp(hashed, "b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a"),
 	       "signing: the guide's canonical request hash (query sorted, URI ends in /)", "%s", hashed);
-	sign_request(&in, "QTWAOYTTINDUT2QVKYUC", "MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc", 40,
-		     auth, sizeof(auth));
+	sign_request(&in, &(struct signer){ SIGN_BASIC, "QTWAOYTTINDUT2QVKYUC",
+		     "MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc", 40, "" }, auth, sizeof(auth));
 	expect(!strcmp(auth, "SDK-HMAC-SHA256 Access=QTWAOYTTINDUT2QVKYUC, SignedHeaders=content-type;"
 		       "host;x-sdk-date, Signature=7be6668032f70418fcc22abc52071e57aff61b84a1d2381bb430d6870f4f6ebe"),
 	       "signing: the guide's Authorization header", "%s", auth);
@@ -302,11 +302,48 @@ static void test_signing_independent(void)	/* computed separately with openssl d
 	hashed_canonical_request(&in, hashed);
 	expect(!strcmp(hashed, "5fc2a62ac808588e651270b81b6378a8ce7c5da1aab77f730e31064b57408083"),
 	       "signing: a POST with a body, an encoded path segment, four headers", "%s", hashed);
-	sign_request(&in, "AK", "sk/with+chars=", 14, auth, sizeof(auth));
+	sign_request(&in, &(struct signer){ SIGN_BASIC, "AK", "sk/with+chars=", 14, "" }, auth, sizeof(auth));
 	expect(strstr(auth, "Signature=22a5d6ef65df7b9e5fe439904fda2dc2f07762ea04baa2b3a49eae9ccf2137c0") != NULL,
 	       "signing: HMAC with a key of + / = characters", "%s", auth);
 	sdk_date(1574134615, date);
 	expect(!strcmp(date, "20191119T033655Z"), "signing: X-Sdk-Date is UTC YYYYMMDDTHHMMSSZ", "%s", date);
+}
+
+/* Derived signing (V11-HMAC-SHA256), vectors from Huawei's own Node.js signer
+ * (@huaweicloud/huaweicloud-sdk-core 3.1.211, DerivedAKSKSigner); the
+ * HKDF step alone from RFC 5869's construction, computed with openssl kdf. */
+static void test_signing_derived(void)
+{
+	static const char *const headers[][2] = {
+		{ "content-type", "application/json" },
+		{ "host", "a1b2c3.st1.iotda-app.cn-north-4.myhuaweicloud.com" },
+		{ "x-sdk-date", "20261206T080000Z" } };
+	const char *body = "{\"device_id\":\"pump-north\"}";
+	struct sign_input in = {
+		.method = "POST", .path = "/v5/iot/0123456789abcdef0123456789abcdef/tunnels",
+		.headers = headers, .nheaders = 3, .body = body, .body_len = strlen(body),
+		.date = "20261206T080000Z" };
+	struct signer sg = { SIGN_DERIVED, "HPUAXXXXEXAMPLEAK1", "eXaMpLeSeCrEtKeY/with+chars=", 28,
+			     "cn-north-4" };
+	char auth[512], key[65], region[64] = "";
+
+	sign_request(&in, &sg, auth, sizeof(auth));
+	expect(!strcmp(auth, "V11-HMAC-SHA256 Credential=HPUAXXXXEXAMPLEAK1/20261206/cn-north-4/iotdm, "
+		       "SignedHeaders=content-type;host;x-sdk-date, Signature="
+		       "14aac50b43512b9cbe65cb16813295bda12ab58d706948354034358de862799c"),
+	       "signing: derived, as Huawei's SDK signs a create-tunnel request", "%s", auth);
+	derived_key(&(struct signer){ SIGN_DERIVED, "salt", "ikm", 3, "" }, "info", key);
+	expect(!strcmp(key, "fe8f9615d2374c0d17f77d1aeaf408c2e75fe0466073d0def23c733e2f862dfd"),
+	       "signing: the derived key is HKDF-SHA256(ikm SK, salt AK, info scope) in hex", "%s", key);
+	expect(region_from_endpoint("https://a1b2.st1.iotda-app.cn-north-4.myhuaweicloud.com", region,
+				    sizeof(region)) == 0 && !strcmp(region, "cn-north-4"),
+	       "signing: the region comes from a standard instance's endpoint", "%s", region);
+	expect(region_from_endpoint("https://iotda.ap-southeast-1.myhuaweicloud.com:443/", region,
+				    sizeof(region)) == 0 && !strcmp(region, "ap-southeast-1"),
+	       "signing: … and from a basic endpoint with a port", "%s", region);
+	expect(region_from_endpoint("https://localhost:8443", region, sizeof(region)) < 0 &&
+	       region_from_endpoint("https://x.myhuaweicloud.com.evil.example", region, sizeof(region)) < 0,
+	       "signing: no region from other hosts", "");
 }
 
 /*** configuration **********************************************************/
@@ -657,6 +694,7 @@ int main(void)
 	test_chunking();
 	test_signing_guide_example();
 	test_signing_independent();
+	test_signing_derived();
 	test_config_good();
 	test_config_errors();
 	test_config_tokens();
