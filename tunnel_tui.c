@@ -276,6 +276,8 @@ struct session {	/* one SSH session: one request_id */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
 	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
+	char partial[4];		/* a UTF-8 sequence cut off by a message's end */
+	size_t partial_len;
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
@@ -1841,14 +1843,58 @@ static size_t vt_filter(struct session *s, const char *p, size_t n, char *out)
 	return o;
 }
 
-/* What the terminal shows: into VTerm, and into the recording if any. */
-static void term_feed(struct session *s, const char *p, size_t n)
+static void vt_write(struct session *s, const char *p, size_t n)	/* filtered, into VTerm */
 {
 	char safe[16384 + 1];	/* a message at a time, mostly: no malloc */
 
 	for (size_t i = 0, k; i < n; i += k) {
 		k = n - i < sizeof(safe) - 1 ? n - i : sizeof(safe) - 1;
 		vterm_input_write(s->vt, safe, vt_filter(s, p + i, k, safe));
+	}
+}
+
+static size_t utf8_open_tail(const char *p, size_t n)	/* bytes of a sequence cut off at the end */
+{
+	size_t k = 0;
+	int need;
+
+	while (k < n && k < 3 && ((unsigned char)p[n - 1 - k] & 0xc0) == 0x80)
+		k++;
+	if (k == n)
+		return 0;
+	need = utf8_seq_len((unsigned char)p[n - 1 - k]);
+	return need > 1 && (size_t)need > k + 1 ? k + 1 : 0;
+}
+
+/*
+ * libvterm 0.1.4 does not carry a UTF-8 sequence across writes, and devices
+ * cut their output anywhere (the official SDK sends raw 2048-byte reads): a
+ * sequence cut off at the end of a message waits in partial[] for its rest.
+ * Returns how many bytes of p went to complete it.
+ */
+static size_t utf8_complete_partial(struct session *s, const char *p, size_t n)
+{
+	size_t need = (size_t)utf8_seq_len((unsigned char)s->partial[0]), used = 0;
+
+	while (s->partial_len < need && used < n && ((unsigned char)p[used] & 0xc0) == 0x80)
+		s->partial[s->partial_len++] = p[used++];
+	if (s->partial_len < need && used == n)
+		return used;	/* still cut off: wait for more */
+	vt_write(s, s->partial, s->partial_len);
+	s->partial_len = 0;
+	return used;
+}
+
+/* What the terminal shows: into VTerm, and into the recording if any. */
+static void term_feed(struct session *s, const char *p, size_t n)
+{
+	size_t used = s->partial_len ? utf8_complete_partial(s, p, n) : 0, open;
+
+	if (!s->partial_len) {
+		open = utf8_open_tail(p + used, n - used);
+		vt_write(s, p + used, n - used - open);
+		memcpy(s->partial, p + n - open, open);
+		s->partial_len = open;
 	}
 	session_touched(s);
 	if (s->rec)
@@ -4386,11 +4432,13 @@ static void field_add(int ch)	/* a character into the focused field */
 
 	if (n <= 0)
 		return;
-	if (d->field == 0 && ulen + (size_t)n < sizeof(d->user))
+	if (d->field == 0 && ulen + (size_t)n < sizeof(d->user)) {
 		memcpy(d->user + ulen, mb, (size_t)n);
-	else if (d->field == 1 && d->password_len + (size_t)n < 1023) {
+		d->user[ulen + (size_t)n] = '\0';	/* an erased field holds old bytes past its end */
+	} else if (d->field == 1 && d->password_len + (size_t)n < 1023) {
 		memcpy(d->password + d->password_len, mb, (size_t)n);
 		d->password_len += (size_t)n;
+		d->password[d->password_len] = '\0';
 	}
 	explicit_bzero(mb, sizeof(mb));
 }

@@ -575,6 +575,77 @@ static int row_is(const struct session *s, int vr, const char *want)	/* history 
 	return !strcmp(got, want);
 }
 
+/* Official devices cut their output anywhere: a character split at any
+ * byte, even one byte a message, lands whole in its cell. */
+static void test_split_utf8(void)
+{
+	static const struct { const char *text; uint32_t ch; } chars[] = {
+		{ "\xc3\xa9", 0xe9 }, { "\xe6\xbc\xa2", 0x6f22 }, { "\xf0\x9f\x98\x80", 0x1f600 } };
+	int bad = 0, cases = 0;
+
+	for (size_t c = 0; c < sizeof(chars) / sizeof(*chars); c++) {
+		char line[16];
+		size_t n = (size_t)snprintf(line, sizeof(line), "ab%scd", chars[c].text);
+
+		for (size_t cut = 1; cut < n; cut++, cases++) {
+			struct session *s = term_open(20, 2);
+			const struct cell *row = s->grid->row[0];
+			int w;
+
+			term_feed(s, line, cut);
+			term_feed(s, line + cut, n - cut);
+			w = row[2].width;
+			bad += !(row[0].ch == 'a' && row[1].ch == 'b' && row[2].ch == chars[c].ch &&
+				 row[2 + w].ch == 'c' && row[3 + w].ch == 'd' && s->grid->row[1][0].ch == 0);
+			term_close(s);
+		}
+	}
+	expect(!bad && cases == 5 + 6 + 7, "terminal: 2-, 3- and 4-byte characters split at every byte land whole",
+	       "%d of %d cases wrong", bad, cases);
+	{
+		struct session *s = term_open(20, 2);
+
+		feed(s, "x\xe6");
+		feed(s, "\xbc");
+		feed(s, "\xa2y\xe6");
+		feed(s, "z");
+		expect(s->grid->row[0][1].ch == 0x6f22 && s->grid->row[0][3].ch == 'y' &&
+		       s->grid->row[0][4].ch == 'z',
+		       "terminal: a byte at a time too; a sequence never completed does not swallow what follows",
+		       "%x %x %x", s->grid->row[0][1].ch, s->grid->row[0][4].ch, s->grid->row[0][5].ch);
+		term_close(s);
+	}
+}
+
+/* The login dialog's fields: typed, erased and typed again, over a
+ * prefill that was longer once (the bytes past the end must not show). */
+static void test_login_fields(void)
+{
+	struct tunnel t = { 0 };
+	static const char *const keys[] = { "\b\b\b\b\b\b\b", "sdkt", "\t", "pw", "\b\b", "p\xc3\xa9" };
+
+	app.dlg.password = secret_alloc(1024);
+	copy_str(t.cfg.username, sizeof(t.cfg.username), "sdktdkt");
+	open_login(&t, NULL);
+	t.cfg.username[0] = '\0';
+	open_login(&t, NULL);	/* an empty prefill over the longer one */
+	for (size_t i = 0; i < sizeof(keys) / sizeof(*keys); i++)
+		for (const char *k = keys[i]; *k; ) {
+			wchar_t wc;
+			int len = mbtowc(&wc, k, 4);
+
+			key_login(*k == '\b' ? 127 : (int)wc, 0);
+			k += len > 0 ? len : 1;
+		}
+	expect(!strcmp(app.dlg.user, "sdkt"), "login dialog: the user typed into an emptied field is exactly that",
+	       "\"%s\"", app.dlg.user);
+	expect(app.dlg.password_len == 3 && !memcmp(app.dlg.password, "p\xc3\xa9", 4),
+	       "login dialog: the password, erased and retyped (a UTF-8 character too)", "%zu", app.dlg.password_len);
+	app.mode = M_NORMAL;
+	secret_free(app.dlg.password);
+	app.dlg.password = NULL;
+}
+
 static void test_terminal(void)
 {
 	struct session *s = term_open(10, 3);
@@ -702,6 +773,8 @@ int main(void)
 	test_misc();
 	test_cli_errors();
 	test_terminal();
+	test_split_utf8();
+	test_login_fields();
 	test_filter();
 	free(token_sources);
 	return failures != 0;
