@@ -79,6 +79,8 @@
 #define DEFAULT_PTY_COLS    128		/* what official devices run (§5) */
 #define DEFAULT_PTY_ROWS    30
 #define SHORT_ID            4		/* request_id characters shown in the list */
+#define LOGIN_TIMEOUT_S     15		/* no output this long after connect_response: wedged */
+#define CLOSE_WAIT_US       500000	/* for the close handshake when quitting */
 
 /* Reconnect backoff (§4.8): 1 s doubling to 30 s, each with ±20 % jitter. */
 static const uint32_t backoff_ms[] = { 1000, 2000, 4000, 8000, 16000, 30000 };
@@ -209,6 +211,7 @@ struct inbound {	/* one decoded message; pointers into root */
 	const char *request_id;		/* NULL when absent or null */
 	const char *data;		/* string data, else NULL */
 	size_t data_len;
+	int has_data;			/* a data member at all (official devices omit it) */
 	char status_code[16];		/* disconnect: as a string */
 	const char *status_msg;
 	cJSON *root;
@@ -275,12 +278,18 @@ struct session {	/* one SSH session: one request_id */
 	struct batch_job *job;		/* --exec: what this session runs */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
+	int got_output;			/* since its connect: a late 408 is not its own */
+	lws_sorted_usec_list_t sul_login;	/* no output after connect_response: wedged */
 	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
 	char partial[4];		/* a UTF-8 sequence cut off by a message's end */
 	size_t partial_len;
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
+
+/* sessions = …: auto learns from the device (an official one answers
+ * connect_response without data and runs one session at a time). */
+enum sessions { SESSIONS_AUTO, SESSIONS_MULTI, SESSIONS_SINGLE };
 
 struct recording {	/* one asciicast v2 file being written */
 	int fd;
@@ -298,7 +307,8 @@ struct device_config {	/* one [device NAME] section or URL */
 	char device_id[130];		/* opened through the IoTDA API, not a url */
 	char cacert[PATH_MAX];
 	int pty_cols, pty_rows;		/* 0: size to the pane */
-	int single;			/* one SSH session per tunnel */
+	int sessions;			/* enum sessions */
+	int login_timeout_s;		/* -1: [console]'s, else LOGIN_TIMEOUT_S; 0: none */
 	char attach[256];		/* typed after every login, e.g. tmux new -A */
 	int reopen;			/* enum reopen */
 	int remember_password;		/* for reopen = auto: kept locked per session */
@@ -318,6 +328,7 @@ struct tunnel {		/* one device: one WebSocket */
 	unsigned retries;
 	enum tunnel_state state;
 	int device_ready;		/* connect_tunnel seen, or waited long */
+	int official;			/* answers as the official SDK: one session, 128x30 */
 	int close_code;			/* last WebSocket close code */
 	char close_reason[128];		/* and its reason */
 	char event[160];		/* the last tunnel-level event */
@@ -358,7 +369,8 @@ static struct app {	/* the whole program's state */
 	/* event loop */
 	struct lws_context *ctx;
 	struct lws_vhost *vhost;		/* no extra CA */
-	lws_sorted_usec_list_t sul_draw, sul_tick;
+	lws_sorted_usec_list_t sul_draw, sul_tick, sul_close;
+	int closing;			/* WebSockets saying close 1000 (on_closing) */
 	int64_t last_draw_us;
 	int quit;
 	int exit_code;
@@ -767,6 +779,7 @@ static int decode_message(const char *p, size_t n, struct inbound *m,
 	m->op = op_from_name(m->op_name);
 	m->request_id = json_str(m->root, "request_id");
 	data = cJSON_GetObjectItemCaseSensitive(m->root, "data");
+	m->has_data = data != NULL;
 	if (cJSON_IsString(data)) {
 		m->data = data->valuestring;
 		m->data_len = fixed ? nul_restore(data->valuestring) : strlen(data->valuestring);
@@ -1055,6 +1068,7 @@ struct config {		/* what the file and the command line say */
 	int ndev;
 	int prefix_key;
 	int heartbeat_s;
+	int login_timeout_s;		/* -1: LOGIN_TIMEOUT_S */
 	char record_dir[PATH_MAX];
 	struct iotda_config iotda;
 	char token_file[PATH_MAX];	/* --token-file, for URL arguments */
@@ -1118,6 +1132,29 @@ static int set_pty(struct device_config *d, struct token_source *ts,
 	return -1;
 }
 
+static int parse_int(const char *v, int lo, int hi, int *out)	/* strict decimal in [lo, hi] */
+{
+	char *end;
+	long n;
+
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno || end == v || *end || n < lo || n > hi)
+		return -1;
+	*out = (int)n;
+	return 0;
+}
+
+static int set_device_login_timeout(struct device_config *d, struct token_source *ts,
+				    const char *v, char *err, size_t errlen)	/* login_timeout = S */
+{
+	(void)ts;
+	if (parse_int(v, 0, 3600, &d->login_timeout_s) == 0)
+		return 0;
+	snprintf(err, errlen, "login_timeout must be 0-3600 seconds (0: never)");
+	return -1;
+}
+
 /* The device keys: most are a string field or a choice among words (the
  * word's position is the value); the rest have a setter. */
 enum key_kind { K_STRING, K_TOKEN_SOURCE, K_CHOICE, K_SETTER };
@@ -1142,7 +1179,8 @@ static const struct device_key {
 	{ "cacert", DEV(cacert), NULL, NULL },
 	{ "attach", DEV(attach), NULL, NULL },
 	{ "device_id", DEV(device_id), NULL, NULL },
-	{ "sessions", CHOICE(single), "multi|single", NULL },
+	{ "sessions", CHOICE(sessions), "auto|multi|single", NULL },
+	{ "login_timeout", K_SETTER, 0, 0, NULL, set_device_login_timeout },
 	{ "reopen", CHOICE(reopen), "ask|auto|never", NULL },
 	{ "remember_password", CHOICE(remember_password), "never|session", NULL },
 };
@@ -1237,6 +1275,7 @@ static int config_add_device(struct config *c, const char *name, int line,
 	memset(&token_sources[c->ndev++], 0, sizeof(*token_sources));
 	copy_str(d->name, sizeof(d->name), name);
 	d->line = line;
+	d->login_timeout_s = -1;
 	return 0;
 }
 
@@ -1267,10 +1306,17 @@ typedef int global_setter(struct config *c, const char *v, char *err, size_t err
 
 static int set_heartbeat(struct config *c, const char *v, char *err, size_t errlen)
 {	/* heartbeat = SECONDS */
-	c->heartbeat_s = atoi(v);
-	if (c->heartbeat_s >= 1 && c->heartbeat_s <= 3600)
+	if (parse_int(v, 1, 3600, &c->heartbeat_s) == 0)
 		return 0;
 	snprintf(err, errlen, "heartbeat must be 1-3600 seconds");
+	return -1;
+}
+
+static int set_login_timeout(struct config *c, const char *v, char *err, size_t errlen)
+{	/* login_timeout = SECONDS: every device's default */
+	if (parse_int(v, 0, 3600, &c->login_timeout_s) == 0)
+		return 0;
+	snprintf(err, errlen, "login_timeout must be 0-3600 seconds (0: never)");
 	return -1;
 }
 
@@ -1325,6 +1371,7 @@ static int set_close_tunnels(struct config *c, const char *v, char *err, size_t 
 static const struct { enum section sec; const char *key; global_setter *set; } global_keys[] = {
 	{ SEC_CONSOLE, "prefix", set_prefix },	{ SEC_CONSOLE, "heartbeat", set_heartbeat },
 	{ SEC_CONSOLE, "record_dir", set_record_dir_key },
+	{ SEC_CONSOLE, "login_timeout", set_login_timeout },
 	{ SEC_IOTDA, "endpoint", set_endpoint },	{ SEC_IOTDA, "project_id", set_project_id },
 	{ SEC_IOTDA, "instance_id", set_instance_id },	{ SEC_IOTDA, "token_file", set_iam_token_file },
 	{ SEC_IOTDA, "cacert", set_iotda_cacert },	{ SEC_IOTDA, "close_tunnels", set_close_tunnels },
@@ -1952,6 +1999,19 @@ static void grid_free(struct grid *g)
 	memset(g, 0, sizeof(*g));
 }
 
+static void grid_resize(struct grid *g, int rows, int cols)	/* keeps the top-left overlap */
+{
+	struct grid n;
+
+	if (!g->row)
+		return;
+	grid_alloc(&n, rows, cols);
+	for (int r = 0; r < rows && r < g->rows; r++)
+		memcpy(n.row[r], g->row[r], (size_t)(cols < g->cols ? cols : g->cols) * sizeof(struct cell));
+	grid_free(g);
+	*g = n;
+}
+
 static void rows_reverse(struct cell **r, int n)	/* r[0..n) back to front */
 {
 	for (int i = 0, j = n - 1; i < j; i++, j--) {
@@ -2179,6 +2239,7 @@ static void vt_notice(struct session *s, const char *text)
 static void tunnel_kick(struct tunnel *t);
 static void lane_push(struct lane *l, const struct buf *b);
 static void lane_drop_owned(struct lane *l, struct session *s);
+static void batch_tunnel_failed(struct tunnel *t, const char *status, const char *fmt, ...);
 static void batch_session_output(struct session *s, const char *p, size_t n);
 static void batch_session_ended(struct session *s, const char *code, const char *msg);
 static void ui_dirty(void);
@@ -2229,7 +2290,10 @@ static struct session *session_new(struct tunnel *t, const char *user)
 	copy_str(s->user, sizeof(s->user), user);
 	s->cols = t->cfg.pty_cols;
 	s->rows = t->cfg.pty_rows;
-	if (!s->cols && app.batch) {	/* no pane: wide, so output lines do not wrap */
+	if (!s->cols && t->official) {	/* it ignores the size we ask for */
+		s->cols = DEFAULT_PTY_COLS;
+		s->rows = DEFAULT_PTY_ROWS;
+	} else if (!s->cols && app.batch) {	/* no pane: wide, so output lines do not wrap */
 		s->cols = 200;
 		s->rows = 50;
 	} else if (!s->cols)
@@ -2241,8 +2305,21 @@ static struct session *session_new(struct tunnel *t, const char *user)
 	return s;
 }
 
+static void session_resize(struct session *s, int cols, int rows)	/* to the remote PTY's real size */
+{
+	if (s->cols == cols && s->rows == rows)
+		return;
+	s->cols = cols;
+	s->rows = rows;
+	grid_resize(&s->primary, rows, cols);
+	grid_resize(&s->alt, rows, cols);
+	vterm_set_size(s->vt, rows, cols);
+	ui_dirty();
+}
+
 static void session_free(struct session *s)	/* unlinks nothing: see callers */
 {
+	lws_sul_cancel(&s->sul_login);
 	rec_stop(s);
 	secret_free(s->password);
 	vt_close(s);
@@ -2259,6 +2336,7 @@ static void session_end(struct session *s, const char *code, const char *msg)
 	if (s->state == S_ENDED)
 		return;
 	s->state = S_ENDED;
+	lws_sul_cancel(&s->sul_login);
 	buf_free(&s->keys);
 	lane_drop_owned(&s->tunnel->bulk, s);	/* its device session is gone */
 	if (s->job)
@@ -2301,6 +2379,7 @@ static void session_login(struct session *s, const char *password, size_t passwo
 	}
 	s->attached = 0;
 	s->dropped = 0;
+	s->got_output = 0;
 	lane_push(t->device_ready ? &t->control : &t->held, &b);
 	buf_free(&b);
 	s->state = t->device_ready ? S_LOGIN : S_PENDING;
@@ -2322,6 +2401,10 @@ static void session_output(struct session *s, const char *p, size_t n)	/* §4.6 
 {
 	if (s->state == S_LOGIN || s->state == S_PENDING)
 		s->state = S_LIVE;
+	if (!s->got_output) {
+		s->got_output = 1;
+		lws_sul_cancel(&s->sul_login);
+	}
 	if (s->job) {
 		batch_session_output(s, p, n);
 		return;
@@ -2579,6 +2662,11 @@ static void on_device_wait(lws_sorted_usec_list_t *sul)	/* §4.2: send anyway */
 {
 	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_device_wait);
 
+	if (app.batch && !t->device_ready) {	/* nobody waits at a batch run's terminal */
+		batch_tunnel_failed(t, "offline", "the device did not come online within %d s",
+				    DEVICE_WAIT_S);
+		return;
+	}
 	if (!t->device_ready && t->held.head)
 		tunnel_event(t, "no connect_tunnel after %d s: sending login anyway", DEVICE_WAIT_S);
 	device_ready(t);
@@ -2623,6 +2711,62 @@ static void on_pong(struct tunnel *t, const struct inbound *m)	/* round trip */
 	}
 }
 
+/* No output long after the device took the login: an official device
+ * wedged by a shell exit (§4 routing) answers every connect, then nothing. */
+static void on_login_timeout(lws_sorted_usec_list_t *sul)
+{
+	struct session *s = lws_container_of(sul, struct session, sul_login);
+	struct tunnel *t = s->tunnel;
+	char why[160];
+
+	if (s->got_output || s->state == S_ENDED)
+		return;
+	snprintf(why, sizeof(why), "no output %d s after the device took the login: it looks wedged; "
+		 "%s c %s", t->cfg.login_timeout_s, keyname(app.prefix_key),
+		 t->cfg.device_id[0] ? "makes a new tunnel" : "reconnects the tunnel");
+	session_end(s, "", why);
+}
+
+static int tunnel_single(const struct tunnel *t)	/* one SSH session at a time */
+{
+	return t->cfg.sessions == SESSIONS_SINGLE || (t->cfg.sessions == SESSIONS_AUTO && t->official);
+}
+
+/* A connect_response without data is the official SDK's fingerprint: from
+ * now on the device runs one session at a time on a 128x30 PTY, and a new
+ * login has just replaced any other session on it. */
+static void tunnel_learn_official(struct tunnel *t, struct session *s)
+{
+	t->official = 1;
+	tunnel_event(t, "official SDK device: one session at a time, %dx%d", DEFAULT_PTY_COLS,
+		     DEFAULT_PTY_ROWS);
+	if (!t->cfg.pty_cols)
+		session_resize(s, DEFAULT_PTY_COLS, DEFAULT_PTY_ROWS);
+	for (struct session *o = t->sessions; o && tunnel_single(t); o = o->next)
+		if (o != s && o->state != S_ENDED)
+			session_end(o, "", "replaced by a newer login: this device runs one session at a time");
+}
+
+static void on_connect_response(struct tunnel *t, struct session *s, const struct inbound *m)
+{	/* §4.4: the device took the login; success shows as output */
+	copy_str(s->note, sizeof(s->note), m->data);	/* not in the terminal */
+	scrub_controls(s->note);
+	if (!m->has_data && !t->official)
+		tunnel_learn_official(t, s);
+	if (!s->got_output && t->cfg.login_timeout_s > 0)
+		lws_sul_schedule(app.ctx, 0, &s->sul_login, on_login_timeout,
+				 (lws_usec_t)t->cfg.login_timeout_s * LWS_US_PER_SEC);
+	ui_dirty();
+}
+
+/* Official devices send a shell exit's 408 as SSH_timeout_disconnect, and
+ * after an exit that sent none, send it on the next connect: a 408 routed
+ * here by that name, before this session's first output, is not its own. */
+static int stale_disconnect(const struct session *s, const struct inbound *m)
+{
+	return !s->got_output && m->request_id && strcmp(m->request_id, s->request_id);
+}
+
 /* A session's message: output, acceptance, or its end. */
 static void on_session_message(struct tunnel *t, struct session *s, const struct inbound *m)
 {
@@ -2632,11 +2776,12 @@ static void on_session_message(struct tunnel *t, struct session *s, const struct
 	}
 	if (m->op == OP_COMMAND_RESPONSE && m->data)
 		session_output(s, m->data, m->data_len);
-	else if (m->op == OP_CONNECT_RESPONSE) {
-		copy_str(s->note, sizeof(s->note), m->data);	/* §4.4: not in the terminal */
-		scrub_controls(s->note);
-		ui_dirty();
-	} else if (m->op == OP_DISCONNECT)
+	else if (m->op == OP_CONNECT_RESPONSE)
+		on_connect_response(t, s, m);
+	else if (m->op == OP_DISCONNECT && stale_disconnect(s, m))
+		tunnel_event(t, "ignored a late %s: it ended the session before %.4s",
+			     m->status_code[0] ? m->status_code : "disconnect", s->request_id);
+	else if (m->op == OP_DISCONNECT)
 		session_end(s, m->status_code[0] ? m->status_code : "?", m->status_msg);
 	else
 		tunnel_report(t, "an unexpected operation_type from the platform");
@@ -2835,6 +2980,7 @@ static void tty_readable(void);
 static void signal_readable(int fd);
 #define RAW_TTY     ((void *)1)	/* opaque data of the adopted descriptors */
 #define RAW_SIGNALS ((void *)2)
+#define WS_CLOSING  ((void *)3)	/* a WebSocket its tunnel left: saying close 1000 */
 
 static int on_raw_file(struct lws *wsi)	/* the keyboard or the signalfd */
 {
@@ -2842,6 +2988,21 @@ static int on_raw_file(struct lws *wsi)	/* the keyboard or the signalfd */
 		tty_readable();
 	else
 		signal_readable(lws_get_socket_fd(wsi));
+	return 0;
+}
+
+/* A WebSocket its tunnel left (the user closed the device, or quits): it
+ * says close 1000 at its next write and is gone (§4.9). */
+static int on_closing(struct lws *wsi, enum lws_callback_reasons reason)
+{
+	static const char why[] = "closed by the user";
+
+	if (reason == LWS_CALLBACK_CLIENT_WRITEABLE) {
+		lws_close_reason(wsi, LWS_CLOSE_STATUS_NORMAL, (unsigned char *)why, sizeof(why) - 1);
+		return -1;
+	}
+	if (reason == LWS_CALLBACK_WSI_DESTROY)
+		app.closing--;
 	return 0;
 }
 
@@ -2863,6 +3024,8 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 	default:
 		break;
 	}
+	if (t == WS_CLOSING)
+		return on_closing(wsi, reason);
 	if (!t || (uintptr_t)t < 16)
 		return lws_callback_http_dummy(wsi, reason, user, in, len);
 	switch (reason) {
@@ -3087,6 +3250,9 @@ static void api_error(struct api_call *c, const char *what)
 			     code ? ": " : "", msg ? msg : status_meaning(""));
 	else
 		tunnel_event(t, "%s: %s", what, c->reply.len ? c->reply.p : "the API cannot be reached");
+	if (app.batch && c->op == API_CREATE)	/* that device's job ends now, saying why */
+		batch_tunnel_failed(t, code && !strcmp(code, "IOTDA.014016") ? "offline" : "api error",
+				    "%s", t->event);
 	cJSON_Delete(j);
 }
 
@@ -3311,13 +3477,27 @@ static void tunnel_start(struct tunnel *t)
 	api_call_start(t, API_CREATE);
 }
 
-/* The user is done with this tunnel: drop its WebSocket at once (its late
- * callbacks find no tunnel) and, if the API made it, close the tunnel. */
+/* The tunnel lets go of its WebSocket: an open one closes with 1000
+ * (on_closing), one still connecting is dropped; late callbacks find no
+ * tunnel either way. */
+static void tunnel_release_ws(struct tunnel *t)
+{
+	int up = t->state >= T_WAITING && t->state <= T_ONLINE;
+
+	lws_set_opaque_user_data(t->wsi, up ? WS_CLOSING : NULL);
+	if (up) {
+		app.closing++;
+		lws_callback_on_writable(t->wsi);
+	}
+	lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, up ? 1 : LWS_TO_KILL_ASYNC);	/* whole seconds, in 4.1 */
+}
+
+/* The user is done with this tunnel: its WebSocket closes (1000) and, if
+ * the API made the tunnel, the tunnel too. */
 static void tunnel_close(struct tunnel *t)
 {
 	if (t->wsi) {
-		lws_set_opaque_user_data(t->wsi, NULL);
-		lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		tunnel_release_ws(t);
 		tunnel_lost(t, 1000, "closed here");
 	}
 	lws_sul_cancel(&t->sul_connect);
@@ -3326,6 +3506,29 @@ static void tunnel_close(struct tunnel *t)
 		api_call_start(t, API_CLOSE);
 	t->tunnel_id[0] = '\0';
 	t->state = T_CLOSED;
+}
+
+static void on_close_wait(lws_sorted_usec_list_t *sul)	/* the close handshakes took too long */
+{
+	(void)sul;
+	lws_cancel_service(app.ctx);
+}
+
+/* On quit: every open WebSocket says close 1000 and gets CLOSE_WAIT_US for
+ * the handshake (the platform sees a user's quit, not a lost link). */
+static void tunnels_close_all(void)
+{
+	int64_t deadline = now_us() + CLOSE_WAIT_US;
+
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		if (t->wsi) {
+			tunnel_release_ws(t);
+			t->wsi = NULL;
+		}
+	lws_sul_schedule(app.ctx, 0, &app.sul_close, on_close_wait, CLOSE_WAIT_US);
+	while (app.closing > 0 && now_us() < deadline && lws_service(app.ctx, 0) >= 0)
+		;
+	lws_sul_cancel(&app.sul_close);
 }
 
 /* On quit: close the tunnels the API made (unless close_tunnels = no) and
@@ -3623,8 +3826,10 @@ static void tunnel_state_text(const struct tunnel *t, char *out, size_t cap)
 	char bad[48] = "";
 	long left = t->cfg.expires ? (long)(t->cfg.expires - time(NULL)) : LONG_MAX;
 
+	if (tunnel_single(t))	/* why a second login asks first */
+		snprintf(bad, sizeof(bad), " · single");
 	if (t->dropped)
-		snprintf(bad, sizeof(bad), " · %u bad", t->dropped);
+		snprintf(bad + strlen(bad), sizeof(bad) - strlen(bad), " · %u bad", t->dropped);
 	if (left <= EXPIRY_WARN_S)	/* soon: stays in view, unlike an event */
 		snprintf(bad + strlen(bad), sizeof(bad) - strlen(bad), left > 0 ?
 			 " · expires %ldm%02lds" : " · token expired", left / 60, left % 60);
@@ -4024,7 +4229,7 @@ static void act_new_session(const union arg *arg)	/* n: log in to the device */
 	if (!t || !tunnel_can_login(t))
 		return;
 	live = live_session(t);
-	if (t->cfg.single && live)
+	if (tunnel_single(t) && live)
 		confirm(login_selected_device, "%s runs one SSH session: a new login replaces "
 			"session %.4s. Go on?", t->cfg.name, live->request_id);
 	else
@@ -4152,8 +4357,9 @@ static void act_next_device(const union arg *arg)	/* Tab / Shift-Tab */
 	select_session(prev ? prev : t, NULL);
 }
 
-/* c: a device that is closed, failed or about to expire connects again;
- * one opened by device_id gets a new tunnel from the API. */
+/* c: the device connects again, whatever its state (closed, failed,
+ * connecting, wedged, about to expire); one opened by device_id gets a new
+ * tunnel from the API, and a create still in flight is forgotten. */
 static void act_connect(const union arg *arg)
 {
 	struct tunnel *t = app.sel_tunnel;
@@ -4161,16 +4367,16 @@ static void act_connect(const union arg *arg)
 	(void)arg;
 	if (!t)
 		return;
-	if (t->state == T_CREATING || (!t->cfg.device_id[0] && t->wsi)) {
-		flash_msg("%s is %s already", t->cfg.name, tunnel_state_names[t->state]);
-		return;
-	}
+	for (struct api_call *c = api.calls; c; c = c->next)
+		if (c->tunnel == t && c->op == API_CREATE)
+			c->tunnel = NULL;	/* its answer finds no tunnel */
 	tunnel_end_sessions(t, "", "reconnecting on request");
 	if (t->wsi || t->tunnel_id[0])
 		tunnel_close(t);
 	lws_sul_cancel(&t->sul_connect);
 	t->retries = 0;
 	tunnel_start(t);
+	flash_msg("%s: connecting again", t->cfg.name);
 }
 
 static void act_device(const union arg *arg)	/* 1 … 9 */
@@ -4398,10 +4604,10 @@ static void login_submit(void)	/* Enter in the login dialog */
 		flash_msg("enter a user name");
 		return;
 	}
-	if (t->cfg.single)	/* the device replaces its session silently */
+	if (tunnel_single(t))	/* the device replaces its session silently */
 		for (struct session *o = t->sessions; o; o = o->next)
 			if (o != s && o->state != S_ENDED)
-				session_end(o, "", "replaced by a new login (single-session device)");
+				session_end(o, "", "replaced by a newer login: this device runs one session at a time");
 	if (s) {
 		copy_str(s->user, sizeof(s->user), d->user);
 		session_reopen(s, d->password, d->password_len);
@@ -4883,6 +5089,21 @@ static void batch_session_ended(struct session *s, const char *code, const char 
 		batch_finish(j, "disconnected", "%s: %s", code, msg ? msg : status_meaning(code));
 }
 
+/* A device the run cannot reach at all (API refusal, device offline): its
+ * job ends at once; the other devices carry on. */
+static void batch_tunnel_failed(struct tunnel *t, const char *status, const char *fmt, ...)
+{
+	char detail[160];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	for (struct session *s = t->sessions; s; s = s->next)
+		if (s->job)
+			batch_finish(s->job, status, "%s", detail);
+}
+
 static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
 {
 	struct batch_job *j = lws_container_of(sul, struct batch_job, sul_timeout);
@@ -5176,6 +5397,8 @@ static void build_tunnels(struct config *c, const struct options *o, char warns[
 		struct tunnel *t = xcalloc(sizeof(*t));
 
 		t->cfg = c->dev[i];
+		if (t->cfg.login_timeout_s < 0)
+			t->cfg.login_timeout_s = c->login_timeout_s >= 0 ? c->login_timeout_s : LOGIN_TIMEOUT_S;
 		if (o->user && (!t->cfg.username[0] || o->exec))
 			copy_str(t->cfg.username, sizeof(t->cfg.username), o->user);
 		if (!t->cfg.cacert[0] && o->cacert)
@@ -5534,7 +5757,7 @@ static int console_run(void)	/* the screen and the loop, until quit */
 static int run(int argc, char **argv)	/* everything main does */
 {
 	struct options o = { 0 };
-	struct config c = { .prefix_key = 0x07 };
+	struct config c = { .prefix_key = 0x07, .login_timeout_s = -1 };
 	char (*warns)[160];
 	int code, sigfd;
 
@@ -5563,6 +5786,7 @@ static int run(int argc, char **argv)	/* everything main does */
 	context_start();
 	adopt(sigfd, RAW_SIGNALS);
 	code = o.exec ? batch_run(&o) : console_run();
+	tunnels_close_all();
 	api_close_all();
 	lws_context_destroy(app.ctx);
 	ui_end();

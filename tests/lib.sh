@@ -107,7 +107,9 @@ tui_resize() { tmux -S "$TMUX_SOCK" resize-window -x "$1" -y "$2"; }
 # port) with one tunnel t-NAME per device (tokens expiring in EXPIRES s,
 # default 3600), one agent each (pty backend, login field/$PASS; PROFILE
 # "none" starts none), the REST API (token in $WORK/api.token), and
-# $WORK/devices.conf for the console; conf_extra NAME LINE adds a key.
+# $WORK/devices.conf for the console (sessions and pty left to auto: the
+# console learns a c-sdk device's one session and 128x30 PTY from its
+# connect_response); conf_extra NAME LINE adds a key.
 PASS=${PASS:-pw-$RANDOM$RANDOM}
 DEVICES=()
 declare -A DEVICE_PIDS
@@ -143,11 +145,11 @@ platform_up() {	# (re)starts the relay of sandbox_up on the same port
 	start_platform relay --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
 		--tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.token"
 }
-device_up() {	# device_up NAME PROFILE: (re)starts the agent of t-NAME
+device_up() {	# device_up NAME PROFILE [ARGS...]: (re)starts the agent of t-NAME
 	local n=$((${DEVICE_STARTS[$1]:-0} + 1))
 	DEVICE_STARTS[$1]=$n
 	start_device "$1-$n" --url "$BASE/t-$1/device-connect" --token-file "$WORK/$1.dev" \
-		--backend pty --login-file "$WORK/logins" --profile "$2" --cacert "$CERTS/ca.pem"
+		--backend pty --login-file "$WORK/logins" --profile "$2" --cacert "$CERTS/ca.pem" "${@:3}"
 	DEVICE_PIDS[$1]=$DEVICE_PID
 }
 declare -A DEVICE_STARTS
@@ -163,7 +165,6 @@ write_devices_conf() {
 			echo "token_file = $WORK/$name.app"
 			echo "username = field"
 			echo "cacert = $CERTS/ca.pem"
-			[ "${spec#*:}" = c-sdk ] && printf 'pty = 128x30\nsessions = single\n'
 			[ -f "$WORK/$name.extra" ] && cat "$WORK/$name.extra"
 			echo
 		} >> "$WORK/devices.conf"

@@ -64,12 +64,11 @@ username = demo
 cacert = $certs/ca.pem
 
 [device meter-7]
-; behaves like an official device: one session, a fixed 128x30 PTY
+; behaves like an official device: the console learns at the first login
+; that it runs one session at a time on a fixed 128x30 PTY
 url = $base/demo-meter-7/source-connect
 token_file = $dir/meter-7.app-token
 username = demo
-pty = 128x30
-sessions = single
 cacert = $certs/ca.pem
 CONF
 
