@@ -16,7 +16,7 @@ SBLIBS    = $(shell pkg-config --libs $(SBPKGS) 2>/dev/null) -lutil
 B        = build
 
 SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client
-TESTBINS = $(B)/unit_tests $(B)/sign $(B)/hostile-relay
+TESTBINS = $(B)/unit_tests $(B)/sign $(B)/hostile-relay $(B)/freecheck.so
 
 .PHONY: all deps demo test test-asan asan bench fuzz install uninstall clean certs
 
@@ -42,6 +42,9 @@ tests/sandbox/tunnel-client: tests/sandbox/tunnel-client.c tests/sandbox/sandbox
 
 $(B)/hostile-relay: tests/e2e/hostile-relay.c tests/sandbox/sandbox.h | $(B)
 	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+$(B)/freecheck.so: tests/e2e/freecheck.c | $(B)
+	$(CC) $(CFLAGS) $(WARN) -shared -fPIC -o $@ $<
 
 $(B):
 	mkdir -p $@
@@ -110,7 +113,7 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/tunnel_tui $(DESTDIR)$(PREFIX)/share/man/man1/tunnel_tui.1
 
 clean:
-	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/sign $(B)/hostile-relay $(A) $(B)/fuzz
+	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/sign $(B)/freecheck.so $(B)/hostile-relay $(A) $(B)/fuzz
 
 # The benchmarks' pty driver and load generator, and the terminal layer's
 # own benchmark (tests/bench/; make bench builds them).

@@ -43,6 +43,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <locale.h>
+#include <math.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -52,6 +53,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <termios.h>
@@ -120,6 +123,7 @@ static const struct { const char *code, *meaning; } status_meanings[] = {
 	{ "410", "device went away" },	{ "413", "message too big" },
 	{ "1000", "closed" },		{ "1002", "authentication failed" },
 	{ "1006", "connection lost" },	{ "1009", "message too big" },
+	{ "1015", "TLS handshake failed" },
 	{ "4000", "replaced by a newer connection" },
 };
 
@@ -173,14 +177,14 @@ static const struct binding {
 
 enum tunnel_state {	/* one WebSocket to the platform */
 	T_IDLE, T_CONNECTING, T_WAITING, T_ONLINE, T_RECONNECTING,
-	T_AUTH_FAILED, T_CLOSED, T_CREATING, T_API_ERROR
+	T_AUTH_FAILED, T_CLOSED, T_CREATING, T_API_ERROR, T_CERT_FAILED
 };
 static const char *const tunnel_state_names[] = {
 	[T_IDLE] = "idle", [T_CONNECTING] = "connecting",
 	[T_WAITING] = "waiting for device", [T_ONLINE] = "online",
 	[T_RECONNECTING] = "reconnecting", [T_AUTH_FAILED] = "auth failed",
 	[T_CLOSED] = "closed", [T_CREATING] = "creating tunnel",
-	[T_API_ERROR] = "API error",
+	[T_API_ERROR] = "API error",	[T_CERT_FAILED] = "certificate refused",
 };
 
 enum session_state { S_PENDING, S_LOGIN, S_LIVE, S_ENDED };
@@ -212,8 +216,8 @@ struct inbound {	/* one decoded message; pointers into root */
 	const char *data;		/* string data, else NULL */
 	size_t data_len;
 	int has_data;			/* a data member at all (official devices omit it) */
-	char status_code[16];		/* disconnect: as a string */
-	const char *status_msg;
+	char status_code[16];		/* disconnect: as a string, cleaned */
+	char status_msg[200];		/* cleaned; "" when absent */
 	cJSON *root;
 };
 
@@ -331,6 +335,8 @@ struct tunnel {		/* one device: one WebSocket */
 	int official;			/* answers as the official SDK: one session, 128x30 */
 	int close_code;			/* last WebSocket close code */
 	char close_reason[128];		/* and its reason */
+	char tls_error[96];		/* why its certificate was refused, in words */
+	void *header_token;		/* the token's copy in lws's handshake buffer */
 	char event[160];		/* the last tunnel-level event */
 	int64_t reconnect_at_us;
 	int64_t last_rx_us;
@@ -404,6 +410,7 @@ static struct app {	/* the whole program's state */
 	struct batch *batch;
 	/* options */
 	int insecure;
+	int allow_plaintext;		/* ws:// and http:// to other machines */
 	FILE *log;
 } app = { .prefix_key = 0x07, .exit_code = 0 };
 
@@ -421,20 +428,24 @@ static int64_t now_us(void)		/* monotonic microseconds */
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void log_line(const char *fmt, ...)	/* a line in --log, if any */
+static void clean_text(char *dst, size_t cap, const char *src, size_t n);
+
+/* A line in --log, if any.  Cleaned here too: a forged newline or escape
+ * must not reach whoever reads the log (tail -f runs escapes). */
+static void log_line(const char *fmt, ...)
 {
 	va_list ap;
 	time_t t = time(NULL);
-	char when[32];
+	char when[32], raw[1024], line[1024];
 
 	if (!app.log)
 		return;
 	strftime(when, sizeof(when), "%F %T", localtime(&t));
-	fprintf(app.log, "%s ", when);
 	va_start(ap, fmt);
-	vfprintf(app.log, fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
-	fputc('\n', app.log);
+	clean_text(line, sizeof(line), raw, strlen(raw));
+	fprintf(app.log, "%s %s\n", when, line);
 	fflush(app.log);
 }
 
@@ -476,11 +487,20 @@ static void copy_str(char *dst, size_t cap, const char *src)	/* bounded, termina
 	dst[n] = '\0';
 }
 
-static void buf_append(struct buf *b, const void *p, size_t n)	/* grows as needed */
+/* Grows as needed, by allocate, copy, wipe, free: buffers carry keystrokes,
+ * pastes and connect messages, and realloc would free old copies unwiped. */
+static void buf_append(struct buf *b, const void *p, size_t n)
 {
 	if (b->len + n + 1 > b->cap) {
+		char *grown = xrealloc(NULL, (b->len + n + 1) * 2);
+
+		if (b->p) {
+			memcpy(grown, b->p, b->len);
+			explicit_bzero(b->p, b->cap);
+			free(b->p);
+		}
+		b->p = grown;
 		b->cap = (b->len + n + 1) * 2;
-		b->p = xrealloc(b->p, b->cap);
 	}
 	memcpy(b->p + b->len, p, n);
 	b->len += n;
@@ -552,6 +572,165 @@ static int utf8_seq_len(unsigned char c)	/* bytes in a sequence led by c */
 {
 	return c < 0x80 ? 1 : c < 0xc0 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 :
 	       c < 0xf8 ? 4 : 1;
+}
+
+/* Code points that would steer the terminal or reorder what it shows: C1
+ * controls and the bidirectional overrides, embeddings and isolates. */
+static int is_steering(uint32_t cp)
+{
+	return (cp >= 0x80 && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) ||
+	       (cp >= 0x2066 && cp <= 0x2069) || cp == 0x200e || cp == 0x200f || cp == 0x61c;
+}
+
+static int utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)	/* bytes used, 0 if invalid */
+{
+	static const uint32_t min[] = { 0, 0, 0x80, 0x800, 0x10000 };
+	int k = utf8_seq_len(p[0]);
+
+	if (p[0] < 0x80) {
+		*cp = p[0];
+		return 1;
+	}
+	if (k < 2 || (size_t)k > n || p[0] < 0xc2)
+		return 0;
+	*cp = p[0] & (0xff >> (k + 1));
+	for (int i = 1; i < k; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		*cp = *cp << 6 | (p[i] & 0x3f);
+	}
+	return *cp < min[k] || *cp > 0x10ffff || (*cp >= 0xd800 && *cp <= 0xdfff) ? 0 : k;
+}
+
+static size_t utf8_back(const char *s, size_t o)	/* o moved back to a character's start */
+{
+	while (o && ((unsigned char)s[o] & 0xc0) == 0x80)
+		o--;
+	return o;
+}
+
+/*
+ * The one cleaner for text from a peer or a file that is drawn or logged:
+ * controls (C0, DEL, C1) and bidi controls become visible escapes (\x1b,
+ * \n, \u202e), invalid UTF-8 becomes U+FFFD, and the result fits cap bytes
+ * (cut at a character, marked with …).  Idempotent: its escapes are plain text.
+ */
+static void clean_text(char *dst, size_t cap, const char *src, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)src;
+	size_t o = 0;
+	char piece[16];
+
+	for (size_t i = 0, k; i < n && cap; i += k) {
+		uint32_t cp = 0;
+		int len = (k = (size_t)utf8_decode(p + i, n - i, &cp)) ? (int)k : 0;
+
+		if (!k) {	/* one invalid byte */
+			k = 1;
+			len = snprintf(piece, sizeof(piece), "\xef\xbf\xbd");
+		} else if (cp < 0x20 || cp == 0x7f) {
+			len = snprintf(piece, sizeof(piece), cp == '\n' ? "\\n" : cp == '\t' ? "\\t" :
+				       cp == '\r' ? "\\r" : "\\x%02x", cp);
+		} else if (is_steering(cp)) {
+			len = snprintf(piece, sizeof(piece), "\\u%04x", cp);
+		} else {
+			memcpy(piece, p + i, k);
+		}
+		if (o + (size_t)len >= cap) {	/* no room: cut at a character, marked */
+			o = cap < 4 ? o : o + 3 < cap ? o : utf8_back(dst, cap - 4);
+			if (cap >= 4) {
+				memcpy(dst + o, "…", 3);
+				o += 3;
+			}
+			break;
+		}
+		memcpy(dst + o, piece, (size_t)len);
+		o += (size_t)len;
+	}
+	if (cap)
+		dst[o] = '\0';
+}
+
+static void clean_in_place(char *s, size_t cap)	/* clean_text over itself */
+{
+	char tmp[1024];
+
+	clean_text(tmp, cap < sizeof(tmp) ? cap : sizeof(tmp), s, strlen(s));
+	copy_str(s, cap, tmp);
+}
+
+/* A name as one path component: [A-Za-z0-9._-] kept, anything else '_',
+ * no leading dot (a device named ../../x writes nothing outside). */
+static void safe_component(const char *name, char *out, size_t cap)
+{
+	size_t i = 0;
+
+	for (; name[i] && i + 1 < cap; i++)
+		out[i] = isalnum((unsigned char)name[i]) || strchr("._-", name[i]) ? name[i] : '_';
+	if (!i && cap > 1)
+		out[i++] = '_';
+	if (out[0] == '.')
+		out[0] = '_';
+	out[i] = '\0';
+}
+
+/* A file the console writes (log, recording, --outdir): 0600, and never
+ * through a symbolic link planted where it goes.  A FILE, or NULL (errno). */
+static FILE *open_private(const char *path, int flags, const char *mode)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0600);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, mode);
+
+	if (fd >= 0 && !f)
+		close(fd);
+	return f;
+}
+
+struct url {		/* the parts of a ws[s]:// or http[s]:// URL we act on */
+	char host[256];
+	int port;
+	int tls;			/* wss:// or https:// */
+};
+
+static int url_parse(const char *url, struct url *u)	/* 0, or -1 if not one of ours */
+{
+	const char *rest = !strncmp(url, "wss://", 6) || !strncmp(url, "https://", 8) ? strstr(url, "://") + 3 :
+			   !strncmp(url, "ws://", 5) || !strncmp(url, "http://", 7) ? strstr(url, "://") + 3 : NULL;
+	size_t n;
+
+	if (!rest)
+		return -1;
+	u->tls = url[2] == 's' || url[4] == 's';
+	if (*rest == '[') {	/* [v6]:port */
+		n = strcspn(rest + 1, "]");
+		snprintf(u->host, sizeof(u->host), "%.*s", (int)n, rest + 1);
+		rest += n + 2;
+	} else {
+		n = strcspn(rest, ":/?");
+		snprintf(u->host, sizeof(u->host), "%.*s", (int)n, rest);
+		rest += n;
+	}
+	u->port = *rest == ':' ? atoi(rest + 1) : u->tls ? 443 : 80;
+	return u->host[0] && u->port > 0 && u->port < 65536 ? 0 : -1;
+}
+
+static int host_is_loopback(const char *host)	/* this machine, whatever the network does */
+{
+	return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1");
+}
+
+/* Plaintext (ws://, http://) carries tokens, passwords and signatures in
+ * clear: only to this machine, unless the user says --allow-plaintext. */
+static const char *plaintext_problem(const char *url, int allowed)
+{
+	struct url u;
+
+	if (url_parse(url, &u) < 0)
+		return "not a ws://, wss://, http:// or https:// URL";
+	if (u.tls || allowed || host_is_loopback(u.host))
+		return NULL;
+	return "plaintext to another machine sends tokens and passwords in clear: "
+	       "use wss:// (https://), or --allow-plaintext";
 }
 
 static void new_request_id(char out[40])	/* a UUIDv4 (§2, our choice) */
@@ -691,30 +870,75 @@ static const char *json_str(cJSON *o, const char *key)	/* a string member or NUL
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static void scrub_controls(char *s)	/* remote text shown as ours: no escapes */
+static int valid_id(const char *s, size_t max)	/* 1-max of [A-Za-z0-9_-] (§1) */
 {
-	for (; s && *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
-			*s = ' ';
+	size_t n = s ? strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") : 0;
+
+	return n >= 1 && n <= max && !s[n];
+}
+
+static int valid_token(const char *s)	/* 1-256 visible ASCII: a header value as it is (§1) */
+{
+	size_t n = 0;
+
+	for (; s && s[n]; n++)
+		if ((unsigned char)s[n] <= 0x20 || (unsigned char)s[n] >= 0x7f)
+			return 0;
+	return n >= 1 && n <= 256;
+}
+
+#define EXPIRES_MAX_S (10.0 * 365 * 86400)	/* a token's life, at most */
+
+struct tunnel_reply {	/* a create-tunnel answer, checked: pointers into its JSON */
+	const char *uri, *token, *tunnel_id, *device_id;
+	long expires_in;		/* 0: not given */
+};
+
+/* A create-tunnel answer (the API's, or --tunnel-json's) as §1 shapes it:
+ * NULL when every field can be used, else what is wrong, for the user. */
+static const char *tunnel_reply_check(cJSON *j, int need_id, int plaintext_ok, struct tunnel_reply *r)
+{
+	cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
+	const char *why;
+
+	r->uri = json_str(j, "tunnel_uri");
+	r->token = json_str(j, "tunnel_access_token");
+	r->tunnel_id = json_str(j, "tunnel_id");
+	r->device_id = json_str(j, "device_id");
+	r->expires_in = 0;
+	if (!r->uri || !r->token)
+		return "no tunnel_uri and tunnel_access_token: not a create-tunnel answer";
+	if (strncmp(r->uri, "wss://", 6) && strncmp(r->uri, "ws://", 5))
+		return "tunnel_uri is not a ws:// or wss:// URL";
+	if ((why = plaintext_problem(r->uri, plaintext_ok)))
+		return why;
+	if (strlen(r->uri) >= 1024 || strpbrk(r->uri, " \r\n\t"))
+		return "tunnel_uri is too long or holds blanks";
+	if (!valid_token(r->token))
+		return "tunnel_access_token is not 1-256 visible characters";
+	if ((need_id || r->tunnel_id) && !valid_id(r->tunnel_id, 128))
+		return "tunnel_id is not 1-128 of A-Z a-z 0-9 _ -";
+	if (exp && (!cJSON_IsNumber(exp) || !(exp->valuedouble >= 1 && exp->valuedouble <= EXPIRES_MAX_S)))
+		return "expires_in is not a number of seconds up to ten years";
+	r->expires_in = exp ? (long)exp->valuedouble : 0;
+	return NULL;
 }
 
 /* disconnect data (§3): the code may be a string or a number.  Both are
- * shown inside the console's own marked line, so no control characters
- * may end that line early and fake remote output after it. */
+ * shown inside the console's own marked line: cleaned, so no control may
+ * end that line early and fake remote output after it. */
 static void decode_status(struct inbound *m, cJSON *data)
 {
 	cJSON *code = cJSON_GetObjectItemCaseSensitive(data, "status_code");
 	cJSON *msg = cJSON_GetObjectItemCaseSensitive(data, "status_msg");
 
 	if (cJSON_IsString(code))
-		copy_str(m->status_code, sizeof(m->status_code), code->valuestring);
-	else if (cJSON_IsNumber(code))
+		clean_text(m->status_code, sizeof(m->status_code), code->valuestring,
+			   strlen(code->valuestring));
+	else if (cJSON_IsNumber(code) && fabs(code->valuedouble) < 1e9)
 		snprintf(m->status_code, sizeof(m->status_code), "%d", code->valueint);
-	scrub_controls(m->status_code);
-	if (cJSON_IsString(msg)) {
-		scrub_controls(msg->valuestring);
-		m->status_msg = msg->valuestring;
-	}
+	if (cJSON_IsString(msg))
+		clean_text(m->status_msg, sizeof(m->status_msg), msg->valuestring, strlen(msg->valuestring));
 }
 
 /*
@@ -1258,9 +1482,15 @@ static int config_add_device(struct config *c, const char *name, int line,
 			     char *err, size_t errlen)
 {
 	struct device_config *d;
+	char shown[sizeof(d->name)];
 
 	if (!*name || strlen(name) >= sizeof(d->name)) {
 		snprintf(err, errlen, "a device needs a name of 1-63 characters");
+		return -1;
+	}
+	clean_text(shown, sizeof(shown), name, strlen(name));
+	if (strcmp(shown, name)) {
+		snprintf(err, errlen, "a device name must be plain text (no control or bidi characters)");
 		return -1;
 	}
 	for (int i = 0; i < c->ndev; i++)
@@ -1600,19 +1830,20 @@ static struct device_config *config_add_url(struct config *c, const char *url, c
 /* --tunnel-json: the create-tunnel API response as it comes. */
 static int config_tunnel_json(struct config *c, const char *path, char *err, size_t errlen)
 {
-	char *text = read_file(path, 65536, NULL, err, errlen);
-	cJSON *j = text ? cJSON_Parse(text) : NULL, *exp;
-	const char *uri = json_str(j, "tunnel_uri"), *tok = json_str(j, "tunnel_access_token");
+	char *text = read_file(path, 65536, NULL, err, errlen), name[64];
+	cJSON *j = text ? cJSON_Parse(text) : NULL;
+	struct tunnel_reply r;
+	const char *why = text ? tunnel_reply_check(j, 0, app.allow_plaintext, &r) : NULL;
 	struct device_config *d;
 
-	if (text && (!uri || !tok || strlen(tok) > 256))
-		snprintf(err, errlen, "%s: expected tunnel_uri and tunnel_access_token (a create-tunnel response)", path);
-	if (text && uri && tok && strlen(tok) <= 256) {
-		d = config_add_url(c, uri, json_str(j, "device_id"));
-		d->token = secret_dup(tok, strlen(tok));
-		exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
-		if (cJSON_IsNumber(exp))
-			d->expires = time(NULL) + (time_t)exp->valuedouble;
+	if (why)
+		snprintf(err, errlen, "%s: %s", path, why);
+	if (text && !why) {
+		if (r.device_id)	/* a name to show: peer text, cleaned */
+			clean_text(name, sizeof(name), r.device_id, strlen(r.device_id));
+		d = config_add_url(c, r.uri, r.device_id ? name : NULL);
+		d->token = secret_dup(r.token, strlen(r.token));
+		d->expires = r.expires_in ? time(NULL) + r.expires_in : 0;
 	}
 	if (text)
 		explicit_bzero(text, strlen(text));
@@ -1760,15 +1991,16 @@ static const char *tunnel_name(const struct session *s);
 static void rec_start(struct session *s)
 {
 	struct recording *r = xcalloc(sizeof(*r));
-	char when[32], title[200];
+	char when[32], title[200], name[64];
 	struct buf head = { 0 };
 	time_t now = time(NULL);
 
 	strftime(when, sizeof(when), "%Y%m%d-%H%M%S", localtime(&now));
+	safe_component(tunnel_name(s), name, sizeof(name));
 	snprintf(r->path, sizeof(r->path), "%.3900s/%s-%s-%.4s.cast", app.record_dir,
-		 tunnel_name(s), when, s->request_id);
+		 name, when, s->request_id);
 	r->fd = mkdir_p(app.record_dir) < 0 ? -1 :
-		open(r->path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+		open(r->path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
 	r->start_us = now_us();
 	s->rec = r;
 	snprintf(title, sizeof(title), "%s %s", tunnel_name(s), s->user);
@@ -2346,6 +2578,7 @@ static void session_end(struct session *s, const char *code, const char *msg)
 	else
 		snprintf(line, sizeof(line), "disconnected %s: %s", code,
 			 msg && *msg ? msg : *meaning ? meaning : "no reason given");
+	clean_in_place(line, sizeof(line));	/* it goes into the terminal: no escapes */
 	copy_str(s->note, sizeof(s->note), line);
 	vt_notice(s, line);
 	log_line("%s session %.8s: %s", s->tunnel->cfg.name, s->request_id, line);
@@ -2631,6 +2864,7 @@ static void tunnel_event(struct tunnel *t, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(t->event, sizeof(t->event), fmt, ap);
 	va_end(ap);
+	clean_in_place(t->event, sizeof(t->event));	/* it carries peer text */
 	log_line("%s: %s", t->cfg.name, t->event);
 	ui_dirty();
 }
@@ -2690,8 +2924,7 @@ static void on_tunnel_disconnect(struct tunnel *t, const struct inbound *m)
 	const char *code = m->status_code[0] ? m->status_code : "?";
 
 	tunnel_end_sessions(t, code, m->status_msg);
-	tunnel_event(t, "disconnect %s: %s", code,
-		     m->status_msg ? m->status_msg : status_meaning(code));
+	tunnel_event(t, "disconnect %s: %s", code, *m->status_msg ? m->status_msg : status_meaning(code));
 	if (!strcmp(code, "410")) {
 		t->device_ready = 0;
 		t->state = T_WAITING;
@@ -2749,8 +2982,7 @@ static void tunnel_learn_official(struct tunnel *t, struct session *s)
 
 static void on_connect_response(struct tunnel *t, struct session *s, const struct inbound *m)
 {	/* §4.4: the device took the login; success shows as output */
-	copy_str(s->note, sizeof(s->note), m->data);	/* not in the terminal */
-	scrub_controls(s->note);
+	clean_text(s->note, sizeof(s->note), m->data ? m->data : "", m->data ? m->data_len : 0);
 	if (!m->has_data && !t->official)
 		tunnel_learn_official(t, s);
 	if (!s->got_output && t->cfg.login_timeout_s > 0)
@@ -2869,6 +3101,7 @@ static void schedule_reconnect(struct tunnel *t)	/* §4.8 backoff with jitter */
 
 	lws_get_random(app.ctx, &r, 1);
 	ms = ms * 4 / 5 + (uint32_t)(((uint64_t)ms * 2 / 5) * r / 255);
+	ms = ms > backoff_ms[n - 1] ? backoff_ms[n - 1] : ms;	/* the cap is the cap, jitter or not */
 	t->retries++;
 	t->state = T_RECONNECTING;
 	t->reconnect_at_us = now_us() + (int64_t)ms * 1000;
@@ -2878,7 +3111,7 @@ static void schedule_reconnect(struct tunnel *t)	/* §4.8 backoff with jitter */
 /* Close codes and HTTP answers after which retrying cannot help (§4.1, §4.8). */
 static int is_final_close(int code)
 {
-	return code == 1000 || code == 1002 || code == 4000 ||
+	return code == 1000 || code == 1002 || code == 4000 || code == 1015 ||
 	       code == 401 || code == 403 || code == 404;
 }
 
@@ -2904,9 +3137,12 @@ static void tunnel_lost(struct tunnel *t, int code, const char *why)
 	if (!is_final_close(code) && !app.batch)
 		schedule_reconnect(t);
 	else
-		t->state = (code == 1002 || code == 401 || code == 403) ? T_AUTH_FAILED : T_CLOSED;
-	tunnel_event(t, "%s%s%s%s", code < 1000 ? "HTTP " : code == 1006 ? "" : "closed ",
-		     code == 1006 ? "" : c, code == 1006 ? "" : ": ", why);
+		t->state = code == 1015 ? T_CERT_FAILED :
+			   (code == 1002 || code == 401 || code == 403) ? T_AUTH_FAILED : T_CLOSED;
+	if (code == 1006 || code == 1015)	/* no close frame: the reason says it all */
+		tunnel_event(t, "%s", why);
+	else
+		tunnel_event(t, "%s%s: %s", code < 1000 ? "HTTP " : "closed ", c, why);
 }
 
 static void on_established(struct tunnel *t)	/* the WebSocket is up (§4.1) */
@@ -2927,24 +3163,60 @@ static void on_established(struct tunnel *t)	/* the WebSocket is up (§4.1) */
 static void on_peer_close(struct tunnel *t, const unsigned char *in, size_t len)
 {
 	t->close_code = len >= 2 ? in[0] << 8 | in[1] : 1005;
-	snprintf(t->close_reason, sizeof(t->close_reason), "%.*s",
-		 (int)(len > 2 ? len - 2 : 0), (const char *)in + 2);
+	clean_text(t->close_reason, sizeof(t->close_reason), (const char *)in + 2, len > 2 ? len - 2 : 0);
 }
 
-/* A refused handshake (§4.1): show the HTTP status we got, whatever it was. */
+static void tunnel_where(const struct tunnel *t, char *out, size_t cap)	/* "host:port" */
+{
+	struct url u;
+
+	if (url_parse(t->cfg.url, &u) < 0)
+		snprintf(out, cap, "?");
+	else
+		snprintf(out, cap, strchr(u.host, ':') ? "[%s]:%d" : "%s:%d", u.host, u.port);
+}
+
+/* lws's words for a failed connection, and ours (it knows no errno). */
+static const struct { const char *lws, *words; } connect_failures[] = {
+	{ "Unable to connect", "refused or unreachable" },
+	{ "getaddrinfo", "host name not found" },
+	{ "Peer hung up", "the server hung up" },
+	{ "timeout", "timed out" },
+	{ "SSL", "TLS handshake failed" },
+};
+
+static void connect_cause(const char *in, char *out, size_t cap)	/* in words */
+{
+	for (size_t i = 0; in && i < sizeof(connect_failures) / sizeof(*connect_failures); i++)
+		if (strstr(in, connect_failures[i].lws)) {
+			snprintf(out, cap, "%s", connect_failures[i].words);
+			return;
+		}
+	clean_text(out, cap, in ? in : "connection failed", in ? strlen(in) : 17);
+}
+
+/* A refused handshake (§4.1) shows the HTTP status we got, whatever it
+ * was; a refused certificate says why and is not retried in a loop (the
+ * user reconnects with Ctrl-g c); other failures name host, port and cause. */
 static void on_connect_error(struct tunnel *t, struct lws *wsi, const char *in)
 {
 	int status = wsi ? (int)lws_http_client_http_response(wsi) : 0;
-	char why[160];
+	char why[400], cause[96], where[300];
 
 	if (!status && in && strstr(in, "unauthorized"))
 		status = 401;
-	snprintf(why, sizeof(why), "%s", in ? in : "connection failed");
-	if (status >= 400)
+	tunnel_where(t, where, sizeof(where));
+	connect_cause(in, cause, sizeof(cause));
+	if (t->tls_error[0]) {
+		snprintf(why, sizeof(why), "certificate of %.200s refused: %s", where, t->tls_error);
+		tunnel_lost(t, 1015, why);
+	} else if (status >= 400) {
 		tunnel_lost(t, status, status == 404 ? "tunnel unknown or closed" :
-			    status == 401 || status == 403 ? "token refused" : why);
-	else
+			    status == 401 || status == 403 ? "token refused" : cause);
+	} else {
+		snprintf(why, sizeof(why), "cannot connect to %.200s: %s", where, cause);
 		tunnel_lost(t, 1006, why);
+	}
 }
 
 static void on_closed(struct tunnel *t)	/* CLIENT_CLOSED: after a close or a drop */
@@ -2959,21 +3231,73 @@ static void on_closed(struct tunnel *t)	/* CLIENT_CLOSED: after a close or a dro
 
 static void on_append_headers(struct tunnel *t, void *in, size_t len)	/* §1 token header */
 {
-	unsigned char **p = in, *end = *p + len;
+	unsigned char **p = in, *end = *p + len, *at = *p;
 	const char *tok = t->cfg.token;
 
 	if (lws_add_http_header_by_name(t->wsi, (const unsigned char *)"tunnel_access_token:",
 					(const unsigned char *)tok, (int)strlen(tok), p, end))
 		log_line("%s: the token did not fit in the handshake", t->cfg.name);
+	else
+		t->header_token = memmem(at, (size_t)(*p - at), tok, strlen(tok));
 }
 
-/* An extra CA (--cacert, cacert =) on top of the system store (§1). */
-static void load_extra_ca(struct lws *wsi, void *ssl_ctx)
+/* lws builds the handshake in its service buffer, which it frees unwiped
+ * at exit: once the request is out, the token's copy there goes, if no
+ * later use of the buffer has overwritten it already. */
+static void wipe_header_token(struct tunnel *t)
 {
-	const char *ca = lws_get_vhost_user(lws_get_vhost(wsi));
+	size_t n = t->cfg.token ? strlen(t->cfg.token) : 0;
 
-	if (ca && *ca && SSL_CTX_load_verify_locations(ssl_ctx, ca, NULL) != 1)
-		log_line("cannot load CA file %s", ca);
+	if (t->header_token && n && !memcmp(t->header_token, t->cfg.token, n))
+		explicit_bzero(t->header_token, n);
+	t->header_token = NULL;
+}
+
+/* X509 verification errors in words: OpenSSL's own reach lws as
+ * "error:00000001:lib(0)::reason(1)". */
+static const struct { int err; const char *words; } cert_errors[] = {
+	{ X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, "signed by an unknown certificate authority" },
+	{ X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE, "signed by an unknown certificate authority" },
+	{ X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT, "signed by an unknown certificate authority" },
+	{ X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN, "signed by an unknown certificate authority" },
+	{ X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, "self-signed" },
+	{ X509_V_ERR_HOSTNAME_MISMATCH, "issued for another host name" },
+	{ X509_V_ERR_IP_ADDRESS_MISMATCH, "issued for another address" },
+	{ X509_V_ERR_CERT_HAS_EXPIRED, "expired" },
+	{ X509_V_ERR_CERT_NOT_YET_VALID, "not valid yet" },
+	{ X509_V_ERR_CERT_REVOKED, "revoked" },
+};
+
+static void cert_words(int err, char *out, size_t cap)	/* a verification error, for people */
+{
+	for (size_t i = 0; i < sizeof(cert_errors) / sizeof(*cert_errors); i++)
+		if (cert_errors[i].err == err) {
+			snprintf(out, cap, "%s", cert_errors[i].words);
+			return;
+		}
+	snprintf(out, cap, "%s", X509_verify_cert_error_string(err));
+}
+
+static char *cert_error_slot(struct lws *wsi);
+
+/* OpenSSL's verdict on each certificate of the peer's chain: the first
+ * refusal is kept, in words, for the connection error; --insecure
+ * overrules every refusal, as it says it does. */
+static int on_cert_check(struct lws *wsi, X509_STORE_CTX *x509, int ok)
+{
+	int err = X509_STORE_CTX_get_error(x509);
+	char *slot;
+
+	if (ok || err == X509_V_OK)
+		return 0;
+	if (app.insecure) {
+		X509_STORE_CTX_set_error(x509, X509_V_OK);
+		return 0;
+	}
+	slot = cert_error_slot(wsi);
+	if (slot && !*slot)
+		cert_words(err, slot, 96);
+	return 0;
 }
 
 static void tty_readable(void);
@@ -3014,9 +3338,8 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 
 	(void)user;
 	switch (reason) {
-	case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_CLIENT_VERIFY_CERTS:
-		load_extra_ca(wsi, user);
-		return 0;
+	case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
+		return on_cert_check(wsi, user, (int)len);
 	case LWS_CALLBACK_RAW_RX_FILE:
 		return on_raw_file(wsi);
 	case LWS_CALLBACK_RAW_CLOSE_FILE:
@@ -3033,6 +3356,7 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 		on_append_headers(t, in, len);
 		break;
 	case LWS_CALLBACK_CLIENT_ESTABLISHED:
+		wipe_header_token(t);
 		on_established(t);
 		break;
 	case LWS_CALLBACK_CLIENT_RECEIVE:
@@ -3044,6 +3368,7 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 		on_peer_close(t, in, len);
 		break;
 	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+		wipe_header_token(t);
 		on_connect_error(t, wsi, in);
 		break;
 	case LWS_CALLBACK_CLIENT_CLOSED:
@@ -3064,7 +3389,9 @@ static const struct lws_protocols protocols[] = {
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
-/* One client vhost per distinct extra CA: lws keeps a TLS context per vhost. */
+/* One client vhost per distinct extra CA, the CA its own TLS context's
+ * alone: lws shares one context among vhosts configured alike, so a CA
+ * loaded into it by a callback would be trusted for every device. */
 static struct lws_vhost *vhost_for_ca(const char *ca)
 {
 	struct lws_context_creation_info info;
@@ -3083,7 +3410,7 @@ static struct lws_vhost *vhost_for_ca(const char *ca)
 	info.port = CONTEXT_PORT_NO_LISTEN;
 	info.protocols = protocols;
 	info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-	info.user = (void *)ca;
+	info.client_ssl_ca_filepath = *ca ? ca : NULL;	/* part of lws's sharing key */
 	vh = lws_create_vhost(app.ctx, &info);
 	if (!vh)
 		die("cannot set up TLS for CA file %s", *ca ? ca : "(system)");
@@ -3113,6 +3440,7 @@ static void tunnel_connect(struct tunnel *t)
 	i.ssl_connection = strcmp(proto, "wss") ? 0 : LCCSCF_USE_SSL;
 	if (app.insecure && i.ssl_connection)
 		i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+				    LCCSCF_ALLOW_INSECURE |
 				    LCCSCF_ALLOW_EXPIRED;
 	i.local_protocol_name = "tunnel";
 	i.retry_and_idle_policy = &ws_heartbeat;
@@ -3121,9 +3449,10 @@ static void tunnel_connect(struct tunnel *t)
 	t->state = T_CONNECTING;
 	t->close_code = 0;
 	t->close_reason[0] = '\0';
+	t->tls_error[0] = '\0';
 	ui_dirty();
 	if (!lws_client_connect_via_info(&i) && !t->wsi && t->state == T_CONNECTING)
-		tunnel_lost(t, 1006, "cannot connect");
+		on_connect_error(t, NULL, "Unable to connect");
 }
 
 /************************************************************************
@@ -3143,6 +3472,7 @@ struct api_call {	/* one HTTP request in flight */
 	struct buf body, reply;
 	int status;
 	int finished;
+	char tls_error[96];		/* why the API's certificate was refused */
 };
 
 static struct api {	/* where the API is and who we are there */
@@ -3236,47 +3566,67 @@ static int api_headers(struct lws *wsi, struct api_call *c, unsigned char **p, u
 	return n;
 }
 
-/* An API error as the list shows it: "API 400 IOTDA.014016: message". */
-static void api_error(struct api_call *c, const char *what)
+/* An API failure as the list shows it, "API 400 IOTDA.014016: message"
+ * (the service's words, cleaned), or why there was no answer.  Returns 1
+ * when the service says the device is offline. */
+static int api_error_text(int status, const char *reply, size_t len, char *out, size_t cap)
 {
-	cJSON *j = cJSON_ParseWithLength(c->reply.p ? c->reply.p : "", c->reply.len);
+	cJSON *j = status ? cJSON_ParseWithLength(reply ? reply : "", len) : NULL;
 	const char *code = json_str(j, "error_code"), *msg = json_str(j, "error_msg");
-	struct tunnel *t = c->tunnel;
+	int offline = code && !strcmp(code, "IOTDA.014016");
+	char raw[512];
 
+	if (status)
+		snprintf(raw, sizeof(raw), "API %d %.64s%s%.400s", status, code ? code : "",
+			 code && msg ? ": " : "", msg ? msg : "");
+	else
+		snprintf(raw, sizeof(raw), "%.*s", len ? (int)(len < 500 ? len : 500) : 27,
+			 len ? reply : "the API cannot be reached");
+	clean_text(out, cap, raw, strlen(raw));
+	cJSON_Delete(j);
+	return offline;
+}
+
+static void api_error(struct api_call *c, const char *what)	/* shown, logged; --exec's job ends */
+{
+	struct tunnel *t = c->tunnel;
+	char text[160];
+	int offline;
+
+	if (c->tls_error[0]) {
+		c->status = 0;
+		c->reply.len = 0;
+		buf_printf(&c->reply, "certificate of %s refused: %s", c->host, c->tls_error);
+	}
+	offline = api_error_text(c->status, c->reply.p, c->reply.len, text, sizeof(text));
 	if (c->op != API_CLOSE)
 		t->state = T_API_ERROR;
-	if (c->status)
-		tunnel_event(t, "%s: API %d %s%s%s", what, c->status, code ? code : "",
-			     code ? ": " : "", msg ? msg : status_meaning(""));
-	else
-		tunnel_event(t, "%s: %s", what, c->reply.len ? c->reply.p : "the API cannot be reached");
+	tunnel_event(t, "%s: %s", what, text);
 	if (app.batch && c->op == API_CREATE)	/* that device's job ends now, saying why */
-		batch_tunnel_failed(t, code && !strcmp(code, "IOTDA.014016") ? "offline" : "api error",
-				    "%s", t->event);
-	cJSON_Delete(j);
+		batch_tunnel_failed(t, offline ? "offline" : "api error", "%s", t->event);
 }
 
 /* 201: the tunnel exists; connect to it with the token it came with. */
 static void api_created(struct api_call *c)
 {
 	struct tunnel *t = c->tunnel;
-	cJSON *j = cJSON_ParseWithLength(c->reply.p, c->reply.len), *exp;
-	const char *uri = json_str(j, "tunnel_uri"), *tok = json_str(j, "tunnel_access_token");
-	const char *id = json_str(j, "tunnel_id");
+	cJSON *j = cJSON_ParseWithLength(c->reply.p, c->reply.len);
+	struct tunnel_reply r;
+	const char *why = tunnel_reply_check(j, 1, app.allow_plaintext, &r);
 
-	if (!uri || !tok || !id || strlen(tok) > 256 || strncmp(uri, "ws", 2)) {
+	if (why) {
 		c->status = 0;
-		buf_printf(&c->reply, " (no tunnel_uri, tunnel_access_token, tunnel_id in the reply)");
+		c->reply.len = 0;
+		buf_printf(&c->reply, "the API's answer is refused: %s", why);
 		api_error(c, "create tunnel");
 	} else {
-		copy_str(t->cfg.url, sizeof(t->cfg.url), uri);
-		copy_str(t->tunnel_id, sizeof(t->tunnel_id), id);
+		copy_str(t->cfg.url, sizeof(t->cfg.url), r.uri);
+		copy_str(t->tunnel_id, sizeof(t->tunnel_id), r.tunnel_id);
 		secret_free(t->cfg.token);
-		t->cfg.token = secret_dup(tok, strlen(tok));
-		exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
-		t->cfg.expires = cJSON_IsNumber(exp) ? time(NULL) + (time_t)exp->valuedouble : 0;
+		t->cfg.token = secret_dup(r.token, strlen(r.token));
+		t->cfg.expires = r.expires_in ? time(NULL) + r.expires_in : 0;
 		t->expiry_warned = 0;
-		tunnel_event(t, "tunnel %.12s created", id);
+		tunnel_event(t, "tunnel %.12s created", r.tunnel_id);
 		tunnel_connect(t);
 		lws_sul_schedule(app.ctx, 0, &t->sul_api, on_api_poll, 2 * LWS_US_PER_SEC);
 	}
@@ -3290,21 +3640,30 @@ static const char *connect_state(cJSON *j, const char *key)	/* "CONNECTED" eithe
 	return cJSON_IsString(v) ? v->valuestring : json_str(v, "status");
 }
 
-/* 200: the API's view of the tunnel, shown under the device. */
-static void api_shown(struct api_call *c)
+/* The API's view of a tunnel, "API: tunnel OPEN, device CONNECTED": its
+ * words, cleaned. */
+static void api_state_text(const char *reply, size_t len, char *out, size_t cap)
+{
+	cJSON *j = cJSON_ParseWithLength(reply ? reply : "", len);
+	const char *st = json_str(j, "status"), *dev = connect_state(j, "device_connect_state");
+	char raw[200];
+
+	snprintf(raw, sizeof(raw), "API: tunnel %.40s, device %.40s", st ? st : "?", dev ? dev : "?");
+	clean_text(out, cap, raw, strlen(raw));
+	cJSON_Delete(j);
+}
+
+static void api_shown(struct api_call *c)	/* 200: shown under the device */
 {
 	struct tunnel *t = c->tunnel;
-	cJSON *j = cJSON_ParseWithLength(c->reply.p, c->reply.len);
-	const char *st = json_str(j, "status"), *dev = connect_state(j, "device_connect_state");
-	char text[96];
+	char text[sizeof(t->api_state)];
 
-	snprintf(text, sizeof(text), "API: tunnel %s, device %s", st ? st : "?", dev ? dev : "?");
+	api_state_text(c->reply.p, c->reply.len, text, sizeof(text));
 	if (strcmp(text, t->api_state)) {
 		copy_str(t->api_state, sizeof(t->api_state), text);
 		log_line("%s: %s", t->cfg.name, text);
 		ui_dirty();
 	}
-	cJSON_Delete(j);
 }
 
 /* A reply is complete: act on it by operation. */
@@ -3365,6 +3724,16 @@ static void api_append(struct api_call *c, const void *in, size_t len)	/* reply 
 }
 
 /* The API connections' callback: each case a few lines. */
+static char *cert_error_slot(struct lws *wsi)	/* its tunnel's or API call's */
+{
+	const struct lws_protocols *p = lws_get_protocol(wsi);
+	void *u = lws_get_opaque_user_data(wsi);
+
+	if (!p || (uintptr_t)u < 16)
+		return NULL;
+	return !strcmp(p->name, "api") ? ((struct api_call *)u)->tls_error : ((struct tunnel *)u)->tls_error;
+}
+
 static int api_event(struct lws *wsi, enum lws_callback_reasons reason,
 		     void *user, void *in, size_t len)
 {
@@ -3444,7 +3813,8 @@ static void api_call_start(struct tunnel *t, enum api_op op)
 	i.alpn = "http/1.1";
 	i.ssl_connection = api_is_tls() ? LCCSCF_USE_SSL : 0;
 	if (app.insecure && i.ssl_connection)
-		i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
+		i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+				    LCCSCF_ALLOW_INSECURE | LCCSCF_ALLOW_EXPIRED;
 	i.local_protocol_name = "api";
 	i.opaque_user_data = c;
 	if (!lws_client_connect_via_info(&i) && !c->finished) {
@@ -3840,14 +4210,28 @@ static void tunnel_state_text(const struct tunnel *t, char *out, size_t cap)
 		snprintf(out, cap, "%s%s", tunnel_state_names[t->state], bad);
 }
 
+/* What the device's link does not protect, loud beside its name. */
+static const char *tunnel_badge(const struct tunnel *t)
+{
+	struct url u;
+
+	if (url_parse(t->cfg.url, &u) < 0)
+		return NULL;
+	return !u.tls ? "PLAINTEXT" : app.insecure ? "INSECURE" : NULL;
+}
+
 static int draw_device_row(struct tunnel *t, int y)	/* name, state, last event */
 {
-	char st[32];
+	char st[48];
 	int sel = t == app.sel_tunnel && !app.sel_session;
+	const char *badge = tunnel_badge(t);
+	int bw = badge ? (int)strlen(badge) + 1 : 0;
 
 	tunnel_state_text(t, st, sizeof(st));
 	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
-	put(y, 1, LIST_WIDTH - 1, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
+	put(y, 1, LIST_WIDTH - 1 - bw, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
+	if (badge)
+		put(y, LIST_WIDTH - bw, bw, C_ALERT, A_BOLD, "%s", badge);
 	put(y + 1, 2, LIST_WIDTH - 2, tunnel_color(t), 0, "%s", st);
 	if (t->event[0] && y + 2 < LINES - 1)
 		put(y + 2, 2, LIST_WIDTH - 2, C_DIM, 0, "%s", t->event);
@@ -3922,6 +4306,10 @@ static int draw_alerts(int y)
 	if (app.insecure) {
 		put(y, x, COLS - x, C_ALERT, A_BOLD, " INSECURE TLS ");
 		x += 15;
+	}
+	if (app.sel_tunnel && tunnel_badge(app.sel_tunnel) && !strcmp(tunnel_badge(app.sel_tunnel), "PLAINTEXT")) {
+		put(y, x, COLS - x, C_ALERT, A_BOLD, " PLAINTEXT ");
+		x += 12;
 	}
 	if (app.broadcast) {
 		snprintf(text, sizeof(text), " BROADCAST%s → %d ", app.solo ? " (solo)" : "", n);
@@ -4950,6 +5338,7 @@ struct batch_job {	/* one device's run of the command */
 
 struct batch {		/* the whole --exec run */
 	const char *command, *outdir;
+	int clean;			/* output to a terminal: cleaned (not --raw) */
 	char nonce[20];
 	int timeout_s;
 	int name_width;
@@ -5000,14 +5389,34 @@ static void batch_finish(struct batch_job *j, const char *status, const char *fm
 		quit_now();
 }
 
-static void batch_emit(struct batch_job *j, const char *line, size_t n)	/* one output line */
+/* One output line.  To a terminal, cleaned like any peer text (a device
+ * must not set the clipboard, the title or clear the screen), tabs kept;
+ * to --outdir files and with --raw, the bytes as they came. */
+static void batch_emit(struct batch_job *j, const char *line, size_t n)
 {
+	char *clean;
+
 	if (j->file) {
 		fwrite(line, 1, n, j->file);
 		fputc('\n', j->file);
 		return;
 	}
-	printf("%-*s | %.*s\n", app.batch->name_width, j->tunnel->cfg.name, (int)n, line);
+	printf("%-*s | ", app.batch->name_width, j->tunnel->cfg.name);
+	if (!app.batch->clean) {
+		fwrite(line, 1, n, stdout);
+		fputc('\n', stdout);
+		return;
+	}
+	clean = xcalloc(n * 4 + 4);	/* a byte becomes at most 4: \x1b */
+	for (size_t i = 0, k; i < n; i += k + 1) {
+		const char *tab = memchr(line + i, '\t', n - i);
+
+		k = tab ? (size_t)(tab - line) - i : n - i;
+		clean_text(clean, n * 4 + 4, line + i, k);
+		printf("%s%s", clean, tab ? "\t" : "");
+	}
+	fputc('\n', stdout);
+	free(clean);
 }
 
 /* A whole line of command output; the END marker closes the job.  Lines
@@ -5236,6 +5645,7 @@ static const char usage_text[] =
 "      --token-file FILE  the token for URL arguments (or env TUNNEL_TUI_TOKEN)\n"
 "      --cacert FILE      trust this CA as well as the system's\n"
 "      --insecure         do not verify TLS certificates (shown on screen)\n"
+"      --allow-plaintext  allow ws:// and http:// to other machines (shown on screen)\n"
 "      --log FILE         write events here (never secrets)\n"
 "      --record-dir DIR   where recordings go (default $XDG_STATE_HOME/tunnel_tui/recordings)\n"
 "      --user NAME        the login name for devices that set none (--exec: for all)\n"
@@ -5243,10 +5653,12 @@ static const char usage_text[] =
 "                         HUAWEICLOUD_SDK_AK/SK or [iotda] token_file); repeatable\n"
 "\n"
 "Batch: tunnel_tui --exec 'COMMAND' [-c FILE] (--all | --devices a,b,...)\n"
-"        [--password-file FILE] [--timeout S] [--outdir DIR]\n"
+"        [--password-file FILE] [--timeout S] [--outdir DIR] [--raw]\n"
 "  runs COMMAND on each device in parallel, prints \"device | line\" (or one\n"
 "  file per device in DIR), then a summary; exit 0 only if every device ran it\n"
 "  with status 0.  Password: --password-file, TUNNEL_TUI_PASSWORD or a prompt.\n"
+"  To a terminal, output is cleaned of escapes (as all device text); --raw\n"
+"  passes it as it came; --outdir files are always byte-exact.\n"
 "  -h, --help             this help\n"
 "  -V, --version          the version\n"
 "\n"
@@ -5259,6 +5671,7 @@ struct options {	/* the command line */
 	const char *device_ids[64];	/* --device-id, repeatable */
 	int ndevice_ids;
 	int all, timeout_s;
+	int raw;			/* --raw: --exec output as it came */
 	int urls_from;			/* argv index of the first URL */
 };
 
@@ -5282,6 +5695,8 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		{ "token-file", required_argument, NULL, 't' },
 		{ "cacert", required_argument, NULL, 'a' },
 		{ "insecure", no_argument, NULL, 'k' },
+		{ "allow-plaintext", no_argument, NULL, 'P' },
+		{ "raw", no_argument, NULL, 'R' },
 		{ "log", required_argument, NULL, 'l' },
 		{ "record-dir", required_argument, NULL, 'r' },
 		{ "exec", required_argument, NULL, 'e' },
@@ -5304,6 +5719,8 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		case 't': copy_str(c->token_file, sizeof(c->token_file), optarg); break;
 		case 'a': o->cacert = optarg; break;
 		case 'k': app.insecure = 1; break;
+		case 'P': app.allow_plaintext = 1; break;
+		case 'R': o->raw = 1; break;
 		case 'l': o->log = optarg; break;
 		case 'r': o->record_dir = optarg; break;
 		case 'e': o->exec = optarg; break;
@@ -5392,11 +5809,14 @@ static void add_url_args(struct config *c, int argc, char **argv, int from)
 static void build_tunnels(struct config *c, const struct options *o, char warns[][160])
 {	/* one struct tunnel per device, in order */
 	struct tunnel **tail = &app.tunnels;
+	const char *why;
 
 	for (int i = 0; i < c->ndev; i++) {
 		struct tunnel *t = xcalloc(sizeof(*t));
 
 		t->cfg = c->dev[i];
+		if (t->cfg.url[0] && (why = plaintext_problem(t->cfg.url, app.allow_plaintext)))
+			usage_error("device %s: %s", t->cfg.name, why);
 		if (t->cfg.login_timeout_s < 0)
 			t->cfg.login_timeout_s = c->login_timeout_s >= 0 ? c->login_timeout_s : LOGIN_TIMEOUT_S;
 		if (o->user && (!t->cfg.username[0] || o->exec))
@@ -5481,10 +5901,13 @@ static void batch_open_outfile(struct batch_job *j, const char *dir)	/* DIR/DEVI
 
 	if (mkdir_p(dir) < 0)
 		usage_error("--outdir %s: %s", dir, strerror(errno));
-	snprintf(path, sizeof(path), "%.3000s/%s.out", dir, j->tunnel->cfg.name);
-	j->file = fopen(path, "w");
+	char name[64];
+
+	safe_component(j->tunnel->cfg.name, name, sizeof(name));
+	snprintf(path, sizeof(path), "%.3000s/%s.out", dir, name);
+	j->file = open_private(path, O_TRUNC, "w");
 	if (!j->file)
-		usage_error("%s: %s", path, strerror(errno));
+		usage_error("%s: %s", path, errno == ELOOP ? "a symbolic link: refused" : strerror(errno));
 }
 
 /* One job per tunnel: a session logged in as soon as the device is there. */
@@ -5514,6 +5937,18 @@ static void batch_start(struct batch *b, const struct options *o, const char *pw
 		lws_sul_schedule(app.ctx, 0, &j->sul_timeout, on_batch_timeout,
 				 (lws_usec_t)b->timeout_s * LWS_US_PER_SEC);
 	}
+}
+
+/* No screen to show badges on: what the links do not protect goes to
+ * stderr before anything runs. */
+static void batch_warn_links(void)
+{
+	if (app.insecure)
+		fputs("tunnel_tui: warning: --insecure: no TLS certificate is checked\n", stderr);
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		if (tunnel_badge(t) && !strcmp(tunnel_badge(t), "PLAINTEXT"))
+			fprintf(stderr, "tunnel_tui: warning: %s: plaintext (ws://): its token and "
+				"password travel in clear\n", t->cfg.name);
 }
 
 /* Device, status, exit code, time; exit 0 only if all ran with status 0. */
@@ -5546,7 +5981,7 @@ static int batch_summary(struct batch *b)
 /* --exec: the same tunnels and sessions, no screen; returns the exit code. */
 static int batch_run(const struct options *o)
 {
-	struct batch b = { .command = o->exec, .outdir = o->outdir,
+	struct batch b = { .command = o->exec, .outdir = o->outdir, .clean = isatty(1) && !o->raw,
 			   .timeout_s = o->timeout_s > 0 ? o->timeout_s : 60 };
 	size_t pwlen;
 	char *pw = batch_password(o->password_file, &pwlen);
@@ -5556,6 +5991,7 @@ static int batch_run(const struct options *o)
 		n++;
 	b.jobs = xcalloc((size_t)n * sizeof(*b.jobs));
 	app.batch = &b;
+	batch_warn_links();
 	batch_start(&b, o, pw, pwlen);
 	secret_free(pw);
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
@@ -5574,8 +6010,7 @@ static int batch_run(const struct options *o)
 static void lws_log_emit(int level, const char *line)	/* lws → --log, never stderr */
 {
 	(void)level;
-	if (app.log)
-		fprintf(app.log, "lws: %s", line);
+	log_line("lws: %.*s", (int)strcspn(line, "\n"), line);
 }
 
 static void wiping_free(void *p)	/* cJSON's free: parsed frames hold secrets */
@@ -5714,6 +6149,9 @@ static void api_setup(const struct config *c, const struct options *o)
 		api.sk = token_from_env("HUAWEICLOUD_SDK_SK", err, sizeof(err));
 		api.sk_len = strlen(api.sk);
 	}
+	if (plaintext_problem(api.cfg.endpoint, app.allow_plaintext))
+		usage_error("[iotda] endpoint %s: %s", api.cfg.endpoint,
+			    plaintext_problem(api.cfg.endpoint, app.allow_plaintext));
 	if (!api.cfg.cacert[0] && o->cacert)
 		copy_str(api.cfg.cacert, sizeof(api.cfg.cacert), o->cacert);
 	if (api.cfg.cacert[0] && access(api.cfg.cacert, R_OK) < 0)
@@ -5762,11 +6200,13 @@ static int run(int argc, char **argv)	/* everything main does */
 	int code, sigfd;
 
 	setlocale(LC_ALL, "");
+	(void)prctl(PR_SET_DUMPABLE, 0);	/* no core, no ptrace: memory holds secrets */
+	(void)setrlimit(RLIMIT_CORE, &(struct rlimit){ 0, 0 });
 	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
 	parse_args(argc, argv, &o, &c);
 	warns = load_devices(&o, &c, argc, argv);
-	if (o.log && !(app.log = fopen(o.log, "a")))
-		usage_error("--log %s: %s", o.log, strerror(errno));
+	if (o.log && !(app.log = open_private(o.log, O_APPEND, "a")))
+		usage_error("--log %s: %s", o.log, errno == ELOOP ? "a symbolic link: refused" : strerror(errno));
 	app.prefix_key = c.prefix_key;
 	if (c.heartbeat_s) {
 		ws_heartbeat.secs_since_valid_ping = (uint16_t)c.heartbeat_s;
@@ -5788,6 +6228,8 @@ static int run(int argc, char **argv)	/* everything main does */
 	code = o.exec ? batch_run(&o) : console_run();
 	tunnels_close_all();
 	api_close_all();
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		wipe_header_token(t);	/* a handshake never answered */
 	lws_context_destroy(app.ctx);
 	ui_end();
 	free_all(&c);

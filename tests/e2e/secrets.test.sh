@@ -13,10 +13,15 @@ CAPS=$WORK/captures
 mkdir -p "$CAPS"
 capture() { tmux -S "$TMUX_SOCK" capture-pane -p -e -S -5000 > "$CAPS/$1.txt"; }	# with scrollback
 
-# the console gets its token from the environment, as a URL argument's token
+# the console gets its token from the environment, as a URL argument's token;
+# with the plain build, an allocator hook (build/freecheck.so) searches every
+# block it frees or reallocates for the password and the token
+printf '%s\n%s\n' "$PASS" "$TOKEN" > "$WORK/secrets"
+HOOK=
+[ -z "${ASAN:-}" ] && HOOK="LD_PRELOAD=$TOP/build/freecheck.so FREECHECK_SECRETS=$WORK/secrets FREECHECK_OUT=$WORK/freed.log"
 TMUX_SOCK=$WORK/tmux.sock
 tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x 100 -y 30 \
-	"env TUNNEL_TUI_TOKEN='$TOKEN' $CONSOLE --cacert $CERTS/ca.pem --log $WORK/console.log --record-dir $REC --user field $BASE/t-vault/source-connect; echo EXIT=\$?; sleep 600"
+	"env $HOOK TUNNEL_TUI_TOKEN='$TOKEN' $CONSOLE --cacert $CERTS/ca.pem --log $WORK/console.log --record-dir $REC --user field $BASE/t-vault/source-connect; echo EXIT=\$?; sleep 600"
 tui_wait 'online' 10 || fail "console online" "$(tui_screen)"
 PID=$(pgrep -x tunnel_tui -P "$(tmux -S "$TMUX_SOCK" list-panes -F '#{pane_pid}')" | head -1)
 [ -z "$PID" ] && PID=$(pgrep -nx tunnel_tui)
@@ -52,6 +57,15 @@ tui_wait 'Quit' 3 && tui_keys y
 tui_wait 'EXIT=0' 5
 capture end
 
+if [ -z "${ASAN:-}" ]; then	# the hook does not mix with the sanitizer's allocator
+	printf '%s\n' "$PASS" | env LD_PRELOAD="$TOP/build/freecheck.so" FREECHECK_SECRETS="$WORK/secrets" \
+		FREECHECK_OUT="$WORK/control.log" sed s/x/y/ > /dev/null
+	check "the allocator hook sees a secret in freed memory (sed's buffer, a control)" test -s "$WORK/control.log"
+	check "the hook was loaded into the console (its log exists)" test -e "$WORK/freed.log"
+	check "no block the console freed or reallocated held the password or the token" \
+		bash -c "[ ! -s '$WORK/freed.log' ]"
+	[ -s "$WORK/freed.log" ] && sort "$WORK/freed.log" | uniq -c | sed 's/^/# /'
+fi
 n=$(ls "$CAPS"/*.txt | wc -l)
 check "screen captures were taken ($n)" [ "$n" -ge 5 ]
 check "a recording was written" bash -c "ls '$REC'/*.cast >/dev/null 2>&1"

@@ -142,7 +142,7 @@ static void test_decode_disconnect(void)
 	       "decode: disconnect with a numeric status_code", "code=%s", m.status_code);
 	cJSON_Delete(m.root);
 	expect(decodes("{\"operation_type\":\"disconnect\",\"data\":{\"status_code\":\"410\"}}", &m) == 0 &&
-	       !strcmp(m.status_code, "410") && !m.status_msg,
+	       !strcmp(m.status_code, "410") && !m.status_msg[0],
 	       "decode: disconnect with a string code and no message", "code=%s", m.status_code);
 	cJSON_Delete(m.root);
 }
@@ -346,6 +346,87 @@ static void test_signing_derived(void)
 	       "signing: no region from other hosts", "");
 }
 
+/*** trust nothing from the wire ********************************************/
+
+static void test_clean_text(void)	/* every class the cleaner escapes */
+{
+	static const struct { const char *in, *want; } cases[] = {
+		{ "plain ü 漢", "plain ü 漢" },
+		{ "\033[2Jwiped", "\\x1b[2Jwiped" },
+		{ "a\nforged\r\tb\x7f", "a\\nforged\\r\\tb\\x7f" },
+		{ "\xc2\x9b" "31m", "\\u009b31m" },		/* C1 CSI */
+		{ "x\xe2\x80\xae" "evil\xe2\x81\xa6\xd8\x9c", "x\\u202e" "evil\\u2066\\u061c" },
+		{ "\xe2\x80\x8e\xe2\x80\x8f", "\\u200e\\u200f" },
+		{ "bad\xff\xfe\xc3", "bad\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" },
+		{ "\xed\xa0\x80\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" },
+	};
+	char out[64], again[64];
+	int bad = 0;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+		clean_text(out, sizeof(out), cases[i].in, strlen(cases[i].in));
+		clean_text(again, sizeof(again), out, strlen(out));
+		if (strcmp(out, cases[i].want) || strcmp(again, out)) {
+			bad++;
+			printf("# %zu: \"%s\"\n", i, out);
+		}
+	}
+	expect(!bad, "clean: controls, C1, bidi controls escaped, invalid UTF-8 replaced, idempotent", "");
+	clean_text(out, 12, "漢字仮名交じり", 21);
+	expect(!strcmp(out, "漢字…") && strlen(out) < 12, "clean: a cut falls on a character and says so", "%s", out);
+	clean_text(out, 8, "\033\033\033", 3);
+	expect(!strcmp(out, "\\x1b…"), "clean: … also inside escapes' room", "%s", out);
+}
+
+static void test_paths_and_urls(void)	/* names as files; plaintext; URLs */
+{
+	char name[64];
+	struct url u;
+
+	safe_component("../../tmp/x", name, sizeof(name));
+	expect(!strcmp(name, "_._.._tmp_x"), "files: a device name becomes a safe path component", "%s", name);
+	safe_component(".hidden name\033", name, sizeof(name));
+	expect(!strcmp(name, "_hidden_name_"), "files: no leading dot, no blanks or controls", "%s", name);
+	expect(url_parse("wss://[::1]:8443/x", &u) == 0 && !strcmp(u.host, "::1") && u.port == 8443 && u.tls &&
+	       url_parse("http://h.example/p", &u) == 0 && u.port == 80 && !u.tls && !strcmp(u.host, "h.example"),
+	       "urls: host, port and scheme, IPv6 too", "%s %d", u.host, u.port);
+	expect(!plaintext_problem("ws://127.0.0.1:9/x", 0) && !plaintext_problem("http://localhost/x", 0) &&
+	       !plaintext_problem("ws://[::1]/x", 0) && plaintext_problem("ws://10.0.0.1/x", 0) &&
+	       plaintext_problem("http://iotda.example.com", 0) && !plaintext_problem("ws://10.0.0.1/x", 1) &&
+	       !plaintext_problem("wss://10.0.0.1/x", 0),
+	       "plaintext: only to loopback, unless allowed", "");
+}
+
+static void test_tunnel_reply(void)	/* a create-tunnel answer, as §1 shapes it */
+{
+	static const struct { const char *json; int ok; } cases[] = {
+		{ "{\"tunnel_id\":\"t-1\",\"tunnel_access_token\":\"a+/=\",\"expires_in\":3600,"
+		  "\"tunnel_uri\":\"wss://h/v5/iot/tunnels/t-1/source-connect\"}", 1 },
+		{ "{\"tunnel_id\":\"t-1\",\"tunnel_access_token\":\"a\",\"expires_in\":1e300,"
+		  "\"tunnel_uri\":\"wss://h/x\"}", 0 },
+		{ "{\"tunnel_id\":\"../x\",\"tunnel_access_token\":\"a\",\"tunnel_uri\":\"wss://h/x\"}", 0 },
+		{ "{\"tunnel_id\":\"t\",\"tunnel_access_token\":\"a\\r\\nX-Evil: 1\",\"tunnel_uri\":\"wss://h/x\"}", 0 },
+		{ "{\"tunnel_id\":\"t\",\"tunnel_access_token\":\"a\",\"tunnel_uri\":\"ws://203.0.113.9/x\"}", 0 },
+		{ "{\"tunnel_id\":\"t\",\"tunnel_access_token\":\"a\",\"tunnel_uri\":\"ws://127.0.0.1:9/x\"}", 1 },
+		{ "{\"tunnel_id\":\"t\",\"tunnel_access_token\":\"a\",\"tunnel_uri\":\"https://h/x\"}", 0 },
+		{ "{\"tunnel_id\":\"t\",\"tunnel_access_token\":\"a\",\"expires_in\":-5,\"tunnel_uri\":\"wss://h/x\"}", 0 },
+	};
+	int bad = 0;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+		cJSON *j = cJSON_Parse(cases[i].json);
+		struct tunnel_reply r;
+		const char *why = tunnel_reply_check(j, 1, 0, &r);
+
+		if ((why == NULL) != cases[i].ok) {
+			bad++;
+			printf("# %zu: %s\n", i, why ? why : "accepted");
+		}
+		cJSON_Delete(j);
+	}
+	expect(!bad, "API answers: huge expires_in, odd ids, CR/LF tokens, plaintext URIs refused", "");
+}
+
 /*** configuration **********************************************************/
 
 static int parse(const char *text, char *err)	/* config_parse on a copy */
@@ -372,14 +453,17 @@ static void test_config_good(void)
 		"# devices\n[console]\nprefix = C-a\n\n[device pump-north]\n"
 		"url = wss://h/v5/iot/tunnels/T1/source-connect   ; comment\n"
 		"token_file = /tmp/tok\nusername = field\npty = 128x30\nsessions = single\n"
-		"cacert = /tmp/ca.pem\n[device b]\nurl = ws://x/y\ntoken_env = TOK\n");
+		"login_timeout = 7\ncacert = /tmp/ca.pem\n[device b]\nurl = ws://x/y\ntoken_env = TOK\n"
+		"[console]\nlogin_timeout = 0\n[iotda]\nregion = cn-east-3\nsigning = basic\n");
 	int r = config_parse(&c, text, "f", err, sizeof(err));
 
 	expect(r == 0 && c.ndev == 2 && c.prefix_key == 1 && !strcmp(c.dev[0].name, "pump-north") &&
 	       !strcmp(c.dev[0].url, "wss://h/v5/iot/tunnels/T1/source-connect") &&
-	       c.dev[0].pty_cols == 128 && c.dev[0].pty_rows == 30 && c.dev[0].single &&
+	       c.dev[0].pty_cols == 128 && c.dev[0].pty_rows == 30 && c.dev[0].sessions == SESSIONS_SINGLE &&
+	       c.dev[0].login_timeout_s == 7 && c.dev[1].login_timeout_s == -1 && c.login_timeout_s == 0 &&
 	       !strcmp(c.dev[0].username, "field") && !strcmp(token_sources[0].file, "/tmp/tok") &&
-	       !strcmp(token_sources[1].env, "TOK") && !c.dev[1].single,
+	       !strcmp(token_sources[1].env, "TOK") && c.dev[1].sessions == SESSIONS_AUTO &&
+	       !strcmp(c.iotda.region, "cn-east-3") && c.iotda.signing == SIGN_BASIC,
 	       "config: every key of the documented format", "%s", err);
 	free(c.dev);
 	free(text);
@@ -389,6 +473,9 @@ static void test_config_errors(void)
 {
 	static const struct { const char *text, *want; } cases[] = {
 		{ "[device a]\nurl = ws://x\ntoken = t\ncolour = red\n", "devices.conf:4: unknown key \"colour\"" },
+		{ "[device a\033[2J]\n", "devices.conf:1: a device name must be plain text" },
+		{ "[device a]\nurl = ws://x\ntoken = t\nlogin_timeout = 9999\n", "devices.conf:4: login_timeout must be" },
+		{ "[iotda]\nsigning = v11\n", "devices.conf:2: signing must be derived or basic" },
 		{ "url = ws://x\n", "devices.conf:1: \"url = ws://x\" is outside" },
 		{ "[device a]\ntoken = t\n", "devices.conf:1: device \"a\" has no url" },
 		{ "[device a]\nurl = http://x\n", "devices.conf:2: url must start with" },
@@ -506,9 +593,11 @@ static void test_cli_errors(void)
 		{ { "-c", "/nonexistent/devices.conf", NULL }, "/nonexistent/devices.conf: No such file" },
 		{ { "ws://h/v5/iot/tunnels/x/source-connect", NULL }, "need --token-file or TUNNEL_TUI_TOKEN" },
 		{ { "--bogus", NULL }, "bad option" },
-		{ { "--tunnel-json", "/dev/null", NULL }, "expected tunnel_uri and tunnel_access_token" },
+		{ { "--tunnel-json", "/dev/null", NULL }, "no tunnel_uri and tunnel_access_token" },
 		{ { "--cacert", "/nonexistent/ca.pem", "--token-file", "/etc/hostname",
-		    "ws://h/v5/iot/tunnels/x/source-connect", NULL }, "CA file /nonexistent/ca.pem: No such file" },
+		    "wss://h/v5/iot/tunnels/x/source-connect", NULL }, "CA file /nonexistent/ca.pem: No such file" },
+		{ { "--token-file", "/etc/hostname", "ws://h.example/v5/iot/tunnels/x/source-connect", NULL },
+		  "device x: plaintext to another machine sends tokens and passwords in clear" },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
@@ -766,6 +855,9 @@ int main(void)
 	test_signing_guide_example();
 	test_signing_independent();
 	test_signing_derived();
+	test_clean_text();
+	test_paths_and_urls();
+	test_tunnel_reply();
 	test_config_good();
 	test_config_errors();
 	test_config_tokens();
