@@ -5,9 +5,11 @@
  * several sessions (request_ids) share one tunnel.  Left: devices and their
  * sessions.  Right: the selected session's live terminal (libvterm).
  *
- * The wire protocol is ../shared/PROTOCOL.md; the design is ../shared/DESIGN.md.
- * One thread: libwebsockets owns the loop; the keyboard and a signalfd come
- * in as RAW_FILE descriptors; every timer is an lws_sul.
+ * The wire protocol is the README's "Protocol" section: §N in comments here
+ * is its section N.  One thread: libwebsockets owns the loop (it does not
+ * honour lws_service's timeout, and Debian's build has no external poll);
+ * the keyboard and a signalfd come in as RAW_FILE descriptors; every timer
+ * is an lws_sul.
  *
  * Contents (search for the banners):
  *   1. tunables          limits, timeouts, colours, the key bindings table
@@ -2836,7 +2838,7 @@ static int write_keys(struct tunnel *t, struct session *s)
 }
 
 /* One frame per writable callback: control (connect, ping) first, then
- * keystrokes, then bulk (pastes), so Ctrl-C overtakes a flood (DESIGN.md). */
+ * keystrokes, then bulk (pastes), so Ctrl-C overtakes a flood. */
 static int tunnel_write_one(struct tunnel *t)
 {
 	struct lane *l = t->control.head ? &t->control : t->bulk.head ? &t->bulk : NULL;
@@ -3039,7 +3041,7 @@ static void tunnel_message(struct tunnel *t, const char *p, size_t n)	/* one who
 	cJSON_Delete(m.root);
 }
 
-/* Reassembles fragments (DESIGN.md); binary and oversize frames are
+/* Reassembles fragments; binary and oversize frames are
  * reported and dropped whole. */
 static void tunnel_receive(struct tunnel *t, struct lws *wsi, const void *in, size_t len)
 {
@@ -3418,7 +3420,7 @@ static struct lws_vhost *vhost_for_ca(const char *ca)
 }
 
 /* Opens (or reopens) the tunnel's WebSocket.  DNS blocks here: the list
- * already says "connecting" (DESIGN.md). */
+ * already says "connecting" (lws 4.1 has no asynchronous DNS). */
 static void tunnel_connect(struct tunnel *t)
 {
 	struct lws_client_connect_info i;
