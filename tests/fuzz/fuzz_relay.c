@@ -20,9 +20,9 @@
  * tunnel_notify on the events channel) with headers and query from
  * struct rest_in, the tunnels and devices files through load_array().
  *
- * An input is two option bytes (the message limit 10240/64/512/4096, the
- * delay line, who is connected first, which REST auth is on, the faults;
- * see setup()), then records separated by 0x1e, each a letter and a payload:
+ * An input is two option bytes (the app's and the device's message limits,
+ * 10240/16384, 64/512, 512/64 or 4096/10240; the delay line, who is
+ * connected first, which REST auth is on, the faults; see setup()), then records separated by 0x1e, each a letter and a payload:
  *   a d   a message from the app / the device, in one chunk
  *   f F   the same, cut into 1-4 frames of 1-3 chunks at derived offsets
  *   o O   a frame that says it is BE16 x 4 bytes longer than the payload
@@ -36,8 +36,10 @@
  *   e E   the events channel of the device named by the payload opens / closes
  *   r     a REST call: "METHOD PATH?QUERY\nName: value\n...\n\nBODY".  In the
  *         path, {new} is the last tunnel created.  "x-sdk-date: now" is the
- *         time; "authorization: sign h1;h2" becomes a true signature over
- *         those headers; "x-fuzz-repeat: N" sends the body N times (413)
+ *         time; "authorization: sign h1;h2" becomes a true SDK-HMAC-SHA256
+ *         signature over those headers, "authorization: derive h1;h2" a
+ *         true V11-HMAC-SHA256 one; "x-fuzz-repeat: N" sends the body N
+ *         times (413)
  *   t v   a tunnels file / a devices file (--tunnels, --devices)
  * and at the end the whole input as one fragmented message from each side.
  *
@@ -50,7 +52,7 @@
  * token or SK, never a tunnel token but the one a create or notify hands
  * out.  A 2xx needs the right token or a signature this file made; one it
  * made must verify, and stop verifying when the body, method, AK or clock
- * changes (not when the query is reordered).  A file is accepted exactly
+ * changes, or a derived one's region (not when the query is reordered).  A file is accepted exactly
  * when every entry is valid, and its tunnels are then there as listed.
  */
 #define TUNNEL_PLATFORM_NO_MAIN
@@ -350,7 +352,7 @@ static void check_state(void)
 		const struct peer *p = &pool[i];
 
 		queue_len(&p->q);
-		CHECK(p->rx.cap <= 2 * (R.max_message + 1));	/* never buffered past the limit */
+		CHECK(p->rx.cap <= 2 * (R.max_message[p->role] + 1));	/* never buffered past the limit */
 		CHECK(!dead[i] || (!p->q.head && !p->rx.p && !p->t && !p->dev));
 		CHECK(!p->t || p->t->peer[p->role] == p);
 		CHECK(!p->dev || p->dev->events == p);
@@ -658,7 +660,7 @@ static void check_message(const struct snap *s, struct peer *p, enum role from,
 		CHECK(!T || (T->dropped == s->dropped && R.relayed == s->relayed));
 		return;
 	}
-	if (total > R.max_message) {	/* 413, close 1009: the sender's app side told */
+	if (total > R.max_message[from]) {	/* 413, close 1009: the sender's app side told */
 		CHECK(!p->t && T->peer[from] != p && p->close_code == 1009 && !p->rx.len);
 		if (from == ROLE_APP) {
 			check_sent(s, p, "3", NULL, 0, NULL);
@@ -720,7 +722,7 @@ static void send_message(enum role from, const char *m, size_t n, int fragmented
 	snap_take(&s);
 	for (int i = 0; i < k; i++) {
 		peer_chunk(p, m + c[i].off, c[i].len, c[i].rest, c[i].final);
-		if (live && c[i].off + c[i].len + c[i].rest > R.max_message)
+		if (live && c[i].off + c[i].len + c[i].rest > R.max_message[from])
 			CHECK(!p->t);	/* refused at the first chunk that shows it */
 	}
 	check_message(&s, p, from, m, n, live);
@@ -751,9 +753,9 @@ static void send_declared(enum role from, const char *pl, size_t n)
 	total = bn + rest;
 	snap_take(&s);
 	peer_chunk(p, body, bn, rest, 1);
-	if (live && total > R.max_message)
+	if (live && total > R.max_message[from])
 		CHECK(!p->t);	/* refused at this first chunk */
-	if (total <= R.max_message) {
+	if (total <= R.max_message[from]) {
 		m = malloc(total + 1);
 		CHECK(m);
 		for (size_t i = 0; i < total; i++)
@@ -789,6 +791,8 @@ struct req {			/* one REST call, from its record */
 	int reps;
 	char date[17], authz[HEADER_MAX + 1];	/* what this file put in */
 	char names[HEADER_MAX - 256];		/* the headers it signed (authz has room) */
+	char scope[SCOPE_MAX + 1];		/* a derived signature's */
+	int derived;				/* signed V11-HMAC-SHA256 */
 };
 
 /* struct rest_in's header(): as lws_header() gives one (empty is absent). */
@@ -935,10 +939,18 @@ static int req_sig(struct req *q, const struct peer *rp, struct sig_req *sq, cha
 	return query_args(&in, sq, store, size);
 }
 
+/* The relay's keys, or them with another AK or region. */
+static struct sig_keys keys(const char *ak, const char *region)
+{
+	return (struct sig_keys){ ak ? ak : R.ak, R.sk, region ? region : R.region };
+}
+
 /*
  * "x-sdk-date: now" becomes the time, and "authorization: sign h1;h2" a
- * signature of the request over those headers with the relay's AK/SK (one
- * of "00" when the names are not valid ones).  Returns 1 if it signed.
+ * basic signature of the request over those headers with the relay's AK/SK,
+ * "authorization: derive h1;h2" a derived one (scoped to the date's day, the
+ * relay's region and iotdm); the signature is "00" when the names are not
+ * valid ones.  Returns 1 if it signed.
  */
 static int req_sign(struct req *q, const struct peer *rp)
 {
@@ -952,30 +964,45 @@ static int req_sign(struct req *q, const struct peer *rp)
 		q->value[di] = q->date;
 		q->vlen[di] = 16;
 	}
-	if (!R.ak || ai < 0 || q->method < 0 || strncmp(q->value[ai], "sign", 4))
+	if (!R.ak || ai < 0 || q->method < 0)
+		return 0;
+	q->derived = !strncmp(q->value[ai], "derive", 6);
+	if (!q->derived && strncmp(q->value[ai], "sign", 4))
 		return 0;
 	q->value[ai][q->vlen[ai]] = '\0';
-	names = trim(q->value[ai] + 4);
+	names = trim(q->value[ai] + (q->derived ? 6 : 4));
 	snprintf(q->names, sizeof q->names, "%s", names);
 	if (di >= 0)
 		req_header(q, "x-sdk-date", date, sizeof date);
+	snprintf(q->scope, sizeof q->scope, "%.8s/%s/" SIG_SERVICE, trim(date), R.region);
 	if (names_valid(q->names) && !req_sig(q, rp, &sq, store, sizeof store) &&
 	    !canonical_hash(&sq, q->names, hash)) {
-		sig_hmac(R.sk, trim(date), hash, sig);
+		sig_sign(R.ak, R.sk, q->derived ? q->scope : NULL, trim(date), hash, sig);
 		ok = 1;
 	}
-	snprintf(q->authz, sizeof q->authz, SIG_ALGORITHM " Access=%s, SignedHeaders=%s, "
-		 "Signature=%s", R.ak, q->names, sig);
+	if (q->derived)
+		snprintf(q->authz, sizeof q->authz, SIG_DERIVED " Credential=%s/%s, "
+			 "SignedHeaders=%s, Signature=%s", R.ak, q->scope, q->names, sig);
+	else
+		snprintf(q->authz, sizeof q->authz, SIG_BASIC " Access=%s, SignedHeaders=%s, "
+			 "Signature=%s", R.ak, q->names, sig);
 	q->value[ai] = q->authz;
 	q->vlen[ai] = strlen(q->authz);
 	return ok;
 }
 
+/* sig_verify on the request, with keys. */
+static enum sig_result verify(struct req *q, struct sig_req *sq, struct sig_keys k, time_t now)
+{
+	return sig_verify(&k, sq, q->authz, now);
+}
+
 /*
  * The verifier on a request this file signed: with the time as its date and
- * x-sdk-date among the names (not authorization, which the signing changes)
- * it verifies; and then not with one byte more body, another method, another
- * AK or a clock 16 minutes on, but still with the query reversed.
+ * host and x-sdk-date among the names (not authorization, which the signing
+ * changes) it verifies; and then not with one byte more body, another
+ * method, another AK or a clock 16 minutes on, nor (a derived one) in a
+ * relay of another region, but still with the query reversed.
  */
 static enum sig_result check_signed(struct req *q, const struct peer *rp)
 {
@@ -987,8 +1014,9 @@ static enum sig_result check_signed(struct req *q, const struct peer *rp)
 
 	if (req_sig(q, rp, &sq, store, sizeof store))
 		return SIG_UNREADABLE;
-	e = sig_verify(R.ak, R.sk, &sq, q->authz, now);
-	if (q->date[0] && names_have(q->names, "x-sdk-date") && !names_have(q->names, "authorization"))
+	e = verify(q, &sq, keys(NULL, NULL), now);
+	if (q->date[0] && names_have(q->names, "x-sdk-date") && names_have(q->names, "host") &&
+	    !names_have(q->names, "authorization"))
 		CHECK(e == SIG_OK);
 	if (e != SIG_OK)
 		return e;
@@ -999,11 +1027,13 @@ static enum sig_result check_signed(struct req *q, const struct peer *rp)
 		sq.args[i] = sq.args[sq.nargs - 1 - i];
 		sq.args[sq.nargs - 1 - i] = a;
 	}
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now) == SIG_OK);
-	CHECK(sig_verify("OTHERAK", R.sk, &sq, q->authz, now) == SIG_BAD_AK);
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now + SIG_SKEW + 60) == SIG_SKEWED);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now) == SIG_OK);
+	CHECK(verify(q, &sq, keys("OTHERAK", NULL), now) == SIG_BAD_AK);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now + SIG_SKEW + 60) == SIG_SKEWED);
+	CHECK(verify(q, &sq, keys(NULL, "xx-other-1"), now) ==
+	      (q->derived ? SIG_SCOPE_REGION : SIG_OK));
 	sq.method = method_name[(m + 1) % 8];
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now) == SIG_MISMATCH);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now) == SIG_MISMATCH);
 	sq.method = method_name[m];
 	body = malloc(sq.body_len + 1);
 	CHECK(body);
@@ -1012,7 +1042,7 @@ static enum sig_result check_signed(struct req *q, const struct peer *rp)
 	body[sq.body_len] = 'x';
 	sq.body = body;
 	sq.body_len++;
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now) == SIG_MISMATCH);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now) == SIG_MISMATCH);
 	free(body);
 	return e;
 }
@@ -1383,9 +1413,14 @@ static void devices_file(const char *pl, size_t n)
  * (unless the bytes say not) an app and a device on it. */
 static void setup(uint8_t c0, uint8_t c1)
 {
-	static const size_t maxes[4] = { DEFAULT_MAX_MESSAGE, 64, 512, 4096 };
+	static const size_t maxes[ROLES][4] = {	/* each pair differs: both ways round */
+		{ DEFAULT_MAX_MESSAGE, 64, 512, 4096 },
+		{ DEFAULT_MAX_DEVICE_MESSAGE, 512, 64, DEFAULT_MAX_MESSAGE },
+	};
 
-	R.max_message = maxes[c0 & 3];
+	R.max_message[ROLE_APP] = maxes[ROLE_APP][c0 & 3];
+	R.max_message[ROLE_DEVICE] = maxes[ROLE_DEVICE][c0 & 3];
+	R.region = DEFAULT_REGION;
 	R.delay_ms = c0 & 4 ? 1 : 0;
 	R.api_token = c0 & 0x20 ? NULL : api_token;
 	R.ak = c0 & 0x40 ? ak : NULL;
