@@ -22,7 +22,8 @@
  *
  * An input is two option bytes (the app's and the device's message limits,
  * 10240/16384, 64/512, 512/64 or 4096/10240; the delay line, who is
- * connected first, which REST auth is on, the faults; see setup()), then records separated by 0x1e, each a letter and a payload:
+ * connected first, which REST auth is on, the faults, a rate limit; see
+ * setup()), then records separated by 0x1e, each a letter and a payload:
  *   a d   a message from the app / the device, in one chunk
  *   f F   the same, cut into 1-4 frames of 1-3 chunks at derived offsets
  *   o O   a frame that says it is BE16 x 4 bytes longer than the payload
@@ -50,7 +51,9 @@
  * the devices and their events channels.  A REST reply has a known status,
  * a body unless 204, an IoTDA error shape, and no secret: never the API
  * token or SK, never a tunnel token but the one a create or notify hands
- * out.  A 2xx needs the right token or a signature this file made; one it
+ * out.  A ListDevices page is the one worked out here from the relay's
+ * devices, and a 429 comes exactly when the rate limit's bucket is empty.
+ * A 2xx needs the right token or a signature this file made; one it
  * made must verify, and stop verifying when the body, method, AK or clock
  * changes, or a derived one's region (not when the query is reordered).  A file is accepted exactly
  * when every entry is valid, and its tunnels are then there as listed.
@@ -163,6 +166,7 @@ struct snap {			/* the state one step starts from */
 	int queued[MAX_PEERS];		/* frames in each connection's queue */
 	int delayed;			/* messages in the delay line */
 	unsigned long dropped, relayed_from[ROLES], relayed;
+	unsigned long throttled;	/* REST calls refused 429 */
 };
 
 /* Frames in a queue, after checking its tail and byte count. */
@@ -197,6 +201,7 @@ static void snap_take(struct snap *s)
 	for (int i = 0; i < npeers; i++)
 		s->queued[i] = queue_len(&pool[i].q);
 	s->relayed = R.relayed;
+	s->throttled = R.throttled;
 	if (!T)
 		return;
 	for (int i = 0; i < ROLES; i++) {
@@ -1196,6 +1201,75 @@ static void check_list(struct req *q, const cJSON *out)
 	}
 }
 
+/* A device's detail as ListDevices must give it: the file's, else (for a
+ * name or node_id) its id, else none. */
+static const char *detail_of(const struct device *d, int field, int id_default)
+{
+	return d->text[field] ? d->text[field] : id_default ? d->id : NULL;
+}
+
+/* The device passes the query's filters, by name, node_id and product_id. */
+static int passes(const struct device *d, struct req *q)
+{
+	static const struct { const char *param; int field, id_default; } filters[] = {
+		{ "device_name=", DEV_NAME, 1 }, { "node_id=", DEV_NODE, 1 },
+		{ "product_id=", DEV_PRODUCT, 0 },
+	};
+	const struct rest_in in = { req_header, req_arg, q };
+	char buf[TEXT_MAX + 32];
+
+	for (size_t i = 0; i < LWS_ARRAY_SIZE(filters); i++) {
+		const char *want = rest_arg(&in, filters[i].param, buf, sizeof buf);
+		const char *have = detail_of(d, filters[i].field, filters[i].id_default);
+
+		if (want && (!have || strcmp(want, have)))
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * GET …/devices answered 200: the relay's devices that pass the filters,
+ * newest record first, below the marker, past the offset, at most limit;
+ * page.count every one that passes, page.marker the last one's record.
+ * Each is a QueryDeviceSimplify with the status IoTDA would give.
+ */
+static void check_devices(struct req *q, const cJSON *out)
+{
+	const struct rest_in in = { req_header, req_arg, q };
+	const cJSON *o = cJSON_GetObjectItemCaseSensitive(out, "devices")->child;
+	const cJSON *page = cJSON_GetObjectItemCaseSensitive(out, "page");
+	const struct device *last = NULL;
+	struct device_query dq;
+	long count = 0, taken = 0, skip;
+	char marker[MARKER_LEN + 1];
+
+	CHECK(device_query(&in, &dq) == 0 && dq.limit >= 1 && dq.limit <= PAGE_MAX);
+	skip = dq.offset;
+	for (lws_dll2_t *d = lws_dll2_get_tail(&R.devices); d; d = d->prev) {
+		const struct device *dv = lws_container_of(d, struct device, list);
+		const char *id = json_str(o, "device_id"), *st = json_str(o, "status");
+		const char *name = json_str(o, "device_name");
+
+		CHECK(!d->prev || lws_container_of(d->prev, struct device, list)->record < dv->record);
+		if (!passes(dv, q))
+			continue;
+		count++;
+		if (dv->record >= dq.below || skip-- > 0 || taken == dq.limit)
+			continue;
+		CHECK(o && id && st && name && !strcmp(id, dv->id));
+		CHECK(!strcmp(st, dv->events ? "ONLINE" : dv->status ? dv->status : "OFFLINE"));
+		CHECK(!strcmp(name, detail_of(dv, DEV_NAME, 1)));
+		last = dv;
+		taken++;
+		o = o->next;
+	}
+	CHECK(!o && cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(page, "count")) == count);
+	if (last)
+		record_marker(last->record, marker);
+	CHECK(last ? !strcmp(json_str(page, "marker"), marker) : !json_str(page, "marker"));
+}
+
 /* An error reply: IoTDA's {error_code, error_msg}. */
 static void check_error(const cJSON *out)
 {
@@ -1212,7 +1286,8 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 	const char *allowed = NULL;
 
 	CHECK(status == 200 || status == 201 || status == 204 || status == 400 || status == 401 ||
-	      status == 403 || status == 404 || status == 405 || status == 413);
+	      status == 403 || status == 404 || status == 405 || status == 413 || status == 429);
+	CHECK((status == 429) == (R.throttled == s->throttled + 1));	/* the bucket was empty */
 	CHECK((status == 204) == !a->out && (!out || cJSON_IsObject(a->out)));
 	CHECK(!hit || hit->method == q->method);
 	if (!R.api_token && !R.ak)
@@ -1236,6 +1311,14 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 		check_created(s, rp, a->out);
 	} else if (hit && hit->handler == rest_list && status == 200) {
 		check_list(q, a->out);
+	} else if (hit && hit->handler == rest_devices) {
+		const struct rest_in in = { req_header, req_arg, q };
+		struct device_query dq;
+
+		if (status == 200)
+			check_devices(q, a->out);
+		else if (status == 400)
+			CHECK(device_query(&in, &dq) != 0);
 	} else if (hit && hit->handler == rest_show && status == 200) {
 		const char *id = json_str(a->out, "tunnel_id");
 
@@ -1257,6 +1340,20 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 				check_sent(s, &pool[i], "", NULL, 0, NULL);
 	check_secrets(out, allowed);
 	free(out);
+}
+
+/* The rate limit's bucket never serves more than it holds plus what
+ * refilled since the input's first counted call. */
+static void check_rate(void)
+{
+	static lws_usec_t first;
+	lws_usec_t now = lws_now_usecs();
+
+	if (R.served + R.throttled == 1)
+		first = now;
+	if (R.rate_limit)
+		CHECK(R.served <= (unsigned long)(R.rate_limit +
+						 (now - first) * R.rate_limit / LWS_US_PER_SEC));
 }
 
 /* One REST call, as rest_begin(), rest_body() and rest_dispatch() see it. */
@@ -1290,6 +1387,7 @@ static void rest_call(const char *pl, size_t n)
 	status = rest_route(&a, &hit);
 	T = tunnel_find(&R, FIXTURE_ID);	/* DELETE may have freed it */
 	check_reply(&s, &q, &rp, &a, hit, status, authorized, was_closed);
+	check_rate();
 	cJSON_Delete(a.out);
 	rest_call_free(&rp.call);
 	free(q.text);
@@ -1336,10 +1434,52 @@ static int tunnel_entry_new(const cJSON *o, const cJSON *arr)
 	return id && !tunnel_find(&R, id);
 }
 
+/* A detail of a --devices entry: absent, or 1-256 bytes with no control
+ * character. */
+static int detail_ok(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	size_t n;
+
+	if (!v)
+		return 1;
+	if (!cJSON_IsString(v))
+		return 0;
+	n = strlen(v->valuestring);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)v->valuestring[i] < 0x20 || v->valuestring[i] == 0x7f)
+			return 0;
+	return n >= 1 && n <= TEXT_MAX;
+}
+
+/* A status IoTDA has, or none. */
+static int status_ok(const cJSON *o)
+{
+	static const char *const known[] = { "ONLINE", "OFFLINE", "ABNORMAL", "INACTIVE", "FROZEN" };
+	const char *s = json_str(o, "status");
+
+	for (size_t i = 0; s && i < LWS_ARRAY_SIZE(known); i++)
+		if (!strcmp(s, known[i]))
+			return 1;
+	return !cJSON_GetObjectItemCaseSensitive(o, "status");
+}
+
+/* The id a devices entry names: the string, or an object's device_id. */
+static const char *entry_id(const cJSON *o)
+{
+	return cJSON_IsString(o) ? o->valuestring : json_str(o, "device_id");
+}
+
 static int device_entry(const cJSON *o, const cJSON *arr)	/* a devices entry that loads */
 {
+	const char *id = entry_id(o);
+
 	(void)arr;
-	return cJSON_IsString(o) && id_ok(o->valuestring);
+	if (!id || !id_ok(id))
+		return 0;
+	return cJSON_IsString(o) || (detail_ok(o, "name") && detail_ok(o, "node_id") &&
+				     detail_ok(o, "product_id") && detail_ok(o, "product_name") &&
+				     status_ok(o));
 }
 
 /* Writes pl as the file a relay option names and loads it: load_array's
@@ -1390,8 +1530,8 @@ static void tunnels_file(const char *pl, size_t n)
 	cJSON_Delete(all);
 }
 
-/* --devices: accepted exactly when a JSON array of valid ids; those before
- * the first bad one are known after. */
+/* --devices: accepted exactly when a JSON array of valid entries; those
+ * before the first bad one are known after, listed. */
 static void devices_file(const char *pl, size_t n)
 {
 	cJSON *all = cJSON_ParseWithLength(pl, n), *arr = cJSON_IsArray(all) ? all : NULL, *o;
@@ -1402,7 +1542,9 @@ static void devices_file(const char *pl, size_t n)
 	cJSON_ArrayForEach(o, arr) {
 		if (i++ == good)
 			break;
-		CHECK(device_find(&R, o->valuestring));
+		const struct device *d = device_find(&R, entry_id(o));
+
+		CHECK(d && d->listed);
 	}
 	cJSON_Delete(all);
 }
@@ -1429,6 +1571,10 @@ static void setup(uint8_t c0, uint8_t c1)
 	R.cut_role = (c1 & 7) >= 6 ? c1 >> 3 & 1 : -1;
 	R.cut_after = (c1 & 7) >= 6 ? (c1 & 7) - 5u : 0;
 	R.stall_after = (c1 >> 4 & 3) == 3 ? 3 : -1;
+	R.rate_limit = (c1 >> 4 & 3) == 2 ? 2 : 0;	/* a bucket of 2: the third quick call is 429 */
+	R.bucket = 0;
+	R.bucket_at = 0;
+	R.served = R.throttled = 0;
 	R.no_tunnel_edition = c1 >> 6 == 3;
 	R.tunnels_file = R.devices_file = NULL;
 	R.relayed = 0;

@@ -11,8 +11,8 @@
 # secret may reach the log.  Run: sh tests/run.sh platform
 #
 # Sections: helpers; command line; refusals; REST; AK/SK signing; derived
-# signing; Huawei's signer; events channels; known and online devices;
-# --no-tunnel-edition; live peers; --auth-close and --device-auth; REST off;
+# signing; Huawei's signer; events channels; known and online devices; the
+# fleet API (ListDevices, ListDeviceTunnels, --rate-limit); --no-tunnel-edition; live peers; --auth-close and --device-auth; REST off;
 # TLS; the log and the exit.
 source "$(dirname "$0")/../lib.sh"
 export LC_ALL=C	# curl's output files hold raw WebSocket frames
@@ -138,6 +138,15 @@ check "malformed --tunnels file: exit 1 before listening" [ $? = 1 -a -z "$(grep
 printf '["dev-1","bad id"]' >"$WORK/baddev.json"
 "$PLATFORM" --listen 127.0.0.1:0 --devices "$WORK/baddev.json" >"$WORK/badd.out" 2>&1
 check "malformed --devices file: exit 1 before listening" [ $? = 1 -a -z "$(grep listening "$WORK/badd.out")" ]
+bad_entries=
+for entry in '{"device_id":"d","status":"ASLEEP"}' '{"name":"no id"}' '{"device_id":"d","name":""}' \
+	'{"device_id":"d","product_id":7}' '{"device_id":"d","node_id":"a\u0001b"}'; do
+	printf '[%s]' "$entry" >"$WORK/baddev.json"
+	timeout 5 "$PLATFORM" --listen 127.0.0.1:0 --devices "$WORK/baddev.json" >/dev/null 2>&1
+	[ $? = 1 ] || bad_entries+=" $entry"
+done
+check "--devices entries with a bad status, no device_id, an empty name, a number, a control character: exit 1" \
+	[ -z "$bad_entries" ]
 printf '%s\n' "$SK" >"$WORK/sk"
 "$PLATFORM" --ak "$AK" 2>/dev/null
 check "--ak without --sk-file: exit 2" [ $? = 2 ]
@@ -146,14 +155,16 @@ check "--sk-file without --ak: exit 2" [ $? = 2 ]
 "$PLATFORM" --ak "$AK" --sk-file "$WORK/no-such-file" 2>/dev/null
 check "--sk-file naming no file: exit 2" [ $? = 2 ]
 bad_values=
-for o in --region=cn_north --region= '--device-auth sideways' '--max-device-message 0' '--max-message 0'; do
+for o in --region=cn_north --region= '--device-auth sideways' '--max-device-message 0' '--max-message 0' \
+	'--rate-limit -1' '--rate-limit many'; do
 	"$PLATFORM" $o 2>/dev/null
 	[ $? = 2 ] || bad_values="$bad_values [$o]"
 done
-check "bad --region, --device-auth, --max-device-message, --max-message values: exit 2" [ -z "$bad_values" ]
+check "bad --region, --device-auth, --max-device-message, --max-message, --rate-limit values: exit 2" [ -z "$bad_values" ]
 missing=
 for o in --ak --sk-file --region --devices --require-online --no-tunnel-edition --self-check X-Sdk-Date Instance-Id \
-	V11-HMAC-SHA256 IOTDA.000002 --device-auth --max-device-message /sandbox/devices/ loopback; do
+	V11-HMAC-SHA256 IOTDA.000002 --device-auth --max-device-message --rate-limit /v5/iot/{project_id}/devices \
+	product_name /sandbox/devices/ loopback; do
 	grep -q -- "$o" "$WORK/help.out" || missing="$missing $o"
 done
 check "--help tells of the AK/SK, region, device, limit and events options" [ -z "$missing" ]
@@ -491,6 +502,126 @@ await "... and it gets its notify" "$WORK/on1.raw" '"event_type":"tunnel_notify"
 kill "${PEER[on1]}"
 await "its channel closes" "$OLOG" 'device dev-on: events channel closed$'
 check "--require-online: offline again: 400" [ "$(status "$(HTTP=$OHTTP rest POST "$API" '{"device_id":"dev-on"}')")" = 400 ]
+
+#### the fleet API: ListDevices, ListDeviceTunnels, --rate-limit ###############
+
+# 320 generated devices d-000..d-319 with IoTDA's details (product p-N%4,
+# every 40th from the 7th FROZEN), then two given by id alone.
+{
+	printf '['
+	for ((i = 0; i < 320; i++)); do
+		st=
+		((i % 40 == 7)) && st=',"status":"FROZEN"'
+		printf '{"device_id":"d-%03d","name":"Pump %d","node_id":"node-%d","product_id":"p-%d","product_name":"Pump model %d"%s},' \
+			$i $i $i $((i % 4)) $((i % 4)) "$st"
+		printf 'd-%03d\n' $i >>"$WORK/fleet.ids"
+	done
+	printf '"bare-1","bare-2"]\n'
+} >"$WORK/fleet.json"
+printf '%s\n' bare-1 bare-2 >>"$WORK/fleet.ids"
+start_platform fleet --devices "$WORK/fleet.json" --api-token-file "$WORK/api.tok" || fail "a relay with 322 devices starts"
+FHTTP=${PLATFORM_URL/ws:/http:} FLOG=$PLATFORM_LOG FLEET_PID=$PLATFORM_PID
+ids() { grep -o '"device_id":"[^"]*"' <<<"$1" | cut -d'"' -f4; }	# ids JSON: its device_ids, in order
+devices() { HTTP=$FHTTP rest GET "/v5/iot/proj-1/devices${1:+?$1}"; }	# devices [QUERY]: ListDevices
+
+# Paging by marker: every device exactly once, the count on every page.
+: >"$WORK/paged"
+marker= pages=0 counts=
+while [ $pages -lt 20 ]; do
+	out=$(devices "limit=50${marker:+&marker=$marker}")
+	pages=$((pages + 1))
+	counts+=" $(status "$out"):$(field count "$out")"
+	[ -n "$(ids "$out")" ] || break
+	ids "$out" >>"$WORK/paged"
+	marker=$(field marker "$out")
+done
+check "ListDevices: 322 devices in pages of 50, then an empty page (8 calls)" \
+	[ $pages = 8 -a "$(wc -l <"$WORK/paged")" = 322 ]
+check "ListDevices: each page 200 with page.count 322" [ -z "$(tr ' ' '\n' <<<"$counts" | grep -v '^$' | grep -v '^200:322$')" ]
+check "ListDevices: paging by marker collects each device exactly once" \
+	[ "$(sort "$WORK/paged")" = "$(sort "$WORK/fleet.ids")" -a -z "$(sort "$WORK/paged" | uniq -d)" ]
+check "ListDevices: newest record first (the file's last entry)" \
+	[ "$(head -n 3 "$WORK/paged" | tr '\n' ' ')" = "bare-2 bare-1 d-319 " ]
+out=$(devices)
+check "ListDevices: 10 by default, the page's marker its last" [ "$(ids "$out" | wc -l)" = 10 \
+	-a "$(field marker "$out")" = "$(field marker "$(devices 'limit=10')")" -a -n "$(field marker "$out")" ]
+check "ListDevices: limit=1 and limit=50" [ "$(ids "$(devices limit=1)" | wc -l)" = 1 \
+	-a "$(ids "$(devices limit=50)" | wc -l)" = 50 ]
+check "ListDevices: offset=5 skips five" [ "$(ids "$(devices 'limit=1&offset=5')")" = "$(sed -n 6p "$WORK/paged")" ]
+bad=
+for q in limit=0 limit=51 limit=-1 limit=ten limit= offset=501 offset=-1 marker=nope marker=zzzzzzzzzzzzzzzzzzzzzzzz \
+	marker=100000000000000000000001; do
+	out=$(devices "$q")
+	[ "$(status "$out")" = 400 ] && [ "$(field error_code "$out")" = IOTDA.000006 ] || bad+=" [$q: $(tr '\n' ' ' <<<"$out")]"
+done
+check "ListDevices: limit, offset or marker out of range: 400 IOTDA.000006" [ -z "$bad" ]
+
+out=$(devices 'product_id=p-1&limit=50')
+check "ListDevices: product_id filters (80 of p-1, the page all p-1)" [ "$(field count "$out")" = 80 \
+	-a "$(ids "$out" | wc -l)" = 50 -a "$(grep -o '"product_id":"[^"]*"' <<<"$out" | sort -u)" = '"product_id":"p-1"' ]
+out=$(devices 'device_name=Pump+7')
+check "ListDevices: device_name filters, a blank as +" [ "$(ids "$out")" = d-007 -a "$(field count "$out")" = 1 ]
+check "ListDevices: node_id and product_id together" [ "$(ids "$(devices 'node_id=node-12&product_id=p-0')")" = d-012 ]
+out=$(devices 'node_id=node-12&product_id=p-1')
+check "ListDevices: filters no device passes: none, count 0, no marker" [ "$(status "$out")" = 200 \
+	-a -z "$(ids "$out")" -a "$(field count "$out")" = 0 -a -z "$(grep -F marker <<<"$out")" ]
+out=$(devices 'node_id=bare-1')
+check "ListDevices: a device given by id alone: its id is its name and node_id" [ "$(ids "$out")" = bare-1 \
+	-a "$(field device_name "$out")" = bare-1 -a "$(field status "$out")" = OFFLINE ]
+out=$(devices 'device_name=Pump+12')
+check "ListDevices: a device's details as the file gives them" [ "$(field node_id "$out")" = node-12 \
+	-a "$(field product_id "$out")" = p-0 -a "$(field product_name "$out")" = 'Pump model 0' ]
+check "ListDevices: the file's status (FROZEN)" [ "$(field status "$(devices 'device_name=Pump+47')")" = FROZEN ]
+check "ListDevices: no status in the file: OFFLINE" [ "$(field status "$(devices 'device_name=Pump+3')")" = OFFLINE ]
+HTTP=$FHTTP events fev d-003
+await "d-003's events channel opens" "$FLOG" 'device d-003: events channel open$'
+check "ListDevices: a device with its events channel open: ONLINE" [ "$(field status "$(devices 'device_name=Pump+3')")" = ONLINE ]
+kill "${PEER[fev]}"
+await "d-003's events channel closes" "$FLOG" 'device d-003: events channel closed$'
+check "ListDevices: OFFLINE again once it closes" [ "$(field status "$(devices 'device_name=Pump+3')")" = OFFLINE ]
+check "ListDevices is logged" has_line "$FLOG" 'rest: GET /v5/iot/\{project_id\}/devices: 200$'
+
+# ListDeviceTunnels: IoTDA's TunnelInfo, member for member.
+FTID=$(field tunnel_id "$(HTTP=$FHTTP rest POST /v5/iot/proj-1/tunnels '{"device_id":"d-003"}')")
+TIME='"[0-9]{8}T[0-9]{6}Z"'
+STATE="\\{\"last_update_time\":$TIME,\"status\":\"DISCONNECTED\"\\}"
+out=$(HTTP=$FHTTP rest GET '/v5/iot/proj-1/tunnels?device_id=d-003')
+check "ListDeviceTunnels: {tunnels: [TunnelInfo]}, exactly" grep -qxE "\\{\"tunnels\":\\[\\{\"tunnel_id\":\"$FTID\",\"device_id\":\"d-003\",\"create_time\":$TIME,\"status\":\"OPEN\",\"source_connect_state\":$STATE,\"device_connect_state\":$STATE\\}\\]\\}" \
+	<<<"$(head -n 1 <<<"$out")"
+HTTP=$FHTTP rest PUT "/v5/iot/proj-1/tunnels/$FTID" >/dev/null
+out=$(HTTP=$FHTTP rest GET '/v5/iot/proj-1/tunnels?device_id=d-003')
+check "ListDeviceTunnels: a closed one: CLOSED with its closed_time" grep -qE \
+	"\"create_time\":$TIME,\"closed_time\":$TIME,\"status\":\"CLOSED\"" <<<"$out"
+check "ListDeviceTunnels: another device's: none" \
+	[ "$(head -n 1 <<<"$(HTTP=$FHTTP rest GET '/v5/iot/proj-1/tunnels?device_id=d-004')")" = '{"tunnels":[]}' ]
+kill "$FLEET_PID"
+
+# --rate-limit 3: a bucket of 3 calls, refilled at 3 a second.
+start_platform rate --rate-limit 3 --api-token-file "$WORK/api.tok" || fail "relay with --rate-limit 3 starts"
+RHTTP=${PLATFORM_URL/ws:/http:} RLOG=$PLATFORM_LOG RATE_PID=$PLATFORM_PID
+urls=()
+for i in {1..10}; do urls+=("$RHTTP$API"); done
+curl -s -H "X-Auth-Token: $API_TOKEN" -w '\n%{http_code}\n' "${urls[@]}" >"$WORK/burst.out"
+awk 'NR % 2 == 0' "$WORK/burst.out" >"$WORK/rate.codes"
+refused=$(grep -c '^429$' "$WORK/rate.codes")
+check "--rate-limit 3: a burst of 10 calls: the first 3 served" [ "$(head -n 3 "$WORK/rate.codes" | tr -d '\n')" = 200200200 ]
+check "--rate-limit 3: ... then 429s" [ "$refused" -ge 1 -a "$(wc -l <"$WORK/rate.codes")" = 10 ]
+check "--rate-limit 3: each 429 says IOTDA.021101" [ "$(grep -c '"error_code":"IOTDA.021101"' "$WORK/burst.out")" = "$refused" ]
+rate_call() {	# one call; its status kept in rate.codes; true if served
+	local c
+	c=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Auth-Token: $API_TOKEN" "$RHTTP$API")
+	echo "$c" >>"$WORK/rate.codes"
+	[ "$c" = 200 ]
+}
+if wait_for $T rate_call; then ok "--rate-limit 3: served again once the bucket refills"
+else fail "--rate-limit 3: served again once the bucket refills" "$(tail -n 3 "$WORK/rate.codes")"; fi
+check "--rate-limit: a refusal's log line counts the calls so far" \
+	has_line "$RLOG" 'rest: GET /v5/iot/\{project_id\}/tunnels: 429 \(over 3 calls a second: [0-9]+ served, 1 refused\)$'
+kill "$RATE_PID"
+wait "$RATE_PID"
+served=$(grep -vc '^429$' "$WORK/rate.codes") refused=$(grep -c '^429$' "$WORK/rate.codes")
+check "--rate-limit: the log counts the calls served and refused ($served, $refused)" \
+	has_line "$RLOG" "rest: $served calls served, $refused refused over the rate limit of 3 a second\$"
 
 #### --no-tunnel-edition #######################################################
 

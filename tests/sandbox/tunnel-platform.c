@@ -41,6 +41,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <signal.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -81,6 +82,12 @@
 #define CANON_MAX		(32 * 1024)	/* longest canonical request */
 #define AK_MAX			128		/* --ak at most */
 #define HEX256			(2 * SHA256_DIGEST_LENGTH + 1)	/* a SHA-256 in hex, NUL */
+#define TEXT_MAX		256		/* a device's name, node_id, product_id, product_name */
+#define PAGE_DEFAULT		10		/* ListDevices' limit, by default ... */
+#define PAGE_MAX		50		/* ... and at most */
+#define OFFSET_MAX		500		/* ListDevices' offset at most */
+#define MARKER_LEN		24		/* a record id in hex, as IoTDA's markers */
+#define RATE_MAX		100000		/* --rate-limit at most */
 
 /*** types ******************************************************************/
 
@@ -106,6 +113,7 @@ struct relay {			/* the whole program's state */
 	int auth_close;			/* both routes refuse with 1002 */
 	int device_auth_http;		/* the device route refuses with HTTP 401/404 */
 	size_t max_message[ROLES];	/* largest message from each role */
+	long rate_limit;		/* REST calls a second; 0: no limit */
 	int delay_ms;
 	int cut_role;			/* -1: no --cut-after */
 	unsigned long cut_after;
@@ -113,6 +121,10 @@ struct relay {			/* the whole program's state */
 	/* state */
 	unsigned long relayed;		/* messages relayed, all tunnels */
 	uint64_t serials;		/* last peer serial handed out */
+	uint64_t records;		/* last device record id handed out */
+	uint64_t bucket;		/* --rate-limit's tokens, in millionths */
+	lws_usec_t bucket_at;		/* when the bucket was last filled */
+	unsigned long served, throttled;	/* REST calls answered, refused 429 */
 	int stalled, quit, exiting;
 };
 
@@ -140,11 +152,17 @@ struct tunnel {			/* one tunnel: its tokens and its two connections */
 	lws_sorted_usec_list_t delay_sul, expiry_sul;
 };
 
+enum device_text { DEV_NAME, DEV_NODE, DEV_PRODUCT, DEV_PRODUCT_NAME, DEV_TEXTS };
+
 /* A device is known when --devices lists it (or always, without --devices)
- * and online while an agent holds its events channel. */
+ * and online while an agent holds its events channel.  Its record id is
+ * IoTDA's: a newer device has a larger one, and lists first. */
 struct device {			/* a listed device, or one with an events channel */
-	lws_dll2_t list;
+	lws_dll2_t list;		/* by record id, oldest first */
 	char id[ID_MAX + 1];
+	uint64_t record;		/* its record id: ListDevices' marker */
+	char *text[DEV_TEXTS];		/* --devices details; NULL: none */
+	const char *status;		/* --devices status; NULL: OFFLINE */
 	int listed;			/* named by --devices: outlives its channel */
 	struct peer *events;		/* its events channel; NULL: offline */
 };
@@ -197,6 +215,7 @@ struct rest_args {		/* what a REST handler gets and gives */
 	const struct rest_in *in;	/* the request's headers and query */
 	char project[ID_MAX + 1], tunnel[ID_MAX + 1];	/* from the path; any project */
 	const char *note;		/* for the log line: how it was authenticated, or not */
+	char note_buf[96];		/* a note made for this call */
 	cJSON *out;
 };
 
@@ -796,21 +815,54 @@ static struct device *device_find(struct relay *r, const char *id)	/* by device_
 	return NULL;
 }
 
-static struct device *device_add(struct relay *r, const char *id)	/* a new entry, listed last */
+static struct device *device_add(struct relay *r, const char *id)	/* a new entry, the newest record */
 {
 	struct device *d = calloc(1, sizeof(*d));
 
 	if (!d)
 		abort();
 	snprintf(d->id, sizeof d->id, "%s", id);
+	d->record = ++r->records;
 	lws_dll2_add_tail(&d->list, &r->devices);
 	return d;
 }
 
 static void device_free(struct device *d)	/* unlists and frees an entry */
 {
+	size_t i;
+
 	lws_dll2_remove(&d->list);
+	for (i = 0; i < LWS_ARRAY_SIZE(d->text); i++)
+		free(d->text[i]);
 	free(d);
+}
+
+/* The details --devices may give, as IoTDA's QueryDeviceSimplify names
+ * them; a name or node_id not given is the device id. */
+static const struct device_field {	/* one detail: in the file, in ListDevices */
+	const char *member;		/* in a --devices entry */
+	const char *json;		/* in ListDevices' answer, and its filter parameter */
+	int id_default;			/* absent: the device id */
+	int filter;			/* ListDevices filters on it */
+} device_fields[] = {
+	[DEV_NAME]         = { "name",         "device_name",  1, 1 },
+	[DEV_NODE]         = { "node_id",      "node_id",      1, 1 },
+	[DEV_PRODUCT]      = { "product_id",   "product_id",   0, 1 },
+	[DEV_PRODUCT_NAME] = { "product_name", "product_name", 0, 0 },
+};
+
+static const char *const device_statuses[] = {	/* IoTDA's */
+	"ONLINE", "OFFLINE", "ABNORMAL", "INACTIVE", "FROZEN"
+};
+
+static const char *device_text(const struct device *d, enum device_text f)	/* a detail, or NULL */
+{
+	return d->text[f] ? d->text[f] : device_fields[f].id_default ? d->id : NULL;
+}
+
+static const char *device_status(const struct device *d)	/* ONLINE with its events channel open */
+{
+	return d->events ? "ONLINE" : d->status ? d->status : "OFFLINE";
 }
 
 static void events_unlink(struct peer *p)	/* the device forgets its channel; unlisted ones go */
@@ -1763,6 +1815,117 @@ static int rest_list(struct rest_args *a)	/* GET /v5/iot/{project_id}/tunnels[?d
 	return 200;
 }
 
+static void record_marker(uint64_t record, char out[MARKER_LEN + 1])	/* a record id as a marker */
+{
+	snprintf(out, MARKER_LEN + 1, "%0*" PRIx64, MARKER_LEN, record);
+}
+
+static int marker_record(const char *s, uint64_t *record)	/* a marker we handed out: 0, and its record */
+{
+	char back[MARKER_LEN + 1];
+
+	if (strlen(s) != MARKER_LEN || strspn(s, "0123456789abcdef") != MARKER_LEN)
+		return -1;
+	*record = strtoull(s + MARKER_LEN - 16, NULL, 16);
+	record_marker(*record, back);
+	return strcmp(back, s) ? -1 : 0;
+}
+
+static cJSON *device_info(const struct device *d)	/* an IoTDA QueryDeviceSimplify */
+{
+	cJSON *o = cJSON_CreateObject();
+	size_t i;
+
+	cJSON_AddStringToObject(o, "device_id", d->id);
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++)
+		if (device_text(d, i))
+			cJSON_AddStringToObject(o, device_fields[i].json, device_text(d, i));
+	cJSON_AddStringToObject(o, "gateway_id", d->id);	/* directly connected */
+	cJSON_AddStringToObject(o, "node_type", "GATEWAY");
+	cJSON_AddStringToObject(o, "status", device_status(d));
+	return o;
+}
+
+struct device_query {		/* ListDevices' query parameters */
+	long limit, offset;
+	uint64_t below;			/* records under this one; the marker */
+	char buf[DEV_TEXTS][TEXT_MAX + 32];
+	const char *filter[DEV_TEXTS];	/* NULL: any */
+};
+
+static int device_query(const struct rest_in *in, struct device_query *dq)	/* 0, or -1 if a parameter is bad */
+{
+	char buf[64];
+	const char *v;
+	size_t i;
+
+	memset(dq, 0, sizeof(*dq));
+	dq->limit = PAGE_DEFAULT;
+	dq->below = UINT64_MAX;
+	if (((v = rest_arg(in, "limit=", buf, sizeof buf)) && parse_long(v, 1, PAGE_MAX, &dq->limit)) ||
+	    ((v = rest_arg(in, "offset=", buf, sizeof buf)) &&
+	     parse_long(v, 0, OFFSET_MAX, &dq->offset)) ||
+	    ((v = rest_arg(in, "marker=", buf, sizeof buf)) && marker_record(v, &dq->below)))
+		return -1;
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++) {
+		char prefix[32];
+
+		snprintf(prefix, sizeof prefix, "%s=", device_fields[i].json);
+		if (device_fields[i].filter)
+			dq->filter[i] = rest_arg(in, prefix, dq->buf[i], sizeof dq->buf[i]);
+	}
+	return 0;
+}
+
+static int device_matches(const struct device *d, const struct device_query *dq)	/* passes every filter */
+{
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(dq->filter); i++)
+		if (dq->filter[i] && (!device_text(d, i) || strcmp(dq->filter[i], device_text(d, i))))
+			return 0;
+	return 1;
+}
+
+/* Newest first; a page starts below the marker (the last record of the
+ * one before), skips offset, holds limit; count is every device the
+ * filters pass. */
+static int rest_devices(struct rest_args *a)	/* GET /v5/iot/{project_id}/devices */
+{
+	struct device_query dq;
+	cJSON *list, *page;
+	const struct device *last = NULL;
+	long count = 0, taken = 0;
+	char marker[MARKER_LEN + 1];
+	lws_dll2_t *d;
+
+	if (device_query(a->in, &dq))
+		return rest_error(a, 400, "IOTDA.000006", "Invalid input data: limit (1-50), "
+				  "offset (0-500), marker (from the page before).");
+	list = cJSON_CreateArray();
+	for (d = lws_dll2_get_tail(&a->r->devices); d; d = d->prev) {
+		const struct device *dev = lws_container_of(d, struct device, list);
+
+		if (!device_matches(dev, &dq))
+			continue;
+		count++;
+		if (dev->record >= dq.below || dq.offset-- > 0 || taken == dq.limit)
+			continue;
+		cJSON_AddItemToArray(list, device_info(dev));
+		last = dev;
+		taken++;
+	}
+	a->out = cJSON_CreateObject();
+	cJSON_AddItemToObject(a->out, "devices", list);
+	page = cJSON_AddObjectToObject(a->out, "page");
+	cJSON_AddNumberToObject(page, "count", (double)count);
+	if (last) {
+		record_marker(last->record, marker);
+		cJSON_AddStringToObject(page, "marker", marker);
+	}
+	return 200;
+}
+
 static int rest_show(struct rest_args *a)	/* GET /v5/iot/{project_id}/tunnels/{tunnel_id} */
 {
 	struct tunnel *t = tunnel_find(a->r, a->tunnel);
@@ -1820,6 +1983,7 @@ static const struct rest_route {	/* the REST API: method, path pattern, handler 
 	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_show,   1 },
 	{ LWSHUMETH_PUT,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_close,  1 },
 	{ LWSHUMETH_DELETE, "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_delete, 1 },
+	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/devices",             rest_devices, 0 },
 	{ LWSHUMETH_GET,    "/sandbox/tunnels/{tunnel_id}/notify",      rest_notify, 0 },
 };
 
@@ -1938,6 +2102,39 @@ static int rest_auth(struct rest_args *a)	/* 0, or the 401 to answer */
 	return 0;
 }
 
+/* A token bucket of rate_limit tokens, refilled at rate_limit a second, a
+ * token a call; counted in millionths of a token, so refilling is exact. */
+static int rate_take(struct relay *r)	/* 1 if a REST call may go now; counts it */
+{
+	const uint64_t one = 1000000, full = (uint64_t)r->rate_limit * one;
+	lws_usec_t now = lws_now_usecs(), elapsed = now - r->bucket_at;
+
+	if (r->rate_limit) {
+		r->bucket = elapsed >= LWS_US_PER_SEC ? full :
+			    r->bucket + (uint64_t)elapsed * (uint64_t)r->rate_limit;
+		r->bucket = r->bucket < full ? r->bucket : full;
+		r->bucket_at = now;
+		if (r->bucket < one) {
+			r->throttled++;
+			return 0;
+		}
+		r->bucket -= one;
+	}
+	r->served++;
+	return 1;
+}
+
+static int rest_throttled(struct rest_args *a)	/* 429 IOTDA.021101, the counts in the log */
+{
+	struct relay *r = a->r;
+
+	snprintf(a->note_buf, sizeof a->note_buf, "over %ld calls a second: %lu served, %lu refused",
+		 r->rate_limit, r->served, r->throttled);
+	a->note = a->note_buf;
+	return rest_error(a, 429, "IOTDA.021101", "Too many requests: the API's flow control "
+			  "refused the call; retry later.");
+}
+
 static int rest_route(struct rest_args *a, const struct rest_route **hit)	/* finds and runs a handler */
 {
 	const struct rest_call *c = &a->p->call;
@@ -1953,6 +2150,8 @@ static int rest_route(struct rest_args *a, const struct rest_route **hit)	/* fin
 	if (!a->r->api_token && !a->r->ak)
 		return rest_error(a, 404, "IOTDA.000404", "The REST API is off: start the "
 				  "relay with --api-token or --ak and --sk-file.");
+	if (!rate_take(a->r))
+		return rest_throttled(a);
 	if (!*hit)
 		return path_known ? rest_error(a, 405, "IOTDA.000405", "Method not allowed.") :
 				    rest_error(a, 404, "IOTDA.000404", "No such API.");
@@ -2173,8 +2372,10 @@ static const char usage_text[] =
 	"                         FILE only, and never logged\n"
 	"  --region REGION        the region a derived signature's scope must name\n"
 	"                         (default " DEFAULT_REGION ")\n"
-	"  --devices FILE         JSON array of the device ids that exist; creating a\n"
-	"                         tunnel for another is 404 (default: any id exists)\n"
+	"  --devices FILE         JSON array of the devices that exist, each an id or\n"
+	"                         {device_id, name, node_id, product_id, product_name,\n"
+	"                         status}; creating a tunnel for another is 404\n"
+	"                         (default: any id exists)\n"
 	"  --require-online       creating a tunnel for an offline device is 400 (a\n"
 	"                         device is online while its events channel is open)\n"
 	"  --no-tunnel-edition    every tunnel API call is 403, as on an instance whose\n"
@@ -2187,6 +2388,9 @@ static const char usage_text[] =
 	"  --max-message BYTES    largest message relayed from the app (default 10240)\n"
 	"  --max-device-message BYTES  largest message relayed from the device\n"
 	"                         (default 16384)\n"
+	"  --rate-limit N         at most N REST calls a second, the whole relay (a\n"
+	"                         token bucket of N); more are refused 429\n"
+	"                         IOTDA.021101 (default 0: no limit)\n"
 	"  --delay-ms N           delay every message sent by N ms\n"
 	"  --cut-after ROLE:N     drop ROLE's (app|device) TCP connection after\n"
 	"                         relaying N messages from it (once per tunnel)\n"
@@ -2203,6 +2407,9 @@ static const char usage_text[] =
 	"An Instance-Id header is accepted, signed or not.\n"
 	"  POST /v5/iot/{project_id}/tunnels {\"device_id\"}   create: 201\n"
 	"  GET  /v5/iot/{project_id}/tunnels[?device_id=]     list\n"
+	"  GET  /v5/iot/{project_id}/devices[?limit=1..50&marker=&offset=0..500\n"
+	"       &product_id=&device_name=&node_id=]  devices, newest first: status\n"
+	"       ONLINE while the events channel is open, else --devices' or OFFLINE\n"
 	"  GET|PUT|DELETE /v5/iot/{project_id}/tunnels/{id}  show | close | delete\n"
 	"  GET  /sandbox/tunnels/{id}/notify   the device's tunnel_notify event\n"
 	"Device events, the stand-in for each device's MQTT connection.  It has no\n"
@@ -2336,6 +2543,11 @@ static int opt_cut_after(struct relay *r, const char *v)	/* --cut-after ROLE:N *
 	return -1;
 }
 
+static int opt_rate_limit(struct relay *r, const char *v)	/* --rate-limit N */
+{
+	return parse_long(v, 0, RATE_MAX, &r->rate_limit);
+}
+
 static int opt_stall_after(struct relay *r, const char *v)	/* --stall-after N */
 {
 	return parse_long(v, 0, LONG_MAX, &r->stall_after);
@@ -2363,6 +2575,7 @@ static const struct option_def {	/* the command line, one row per option */
 	{ "--device-auth",    opt_device_auth,    1 },
 	{ "--max-message",    opt_max_message,    1 },
 	{ "--max-device-message", opt_max_device_message, 1 },
+	{ "--rate-limit",     opt_rate_limit,     1 },
 	{ "--delay-ms",       opt_delay_ms,       1 },
 	{ "--cut-after",      opt_cut_after,      1 },
 	{ "--stall-after",    opt_stall_after,    1 },
@@ -2450,17 +2663,76 @@ static int load_tunnel(struct relay *r, const cJSON *o, int n)	/* one entry of -
 	return 0;
 }
 
+static int valid_text(const char *s)	/* 1-256 bytes, no control characters */
+{
+	size_t i, len = strlen(s);
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return len >= 1 && len <= TEXT_MAX;
+}
+
+static const char *status_of(const char *s)	/* IoTDA's spelling of a status, or NULL */
+{
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(device_statuses); i++)
+		if (!strcmp(s, device_statuses[i]))
+			return device_statuses[i];
+	return NULL;
+}
+
+static int details_valid(const cJSON *o)	/* an object's details are strings of the right kind */
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "status");
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++) {
+		const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, device_fields[i].member);
+
+		if (f && !(cJSON_IsString(f) && valid_text(f->valuestring)))
+			return 0;
+	}
+	return !v || (cJSON_IsString(v) && status_of(v->valuestring));
+}
+
+static void details_take(struct device *d, const cJSON *o)	/* a valid object's details */
+{
+	const char *status = json_str(o, "status");
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++) {
+		const char *v = json_str(o, device_fields[i].member);
+
+		if (v && !(d->text[i] = strdup(v)))
+			abort();
+	}
+	d->status = status ? status_of(status) : NULL;
+}
+
+/* An entry is a device id, or {"device_id", and optional "name", "node_id",
+ * "product_id", "product_name", "status"}.  A device listed again keeps
+ * its first entry's details. */
 static int load_device(struct relay *r, const cJSON *o, int n)	/* one entry of --devices */
 {
-	const char *id = cJSON_IsString(o) ? o->valuestring : NULL;
+	const char *id = cJSON_IsString(o) ? o->valuestring : json_str(o, "device_id");
+	struct device *d;
 
-	if (!id || !valid_id(id, strlen(id))) {
-		sb_log("%s: entry %d: not a device id (1-128 of A-Z a-z 0-9 _ -)",
-		       r->devices_file, n);
+	if (!id || !valid_id(id, strlen(id)) || (cJSON_IsObject(o) && !details_valid(o))) {
+		sb_log("%s: entry %d: neither a device id (1-128 of A-Z a-z 0-9 _ -) nor {device_id, "
+		       "name, node_id, product_id, product_name (1-256 bytes), status (ONLINE, "
+		       "OFFLINE, ABNORMAL, INACTIVE or FROZEN)}", r->devices_file, n);
 		return -1;
 	}
-	if (!device_find(r, id))
-		device_add(r, id)->listed = 1;
+	d = device_find(r, id);
+	if (!d)
+		d = device_add(r, id);
+	if (d->listed)
+		return 0;
+	d->listed = 1;
+	if (cJSON_IsObject(o))
+		details_take(d, o);
 	return 0;
 }
 
@@ -2775,6 +3047,9 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	fflush(stdout);
 	while (!r->quit && lws_service(r->ctx, 0) >= 0)
 		;
+	if (r->rate_limit)
+		sb_log("rest: %lu calls served, %lu refused over the rate limit of %ld a second",
+		       r->served, r->throttled, r->rate_limit);
 	relay_stop(r);
 	return 0;
 }
