@@ -81,14 +81,14 @@ check "quit closed the open tunnel over the API" \
 check "the SK is not in the console's log" bash -c "! grep -qF -- '$SK' '$WORK/console.log'"
 check "the SK is not in the relay's log" bash -c "! grep -qF -- '$SK' '$PLATFORM_LOG'"
 
-# a wrong SK: 401 from the API gateway, shown
+# a wrong SK: 401 IOTDA.000002 from the relay, shown
 tmux -S "$TMUX_SOCK" kill-server
 TMUX_SOCK=$WORK/tmux2.sock	# a new server: no race with the dying one
 tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x 110 -y 30 \
 	"env HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=wrong $CONSOLE -c $WORK/api.conf 2>$WORK/tui2.err; echo EXIT=\$?; sleep 600"
 wait_for 10 row_has pump 'API error' && ok "wrong SK: API error" || fail "wrong SK" "$(tui_screen)"
 tui_keys C-g 1
-tui_wait 'API 401 APIGW.0301' 5 && ok "wrong SK: 401 APIGW.0301 shown" || fail "401 shown" "$(tui_screen)"
+tui_wait 'API 401 IOTDA.000002' 5 && ok "wrong SK: 401 IOTDA.000002 shown" || fail "401 shown" "$(tui_screen)"
 
 # batch exec by device id
 echo "$PASS" > "$WORK/pw"

@@ -20,9 +20,10 @@
  * tunnel_notify on the events channel) with headers and query from
  * struct rest_in, the tunnels and devices files through load_array().
  *
- * An input is two option bytes (the message limit 10240/64/512/4096, the
- * delay line, who is connected first, which REST auth is on, the faults;
- * see setup()), then records separated by 0x1e, each a letter and a payload:
+ * An input is two option bytes (the app's and the device's message limits,
+ * 10240/16384, 64/512, 512/64 or 4096/10240; the delay line, who is
+ * connected first, which REST auth is on, the faults, a rate limit; see
+ * setup()), then records separated by 0x1e, each a letter and a payload:
  *   a d   a message from the app / the device, in one chunk
  *   f F   the same, cut into 1-4 frames of 1-3 chunks at derived offsets
  *   o O   a frame that says it is BE16 x 4 bytes longer than the payload
@@ -36,8 +37,10 @@
  *   e E   the events channel of the device named by the payload opens / closes
  *   r     a REST call: "METHOD PATH?QUERY\nName: value\n...\n\nBODY".  In the
  *         path, {new} is the last tunnel created.  "x-sdk-date: now" is the
- *         time; "authorization: sign h1;h2" becomes a true signature over
- *         those headers; "x-fuzz-repeat: N" sends the body N times (413)
+ *         time; "authorization: sign h1;h2" becomes a true SDK-HMAC-SHA256
+ *         signature over those headers, "authorization: derive h1;h2" a
+ *         true V11-HMAC-SHA256 one; "x-fuzz-repeat: N" sends the body N
+ *         times (413)
  *   t v   a tunnels file / a devices file (--tunnels, --devices)
  * and at the end the whole input as one fragmented message from each side.
  *
@@ -48,9 +51,11 @@
  * the devices and their events channels.  A REST reply has a known status,
  * a body unless 204, an IoTDA error shape, and no secret: never the API
  * token or SK, never a tunnel token but the one a create or notify hands
- * out.  A 2xx needs the right token or a signature this file made; one it
+ * out.  A ListDevices page is the one worked out here from the relay's
+ * devices, and a 429 comes exactly when the rate limit's bucket is empty.
+ * A 2xx needs the right token or a signature this file made; one it
  * made must verify, and stop verifying when the body, method, AK or clock
- * changes (not when the query is reordered).  A file is accepted exactly
+ * changes, or a derived one's region (not when the query is reordered).  A file is accepted exactly
  * when every entry is valid, and its tunnels are then there as listed.
  */
 #define TUNNEL_PLATFORM_NO_MAIN
@@ -161,6 +166,7 @@ struct snap {			/* the state one step starts from */
 	int queued[MAX_PEERS];		/* frames in each connection's queue */
 	int delayed;			/* messages in the delay line */
 	unsigned long dropped, relayed_from[ROLES], relayed;
+	unsigned long throttled;	/* REST calls refused 429 */
 };
 
 /* Frames in a queue, after checking its tail and byte count. */
@@ -195,6 +201,7 @@ static void snap_take(struct snap *s)
 	for (int i = 0; i < npeers; i++)
 		s->queued[i] = queue_len(&pool[i].q);
 	s->relayed = R.relayed;
+	s->throttled = R.throttled;
 	if (!T)
 		return;
 	for (int i = 0; i < ROLES; i++) {
@@ -350,7 +357,7 @@ static void check_state(void)
 		const struct peer *p = &pool[i];
 
 		queue_len(&p->q);
-		CHECK(p->rx.cap <= 2 * (R.max_message + 1));	/* never buffered past the limit */
+		CHECK(p->rx.cap <= 2 * (R.max_message[p->role] + 1));	/* never buffered past the limit */
 		CHECK(!dead[i] || (!p->q.head && !p->rx.p && !p->t && !p->dev));
 		CHECK(!p->t || p->t->peer[p->role] == p);
 		CHECK(!p->dev || p->dev->events == p);
@@ -658,7 +665,7 @@ static void check_message(const struct snap *s, struct peer *p, enum role from,
 		CHECK(!T || (T->dropped == s->dropped && R.relayed == s->relayed));
 		return;
 	}
-	if (total > R.max_message) {	/* 413, close 1009: the sender's app side told */
+	if (total > R.max_message[from]) {	/* 413, close 1009: the sender's app side told */
 		CHECK(!p->t && T->peer[from] != p && p->close_code == 1009 && !p->rx.len);
 		if (from == ROLE_APP) {
 			check_sent(s, p, "3", NULL, 0, NULL);
@@ -720,7 +727,7 @@ static void send_message(enum role from, const char *m, size_t n, int fragmented
 	snap_take(&s);
 	for (int i = 0; i < k; i++) {
 		peer_chunk(p, m + c[i].off, c[i].len, c[i].rest, c[i].final);
-		if (live && c[i].off + c[i].len + c[i].rest > R.max_message)
+		if (live && c[i].off + c[i].len + c[i].rest > R.max_message[from])
 			CHECK(!p->t);	/* refused at the first chunk that shows it */
 	}
 	check_message(&s, p, from, m, n, live);
@@ -751,9 +758,9 @@ static void send_declared(enum role from, const char *pl, size_t n)
 	total = bn + rest;
 	snap_take(&s);
 	peer_chunk(p, body, bn, rest, 1);
-	if (live && total > R.max_message)
+	if (live && total > R.max_message[from])
 		CHECK(!p->t);	/* refused at this first chunk */
-	if (total <= R.max_message) {
+	if (total <= R.max_message[from]) {
 		m = malloc(total + 1);
 		CHECK(m);
 		for (size_t i = 0; i < total; i++)
@@ -789,6 +796,8 @@ struct req {			/* one REST call, from its record */
 	int reps;
 	char date[17], authz[HEADER_MAX + 1];	/* what this file put in */
 	char names[HEADER_MAX - 256];		/* the headers it signed (authz has room) */
+	char scope[SCOPE_MAX + 1];		/* a derived signature's */
+	int derived;				/* signed V11-HMAC-SHA256 */
 };
 
 /* struct rest_in's header(): as lws_header() gives one (empty is absent). */
@@ -935,10 +944,18 @@ static int req_sig(struct req *q, const struct peer *rp, struct sig_req *sq, cha
 	return query_args(&in, sq, store, size);
 }
 
+/* The relay's keys, or them with another AK or region. */
+static struct sig_keys keys(const char *ak, const char *region)
+{
+	return (struct sig_keys){ ak ? ak : R.ak, R.sk, region ? region : R.region };
+}
+
 /*
  * "x-sdk-date: now" becomes the time, and "authorization: sign h1;h2" a
- * signature of the request over those headers with the relay's AK/SK (one
- * of "00" when the names are not valid ones).  Returns 1 if it signed.
+ * basic signature of the request over those headers with the relay's AK/SK,
+ * "authorization: derive h1;h2" a derived one (scoped to the date's day, the
+ * relay's region and iotdm); the signature is "00" when the names are not
+ * valid ones.  Returns 1 if it signed.
  */
 static int req_sign(struct req *q, const struct peer *rp)
 {
@@ -952,30 +969,45 @@ static int req_sign(struct req *q, const struct peer *rp)
 		q->value[di] = q->date;
 		q->vlen[di] = 16;
 	}
-	if (!R.ak || ai < 0 || q->method < 0 || strncmp(q->value[ai], "sign", 4))
+	if (!R.ak || ai < 0 || q->method < 0)
+		return 0;
+	q->derived = !strncmp(q->value[ai], "derive", 6);
+	if (!q->derived && strncmp(q->value[ai], "sign", 4))
 		return 0;
 	q->value[ai][q->vlen[ai]] = '\0';
-	names = trim(q->value[ai] + 4);
+	names = trim(q->value[ai] + (q->derived ? 6 : 4));
 	snprintf(q->names, sizeof q->names, "%s", names);
 	if (di >= 0)
 		req_header(q, "x-sdk-date", date, sizeof date);
+	snprintf(q->scope, sizeof q->scope, "%.8s/%s/" SIG_SERVICE, trim(date), R.region);
 	if (names_valid(q->names) && !req_sig(q, rp, &sq, store, sizeof store) &&
 	    !canonical_hash(&sq, q->names, hash)) {
-		sig_hmac(R.sk, trim(date), hash, sig);
+		sig_sign(R.ak, R.sk, q->derived ? q->scope : NULL, trim(date), hash, sig);
 		ok = 1;
 	}
-	snprintf(q->authz, sizeof q->authz, SIG_ALGORITHM " Access=%s, SignedHeaders=%s, "
-		 "Signature=%s", R.ak, q->names, sig);
+	if (q->derived)
+		snprintf(q->authz, sizeof q->authz, SIG_DERIVED " Credential=%s/%s, "
+			 "SignedHeaders=%s, Signature=%s", R.ak, q->scope, q->names, sig);
+	else
+		snprintf(q->authz, sizeof q->authz, SIG_BASIC " Access=%s, SignedHeaders=%s, "
+			 "Signature=%s", R.ak, q->names, sig);
 	q->value[ai] = q->authz;
 	q->vlen[ai] = strlen(q->authz);
 	return ok;
 }
 
+/* sig_verify on the request, with keys. */
+static enum sig_result verify(struct req *q, struct sig_req *sq, struct sig_keys k, time_t now)
+{
+	return sig_verify(&k, sq, q->authz, now);
+}
+
 /*
  * The verifier on a request this file signed: with the time as its date and
- * x-sdk-date among the names (not authorization, which the signing changes)
- * it verifies; and then not with one byte more body, another method, another
- * AK or a clock 16 minutes on, but still with the query reversed.
+ * host and x-sdk-date among the names (not authorization, which the signing
+ * changes) it verifies; and then not with one byte more body, another
+ * method, another AK or a clock 16 minutes on, nor (a derived one) in a
+ * relay of another region, but still with the query reversed.
  */
 static enum sig_result check_signed(struct req *q, const struct peer *rp)
 {
@@ -987,8 +1019,9 @@ static enum sig_result check_signed(struct req *q, const struct peer *rp)
 
 	if (req_sig(q, rp, &sq, store, sizeof store))
 		return SIG_UNREADABLE;
-	e = sig_verify(R.ak, R.sk, &sq, q->authz, now);
-	if (q->date[0] && names_have(q->names, "x-sdk-date") && !names_have(q->names, "authorization"))
+	e = verify(q, &sq, keys(NULL, NULL), now);
+	if (q->date[0] && names_have(q->names, "x-sdk-date") && names_have(q->names, "host") &&
+	    !names_have(q->names, "authorization"))
 		CHECK(e == SIG_OK);
 	if (e != SIG_OK)
 		return e;
@@ -999,11 +1032,13 @@ static enum sig_result check_signed(struct req *q, const struct peer *rp)
 		sq.args[i] = sq.args[sq.nargs - 1 - i];
 		sq.args[sq.nargs - 1 - i] = a;
 	}
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now) == SIG_OK);
-	CHECK(sig_verify("OTHERAK", R.sk, &sq, q->authz, now) == SIG_BAD_AK);
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now + SIG_SKEW + 60) == SIG_SKEWED);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now) == SIG_OK);
+	CHECK(verify(q, &sq, keys("OTHERAK", NULL), now) == SIG_BAD_AK);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now + SIG_SKEW + 60) == SIG_SKEWED);
+	CHECK(verify(q, &sq, keys(NULL, "xx-other-1"), now) ==
+	      (q->derived ? SIG_SCOPE_REGION : SIG_OK));
 	sq.method = method_name[(m + 1) % 8];
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now) == SIG_MISMATCH);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now) == SIG_MISMATCH);
 	sq.method = method_name[m];
 	body = malloc(sq.body_len + 1);
 	CHECK(body);
@@ -1012,7 +1047,7 @@ static enum sig_result check_signed(struct req *q, const struct peer *rp)
 	body[sq.body_len] = 'x';
 	sq.body = body;
 	sq.body_len++;
-	CHECK(sig_verify(R.ak, R.sk, &sq, q->authz, now) == SIG_MISMATCH);
+	CHECK(verify(q, &sq, keys(NULL, NULL), now) == SIG_MISMATCH);
 	free(body);
 	return e;
 }
@@ -1166,6 +1201,75 @@ static void check_list(struct req *q, const cJSON *out)
 	}
 }
 
+/* A device's detail as ListDevices must give it: the file's, else (for a
+ * name or node_id) its id, else none. */
+static const char *detail_of(const struct device *d, int field, int id_default)
+{
+	return d->text[field] ? d->text[field] : id_default ? d->id : NULL;
+}
+
+/* The device passes the query's filters, by name, node_id and product_id. */
+static int passes(const struct device *d, struct req *q)
+{
+	static const struct { const char *param; int field, id_default; } filters[] = {
+		{ "device_name=", DEV_NAME, 1 }, { "node_id=", DEV_NODE, 1 },
+		{ "product_id=", DEV_PRODUCT, 0 },
+	};
+	const struct rest_in in = { req_header, req_arg, q };
+	char buf[TEXT_MAX + 32];
+
+	for (size_t i = 0; i < LWS_ARRAY_SIZE(filters); i++) {
+		const char *want = rest_arg(&in, filters[i].param, buf, sizeof buf);
+		const char *have = detail_of(d, filters[i].field, filters[i].id_default);
+
+		if (want && (!have || strcmp(want, have)))
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * GET …/devices answered 200: the relay's devices that pass the filters,
+ * newest record first, below the marker, past the offset, at most limit;
+ * page.count every one that passes, page.marker the last one's record.
+ * Each is a QueryDeviceSimplify with the status IoTDA would give.
+ */
+static void check_devices(struct req *q, const cJSON *out)
+{
+	const struct rest_in in = { req_header, req_arg, q };
+	const cJSON *o = cJSON_GetObjectItemCaseSensitive(out, "devices")->child;
+	const cJSON *page = cJSON_GetObjectItemCaseSensitive(out, "page");
+	const struct device *last = NULL;
+	struct device_query dq;
+	long count = 0, taken = 0, skip;
+	char marker[MARKER_LEN + 1];
+
+	CHECK(device_query(&in, &dq) == 0 && dq.limit >= 1 && dq.limit <= PAGE_MAX);
+	skip = dq.offset;
+	for (lws_dll2_t *d = lws_dll2_get_tail(&R.devices); d; d = d->prev) {
+		const struct device *dv = lws_container_of(d, struct device, list);
+		const char *id = json_str(o, "device_id"), *st = json_str(o, "status");
+		const char *name = json_str(o, "device_name");
+
+		CHECK(!d->prev || lws_container_of(d->prev, struct device, list)->record < dv->record);
+		if (!passes(dv, q))
+			continue;
+		count++;
+		if (dv->record >= dq.below || skip-- > 0 || taken == dq.limit)
+			continue;
+		CHECK(o && id && st && name && !strcmp(id, dv->id));
+		CHECK(!strcmp(st, dv->events ? "ONLINE" : dv->status ? dv->status : "OFFLINE"));
+		CHECK(!strcmp(name, detail_of(dv, DEV_NAME, 1)));
+		last = dv;
+		taken++;
+		o = o->next;
+	}
+	CHECK(!o && cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(page, "count")) == count);
+	if (last)
+		record_marker(last->record, marker);
+	CHECK(last ? !strcmp(json_str(page, "marker"), marker) : !json_str(page, "marker"));
+}
+
 /* An error reply: IoTDA's {error_code, error_msg}. */
 static void check_error(const cJSON *out)
 {
@@ -1182,7 +1286,8 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 	const char *allowed = NULL;
 
 	CHECK(status == 200 || status == 201 || status == 204 || status == 400 || status == 401 ||
-	      status == 403 || status == 404 || status == 405 || status == 413);
+	      status == 403 || status == 404 || status == 405 || status == 413 || status == 429);
+	CHECK((status == 429) == (R.throttled == s->throttled + 1));	/* the bucket was empty */
 	CHECK((status == 204) == !a->out && (!out || cJSON_IsObject(a->out)));
 	CHECK(!hit || hit->method == q->method);
 	if (!R.api_token && !R.ak)
@@ -1206,6 +1311,14 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 		check_created(s, rp, a->out);
 	} else if (hit && hit->handler == rest_list && status == 200) {
 		check_list(q, a->out);
+	} else if (hit && hit->handler == rest_devices) {
+		const struct rest_in in = { req_header, req_arg, q };
+		struct device_query dq;
+
+		if (status == 200)
+			check_devices(q, a->out);
+		else if (status == 400)
+			CHECK(device_query(&in, &dq) != 0);
 	} else if (hit && hit->handler == rest_show && status == 200) {
 		const char *id = json_str(a->out, "tunnel_id");
 
@@ -1227,6 +1340,20 @@ static void check_reply(const struct snap *s, struct req *q, const struct peer *
 				check_sent(s, &pool[i], "", NULL, 0, NULL);
 	check_secrets(out, allowed);
 	free(out);
+}
+
+/* The rate limit's bucket never serves more than it holds plus what
+ * refilled since the input's first counted call. */
+static void check_rate(void)
+{
+	static lws_usec_t first;
+	lws_usec_t now = lws_now_usecs();
+
+	if (R.served + R.throttled == 1)
+		first = now;
+	if (R.rate_limit)
+		CHECK(R.served <= (unsigned long)(R.rate_limit +
+						 (now - first) * R.rate_limit / LWS_US_PER_SEC));
 }
 
 /* One REST call, as rest_begin(), rest_body() and rest_dispatch() see it. */
@@ -1260,6 +1387,7 @@ static void rest_call(const char *pl, size_t n)
 	status = rest_route(&a, &hit);
 	T = tunnel_find(&R, FIXTURE_ID);	/* DELETE may have freed it */
 	check_reply(&s, &q, &rp, &a, hit, status, authorized, was_closed);
+	check_rate();
 	cJSON_Delete(a.out);
 	rest_call_free(&rp.call);
 	free(q.text);
@@ -1306,10 +1434,52 @@ static int tunnel_entry_new(const cJSON *o, const cJSON *arr)
 	return id && !tunnel_find(&R, id);
 }
 
+/* A detail of a --devices entry: absent, or 1-256 bytes with no control
+ * character. */
+static int detail_ok(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	size_t n;
+
+	if (!v)
+		return 1;
+	if (!cJSON_IsString(v))
+		return 0;
+	n = strlen(v->valuestring);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)v->valuestring[i] < 0x20 || v->valuestring[i] == 0x7f)
+			return 0;
+	return n >= 1 && n <= TEXT_MAX;
+}
+
+/* A status IoTDA has, or none. */
+static int status_ok(const cJSON *o)
+{
+	static const char *const known[] = { "ONLINE", "OFFLINE", "ABNORMAL", "INACTIVE", "FROZEN" };
+	const char *s = json_str(o, "status");
+
+	for (size_t i = 0; s && i < LWS_ARRAY_SIZE(known); i++)
+		if (!strcmp(s, known[i]))
+			return 1;
+	return !cJSON_GetObjectItemCaseSensitive(o, "status");
+}
+
+/* The id a devices entry names: the string, or an object's device_id. */
+static const char *entry_id(const cJSON *o)
+{
+	return cJSON_IsString(o) ? o->valuestring : json_str(o, "device_id");
+}
+
 static int device_entry(const cJSON *o, const cJSON *arr)	/* a devices entry that loads */
 {
+	const char *id = entry_id(o);
+
 	(void)arr;
-	return cJSON_IsString(o) && id_ok(o->valuestring);
+	if (!id || !id_ok(id))
+		return 0;
+	return cJSON_IsString(o) || (detail_ok(o, "name") && detail_ok(o, "node_id") &&
+				     detail_ok(o, "product_id") && detail_ok(o, "product_name") &&
+				     status_ok(o));
 }
 
 /* Writes pl as the file a relay option names and loads it: load_array's
@@ -1360,8 +1530,8 @@ static void tunnels_file(const char *pl, size_t n)
 	cJSON_Delete(all);
 }
 
-/* --devices: accepted exactly when a JSON array of valid ids; those before
- * the first bad one are known after. */
+/* --devices: accepted exactly when a JSON array of valid entries; those
+ * before the first bad one are known after, listed. */
 static void devices_file(const char *pl, size_t n)
 {
 	cJSON *all = cJSON_ParseWithLength(pl, n), *arr = cJSON_IsArray(all) ? all : NULL, *o;
@@ -1372,7 +1542,9 @@ static void devices_file(const char *pl, size_t n)
 	cJSON_ArrayForEach(o, arr) {
 		if (i++ == good)
 			break;
-		CHECK(device_find(&R, o->valuestring));
+		const struct device *d = device_find(&R, entry_id(o));
+
+		CHECK(d && d->listed);
 	}
 	cJSON_Delete(all);
 }
@@ -1383,9 +1555,14 @@ static void devices_file(const char *pl, size_t n)
  * (unless the bytes say not) an app and a device on it. */
 static void setup(uint8_t c0, uint8_t c1)
 {
-	static const size_t maxes[4] = { DEFAULT_MAX_MESSAGE, 64, 512, 4096 };
+	static const size_t maxes[ROLES][4] = {	/* each pair differs: both ways round */
+		{ DEFAULT_MAX_MESSAGE, 64, 512, 4096 },
+		{ DEFAULT_MAX_DEVICE_MESSAGE, 512, 64, DEFAULT_MAX_MESSAGE },
+	};
 
-	R.max_message = maxes[c0 & 3];
+	R.max_message[ROLE_APP] = maxes[ROLE_APP][c0 & 3];
+	R.max_message[ROLE_DEVICE] = maxes[ROLE_DEVICE][c0 & 3];
+	R.region = DEFAULT_REGION;
 	R.delay_ms = c0 & 4 ? 1 : 0;
 	R.api_token = c0 & 0x20 ? NULL : api_token;
 	R.ak = c0 & 0x40 ? ak : NULL;
@@ -1394,6 +1571,10 @@ static void setup(uint8_t c0, uint8_t c1)
 	R.cut_role = (c1 & 7) >= 6 ? c1 >> 3 & 1 : -1;
 	R.cut_after = (c1 & 7) >= 6 ? (c1 & 7) - 5u : 0;
 	R.stall_after = (c1 >> 4 & 3) == 3 ? 3 : -1;
+	R.rate_limit = (c1 >> 4 & 3) == 2 ? 2 : 0;	/* a bucket of 2: the third quick call is 429 */
+	R.bucket = 0;
+	R.bucket_at = 0;
+	R.served = R.throttled = 0;
 	R.no_tunnel_edition = c1 >> 6 == 3;
 	R.tunnels_file = R.devices_file = NULL;
 	R.relayed = 0;

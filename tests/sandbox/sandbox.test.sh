@@ -201,7 +201,8 @@ await "device first: agent connects" "$(dlog dev-first)" ': connected$'
 client first "$(src devfirst)" --token-file "$(tokfile first src-devfirst)"
 await "device first: connect_tunnel on the app's arrival" "$WORK/first.out" '^recv connect_tunnel '
 
-#### bad tokens (default mode: refused before the upgrade) #####################
+#### bad tokens (by default the app route refuses before the upgrade, the ####
+#### device route closes 1002 after it) ##########################################
 
 client bad1 "$(src order)" --token-file "$(tokfile bad1 wrong-token)"
 await "bad source token: HTTP 401" "$WORK/bad1.out" '^http 401$'
@@ -210,12 +211,14 @@ await "unknown tunnel: HTTP 404" "$WORK/bad2.out" '^http 404$'
 client bad3 "$(src order)"
 await "no token header: HTTP 401" "$WORK/bad3.out" '^http 401$'
 client bad4 "$(dst order)" --token-file "$(tokfile bad4 src-order)"
-await "source token on the device route: HTTP 401" "$WORK/bad4.out" '^http 401$'
+await "source token on the device route: upgraded" "$WORK/bad4.out" '^open$'
+await "source token on the device route: then closed 1002" "$WORK/bad4.out" '^closed 1002'
 client bad5 "$(src expired)" --token-file "$(tokfile bad5 src-expired)"
 await "expired token: HTTP 401" "$WORK/bad5.out" '^http 401$'
 start_device dev-bad --url "$(dst order)" --token-file "$(tokfile dev-bad wrong-token)" --backend pty --login-file "$WORK/logins"
-await "bad device token: the agent is refused (HTTP 401)" "$WORK/dev-bad.log" 'refused the device \(HTTP 401\); exiting$'
+await "bad device token: the agent is refused (close 1002)" "$WORK/dev-bad.log" 'refused the device token \(close 1002\); exiting$'
 exited "bad device token: the agent gives up, no retry loop" "$DEVICE_PID"
+absent "bad device token: never retried" "$WORK/dev-bad.log" 'reconnecting'
 exited "refused client exits" "${CPID[bad1]}"
 wait "${CPID[bad1]}"
 check "refused client exit status 1" [ $? = 1 ]
@@ -275,26 +278,47 @@ await "device left: app stays connected (pong)" "$WORK/rapp.out" '^recv pong p-4
 
 #### oversize ##################################################################
 
-client bapp "$(src big)" --token-file "$(tokfile bapp src-big)"
-client bdev "$(dst big)" --token-file "$(tokfile bdev dev-big)"
-await "oversize: app gets connect_tunnel" "$WORK/bapp.out" '^recv connect_tunnel '
-say bapp '!big 10240 at-limit'
-await "10240-byte message relayed" "$WORK/bdev.out" '^recv command at-limit '
-say bapp '!big 10241 over-limit'
-await "10241-byte message: app gets disconnect 413" "$WORK/bapp.out" '^recv disconnect [^ ]+ \{"status_code":"413"'
-await "10241-byte message: app closed 1009" "$WORK/bapp.out" '^closed 1009'
-in_order "oversize: 413 before the close" "$WORK/bapp.out" '"413"' '^closed 1009'
-absent "oversize message not relayed" "$WORK/bdev.out" 'over-limit'
-# From the device: the app hears 413 (and 410: the device is gone), the
-# device is closed 1009, the app stays.
-client bapp2 "$(src big)" --token-file "$(tokfile bapp2 src-big)"
-await "oversize from the device: new app gets connect_tunnel" "$WORK/bapp2.out" '^recv connect_tunnel '
-say bdev '!big 10241 dev-over'
-await "oversize from the device: app gets disconnect 413" "$WORK/bapp2.out" '^recv disconnect [^ ]+ \{"status_code":"413"'
-await "oversize from the device: device closed 1009" "$WORK/bdev.out" '^closed 1009'
-await "oversize from the device: app hears the device is gone (410)" "$WORK/bapp2.out" '^recv disconnect [^ ]+ \{"status_code":"410"'
-say bapp2 "$(msg ping p-big null)"
-await "oversize from the device: app stays connected" "$WORK/bapp2.out" '^recv pong p-big '
+# oversize NAME APP-MAX DEVICE-MAX [DEVICE-SIZE...]: on tunnel "big" of relay
+# R, each side's largest message (and the device's of each DEVICE-SIZE) is
+# relayed, one byte more is refused: disconnect 413 to the app's side, close
+# 1009 to the sender; the app stays after a device's.
+oversize() {
+	local n=$1 amax=$2 dmax=$3 size
+	client "${n}app" "$(src big)" --token-file "$(tokfile "${n}app" src-big)"
+	client "${n}dev" "$(dst big)" --token-file "$(tokfile "${n}dev" dev-big)"
+	await "$n: app gets connect_tunnel" "$WORK/${n}app.out" '^recv connect_tunnel '
+	say "${n}app" "!big $amax $n-app-max"
+	await "$n: an app's $amax-byte message relayed" "$WORK/${n}dev.out" "^recv command $n-app-max "
+	for size in "$dmax" "${@:4}"; do
+		say "${n}dev" "!big $size $n-dev-$size"
+		await "$n: a device's $size-byte message relayed" "$WORK/${n}app.out" "^recv command $n-dev-$size "
+	done
+	say "${n}app" "!big $((amax + 1)) $n-app-over"
+	await "$n: an app's $((amax + 1)) bytes: disconnect 413" "$WORK/${n}app.out" '^recv disconnect [^ ]+ \{"status_code":"413"'
+	await "$n: ... and close 1009" "$WORK/${n}app.out" '^closed 1009'
+	in_order "$n: 413 before the close" "$WORK/${n}app.out" '"413"' '^closed 1009'
+	absent "$n: the app's oversize message not relayed" "$WORK/${n}dev.out" "$n-app-over"
+	client "${n}app2" "$(src big)" --token-file "$(tokfile "${n}app2" src-big)"
+	await "$n: a new app gets connect_tunnel" "$WORK/${n}app2.out" '^recv connect_tunnel '
+	say "${n}dev" "!big $((dmax + 1)) $n-dev-over"
+	await "$n: a device's $((dmax + 1)) bytes: the app gets disconnect 413" "$WORK/${n}app2.out" \
+		'^recv disconnect [^ ]+ \{"status_code":"413"'
+	await "$n: ... the device is closed 1009" "$WORK/${n}dev.out" '^closed 1009'
+	await "$n: ... the app hears the device is gone (410)" "$WORK/${n}app2.out" '^recv disconnect [^ ]+ \{"status_code":"410"'
+	say "${n}app2" "$(msg ping "p-$n" null)"
+	await "$n: ... and stays connected" "$WORK/${n}app2.out" "^recv pong p-$n "
+	absent "$n: the device's oversize message not relayed" "$WORK/${n}app2.out" "$n-dev-over"
+}
+# The defaults: 10240 for the app (PROTOCOL.md §1), 16384 for the device,
+# whose official SDK sends up to 12428 bytes.
+oversize big 10240 16384 12428
+# Each role's limit set on its own.
+start_platform limits --tunnels "$WORK/tunnels.json" --max-message 2000 --max-device-message 3000 ||
+	fail "relay with --max-message 2000 --max-device-message 3000 starts"
+R=$PLATFORM_URL
+oversize limits 2000 3000
+kill "$PLATFORM_PID"
+R=$MAIN_URL
 
 #### full-profile sessions (pty backend) #######################################
 

@@ -6,9 +6,9 @@
  * tunnel_access_token header.  The relay passes their JSON messages across
  * byte for byte and speaks a few itself: connect_tunnel, pong, disconnect.
  * It also serves the IoTDA tunnel REST API (guarded by X-Auth-Token or by
- * Huawei Cloud's AK/SK request signing), stands in for each device's MQTT
- * connection with an events WebSocket that carries tunnel_notify, and
- * injects faults for tests.  The contract is PROTOCOL.md, sections 1-3 and 7.
+ * Huawei Cloud's AK/SK request signing, basic or derived), stands in for
+ * each device's MQTT connection with an events WebSocket that carries
+ * tunnel_notify, and injects faults for tests.  The contract is PROTOCOL.md, sections 1-3 and 7.
  *
  * One thread, one lws event loop.  Every delay is an lws_sul timer; signals
  * arrive through a signalfd adopted into the loop.  No message content and no
@@ -24,12 +24,14 @@
  *   devices         known devices, events channels (the MQTT stand-in)
  *   relaying        one whole inbound message, fault injection
  *   handshake       route table and checks: 401/403/404, or close 1002
- *   AK/SK signing   SDK-HMAC-SHA256: canonical request, verification
+ *   AK/SK signing   SDK-HMAC-SHA256 and the derived V11-HMAC-SHA256:
+ *                   canonical request, HKDF key, verification
  *   REST            route table, auth, handlers, replies
  *   the lws callback
  *   signals         SIGTERM/SIGINT quit, SIGUSR1 drops every device
  *   command line    option table, tunnels and devices files
- *   self-check      the signing guide's worked example
+ *   self-check      the signing guide's worked example, and a derived
+ *                   signature made by Huawei's own SDK
  *   main
  */
 #include "sandbox.h"
@@ -39,6 +41,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <signal.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -53,7 +56,10 @@
 /*** tunables ***************************************************************/
 
 #define DEFAULT_LISTEN		"127.0.0.1:8443"
-#define DEFAULT_MAX_MESSAGE	10240		/* PROTOCOL.md §1: 10 KB a message */
+#define DEFAULT_MAX_MESSAGE	10240		/* PROTOCOL.md §1: an app's 10 KB a message */
+#define DEFAULT_MAX_DEVICE_MESSAGE 16384	/* official devices send up to 12428 */
+#define DEFAULT_REGION		"cn-north-4"	/* a derived signature's scope */
+#define REGION_MAX		63		/* --region at most */
 #define DEFAULT_EXPIRES_IN	86400		/* seconds a tunnel's tokens live */
 #define QUEUE_HIGH		(256 * 1024)	/* backlog that pauses the sources */
 #define QUEUE_LOW		(QUEUE_HIGH / 2) /* backlog that resumes them */
@@ -76,6 +82,12 @@
 #define CANON_MAX		(32 * 1024)	/* longest canonical request */
 #define AK_MAX			128		/* --ak at most */
 #define HEX256			(2 * SHA256_DIGEST_LENGTH + 1)	/* a SHA-256 in hex, NUL */
+#define TEXT_MAX		256		/* a device's name, node_id, product_id, product_name */
+#define PAGE_DEFAULT		10		/* ListDevices' limit, by default ... */
+#define PAGE_MAX		50		/* ... and at most */
+#define OFFSET_MAX		500		/* ListDevices' offset at most */
+#define MARKER_LEN		24		/* a record id in hex, as IoTDA's markers */
+#define RATE_MAX		100000		/* --rate-limit at most */
 
 /*** types ******************************************************************/
 
@@ -96,9 +108,12 @@ struct relay {			/* the whole program's state */
 	const char *devices_file;	/* NULL: any device id is known */
 	int require_online;		/* POST needs the device's events channel */
 	int no_tunnel_edition;		/* the tunnel API answers 403 */
+	const char *region;		/* a derived signature's scope names it */
 	int self_check;
-	int auth_close;
-	size_t max_message;
+	int auth_close;			/* both routes refuse with 1002 */
+	int device_auth_http;		/* the device route refuses with HTTP 401/404 */
+	size_t max_message[ROLES];	/* largest message from each role */
+	long rate_limit;		/* REST calls a second; 0: no limit */
 	int delay_ms;
 	int cut_role;			/* -1: no --cut-after */
 	unsigned long cut_after;
@@ -106,6 +121,10 @@ struct relay {			/* the whole program's state */
 	/* state */
 	unsigned long relayed;		/* messages relayed, all tunnels */
 	uint64_t serials;		/* last peer serial handed out */
+	uint64_t records;		/* last device record id handed out */
+	uint64_t bucket;		/* --rate-limit's tokens, in millionths */
+	lws_usec_t bucket_at;		/* when the bucket was last filled */
+	unsigned long served, throttled;	/* REST calls answered, refused 429 */
 	int stalled, quit, exiting;
 };
 
@@ -133,11 +152,17 @@ struct tunnel {			/* one tunnel: its tokens and its two connections */
 	lws_sorted_usec_list_t delay_sul, expiry_sul;
 };
 
+enum device_text { DEV_NAME, DEV_NODE, DEV_PRODUCT, DEV_PRODUCT_NAME, DEV_TEXTS };
+
 /* A device is known when --devices lists it (or always, without --devices)
- * and online while an agent holds its events channel. */
+ * and online while an agent holds its events channel.  Its record id is
+ * IoTDA's: a newer device has a larger one, and lists first. */
 struct device {			/* a listed device, or one with an events channel */
-	lws_dll2_t list;
+	lws_dll2_t list;		/* by record id, oldest first */
 	char id[ID_MAX + 1];
+	uint64_t record;		/* its record id: ListDevices' marker */
+	char *text[DEV_TEXTS];		/* --devices details; NULL: none */
+	const char *status;		/* --devices status; NULL: OFFLINE */
 	int listed;			/* named by --devices: outlives its channel */
 	struct peer *events;		/* its events channel; NULL: offline */
 };
@@ -166,7 +191,7 @@ struct peer {
 	char device_id[ID_MAX + 1];	/* ... for this device */
 	enum role role;
 	uint64_t serial;
-	int refused;			/* --auth-close: 401/403/404 owed as 1002 */
+	int refused;			/* a 401/403/404 owed as a close 1002 */
 	int rx_off;			/* we told lws to stop reading it */
 	int close_code;			/* close with this once the queue drains */
 	int refusing;			/* reading an oversize message to its end */
@@ -190,6 +215,7 @@ struct rest_args {		/* what a REST handler gets and gives */
 	const struct rest_in *in;	/* the request's headers and query */
 	char project[ID_MAX + 1], tunnel[ID_MAX + 1];	/* from the path; any project */
 	const char *note;		/* for the log line: how it was authenticated, or not */
+	char note_buf[96];		/* a note made for this call */
 	cJSON *out;
 };
 
@@ -789,21 +815,54 @@ static struct device *device_find(struct relay *r, const char *id)	/* by device_
 	return NULL;
 }
 
-static struct device *device_add(struct relay *r, const char *id)	/* a new entry, listed last */
+static struct device *device_add(struct relay *r, const char *id)	/* a new entry, the newest record */
 {
 	struct device *d = calloc(1, sizeof(*d));
 
 	if (!d)
 		abort();
 	snprintf(d->id, sizeof d->id, "%s", id);
+	d->record = ++r->records;
 	lws_dll2_add_tail(&d->list, &r->devices);
 	return d;
 }
 
 static void device_free(struct device *d)	/* unlists and frees an entry */
 {
+	size_t i;
+
 	lws_dll2_remove(&d->list);
+	for (i = 0; i < LWS_ARRAY_SIZE(d->text); i++)
+		free(d->text[i]);
 	free(d);
+}
+
+/* The details --devices may give, as IoTDA's QueryDeviceSimplify names
+ * them; a name or node_id not given is the device id. */
+static const struct device_field {	/* one detail: in the file, in ListDevices */
+	const char *member;		/* in a --devices entry */
+	const char *json;		/* in ListDevices' answer, and its filter parameter */
+	int id_default;			/* absent: the device id */
+	int filter;			/* ListDevices filters on it */
+} device_fields[] = {
+	[DEV_NAME]         = { "name",         "device_name",  1, 1 },
+	[DEV_NODE]         = { "node_id",      "node_id",      1, 1 },
+	[DEV_PRODUCT]      = { "product_id",   "product_id",   0, 1 },
+	[DEV_PRODUCT_NAME] = { "product_name", "product_name", 0, 0 },
+};
+
+static const char *const device_statuses[] = {	/* IoTDA's */
+	"ONLINE", "OFFLINE", "ABNORMAL", "INACTIVE", "FROZEN"
+};
+
+static const char *device_text(const struct device *d, enum device_text f)	/* a detail, or NULL */
+{
+	return d->text[f] ? d->text[f] : device_fields[f].id_default ? d->id : NULL;
+}
+
+static const char *device_status(const struct device *d)	/* ONLINE with its events channel open */
+{
+	return d->events ? "ONLINE" : d->status ? d->status : "OFFLINE";
 }
 
 static void events_unlink(struct peer *p)	/* the device forgets its channel; unlisted ones go */
@@ -898,10 +957,10 @@ static void relay_message(struct peer *p, const char *msg, size_t len)	/* one wh
 	relay_count(p);
 }
 
-static void peer_oversize(struct peer *p)	/* a message over --max-message: 413, close 1009 */
+static void peer_oversize(struct peer *p)	/* a message over its role's limit: 413, close 1009 */
 {
 	struct tunnel *t = p->t;
-	size_t max = p->r->max_message;
+	size_t max = p->r->max_message[p->role];
 	char why[96];
 
 	sb_log("tunnel %s: message over %zu bytes from the %s (413, closing 1009)", t->id, max,
@@ -927,7 +986,7 @@ static void peer_oversize(struct peer *p)	/* a message over --max-message: 413, 
 static void peer_chunk(struct peer *p, const void *in, size_t len, size_t rest,
 		       int final)	/* one chunk of a message */
 {
-	size_t max = p->r->max_message;
+	size_t max = p->r->max_message[p->role];
 
 	if (!p->refusing) {
 		if (!p->t || p->r->stalled)
@@ -1015,14 +1074,17 @@ static const struct refusal *ws_check_events(struct peer *p, const char *id,
 	return NULL;
 }
 
+/* The device route refuses a bad token with close 1002 by default: official
+ * devices stop at a 1002, but retry an HTTP 401 about 20 times a minute. */
 static const struct ws_route {	/* the WebSocket routes: /prefix{id}suffix */
 	const char *prefix, *suffix;
 	enum role role;
 	const struct refusal *(*check)(struct peer *p, const char *id, const char **why);
+	int close_1002;			/* refusals close 1002 unless --device-auth http */
 } ws_routes[] = {
-	{ "/v5/iot/tunnels/",  "/source-connect", ROLE_APP,    ws_check_tunnel },
-	{ "/v5/iot/tunnels/",  "/device-connect", ROLE_DEVICE, ws_check_tunnel },
-	{ "/sandbox/devices/", "/events",         ROLE_DEVICE, ws_check_events },
+	{ "/v5/iot/tunnels/",  "/source-connect", ROLE_APP,    ws_check_tunnel, 0 },
+	{ "/v5/iot/tunnels/",  "/device-connect", ROLE_DEVICE, ws_check_tunnel, 1 },
+	{ "/sandbox/devices/", "/events",         ROLE_DEVICE, ws_check_events, 0 },
 };
 
 static const struct ws_route *ws_route(const char *path, char id[ID_MAX + 1])	/* the route path takes, or NULL */
@@ -1043,16 +1105,19 @@ static const struct ws_route *ws_route(const char *path, char id[ID_MAX + 1])	/*
 	return NULL;
 }
 
-static const struct refusal *ws_check(struct peer *p, const char *path, char id[ID_MAX + 1],
-				      const char **why)	/* NULL, or why not, for the log */
+static const struct refusal *ws_check(struct peer *p, const struct ws_route *w,
+				      const char *id, const char **why)	/* NULL, or why not, for the log */
 {
-	const struct ws_route *w = ws_route(path, id);
-
 	*why = "bad WebSocket path";
 	if (!w)
 		return &refuse_path;
 	p->role = w->role;
 	return w->check(p, id, why);
+}
+
+static int refuse_by_close(const struct relay *r, const struct ws_route *w)	/* 1002 after the upgrade, not HTTP */
+{
+	return r->auth_close || (w && w->close_1002 && !r->device_auth_http);
 }
 
 /* lws 4.1 only drops the socket when this callback refuses, so the status
@@ -1078,8 +1143,10 @@ static int ws_refuse_http(struct lws *wsi, const struct refusal *no)	/* answers 
 static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets an upgrade request */
 {
 	char path[PATH_LEN], id[ID_MAX + 1] = "";
+	const struct ws_route *w;
 	const struct refusal *no;
 	const char *why;
+	int by_close;
 
 	rest_call_free(&p->call);	/* the connection may have served REST before */
 	memset(p, 0, sizeof(*p));
@@ -1088,12 +1155,14 @@ static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets a
 	p->serial = ++r->serials;
 	if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) < 0)
 		path[0] = '\0';
-	no = ws_check(p, path, id, &why);
+	w = ws_route(path, id);
+	no = ws_check(p, w, id, &why);
 	if (!no)
 		return 0;
+	by_close = refuse_by_close(r, w);
 	sb_log("%s%s%s (%d%s)", why, *id ? " " : "", id, no->status,
-	       r->auth_close ? ", closing 1002" : "");
-	if (!r->auth_close)
+	       by_close ? ", closing 1002" : "");
+	if (!by_close)
 		return ws_refuse_http(wsi, no);
 	p->refused = no->status;
 	return 0;
@@ -1101,18 +1170,30 @@ static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets a
 
 /*** AK/SK signing **********************************************************/
 
-/* Huawei Cloud's "SDK-HMAC-SHA256" request signing, checked the way its API
- * gateway checks it (the public API Request Signing Guide):
+/* Huawei Cloud's request signing, checked the way its API gateway checks it
+ * (the public API Request Signing Guide; PROTOCOL.md §9), in both forms:
  *   CanonicalRequest = METHOD \n CanonicalURI \n CanonicalQueryString \n
  *                      CanonicalHeaders \n SignedHeaders \n hex(sha256(body))
- *   StringToSign     = "SDK-HMAC-SHA256" \n X-Sdk-Date \n hex(sha256(CanonicalRequest))
- *   Signature        = hex(HMAC-SHA256(SK, StringToSign))
+ * SDK-HMAC-SHA256, the basic form:
+ *   StringToSign = "SDK-HMAC-SHA256" \n X-Sdk-Date \n hex(sha256(CanonicalRequest))
+ *   Signature    = hex(HMAC-SHA256(SK, StringToSign))
+ * V11-HMAC-SHA256, the derived form IoTDA's standard and enterprise
+ * instances ask for, scoped to a day, a region and the service:
+ *   Scope        = YYYYMMDD/region/iotdm  (YYYYMMDD: X-Sdk-Date's)
+ *   Key          = hex(HKDF-SHA256(ikm SK, salt AK, info Scope, 32 bytes))
+ *   StringToSign = "V11-HMAC-SHA256" \n X-Sdk-Date \n Scope \n hex(sha256(CanonicalRequest))
+ *   Signature    = hex(HMAC-SHA256(Key, StringToSign))
  * CanonicalHeaders is "name:value\n" per signed header, so an empty line
  * follows it.  These functions see a struct sig_req, whatever it came from:
  * lws (REST calls) or a table (--self-check).  Nothing here logs. */
 
-#define SIG_ALGORITHM	"SDK-HMAC-SHA256"
-#define IAM_ERROR	"Incorrect IAM authentication information: "
+#define SIG_BASIC	"SDK-HMAC-SHA256"
+#define SIG_DERIVED	"V11-HMAC-SHA256"
+#define SIG_SERVICE	"iotdm"		/* IoTDA's service name in a derived scope */
+#define AUTH_CODE	"IOTDA.000002"	/* every authentication failure */
+#define AUTH_FAILED	"Authentication failed: "
+#define SCOPE_MAX	(8 + 1 + REGION_MAX + 1 + 32)	/* YYYYMMDD/region/service */
+#define STS_MAX		(sizeof SIG_DERIVED + 64 + SCOPE_MAX + HEX256)	/* a StringToSign */
 
 struct sig_req {		/* what a signature covers, however the request arrived */
 	const char *method, *path;	/* the path URL-decoded, without the query */
@@ -1124,32 +1205,58 @@ struct sig_req {		/* what a signature covers, however the request arrived */
 	size_t body_len;
 };
 
+struct sig_keys {		/* what a signature is checked against */
+	const char *ak, *sk;		/* the SK is a secret */
+	const char *region;		/* a derived scope's */
+};
+
+enum scheme { SCHEME_BASIC, SCHEME_DERIVED, SCHEMES };
+
+static const struct sig_scheme {	/* an Authorization scheme */
+	const char *name;
+	const char *note;		/* how a call it lets in is logged */
+} sig_schemes[SCHEMES] = {
+	[SCHEME_BASIC]   = { SIG_BASIC,   "AK/SK" },
+	[SCHEME_DERIVED] = { SIG_DERIVED, "derived AK/SK" },
+};
+
 struct sig_auth {		/* the Authorization header, taken apart */
-	char access[AK_MAX + 1], names[HEADER_MAX], signature[HEX256];
+	enum scheme scheme;
+	char access[AK_MAX + 1], scope[SCOPE_MAX + 1];	/* a derived one's split from credential */
+	char credential[AK_MAX + 1 + SCOPE_MAX + 1], names[HEADER_MAX], signature[HEX256];
 };
 
 enum sig_result { SIG_OK, SIG_MALFORMED, SIG_NO_DATE, SIG_SKEWED, SIG_DATE_UNSIGNED,
+		  SIG_HOST_UNSIGNED, SIG_SCOPE_DATE, SIG_SCOPE_REGION, SIG_SCOPE_SERVICE,
 		  SIG_UNREADABLE, SIG_BAD_AK, SIG_MISMATCH, SIG_RESULTS };
 
-/* What the caller is told (APIGW.0301, as Huawei's gateway; a bad signature
- * and an unknown AK read the same) and what the log says. */
+/* What the caller is told (a bad signature and an unknown AK read the
+ * same) and what the log says. */
 static const struct sig_error {
 	const char *msg, *why;
 } sig_errors[SIG_RESULTS] = {
-	[SIG_OK]            = { NULL, "AK/SK" },
-	[SIG_MALFORMED]     = { IAM_ERROR "the Authorization header is not " SIG_ALGORITHM
-				" Access=AK, SignedHeaders=h1;h2, Signature=HEX",
-				"malformed Authorization" },
-	[SIG_NO_DATE]       = { IAM_ERROR "X-Sdk-Date is missing or not YYYYMMDDTHHMMSSZ",
+	[SIG_MALFORMED]     = { AUTH_FAILED "the Authorization header is neither " SIG_BASIC
+				" Access=AK, SignedHeaders=h1;h2, Signature=HEX nor " SIG_DERIVED
+				" Credential=AK/YYYYMMDD/REGION/" SIG_SERVICE ", SignedHeaders=h1;h2, "
+				"Signature=HEX", "malformed Authorization" },
+	[SIG_NO_DATE]       = { AUTH_FAILED "X-Sdk-Date is missing or not YYYYMMDDTHHMMSSZ",
 				"no valid X-Sdk-Date" },
-	[SIG_SKEWED]        = { IAM_ERROR "X-Sdk-Date is more than 15 minutes away from the "
+	[SIG_SKEWED]        = { AUTH_FAILED "X-Sdk-Date is more than 15 minutes away from the "
 				"server's time", "X-Sdk-Date more than 15 minutes off" },
-	[SIG_DATE_UNSIGNED] = { IAM_ERROR "x-sdk-date must be one of the SignedHeaders",
+	[SIG_DATE_UNSIGNED] = { AUTH_FAILED "x-sdk-date must be one of the SignedHeaders",
 				"x-sdk-date not signed" },
-	[SIG_UNREADABLE]    = { IAM_ERROR "verify aksk signature fail",
+	[SIG_HOST_UNSIGNED] = { AUTH_FAILED "host must be one of the SignedHeaders",
+				"host not signed" },
+	[SIG_SCOPE_DATE]    = { AUTH_FAILED "the credential scope's date is not X-Sdk-Date's",
+				"scope date is not X-Sdk-Date's" },
+	[SIG_SCOPE_REGION]  = { AUTH_FAILED "the credential scope names another region",
+				"scope names another region" },
+	[SIG_SCOPE_SERVICE] = { AUTH_FAILED "the credential scope's service is not " SIG_SERVICE,
+				"scope service is not " SIG_SERVICE },
+	[SIG_UNREADABLE]    = { AUTH_FAILED "verify aksk signature fail",
 				"a signed header is missing, or the request is too big to sign" },
-	[SIG_BAD_AK]        = { IAM_ERROR "verify aksk signature fail", "unknown AK" },
-	[SIG_MISMATCH]      = { IAM_ERROR "verify aksk signature fail", "signature mismatch" },
+	[SIG_BAD_AK]        = { AUTH_FAILED "verify aksk signature fail", "unknown AK" },
+	[SIG_MISMATCH]      = { AUTH_FAILED "verify aksk signature fail", "signature mismatch" },
 };
 
 static int put(struct sb_rxbuf *b, const char *s)	/* appends a string; -1 past CANON_MAX */
@@ -1263,31 +1370,72 @@ static int canonical_hash(struct sig_req *q, const char *names, char out[HEX256]
 	return rc ? -1 : 0;
 }
 
-static void sig_hmac(const char *sk, const char *date, const char *hash,
-		     char out[HEX256])	/* hex(HMAC-SHA256(SK, StringToSign)) */
+static void hmac_hex(const void *key, size_t klen, const char *msg, char out[HEX256])	/* hex(HMAC-SHA256(key, msg)) */
 {
-	char sts[sizeof SIG_ALGORITHM + 32 + HEX256];
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	unsigned int n = 0;
 
-	snprintf(sts, sizeof sts, SIG_ALGORITHM "\n%s\n%s", date, hash);
-	if (!HMAC(EVP_sha256(), sk, (int)strlen(sk), (const unsigned char *)sts, strlen(sts), mac,
-		  &n) || n != SHA256_DIGEST_LENGTH)
+	if (!HMAC(EVP_sha256(), key, (int)klen, (const unsigned char *)msg, strlen(msg), mac, &n) ||
+	    n != SHA256_DIGEST_LENGTH)
 		abort();
 	hex_encode(mac, n, out);
 	OPENSSL_cleanse(mac, sizeof mac);
 }
 
-static const struct auth_member {	/* the members of an SDK-HMAC-SHA256 Authorization */
+/* RFC 5869 with one block of output, which 32 bytes are: the extract step
+ * PRK = HMAC(salt AK, SK), the expand step HMAC(PRK, Scope || 0x01). */
+static void derived_key(const char *ak, const char *sk, const char *scope,
+			char out[HEX256])	/* hex(HKDF-SHA256(SK, AK, scope, 32)) */
+{
+	unsigned char prk[EVP_MAX_MD_SIZE], okm[EVP_MAX_MD_SIZE], info[SCOPE_MAX + 1];
+	unsigned int n = 0, m = 0;
+	size_t il = strlen(scope);
+
+	if (il > SCOPE_MAX)
+		abort();
+	memcpy(info, scope, il);
+	info[il] = 0x01;
+	if (!HMAC(EVP_sha256(), ak, (int)strlen(ak), (const unsigned char *)sk, strlen(sk), prk,
+		  &n) || !HMAC(EVP_sha256(), prk, (int)n, info, il + 1, okm, &m) ||
+	    m != SHA256_DIGEST_LENGTH)
+		abort();
+	hex_encode(okm, m, out);
+	OPENSSL_cleanse(prk, sizeof prk);
+	OPENSSL_cleanse(okm, sizeof okm);
+}
+
+/* scope NULL: SDK-HMAC-SHA256, keyed with the SK; else V11-HMAC-SHA256,
+ * keyed with the key derived for that scope. */
+static void sig_sign(const char *ak, const char *sk, const char *scope, const char *date,
+		     const char *hash, char out[HEX256])	/* hex(HMAC-SHA256(key, StringToSign)) */
+{
+	char sts[STS_MAX], key[HEX256];
+
+	if (!scope) {
+		snprintf(sts, sizeof sts, SIG_BASIC "\n%s\n%s", date, hash);
+		hmac_hex(sk, strlen(sk), sts, out);
+		return;
+	}
+	snprintf(sts, sizeof sts, SIG_DERIVED "\n%s\n%s\n%s", date, scope, hash);
+	derived_key(ak, sk, scope, key);
+	hmac_hex(key, strlen(key), sts, out);
+	OPENSSL_cleanse(key, sizeof key);
+}
+
+static const struct auth_member {	/* the members of an Authorization */
 	const char *name;
+	int scheme;			/* the one scheme that has it; SCHEMES: both */
 	size_t off, size;
 } auth_members[] = {
-	{ "Access=",        offsetof(struct sig_auth, access),    AK_MAX + 1 },
-	{ "SignedHeaders=", offsetof(struct sig_auth, names),     HEADER_MAX },
-	{ "Signature=",     offsetof(struct sig_auth, signature), HEX256 },
+	{ "Access=",        SCHEME_BASIC,   offsetof(struct sig_auth, access),
+	  sizeof ((struct sig_auth *)0)->access },
+	{ "Credential=",    SCHEME_DERIVED, offsetof(struct sig_auth, credential),
+	  sizeof ((struct sig_auth *)0)->credential },
+	{ "SignedHeaders=", SCHEMES,        offsetof(struct sig_auth, names),      HEADER_MAX },
+	{ "Signature=",     SCHEMES,        offsetof(struct sig_auth, signature),  HEX256 },
 };
 
-static int auth_member(struct sig_auth *au, const char *s, size_t n)	/* one Name=value: 0 if known, new and fits */
+static int auth_member(struct sig_auth *au, const char *s, size_t n)	/* one Name=value: 0 if the scheme's, new and fits */
 {
 	size_t i;
 
@@ -1296,7 +1444,8 @@ static int auth_member(struct sig_auth *au, const char *s, size_t n)	/* one Name
 		size_t nl = strlen(m->name);
 		char *dst = (char *)au + m->off;
 
-		if (n < nl || strncmp(s, m->name, nl))
+		if (n < nl || strncmp(s, m->name, nl) ||
+		    (m->scheme != SCHEMES && m->scheme != (int)au->scheme))
 			continue;
 		if (n - nl >= m->size || dst[0])
 			return -1;
@@ -1307,14 +1456,46 @@ static int auth_member(struct sig_auth *au, const char *s, size_t n)	/* one Name
 	return -1;
 }
 
-static int auth_parse(const char *h, struct sig_auth *au)	/* 0 if SDK-HMAC-SHA256 with all three members */
+/* The scope is the Credential's last three '/'-separated parts: the AK
+ * before them may hold a '/' (--ak allows one). */
+static int credential_split(struct sig_auth *au)	/* Credential=AK/scope: 0 if both fit */
 {
-	size_t al = strlen(SIG_ALGORITHM);
+	const char *c = au->credential;
+	size_t n = strlen(c);
+	int slashes = 0;
+
+	while (n && (slashes += c[n - 1] == '/') < 3)
+		n--;
+	if (slashes < 3 || n - 1 > AK_MAX || strlen(c + n) > SCOPE_MAX)
+		return -1;
+	memcpy(au->access, c, n - 1);
+	au->access[n - 1] = '\0';
+	strcpy(au->scope, c + n);
+	return 0;
+}
+
+static int scheme_of(const char *h)	/* the scheme h starts with (then a blank), or -1 */
+{
+	int i;
+
+	for (i = 0; i < SCHEMES; i++) {
+		size_t n = strlen(sig_schemes[i].name);
+
+		if (!strncmp(h, sig_schemes[i].name, n) && h[n] == ' ')
+			return i;
+	}
+	return -1;
+}
+
+static int auth_parse(const char *h, struct sig_auth *au)	/* 0 if a known scheme with all its members */
+{
+	int scheme = scheme_of(h);
 
 	memset(au, 0, sizeof(*au));
-	if (strncmp(h, SIG_ALGORITHM, al) || h[al] != ' ')
+	if (scheme < 0)
 		return -1;
-	for (h += al; *h; ) {
+	au->scheme = (enum scheme)scheme;
+	for (h += strlen(sig_schemes[scheme].name); *h; ) {
 		size_t n;
 
 		h += strspn(h, " ,");
@@ -1323,6 +1504,8 @@ static int auth_parse(const char *h, struct sig_auth *au)	/* 0 if SDK-HMAC-SHA25
 			return -1;
 		h += n;
 	}
+	if (au->scheme == SCHEME_DERIVED && credential_split(au))
+		return -1;
 	return au->access[0] && au->names[0] && au->signature[0] ? 0 : -1;
 }
 
@@ -1372,28 +1555,63 @@ static int sdk_date(const char *s, time_t *t)	/* YYYYMMDDTHHMMSSZ, UTC */
 	return strcmp(back, s) ? -1 : 0;
 }
 
-static enum sig_result sig_verify(const char *ak, const char *sk, struct sig_req *q,
+/* credential_split() leaves exactly two '/' in a scope. */
+static enum sig_result scope_check(const char *scope, const char *date,
+				   const char *region)	/* YYYYMMDD/region/iotdm, the date X-Sdk-Date's */
+{
+	static const enum sig_result wrong[] = { SIG_SCOPE_DATE, SIG_SCOPE_REGION,
+						 SIG_SCOPE_SERVICE };
+	const char *want[] = { date, region, SIG_SERVICE };
+	const size_t want_len[] = { 8, strlen(region), strlen(SIG_SERVICE) };
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(wrong); i++) {
+		size_t n = strcspn(scope, "/");
+
+		if (n != want_len[i] || strncmp(scope, want[i], n))
+			return wrong[i];
+		scope += n + (scope[n] == '/');
+	}
+	return SIG_OK;
+}
+
+static enum sig_result sig_precheck(const struct sig_keys *k, const struct sig_req *q,
+				    const struct sig_auth *au, time_t now,
+				    char date[17])	/* what needs no hashing: the date, the names, the scope */
+{
+	char raw[64], *d;
+	time_t t;
+
+	if (q->header(q->ctx, "x-sdk-date", raw, sizeof raw) < 0 || sdk_date(d = trim(raw), &t))
+		return SIG_NO_DATE;
+	memcpy(date, d, 17);	/* sdk_date(): 16 characters */
+	if (t > now + SIG_SKEW || t < now - SIG_SKEW)
+		return SIG_SKEWED;
+	if (!names_have(au->names, "x-sdk-date"))
+		return SIG_DATE_UNSIGNED;
+	if (!names_have(au->names, "host"))
+		return SIG_HOST_UNSIGNED;
+	return au->scheme == SCHEME_DERIVED ? scope_check(au->scope, date, k->region) : SIG_OK;
+}
+
+static enum sig_result sig_verify(const struct sig_keys *k, struct sig_req *q,
 				  const char *authz, time_t now)	/* checks one signed request */
 {
 	struct sig_auth au;
-	char raw[64], *date = raw, hash[HEX256], want[HEX256];
-	time_t t;
+	char date[17], hash[HEX256], want[HEX256];
+	enum sig_result e;
 	int match;
 
 	if (auth_parse(authz, &au) || !names_valid(au.names))
 		return SIG_MALFORMED;
-	if (q->header(q->ctx, "x-sdk-date", raw, sizeof raw) < 0 || sdk_date(date = trim(raw), &t))
-		return SIG_NO_DATE;
-	if (t > now + SIG_SKEW || t < now - SIG_SKEW)
-		return SIG_SKEWED;
-	if (!names_have(au.names, "x-sdk-date"))
-		return SIG_DATE_UNSIGNED;
+	if ((e = sig_precheck(k, q, &au, now, date)) != SIG_OK)
+		return e;
 	if (canonical_hash(q, au.names, hash))
 		return SIG_UNREADABLE;
-	sig_hmac(sk, date, hash, want);
+	sig_sign(k->ak, k->sk, au.scheme == SCHEME_DERIVED ? au.scope : NULL, date, hash, want);
 	match = CRYPTO_memcmp(want, au.signature, sizeof want) == 0;
 	OPENSSL_cleanse(want, sizeof want);
-	if (!token_equal(au.access, ak))
+	if (!token_equal(au.access, k->ak))
 		return SIG_BAD_AK;
 	return match ? SIG_OK : SIG_MISMATCH;
 }
@@ -1597,6 +1815,117 @@ static int rest_list(struct rest_args *a)	/* GET /v5/iot/{project_id}/tunnels[?d
 	return 200;
 }
 
+static void record_marker(uint64_t record, char out[MARKER_LEN + 1])	/* a record id as a marker */
+{
+	snprintf(out, MARKER_LEN + 1, "%0*" PRIx64, MARKER_LEN, record);
+}
+
+static int marker_record(const char *s, uint64_t *record)	/* a marker we handed out: 0, and its record */
+{
+	char back[MARKER_LEN + 1];
+
+	if (strlen(s) != MARKER_LEN || strspn(s, "0123456789abcdef") != MARKER_LEN)
+		return -1;
+	*record = strtoull(s + MARKER_LEN - 16, NULL, 16);
+	record_marker(*record, back);
+	return strcmp(back, s) ? -1 : 0;
+}
+
+static cJSON *device_info(const struct device *d)	/* an IoTDA QueryDeviceSimplify */
+{
+	cJSON *o = cJSON_CreateObject();
+	size_t i;
+
+	cJSON_AddStringToObject(o, "device_id", d->id);
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++)
+		if (device_text(d, i))
+			cJSON_AddStringToObject(o, device_fields[i].json, device_text(d, i));
+	cJSON_AddStringToObject(o, "gateway_id", d->id);	/* directly connected */
+	cJSON_AddStringToObject(o, "node_type", "GATEWAY");
+	cJSON_AddStringToObject(o, "status", device_status(d));
+	return o;
+}
+
+struct device_query {		/* ListDevices' query parameters */
+	long limit, offset;
+	uint64_t below;			/* records under this one; the marker */
+	char buf[DEV_TEXTS][TEXT_MAX + 32];
+	const char *filter[DEV_TEXTS];	/* NULL: any */
+};
+
+static int device_query(const struct rest_in *in, struct device_query *dq)	/* 0, or -1 if a parameter is bad */
+{
+	char buf[64];
+	const char *v;
+	size_t i;
+
+	memset(dq, 0, sizeof(*dq));
+	dq->limit = PAGE_DEFAULT;
+	dq->below = UINT64_MAX;
+	if (((v = rest_arg(in, "limit=", buf, sizeof buf)) && parse_long(v, 1, PAGE_MAX, &dq->limit)) ||
+	    ((v = rest_arg(in, "offset=", buf, sizeof buf)) &&
+	     parse_long(v, 0, OFFSET_MAX, &dq->offset)) ||
+	    ((v = rest_arg(in, "marker=", buf, sizeof buf)) && marker_record(v, &dq->below)))
+		return -1;
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++) {
+		char prefix[32];
+
+		snprintf(prefix, sizeof prefix, "%s=", device_fields[i].json);
+		if (device_fields[i].filter)
+			dq->filter[i] = rest_arg(in, prefix, dq->buf[i], sizeof dq->buf[i]);
+	}
+	return 0;
+}
+
+static int device_matches(const struct device *d, const struct device_query *dq)	/* passes every filter */
+{
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(dq->filter); i++)
+		if (dq->filter[i] && (!device_text(d, i) || strcmp(dq->filter[i], device_text(d, i))))
+			return 0;
+	return 1;
+}
+
+/* Newest first; a page starts below the marker (the last record of the
+ * one before), skips offset, holds limit; count is every device the
+ * filters pass. */
+static int rest_devices(struct rest_args *a)	/* GET /v5/iot/{project_id}/devices */
+{
+	struct device_query dq;
+	cJSON *list, *page;
+	const struct device *last = NULL;
+	long count = 0, taken = 0;
+	char marker[MARKER_LEN + 1];
+	lws_dll2_t *d;
+
+	if (device_query(a->in, &dq))
+		return rest_error(a, 400, "IOTDA.000006", "Invalid input data: limit (1-50), "
+				  "offset (0-500), marker (from the page before).");
+	list = cJSON_CreateArray();
+	for (d = lws_dll2_get_tail(&a->r->devices); d; d = d->prev) {
+		const struct device *dev = lws_container_of(d, struct device, list);
+
+		if (!device_matches(dev, &dq))
+			continue;
+		count++;
+		if (dev->record >= dq.below || dq.offset-- > 0 || taken == dq.limit)
+			continue;
+		cJSON_AddItemToArray(list, device_info(dev));
+		last = dev;
+		taken++;
+	}
+	a->out = cJSON_CreateObject();
+	cJSON_AddItemToObject(a->out, "devices", list);
+	page = cJSON_AddObjectToObject(a->out, "page");
+	cJSON_AddNumberToObject(page, "count", (double)count);
+	if (last) {
+		record_marker(last->record, marker);
+		cJSON_AddStringToObject(page, "marker", marker);
+	}
+	return 200;
+}
+
 static int rest_show(struct rest_args *a)	/* GET /v5/iot/{project_id}/tunnels/{tunnel_id} */
 {
 	struct tunnel *t = tunnel_find(a->r, a->tunnel);
@@ -1654,6 +1983,7 @@ static const struct rest_route {	/* the REST API: method, path pattern, handler 
 	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_show,   1 },
 	{ LWSHUMETH_PUT,    "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_close,  1 },
 	{ LWSHUMETH_DELETE, "/v5/iot/{project_id}/tunnels/{tunnel_id}", rest_delete, 1 },
+	{ LWSHUMETH_GET,    "/v5/iot/{project_id}/devices",             rest_devices, 0 },
 	{ LWSHUMETH_GET,    "/sandbox/tunnels/{tunnel_id}/notify",      rest_notify, 0 },
 };
 
@@ -1733,19 +2063,21 @@ static int query_args(const struct rest_in *in, struct sig_req *q, char *store, 
 
 static enum sig_result rest_signature(struct rest_args *a, const char *authz)	/* checks the request's signature */
 {
+	struct relay *r = a->r;
 	struct rest_call *c = &a->p->call;
 	char store[HEADER_MAX + SIG_ARGS_MAX + 1];
+	struct sig_keys k = { r->ak, r->sk, r->region };
 	struct sig_req q = { .method = method_name[c->method], .path = c->path,
 			     .header = a->in->header, .ctx = a->in->ctx,
 			     .body = c->body.p, .body_len = c->body.len };
 
 	if (query_args(a->in, &q, store, sizeof store))
 		return SIG_UNREADABLE;
-	return sig_verify(a->r->ak, a->r->sk, &q, authz, time(NULL));
+	return sig_verify(&k, &q, authz, time(NULL));
 }
 
-/* A good X-Auth-Token or a good signature lets the call in.  Refusals are
- * IoTDA's for a token, the API gateway's (APIGW.0301) for a signature. */
+/* A good X-Auth-Token or a good signature lets the call in; every refusal
+ * is IoTDA's 401 IOTDA.000002, whichever failed. */
 static int rest_auth(struct rest_args *a)	/* 0, or the 401 to answer */
 {
 	struct relay *r = a->r;
@@ -1756,14 +2088,51 @@ static int rest_auth(struct rest_args *a)	/* 0, or the 401 to answer */
 		return 0;
 	if (!r->ak || a->in->header(a->in->ctx, "authorization", authz, sizeof authz) <= 0) {
 		a->note = r->api_token ? "X-Auth-Token refused" : "no Authorization";
-		return r->api_token ? rest_error(a, 401, "IOTDA.000002", "Authentication failed: "
-						 "missing or wrong X-Auth-Token.") :
-				      rest_error(a, 401, "APIGW.0301", IAM_ERROR "no "
-						 SIG_ALGORITHM " Authorization header");
+		return rest_error(a, 401, AUTH_CODE, r->api_token ?
+				  AUTH_FAILED "missing or wrong X-Auth-Token." :
+				  AUTH_FAILED "no " SIG_BASIC " or " SIG_DERIVED
+				  " Authorization header");
 	}
 	e = rest_signature(a, authz);
-	a->note = sig_errors[e].why;
-	return e == SIG_OK ? 0 : rest_error(a, 401, "APIGW.0301", sig_errors[e].msg);
+	if (e != SIG_OK) {
+		a->note = sig_errors[e].why;
+		return rest_error(a, 401, AUTH_CODE, sig_errors[e].msg);
+	}
+	a->note = sig_schemes[scheme_of(authz)].note;
+	return 0;
+}
+
+/* A token bucket of rate_limit tokens, refilled at rate_limit a second, a
+ * token a call; counted in millionths of a token, so refilling is exact. */
+static int rate_take(struct relay *r)	/* 1 if a REST call may go now; counts it */
+{
+	const uint64_t one = 1000000, full = (uint64_t)r->rate_limit * one;
+	lws_usec_t now = lws_now_usecs(), elapsed = now - r->bucket_at;
+
+	if (r->rate_limit) {
+		r->bucket = elapsed >= LWS_US_PER_SEC ? full :
+			    r->bucket + (uint64_t)elapsed * (uint64_t)r->rate_limit;
+		r->bucket = r->bucket < full ? r->bucket : full;
+		r->bucket_at = now;
+		if (r->bucket < one) {
+			r->throttled++;
+			return 0;
+		}
+		r->bucket -= one;
+	}
+	r->served++;
+	return 1;
+}
+
+static int rest_throttled(struct rest_args *a)	/* 429 IOTDA.021101, the counts in the log */
+{
+	struct relay *r = a->r;
+
+	snprintf(a->note_buf, sizeof a->note_buf, "over %ld calls a second: %lu served, %lu refused",
+		 r->rate_limit, r->served, r->throttled);
+	a->note = a->note_buf;
+	return rest_error(a, 429, "IOTDA.021101", "Too many requests: the API's flow control "
+			  "refused the call; retry later.");
 }
 
 static int rest_route(struct rest_args *a, const struct rest_route **hit)	/* finds and runs a handler */
@@ -1781,6 +2150,8 @@ static int rest_route(struct rest_args *a, const struct rest_route **hit)	/* fin
 	if (!a->r->api_token && !a->r->ak)
 		return rest_error(a, 404, "IOTDA.000404", "The REST API is off: start the "
 				  "relay with --api-token or --ak and --sk-file.");
+	if (!rate_take(a->r))
+		return rest_throttled(a);
 	if (!*hit)
 		return path_known ? rest_error(a, 405, "IOTDA.000405", "Method not allowed.") :
 				    rest_error(a, 404, "IOTDA.000404", "No such API.");
@@ -1996,29 +2367,49 @@ static const char usage_text[] =
 	"  --api-token TOKEN      enable the REST API, guarded by X-Auth-Token\n"
 	"  --api-token-file FILE  the same, token read from FILE\n"
 	"  --ak AK --sk-file FILE enable the REST API for calls signed with this AK/SK\n"
-	"                         (SDK-HMAC-SHA256, as Huawei Cloud's API gateway);\n"
-	"                         the SK is read from FILE only, and never logged\n"
-	"  --devices FILE         JSON array of the device ids that exist; creating a\n"
-	"                         tunnel for another is 404 (default: any id exists)\n"
+	"                         (SDK-HMAC-SHA256 or the derived V11-HMAC-SHA256, as\n"
+	"                         Huawei Cloud's API gateway); the SK is read from\n"
+	"                         FILE only, and never logged\n"
+	"  --region REGION        the region a derived signature's scope must name\n"
+	"                         (default " DEFAULT_REGION ")\n"
+	"  --devices FILE         JSON array of the devices that exist, each an id or\n"
+	"                         {device_id, name, node_id, product_id, product_name,\n"
+	"                         status}; creating a tunnel for another is 404\n"
+	"                         (default: any id exists)\n"
 	"  --require-online       creating a tunnel for an offline device is 400 (a\n"
 	"                         device is online while its events channel is open)\n"
 	"  --no-tunnel-edition    every tunnel API call is 403, as on an instance whose\n"
 	"                         edition has no secure tunnels\n"
-	"  --auth-close           refuse bad tokens with close 1002, not HTTP 401/404\n"
-	"  --max-message BYTES    largest message relayed (default 10240)\n"
+	"  --auth-close           refuse bad tokens on both routes with close 1002 after\n"
+	"                         the upgrade (default: the app route answers HTTP\n"
+	"                         401/404, the device route closes 1002)\n"
+	"  --device-auth http|close  how the device route refuses a bad token or\n"
+	"                         tunnel: HTTP 401/404, or close 1002 (default)\n"
+	"  --max-message BYTES    largest message relayed from the app (default 10240)\n"
+	"  --max-device-message BYTES  largest message relayed from the device\n"
+	"                         (default 16384)\n"
+	"  --rate-limit N         at most N REST calls a second, the whole relay (a\n"
+	"                         token bucket of N); more are refused 429\n"
+	"                         IOTDA.021101 (default 0: no limit)\n"
 	"  --delay-ms N           delay every message sent by N ms\n"
 	"  --cut-after ROLE:N     drop ROLE's (app|device) TCP connection after\n"
 	"                         relaying N messages from it (once per tunnel)\n"
 	"  --stall-after N        after N relayed messages, read nothing more\n"
 	"  --self-check           check the AK/SK verifier against the worked example\n"
-	"                         of Huawei Cloud's API Request Signing Guide; exit\n"
+	"                         of Huawei Cloud's API Request Signing Guide and a\n"
+	"                         derived signature made by Huawei's own SDK; exit\n"
 	"  --help                 this text\n"
 	"REST (with --api-token or --ak): a call needs a good X-Auth-Token header or a\n"
 	"good signature (Authorization: SDK-HMAC-SHA256 Access=AK, SignedHeaders=...,\n"
-	"Signature=HEX; X-Sdk-Date: YYYYMMDDTHHMMSSZ, signed, within 15 minutes).\n"
+	"Signature=HEX, or V11-HMAC-SHA256 Credential=AK/YYYYMMDD/REGION/iotdm,\n"
+	"SignedHeaders=..., Signature=HEX; host and X-Sdk-Date: YYYYMMDDTHHMMSSZ\n"
+	"signed, the date within 15 minutes).  Refusals: 401 IOTDA.000002.\n"
 	"An Instance-Id header is accepted, signed or not.\n"
 	"  POST /v5/iot/{project_id}/tunnels {\"device_id\"}   create: 201\n"
 	"  GET  /v5/iot/{project_id}/tunnels[?device_id=]     list\n"
+	"  GET  /v5/iot/{project_id}/devices[?limit=1..50&marker=&offset=0..500\n"
+	"       &product_id=&device_name=&node_id=]  devices, newest first: status\n"
+	"       ONLINE while the events channel is open, else --devices' or OFFLINE\n"
 	"  GET|PUT|DELETE /v5/iot/{project_id}/tunnels/{id}  show | close | delete\n"
 	"  GET  /sandbox/tunnels/{id}/notify   the device's tunnel_notify event\n"
 	"Device events, the stand-in for each device's MQTT connection.  It has no\n"
@@ -2093,13 +2484,34 @@ static int opt_require_online(struct relay *r, const char *v) { (void)v; r->requ
 static int opt_no_tunnel_edition(struct relay *r, const char *v) { (void)v; r->no_tunnel_edition = 1; return 0; }	/* --no-tunnel-edition */
 static int opt_self_check(struct relay *r, const char *v) { (void)v; r->self_check = 1; return 0; }	/* --self-check */
 
-static int opt_max_message(struct relay *r, const char *v)	/* --max-message BYTES */
+static int max_message(struct relay *r, enum role role, const char *v)	/* one role's message limit */
 {
 	long n;
 
 	if (parse_long(v, 1, MAX_MESSAGE_LIMIT, &n))
 		return -1;
-	r->max_message = (size_t)n;
+	r->max_message[role] = (size_t)n;
+	return 0;
+}
+
+static int opt_max_message(struct relay *r, const char *v) { return max_message(r, ROLE_APP, v); }	/* --max-message BYTES */
+static int opt_max_device_message(struct relay *r, const char *v) { return max_message(r, ROLE_DEVICE, v); }	/* --max-device-message BYTES */
+
+static int opt_region(struct relay *r, const char *v)	/* --region REGION: 1-63 of [a-z0-9-] */
+{
+	size_t n = strlen(v);
+
+	if (!n || n > REGION_MAX || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789-") != n)
+		return -1;
+	r->region = v;
+	return 0;
+}
+
+static int opt_device_auth(struct relay *r, const char *v)	/* --device-auth close|http */
+{
+	if (strcmp(v, "close") && strcmp(v, "http"))
+		return -1;
+	r->device_auth_http = !strcmp(v, "http");
 	return 0;
 }
 
@@ -2131,6 +2543,11 @@ static int opt_cut_after(struct relay *r, const char *v)	/* --cut-after ROLE:N *
 	return -1;
 }
 
+static int opt_rate_limit(struct relay *r, const char *v)	/* --rate-limit N */
+{
+	return parse_long(v, 0, RATE_MAX, &r->rate_limit);
+}
+
 static int opt_stall_after(struct relay *r, const char *v)	/* --stall-after N */
 {
 	return parse_long(v, 0, LONG_MAX, &r->stall_after);
@@ -2153,8 +2570,12 @@ static const struct option_def {	/* the command line, one row per option */
 	{ "--require-online", opt_require_online, 0 },
 	{ "--no-tunnel-edition", opt_no_tunnel_edition, 0 },
 	{ "--self-check",     opt_self_check,     0 },
+	{ "--region",         opt_region,         1 },
 	{ "--auth-close",     opt_auth_close,     0 },
+	{ "--device-auth",    opt_device_auth,    1 },
 	{ "--max-message",    opt_max_message,    1 },
+	{ "--max-device-message", opt_max_device_message, 1 },
+	{ "--rate-limit",     opt_rate_limit,     1 },
 	{ "--delay-ms",       opt_delay_ms,       1 },
 	{ "--cut-after",      opt_cut_after,      1 },
 	{ "--stall-after",    opt_stall_after,    1 },
@@ -2242,17 +2663,76 @@ static int load_tunnel(struct relay *r, const cJSON *o, int n)	/* one entry of -
 	return 0;
 }
 
+static int valid_text(const char *s)	/* 1-256 bytes, no control characters */
+{
+	size_t i, len = strlen(s);
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return len >= 1 && len <= TEXT_MAX;
+}
+
+static const char *status_of(const char *s)	/* IoTDA's spelling of a status, or NULL */
+{
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(device_statuses); i++)
+		if (!strcmp(s, device_statuses[i]))
+			return device_statuses[i];
+	return NULL;
+}
+
+static int details_valid(const cJSON *o)	/* an object's details are strings of the right kind */
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "status");
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++) {
+		const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, device_fields[i].member);
+
+		if (f && !(cJSON_IsString(f) && valid_text(f->valuestring)))
+			return 0;
+	}
+	return !v || (cJSON_IsString(v) && status_of(v->valuestring));
+}
+
+static void details_take(struct device *d, const cJSON *o)	/* a valid object's details */
+{
+	const char *status = json_str(o, "status");
+	size_t i;
+
+	for (i = 0; i < LWS_ARRAY_SIZE(device_fields); i++) {
+		const char *v = json_str(o, device_fields[i].member);
+
+		if (v && !(d->text[i] = strdup(v)))
+			abort();
+	}
+	d->status = status ? status_of(status) : NULL;
+}
+
+/* An entry is a device id, or {"device_id", and optional "name", "node_id",
+ * "product_id", "product_name", "status"}.  A device listed again keeps
+ * its first entry's details. */
 static int load_device(struct relay *r, const cJSON *o, int n)	/* one entry of --devices */
 {
-	const char *id = cJSON_IsString(o) ? o->valuestring : NULL;
+	const char *id = cJSON_IsString(o) ? o->valuestring : json_str(o, "device_id");
+	struct device *d;
 
-	if (!id || !valid_id(id, strlen(id))) {
-		sb_log("%s: entry %d: not a device id (1-128 of A-Z a-z 0-9 _ -)",
-		       r->devices_file, n);
+	if (!id || !valid_id(id, strlen(id)) || (cJSON_IsObject(o) && !details_valid(o))) {
+		sb_log("%s: entry %d: neither a device id (1-128 of A-Z a-z 0-9 _ -) nor {device_id, "
+		       "name, node_id, product_id, product_name (1-256 bytes), status (ONLINE, "
+		       "OFFLINE, ABNORMAL, INACTIVE or FROZEN)}", r->devices_file, n);
 		return -1;
 	}
-	if (!device_find(r, id))
-		device_add(r, id)->listed = 1;
+	d = device_find(r, id);
+	if (!d)
+		d = device_add(r, id);
+	if (d->listed)
+		return 0;
+	d->listed = 1;
+	if (cJSON_IsObject(o))
+		details_take(d, o);
 	return 0;
 }
 
@@ -2285,94 +2765,184 @@ static int load_array(struct relay *r, const char *path,
 
 /*** self-check *************************************************************/
 
-/* The worked example of Huawei Cloud's API Request Signing Guide: GET
- * https://service.region.example.com/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs
- * ?limit=2&marker=13551d6b-755d-4757-b956-536f674975c0, empty body. */
+/* Two worked examples.  The basic one is the API Request Signing Guide's:
+ * GET https://service.region.example.com/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs
+ * ?limit=2&marker=13551d6b-755d-4757-b956-536f674975c0, empty body.  The
+ * derived one was signed by Huawei's own Node.js SDK
+ * (@huaweicloud/huaweicloud-sdk-core 3.1.211, DerivedAKSKSigner with
+ * processDerivedAuthParams("iotdm", "cn-north-4")): POST
+ * https://iotda.example.com/v5/iot/0a1b2c3d4e5f/tunnels {"device_id":"dev-1"}. */
 #define EX_AK	"QTWAOYTTINDUT2QVKYUC"
 #define EX_SK	"MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc"
 #define EX_DATE	"20191115T033655Z"
-#define EX_HASH	"b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a"
 #define EX_SIG	"7be6668032f70418fcc22abc52071e57aff61b84a1d2381bb430d6870f4f6ebe"
-#define EX_AUTH	SIG_ALGORITHM " Access=" EX_AK ", SignedHeaders=content-type;host;x-sdk-date, " \
-		"Signature=" EX_SIG
+#define EX_AUTH	SIG_BASIC " Access=" EX_AK ", SignedHeaders=" EX_NAMES ", Signature=" EX_SIG
+#define DX_AK	"HPUAEXAMPLEAK4IOTDA7"
+#define DX_SK	"tN3vX8qLr2Wm5Yk0Jd7Fs9Bc4Hg6Ue1Zp3Oa8Ri5"
+#define DX_DATE	"20261206T080000Z"
+#define DX_SCOPE "20261206/" DEFAULT_REGION "/" SIG_SERVICE
+#define DX_SIG	"1d5cdfe572f9d73d597bce310de5e8f73ea25fce9a3820cc6847dddf1e22262a"
+#define DX_AUTH(scope, names, sig) SIG_DERIVED " Credential=" DX_AK "/" scope \
+		", SignedHeaders=" names ", Signature=" sig
+#define EX_NAMES "content-type;host;x-sdk-date"	/* both examples sign these */
 
-static const char *const ex_headers[][2] = {	/* the example's headers */
-	{ "content-type", "application/json" },
-	{ "host", "service.region.example.com" },
-	{ "x-sdk-date", EX_DATE },
+struct example {		/* a request signed by the book, and what it signs to */
+	const char *name, *method, *path, *query[2], *body;
+	const char *headers[3][2];	/* in EX_NAMES order */
+	const char *ak, *sk, *scope;	/* scope NULL: basic */
+	const char *hash, *key, *sig, *authz;	/* key: a derived one's */
 };
 
-static int ex_header(void *ctx, const char *name, char *out, size_t size)	/* one of ex_headers */
+static const struct example ex_basic = {	/* its query out of order */
+	"basic", "GET", "/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs",
+	{ "marker=13551d6b-755d-4757-b956-536f674975c0", "limit=2" }, NULL,
+	{ { "content-type", "application/json" }, { "host", "service.region.example.com" },
+	  { "x-sdk-date", EX_DATE } },
+	EX_AK, EX_SK, NULL, "b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a",
+	NULL, EX_SIG, EX_AUTH,
+}, ex_derived = {
+	"derived", "POST", "/v5/iot/0a1b2c3d4e5f/tunnels", { NULL, NULL },
+	"{\"device_id\":\"dev-1\"}",
+	{ { "content-type", "application/json" }, { "host", "iotda.example.com" },
+	  { "x-sdk-date", DX_DATE } },
+	DX_AK, DX_SK, DX_SCOPE, "d1e0bbdd3571f03ea0143a4a541a4e3f451f3099d0080a8d921819dba4a7d26c",
+	"7f3c5d83b799099ce04ba9b9c2a02d7f002ba0f0ced0345bdd0a52a04e181392", DX_SIG,
+	DX_AUTH(DX_SCOPE, EX_NAMES, DX_SIG),
+};
+
+static int ex_header(void *ctx, const char *name, char *out, size_t size)	/* one of the example's headers */
 {
+	const struct example *ex = ctx;
 	size_t i;
 
-	(void)ctx;
-	for (i = 0; i < LWS_ARRAY_SIZE(ex_headers); i++)
-		if (!strcmp(ex_headers[i][0], name))
-			return snprintf(out, size, "%s", ex_headers[i][1]);
+	for (i = 0; i < LWS_ARRAY_SIZE(ex->headers); i++)
+		if (!strcmp(ex->headers[i][0], name))
+			return snprintf(out, size, "%s", ex->headers[i][1]);
 	return -1;
 }
 
-static void ex_request(struct sig_req *q)	/* the example, its query out of order */
+static void ex_request(struct sig_req *q, const struct example *ex)	/* the example as the verifier sees it */
 {
+	size_t i;
+
 	memset(q, 0, sizeof(*q));
-	q->method = "GET";
-	q->path = "/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs";
-	q->args[q->nargs++] = "marker=13551d6b-755d-4757-b956-536f674975c0";
-	q->args[q->nargs++] = "limit=2";
+	q->method = ex->method;
+	q->path = ex->path;
+	for (i = 0; i < LWS_ARRAY_SIZE(ex->query) && ex->query[i]; i++)
+		q->args[q->nargs++] = ex->query[i];
 	q->header = ex_header;
+	q->ctx = (void *)ex;
+	q->body = ex->body;
+	q->body_len = ex->body ? strlen(ex->body) : 0;
 }
 
-static const struct ex_case {	/* sig_verify on the example, and what it must say */
-	const char *name, *ak, *sk, *authz;
+static const struct ex_case {	/* sig_verify on an example, and what it must say */
+	const char *name;
+	const struct example *ex;
+	const char *ak, *sk, *region, *authz;	/* NULL: the example's, DEFAULT_REGION */
 	long clock;			/* the relay's clock, from the example's date */
 	enum sig_result want;
 } ex_cases[] = {
-	{ "the example verifies",               EX_AK, EX_SK, EX_AUTH, 0, SIG_OK },
-	{ "14 minutes later it still does",     EX_AK, EX_SK, EX_AUTH, 14 * 60, SIG_OK },
-	{ "16 minutes later it is stale",       EX_AK, EX_SK, EX_AUTH, 16 * 60, SIG_SKEWED },
-	{ "16 minutes earlier too",             EX_AK, EX_SK, EX_AUTH, -16 * 60, SIG_SKEWED },
-	{ "another SK: mismatch",               EX_AK, EX_SK "x", EX_AUTH, 0, SIG_MISMATCH },
-	{ "another AK: refused",                "OTHERAK", EX_SK, EX_AUTH, 0, SIG_BAD_AK },
-	{ "another scheme: malformed",          EX_AK, EX_SK, "Bearer x", 0, SIG_MALFORMED },
-	{ "x-sdk-date unsigned: refused",       EX_AK, EX_SK, SIG_ALGORITHM " Access=" EX_AK
-	  ", SignedHeaders=content-type;host, Signature=" EX_SIG, 0, SIG_DATE_UNSIGNED },
-	{ "a signed header absent: refused",    EX_AK, EX_SK, SIG_ALGORITHM " Access=" EX_AK
-	  ", SignedHeaders=host;x-sdk-date;x-none, Signature=" EX_SIG, 0, SIG_UNREADABLE },
+	{ "the example verifies", &ex_basic, NULL, NULL, NULL, NULL, 0, SIG_OK },
+	{ "14 minutes later it still does", &ex_basic, NULL, NULL, NULL, NULL, 14 * 60, SIG_OK },
+	{ "16 minutes later it is stale", &ex_basic, NULL, NULL, NULL, NULL, 16 * 60, SIG_SKEWED },
+	{ "16 minutes earlier too", &ex_basic, NULL, NULL, NULL, NULL, -16 * 60, SIG_SKEWED },
+	{ "another SK: mismatch", &ex_basic, NULL, EX_SK "x", NULL, NULL, 0, SIG_MISMATCH },
+	{ "another AK: refused", &ex_basic, "OTHERAK", NULL, NULL, NULL, 0, SIG_BAD_AK },
+	{ "another scheme: malformed", &ex_basic, NULL, NULL, NULL, "Bearer x", 0, SIG_MALFORMED },
+	{ "x-sdk-date unsigned: refused", &ex_basic, NULL, NULL, NULL, SIG_BASIC " Access=" EX_AK
+	  ", SignedHeaders=content-type;host, Signature=00", 0, SIG_DATE_UNSIGNED },
+	{ "host unsigned: refused", &ex_basic, NULL, NULL, NULL, SIG_BASIC " Access=" EX_AK
+	  ", SignedHeaders=content-type;x-sdk-date, Signature=00", 0, SIG_HOST_UNSIGNED },
+	{ "a signed header absent: refused", &ex_basic, NULL, NULL, NULL, SIG_BASIC " Access="
+	  EX_AK ", SignedHeaders=host;x-sdk-date;x-none, Signature=00", 0, SIG_UNREADABLE },
+	{ "a Credential in a basic Authorization: malformed", &ex_basic, NULL, NULL, NULL,
+	  SIG_BASIC " Credential=" EX_AK ", SignedHeaders=" EX_NAMES ", Signature=00", 0,
+	  SIG_MALFORMED },
+	{ "the example verifies", &ex_derived, NULL, NULL, NULL, NULL, 0, SIG_OK },
+	{ "16 minutes later: stale", &ex_derived, NULL, NULL, NULL, NULL, 16 * 60,
+	  SIG_SKEWED },
+	{ "another SK: mismatch", &ex_derived, NULL, DX_SK "x", NULL, NULL, 0,
+	  SIG_MISMATCH },
+	{ "another AK: refused", &ex_derived, "OTHERAK", NULL, NULL, NULL, 0,
+	  SIG_BAD_AK },
+	{ "the relay in another region: refused", &ex_derived, NULL, NULL, "cn-east-3",
+	  NULL, 0, SIG_SCOPE_REGION },
+	{ "a scope of the day before: refused", &ex_derived, NULL, NULL, NULL,
+	  DX_AUTH("20261205/" DEFAULT_REGION "/" SIG_SERVICE, EX_NAMES, DX_SIG), 0,
+	  SIG_SCOPE_DATE },
+	{ "another service: refused", &ex_derived, NULL, NULL, NULL,
+	  DX_AUTH("20261206/" DEFAULT_REGION "/iam", EX_NAMES, DX_SIG), 0, SIG_SCOPE_SERVICE },
+	{ "host unsigned: refused", &ex_derived, NULL, NULL, NULL,
+	  DX_AUTH(DX_SCOPE, "content-type;x-sdk-date", DX_SIG), 0, SIG_HOST_UNSIGNED },
+	{ "a scope of two parts: malformed", &ex_derived, NULL, NULL, NULL,
+	  DX_AUTH("20261206/" DEFAULT_REGION, EX_NAMES, DX_SIG), 0, SIG_MALFORMED },
+	{ "an Access in it: malformed", &ex_derived, NULL, NULL, NULL, SIG_DERIVED
+	  " Access=" DX_AK ", SignedHeaders=" EX_NAMES ", Signature=" DX_SIG, 0, SIG_MALFORMED },
+	{ "its signature as a basic one: mismatch", &ex_derived, NULL, NULL, NULL,
+	  SIG_BASIC " Access=" DX_AK ", SignedHeaders=" EX_NAMES ", Signature=" DX_SIG, 0,
+	  SIG_MISMATCH },
 };
 
-static int ex_check(int ok, const char *name)	/* one TAP line; returns ok */
+__attribute__((format(printf, 2, 3)))
+static int ex_check(int ok, const char *fmt, ...)	/* one TAP line; returns ok */
 {
-	printf("%s - %s\n", ok ? "ok" : "not ok", name);
+	va_list ap;
+
+	printf("%s - ", ok ? "ok" : "not ok");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
 	return ok;
+}
+
+static int ex_signs(const struct example *ex)	/* 1 if the example's hash, key and signature come out */
+{
+	struct sig_req q;
+	char hash[HEX256] = "", key[HEX256] = "", sig[HEX256] = "";
+	const char *date = ex->headers[2][1];
+	time_t t;
+	int ok;
+
+	ex_request(&q, ex);
+	ok = ex_check(!sdk_date(date, &t), "%s: X-Sdk-Date %s parses", ex->name, date);
+	ok &= ex_check(!canonical_hash(&q, EX_NAMES, hash) && !strcmp(hash, ex->hash),
+		       "%s: hex(sha256(CanonicalRequest)) %s", ex->name, ex->hash);
+	if (ex->key) {
+		derived_key(ex->ak, ex->sk, ex->scope, key);
+		ok &= ex_check(!strcmp(key, ex->key), "%s: HKDF key %s", ex->name, ex->key);
+	}
+	sig_sign(ex->ak, ex->sk, ex->scope, date, hash, sig);
+	return ok & ex_check(!strcmp(sig, ex->sig), "%s: Signature %s", ex->name, ex->sig);
+}
+
+static int ex_verifies(const struct ex_case *c)	/* 1 if sig_verify says what the case wants */
+{
+	const struct example *ex = c->ex;
+	struct sig_keys k = { c->ak ? c->ak : ex->ak, c->sk ? c->sk : ex->sk,
+			      c->region ? c->region : DEFAULT_REGION };
+	struct sig_req q;
+	time_t t = 0;
+
+	sdk_date(ex->headers[2][1], &t);
+	ex_request(&q, ex);
+	return ex_check(sig_verify(&k, &q, c->authz ? c->authz : ex->authz, t + c->clock) ==
+			c->want, "%s: %s", ex->name, c->name);
 }
 
 static int self_check(void)	/* --self-check: exit status 0 if all agree */
 {
-	struct sig_req q;
-	char hash[HEX256] = "", sig[HEX256] = "";
-	time_t t = 0;
 	size_t i;
-	int bad = 0;
+	int good = ex_signs(&ex_basic) & ex_signs(&ex_derived);
 
-	ex_request(&q);
-	bad |= !ex_check(!sdk_date(EX_DATE, &t), "X-Sdk-Date " EX_DATE " parses");
-	bad |= !ex_check(!canonical_hash(&q, "content-type;host;x-sdk-date", hash) &&
-			 !strcmp(hash, EX_HASH), "hex(sha256(CanonicalRequest)) " EX_HASH);
-	sig_hmac(EX_SK, EX_DATE, hash, sig);
-	bad |= !ex_check(!strcmp(sig, EX_SIG), "Signature " EX_SIG);
-	for (i = 0; i < LWS_ARRAY_SIZE(ex_cases); i++) {
-		const struct ex_case *c = &ex_cases[i];
-
-		ex_request(&q);
-		bad |= !ex_check(sig_verify(c->ak, c->sk, &q, c->authz, t + c->clock) == c->want,
-				 c->name);
-	}
-	bad |= !ex_check(is_loopback("127.0.0.1") && is_loopback("::1") &&
+	for (i = 0; i < LWS_ARRAY_SIZE(ex_cases); i++)
+		good &= ex_verifies(&ex_cases[i]);
+	good &= ex_check(is_loopback("127.0.0.1") && is_loopback("::1") &&
 			 is_loopback("::ffff:127.0.0.2") && !is_loopback("10.0.0.1") &&
 			 !is_loopback("::ffff:10.0.0.1"), "loopback peers told from others");
-	printf("self-check: %s\n", bad ? "FAILED" : "ok");
-	return bad;
+	printf("self-check: %s\n", good ? "ok" : "FAILED");
+	return !good;
 }
 
 /*** main *******************************************************************/
@@ -2447,7 +3017,9 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	struct relay *r = &relay;
 
 	sb_prog = "tunnel-platform";
-	r->max_message = DEFAULT_MAX_MESSAGE;
+	r->max_message[ROLE_APP] = DEFAULT_MAX_MESSAGE;
+	r->max_message[ROLE_DEVICE] = DEFAULT_MAX_DEVICE_MESSAGE;
+	r->region = DEFAULT_REGION;
 	r->cut_role = -1;
 	r->stall_after = -1;
 	opt_listen(r, DEFAULT_LISTEN);
@@ -2475,6 +3047,9 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	fflush(stdout);
 	while (!r->quit && lws_service(r->ctx, 0) >= 0)
 		;
+	if (r->rate_limit)
+		sb_log("rest: %lu calls served, %lu refused over the rate limit of %ld a second",
+		       r->served, r->throttled, r->rate_limit);
 	relay_stop(r);
 	return 0;
 }
