@@ -18,6 +18,7 @@ wait_for 10 has_line "$PLATFORM_LOG" 'device pump-42: events channel open' || fa
 cat > "$WORK/api.conf" <<C
 [iotda]
 endpoint = http://${PLATFORM_URL#ws://}
+region = cn-north-4              ; the relay's (derived signing: loopback names none)
 project_id = proj-1
 instance_id = inst-9
 
@@ -39,7 +40,8 @@ tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x 110 -y 30 \
 device_row() { tui_screen | grep -A2 "^ $1 " | sed -n "${2:-2}p"; }
 row_has() { device_row "$1" "${3:-2}" | grep -qE -- "$2"; }
 
-check "signed create: the relay verified AK/SK" wait_for 10 has_line "$PLATFORM_LOG" 'POST /v5/iot/\{project_id\}/tunnels: 201 \(AK/SK\)'
+check "signed create: the relay verified the derived AK/SK signature" \
+	wait_for 10 has_line "$PLATFORM_LOG" 'POST /v5/iot/\{project_id\}/tunnels: 201 \(derived AK/SK\)'
 wait_for 10 has_line "$WORK/agent.log" 'tunnel_notify for tunnel' && ok "the device was told over its events channel" \
 	|| fail "tunnel_notify reached the agent" "$(cat "$WORK/agent.log")"
 wait_for 10 row_has pump '^  online' && ok "console and device both connected: online" || fail "pump online" "$(tui_screen)"
@@ -60,7 +62,7 @@ tui_wait 'API 404 IOTDA.014000' 5 && ok "unknown device: 404 and its code in the
 tui_keys C-g 1 C-g k
 tui_keys C-g x
 tui_wait 'Close the tunnel to pump' 5 && tui_keys y
-wait_for 10 has_line "$PLATFORM_LOG" 'PUT /v5/iot/\{project_id\}/tunnels/\{tunnel_id\}: 204 \(AK/SK\)' \
+wait_for 10 has_line "$PLATFORM_LOG" 'PUT /v5/iot/\{project_id\}/tunnels/\{tunnel_id\}: 204 \(derived AK/SK\)' \
 	&& ok "closing the device closes the tunnel over the API (signed PUT)" || fail "PUT on close" "$(tail -5 "$PLATFORM_LOG")"
 wait_for 5 row_has pump 'closed' && ok "the device shows closed" || fail "pump closed" "$(tui_screen)"
 tui_keys C-g 1
@@ -97,4 +99,19 @@ HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=$SK "$CONSOLE" --exec 'echo by-id-
 check "--exec by device id: the command ran" grep -qE '^pump +\| by-id-9$' "$WORK/exec.out"
 check "--exec by device id: the tunnel is closed afterwards" \
 	bash -c "[ \$(grep -c 'PUT /v5/iot/{project_id}/tunnels/{tunnel_id}: 204' '$PLATFORM_LOG') -ge 3 ]"
+
+# --exec over all three: the offline and the unknown device end at once,
+# saying why, and the reachable one still runs
+HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=$SK "$CONSOLE" --exec 'echo all-$((4*4))' -c "$WORK/api.conf" \
+	--all --user field --timeout 120 --password-file "$WORK/pw" > "$WORK/all.out" 2>&1
+check "--exec --all: the reachable device ran the command" grep -qE '^pump +\| all-16$' "$WORK/all.out"
+check "--exec --all: the offline device ends as offline, with the service's words" \
+	grep -qE '^quiet +offline +- .*API 400 IOTDA.014016' "$WORK/all.out"
+check "--exec --all: the unknown device ends as api error, with the service's words" \
+	grep -qE '^ghost +api error +- .*API 404 IOTDA.014000' "$WORK/all.out"
+check "--exec --all: neither waited for --timeout" bash -c "! grep -q timeout '$WORK/all.out'"
+HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=wrong "$CONSOLE" --exec 'true' -c "$WORK/api.conf" \
+	--devices pump --timeout 120 --password-file "$WORK/pw" > "$WORK/badsk.out" 2>&1
+check "--exec with a wrong SK: api error 401 IOTDA.000002 at once" \
+	grep -qE '^pump +api error +- .*API 401 IOTDA.000002' "$WORK/badsk.out"
 finish

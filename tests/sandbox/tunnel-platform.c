@@ -194,6 +194,7 @@ struct peer {
 	int refused;			/* a 401/403/404 owed as a close 1002 */
 	int rx_off;			/* we told lws to stop reading it */
 	int close_code;			/* close with this once the queue drains */
+	int peer_close;			/* the close code it sent us; 0: none yet */
 	int refusing;			/* reading an oversize message to its end */
 	const char *close_why;
 	struct sb_queue q;
@@ -573,7 +574,10 @@ static void peer_gone(struct peer *p)	/* an attached connection ended: the app h
 {
 	struct tunnel *t = p->t;
 
-	sb_log("tunnel %s: %s gone", t->id, role_name[p->role]);
+	if (p->peer_close)	/* tests tell a user's quit (1000) from a lost link */
+		sb_log("tunnel %s: %s gone (close %d)", t->id, role_name[p->role], p->peer_close);
+	else
+		sb_log("tunnel %s: %s gone (no close frame)", t->id, role_name[p->role]);
 	tunnel_unlink(t, p);
 	if (p->role == ROLE_DEVICE)
 		tunnel_say(t, ROLE_APP, "disconnect", NULL,
@@ -2262,6 +2266,7 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return peer_writable(p);
 	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		p->peer_close = len >= 2 ? ((const unsigned char *)in)[0] << 8 | ((const unsigned char *)in)[1] : 1005;
 		peer_leaving(p);
 		return 0;
 	case LWS_CALLBACK_CLOSED:
