@@ -38,6 +38,7 @@ check "--help documents the log lines" grep -q 'session REQID: login ok' <<< "$o
 check "--help says the pty backend refuses logins without --login-file" grep -q 'Without' <<< "$out"
 check "--help documents --events" grep -q -- '--events URL' <<< "$out"
 check "--help documents the events log lines" grep -q 'tunnel_notify for tunnel T' <<< "$out"
+check "--help documents --wedge and its log lines" grep -q 'wedged: stale 408 sent' <<< "$out"
 
 echo 'not a notify' > "$WORK/bad.json"
 printf '%0257d' 0 > "$WORK/long.token"
@@ -67,6 +68,8 @@ bad_option "unreadable token file" "cannot read the token file" --url "$U" --tok
 bad_option "http URL" "bad URL" --url http://127.0.0.1/x --token t
 bad_option "unknown backend" "unknown backend" --url "$U" --token t --backend telnet
 bad_option "unknown profile" "unknown profile" --url "$U" --token t --profile go-sdk
+bad_option "unknown --wedge" "unknown --wedge 'sometimes'" --url "$U" --token t --profile c-sdk --wedge sometimes
+bad_option "--wedge with the full profile" "--wedge needs --profile c-sdk" --url "$U" --token t --wedge 408
 bad_option "bad --ssh" "bad --ssh" --url "$U" --token t --ssh nohost
 bad_option "bad --ssh port" "bad --ssh" --url "$U" --token t --ssh 127.0.0.1:99999
 bad_option "notify file of another shape" "not a tunnel_notify" --notify "$WORK/bad.json"
@@ -202,12 +205,14 @@ fi
 cat > "$WORK/standin.py" <<'PYEOF'
 # The events stand-in: serves ws[s]://127.0.0.1:PORT/sandbox/devices/ID/events,
 # one connection per device id (a newer one replaces the older: close 4000),
-# and sends what stdin says.  Usage: python3 standin.py PORT [CERT KEY]
+# and sends what stdin says.  It also serves /v5/iot/tunnels/ID/device-connect
+# as a scripted platform: what a relay never sends a device (a ping) goes there.
+# Usage: python3 standin.py PORT [CERT KEY]
 # stdin:  send ID TEXT | close ID CODE | drop ID (TCP cut, no close frame)
 # stdout: silent on PORT (a socket that listens and never answers)
 #         listening on ws[s]://127.0.0.1:PORT
 #         connected ID [token header] | replaced ID | closed ID CODE | gone ID
-#         sent ID | no ID
+#         sent ID | no ID | text ID FRAME (received; CR, LF shown as spaces)
 import base64, hashlib, socket, ssl, struct, sys, threading
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -271,13 +276,15 @@ def handshake(s):  # (device id, token header sent?); (None, _) after a 404
     lines = req.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")[1].split("/")
     hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
-    if len(parts) != 5 or parts[1:3] != ["sandbox", "devices"] or parts[4] != "events":
+    events = len(parts) == 5 and parts[1:3] == ["sandbox", "devices"] and parts[4] == "events"
+    tunnel = len(parts) == 6 and parts[1:4] == ["v5", "iot", "tunnels"] and parts[5] == "device-connect"
+    if not events and not tunnel:
         s.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         return None, False
     acc = base64.b64encode(hashlib.sha1(hdrs["sec-websocket-key"].encode() + GUID).digest())
     s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
               b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
-    return parts[3], "tunnel_access_token" in hdrs
+    return parts[3 if events else 4], "tunnel_access_token" in hdrs
 
 
 def pump(s, dev):  # reads until the close: answers PINGs and the close
@@ -285,6 +292,8 @@ def pump(s, dev):  # reads until the close: answers PINGs and the close
         op, data = read_frame(s)
         if op == 9:
             s.sendall(frame(10, data))
+        elif op == 1:
+            log("text", dev, data.decode("utf-8", "replace").replace("\r", " ").replace("\n", " "))
         elif op == 8:
             log("closed", dev, struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005)
             if s not in closing:
@@ -554,6 +563,189 @@ else
 fi
 check "--events: no device token, password or keystroke in the logs" \
 	bash -c "! grep -qFf '$WORK/device.tokens' '$WORK'/e*.log && ! grep -q 'pw-' '$WORK'/e*.log"
+
+#### the c-sdk profile: what the official C device does ######################
+
+# PROTOCOL.md §4 (routing) and §8.  A relay of its own: a c-sdk message can
+# be 12428 bytes, over the relay's default limit.  One tunnel per scenario.
+for t in c1 w1 w2 w3; do
+	printf '{"tunnel_id":"%s","device_id":"%s","source_token":"src-%s","device_token":"dev-%s","expires_in":3600}\n' "$t" "$t" "$t" "$t"
+done | paste -sd, | sed 's/.*/[&]/' > "$WORK/csdk-tunnels.json"
+PLATFORM_PORT=$(free_port)
+start_platform relay-csdk --tunnels "$WORK/csdk-tunnels.json" --max-message 16384 || finish
+CS_RELAY=$PLATFORM_PID
+pw=$(cut -d: -f2 "$WORK/logins")
+declare -A AFD	# app name -> the fd its stdin is written through
+# app NAME TUNNEL [ARGS...]: tunnel-client as TUNNEL's app; events in $WORK/NAME.out
+app() {
+	local name=$1 t=$2 fd
+	shift 2
+	mkfifo "$WORK/$name.in"
+	exec {fd}<>"$WORK/$name.in"
+	echo "src-$t" > "$WORK/$name.tok"
+	"$CLIENT" --url "ws://127.0.0.1:$PLATFORM_PORT/v5/iot/tunnels/$t/source-connect" --token-file "$WORK/$name.tok" \
+		"$@" < "$WORK/$name.in" > "$WORK/$name.out" 2> "$WORK/$name.err" &
+	PIDS+=($!)
+	AFD[$name]=$fd
+}
+to() { local n=$1; shift; printf '%s\n' "$@" >&"${AFD[$n]}"; }	# to APP LINE...: its stdin
+csdk() {	# csdk NAME TUNNEL [ARGS...]: a c-sdk agent on TUNNEL
+	local n=$1 t=$2
+	shift 2
+	echo "dev-$t" > "$WORK/$n.tok"
+	start_device "$n" --url "$(dev_url "$t")" --token-file "$WORK/$n.tok" --login-file "$WORK/logins" --profile c-sdk "$@"
+}
+msg() { printf '{"operation_type":"%s","tunnel_service_type":"ssh","request_id":"%s","data":%s}' "$1" "$2" "$3"; }
+login() { msg connect "$1" "{\"username\":\"tester\",\"password\":\"${2:-$pw}\"}"; }	# login REQID [PASSWORD]
+typed() { local t=${2//\\/\\\\}; msg command "$1" "\"${t//\"/\\\"}\\r\""; }	# typed REQID TEXT: TEXT, Enter
+# quiet NAME FILE MARK REGEX before|after: FILE has a MARK line, and no line
+# before (after) the first one matches REGEX
+quiet() {
+	local at
+	at=$(grep -nE -- "$3" "$2" | head -1 | cut -d: -f1)
+	if [ -z "$at" ]; then fail "$1" "no /$3/ in $2"; return; fi
+	if [ "$5" = before ]; then head -n $((at - 1)) "$2"; else tail -n +$((at + 1)) "$2"; fi > "$WORK/quiet"
+	if grep -qE -- "$4" "$WORK/quiet"; then
+		fail "$1" "$5 /$3/:" "$(grep -E -- "$4" "$WORK/quiet" | head -3 | cut -c1-200)"
+	else ok "$1"; fi
+}
+SDK408='\{"status_code":"408","status_msg":"SSH idles for too long, the session will be closed"\}$'
+
+# request_ids: the connect's answers carry its own, output the latest cut to 36.
+R1=connect-id-longer-than-36-characters-refused
+R2=connect-id-longer-than-36-characters-accepted
+R2C=${R2:0:36}
+csdk dc1 c1
+app ca1 c1 --raw --save "$R2C" "$WORK/c1.bin"
+await "c-sdk: the app gets connect_tunnel" "$WORK/ca1.out" '^recv connect_tunnel '
+to ca1 "$(login "$R1" wrong-password)"
+await "c-sdk: connect_response at once, without data, under the connect's whole id" "$WORK/ca1.out" "^recv connect_response $R1 -\$"
+await "c-sdk: a failed login's 400 under the connect's whole id, the SDK's text" "$WORK/ca1.out" \
+	"^recv disconnect $R1 "'\{"status_code":"400","status_msg":"WssClientListenerOnMsg: Create SSH channel failed"\}$'
+to ca1 "$(login "$R2")"
+await "c-sdk: login" "$WORK/dc1.log" ": session $R2: login ok\$"
+to ca1 "$(typed "$R2" 'echo "cut-""ok"')"
+await "c-sdk: output under the latest request_id cut to 36 characters" "$WORK/c1.bin" 'cut-ok'
+check "c-sdk: no output under the uncut request_id" bash -c "! grep -q '^recv command_response $R2 ' '$WORK/ca1.out'"
+check "c-sdk: cJSON_Print layout, the SDK's member order" grep -qP \
+	"^raw \\{ \\t\"operation_type\":\\t\"command_response\", \\t\"tunnel_service_type\":\\t\"ssh\", \\t\"request_id\":\\t\"$R2C\", \\t\"data\":\\t\"" "$WORK/ca1.out"
+
+# Raw 2048-byte reads: a read of control bytes (\u00XX each) makes a
+# message of 12428 bytes with a 36-character request_id, over 10 KB.
+to ca1 "$(typed "$R2" "head -c 8192 /dev/zero | tr '\\0' '\\1'; echo \"@@CT\"\"END@@\"")"
+await "c-sdk: control bytes arrive" "$WORK/c1.bin" '@@CTEND@@'
+longest=$(grep -a '^raw .*"command_response"' "$WORK/ca1.out" | LC_ALL=C awk '{ n = length($0) - 4; if (n > m) m = n } END { print m + 0 }')
+check "c-sdk: a read of 2048 control bytes is one message over 10240 bytes, at most 12428 (longest: $longest)" \
+	[ "$longest" -gt 10240 -a "$longest" -le 12428 ]
+# A NUL ends a read's data (cJSON_CreateString): the rest of that read is lost.
+to ca1 "$(typed "$R2" "printf 'nul-''a\\000nul-''b\\n'")"
+await "c-sdk: output before a NUL arrives" "$WORK/c1.bin" 'nul-a'
+to ca1 "$(typed "$R2" 'echo "after-""nul"')"
+await "c-sdk: output goes on after it" "$WORK/c1.bin" 'after-nul'
+check "c-sdk: the rest of the read after the NUL is lost" bash -c "! grep -q 'nul-b' '$WORK/c1.bin'"
+
+# The SDK handles connect and command only: a disconnect, connect_tunnel or
+# ping changes nothing, not even the request_id output carries.  A relay
+# never sends a device a ping, so a scripted platform (the stand-in) does.
+if [ -z "$HAVE_SI" ]; then
+	ok "c-sdk ignores disconnect, connect_tunnel, ping # SKIP no python3"
+else
+	start_standin si-csdk
+	start_device dc2 --url "ws://127.0.0.1:$SI_PORT/v5/iot/tunnels/cs2/device-connect" --token t \
+		--login-file "$WORK/logins" --profile c-sdk
+	await "scripted platform: the c-sdk agent connects" "$SI_OUT" '^connected cs2 token header$'
+	si send cs2 "$(login ig1)"
+	await "scripted platform: login" "$WORK/dc2.log" ': session ig1: login ok$'
+	si send cs2 "$(typed ig1 "while [ ! -e $WORK/go ]; do sleep 0.05; done; echo \"late-\"\"1\"")"
+	si send cs2 "$(msg ping zz-ping null)"
+	si send cs2 "$(msg connect_tunnel zz-tunnel null)"
+	si send cs2 "$(msg disconnect ig1 '{"status_code":"400","status_msg":"from the app"}')"
+	for op in ping connect_tunnel disconnect; do
+		await "c-sdk: $op is ignored (logged)" "$WORK/dc2.log" ": ignored operation_type $op\$"
+	done
+	touch "$WORK/go"
+	await "c-sdk: the session lives on, output under the command's request_id" "$SI_OUT" \
+		'^text cs2 .*"request_id":[[:space:]]*"ig1",.*late-1'
+	check "c-sdk: no message under an ignored message's request_id" bash -c "! grep -q 'zz-' '$SI_OUT'"
+	check "c-sdk: the session did not end" bash -c "! grep -q 'session ig1: ended' '$WORK/dc2.log'"
+	kill "$DEVICE_PID"
+fi
+
+# --wedge no-408: the exit sends nothing; the next connect is answered, the
+# owed 408 follows it (stale), then silence.
+csdk dw1 w1 --wedge no-408
+app wa1 w1 --save wa "$WORK/wa.bin" --save wf "$WORK/wf.bin"
+await "wedge no-408: connect_tunnel" "$WORK/wa1.out" '^recv connect_tunnel '
+to wa1 "$(login wa)" "$(typed wa 'echo "up-""wa"')"
+await "wedge no-408: a shell runs" "$WORK/wa.bin" 'up-wa'
+to wa1 "$(typed wa exit)"
+await "wedge no-408: the exit logs it" "$WORK/dw1.log" ': wedged: no 408$'
+to wa1 "$(typed wa 'echo "dropped-""wa"')"
+await "wedge no-408: a command after the exit is dropped" "$WORK/dw1.log" ': wedged: command ignored$'
+to wa1 "$(login wb)"
+await "wedge no-408: the next connect is answered" "$WORK/wa1.out" '^recv connect_response wb -$'
+await "wedge no-408: then the stale 408" "$WORK/wa1.out" "^recv disconnect SSH_timeout_disconnect $SDK408"
+quiet "wedge no-408: no 408 before that answer" "$WORK/wa1.out" '^recv connect_response wb ' '^recv disconnect ' before
+await "wedge no-408: the agent logs the connect" "$WORK/dw1.log" ': wedged: connect wb answered, then silence$'
+await "wedge no-408: ... and the stale 408" "$WORK/dw1.log" ': wedged: stale 408 sent$'
+to wa1 "$(typed wb 'echo "silent-""wb"')" "$(login wc)"
+await_count "wedge no-408: then a command is ignored" "$WORK/dw1.log" ': wedged: command ignored$' 2
+await "wedge no-408: ... and so is another connect" "$WORK/dw1.log" ': wedged: connect ignored$'
+to wa1 "$(msg ping p-w1 null)" '!ping ws-w1'
+await "wedge no-408: the tunnel stays healthy (pong)" "$WORK/wa1.out" '^recv pong p-w1 '
+await "wedge no-408: ... (WebSocket pong)" "$WORK/wa1.out" '^pong-ws ws-w1$'
+quiet "wedge no-408: silence after the stale 408" "$WORK/wa1.out" '^recv disconnect SSH_timeout' \
+	'^recv (command_response|connect_response|disconnect) ' after
+check "wedge no-408: no shell started" bash -c "! grep -qE 'session w[bc]: login' '$WORK/dw1.log'"
+
+# --wedge 408: the exit's 408 goes out; the next connect is answered, then silence.
+csdk dw2 w2 --wedge 408
+app wa2 w2 --save wg "$WORK/wg.bin"
+await "wedge 408: connect_tunnel" "$WORK/wa2.out" '^recv connect_tunnel '
+to wa2 "$(login wd)"
+await "wedge 408: login" "$WORK/dw2.log" ': session wd: login ok$'
+to wa2 "$(typed wd exit)"
+await "wedge 408: the exit sends the 408" "$WORK/wa2.out" "^recv disconnect SSH_timeout_disconnect $SDK408"
+await "wedge 408: and logs it" "$WORK/dw2.log" ': wedged: 408 sent$'
+to wa2 "$(login we)"
+await "wedge 408: the next connect is answered" "$WORK/wa2.out" '^recv connect_response we -$'
+await "wedge 408: the agent logs it" "$WORK/dw2.log" ': wedged: connect we answered, then silence$'
+to wa2 "$(typed we 'echo "silent-""we"')"
+await "wedge 408: then a command is ignored" "$WORK/dw2.log" ': wedged: command ignored$'
+to wa2 "$(msg ping p-w2 null)"
+await "wedge 408: the tunnel stays healthy (pong)" "$WORK/wa2.out" '^recv pong p-w2 '
+quiet "wedge 408: silence after the connect_response" "$WORK/wa2.out" '^recv connect_response we ' \
+	'^recv (command_response|connect_response|disconnect) ' after
+check "wedge 408: no stale 408" bash -c "! grep -q 'stale 408' '$WORK/dw2.log'"
+
+# A new tunnel connection clears the wedge (as restarting the SDK's tunnel).
+kill -USR1 "$CS_RELAY"
+for n in 1 2; do
+	await "wedge: the relay drops agent $n, the wedge is cleared" "$WORK/dw$n.log" ': wedge cleared: the tunnel connection ended$'
+	await_count "wedge: agent $n is back" "$WORK/wa$n.out" '^recv connect_tunnel ' 2
+done
+to wa1 "$(login wf)" "$(typed wf 'echo "fresh-""wf"')"
+to wa2 "$(login wg)" "$(typed wg 'echo "fresh-""wg"')"
+await "wedge cleared (no-408): a connect logs in again and the shell answers" "$WORK/wf.bin" 'fresh-wf'
+await "wedge cleared (408): a connect logs in again and the shell answers" "$WORK/wg.bin" 'fresh-wg'
+
+# --wedge random: each exit either sends its 408 or not; both show up soon.
+csdk dw3 w3 --wedge random
+app wa3 w3
+exits=0
+while [ $exits -lt 12 ] && ! { grep -q 'wedged: no 408' "$WORK/dw3.log" && grep -q 'wedged: 408 sent' "$WORK/dw3.log"; }; do
+	exits=$((exits + 1))
+	wait_for "$T" bash -c "[ \$(grep -c '^recv connect_tunnel ' '$WORK/wa3.out') -ge $exits ]" || break
+	to wa3 "$(login "x$exits")"
+	wait_for "$T" has_line "$WORK/dw3.log" ": session x$exits: login ok\$" || break
+	to wa3 "$(typed "x$exits" exit)"
+	wait_for "$T" bash -c "[ \$(grep -cE ': wedged: (no 408|408 sent)$' '$WORK/dw3.log') -ge $exits ]" || break
+	kill -USR1 "$CS_RELAY"
+	wait_for "$T" bash -c "[ \$(grep -c ': wedge cleared' '$WORK/dw3.log') -ge $exits ]" || break
+done
+n408=$(grep -c ': wedged: 408 sent$' "$WORK/dw3.log") n0=$(grep -c ': wedged: no 408$' "$WORK/dw3.log")
+check "wedge random: both outcomes within 12 exits (408 sent $n408 times, none $n0 times)" [ "$n408" -gt 0 -a "$n0" -gt 0 ]
+check "c-sdk: no password in the agents' logs" bash -c "! grep -q '$pw' '$WORK'/d[cw]*.log"
 
 #### the sshd fixture ##########################################################
 

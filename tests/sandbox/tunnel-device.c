@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #define RID_MAX		128		/* longest request_id kept; longer: dropped */
+#define CSDK_RID_LEN	36		/* c-sdk: its request_id buffer holds 37 bytes */
 #define RX_MAX		(1u << 20)	/* largest inbound message reassembled */
 #define MSG_MAX		8192		/* full profile: command_response, serialized */
 #define READ_FULL	4096		/* full profile: bytes read from a shell at once */
@@ -131,6 +132,15 @@ static const char usage_tail[] =
 	"  dropped a malformed message   unparseable JSON (contents never logged)\n"
 	"  message without tunnel_service_type (official devices crash on this)\n"
 	"                                c-sdk profile only\n"
+	"  ignored operation_type OP     one the profile does not handle (c-sdk: all\n"
+	"                                but connect and command, as the SDK)\n"
+	"With --wedge (c-sdk), after a shell exit until the tunnel connection ends:\n"
+	"  wedged: 408 sent              the exit sent its 408; the agent is stuck\n"
+	"  wedged: no 408                it sent none (commands are dropped)\n"
+	"  wedged: connect REQID answered, then silence   the next connect: no shell\n"
+	"  wedged: stale 408 sent        right after that answer, when the exit sent none\n"
+	"  wedged: OP ignored            any other message meanwhile (contents never logged)\n"
+	"  wedge cleared: the tunnel connection ended\n"
 	"  ... (close 1000|1002|4000); exiting   the platform said stop: no reconnect\n"
 	"  ... (HTTP 401|403|404); exiting       refused before the upgrade: the same\n"
 	"  stopping on signal N          SIGTERM/SIGINT/SIGHUP: close 1001, shells killed\n"
@@ -163,9 +173,24 @@ struct cred {				/* one line of --login-file */
 	char *user, *pass;
 };
 
+/* --wedge: how the official SDK gets stuck after a shell exit (PROTOCOL.md
+ * §4, routing): its channel-close callback takes a lock its reader thread
+ * holds.  Whether the 408 went out first is a race the modes pick. */
+struct wedge_mode {
+	const char *name;
+	unsigned pct_408;		/* the chance, in percent, that the exit sends its 408 */
+};
+
+static const struct wedge_mode wedge_modes[] = { { "no-408", 0 }, { "408", 100 }, { "random", 50 } };
+
+/* W_ARMED: a shell exited, the next connect is answered and then sticks;
+ * W_STUCK: that connect came, nothing more is handled. */
+enum wedge { W_NONE, W_ARMED, W_STUCK };
+
 struct config {				/* the command line, checked and resolved */
 	const char *url, *token_arg, *token_file, *notify, *backend, *profile;
-	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events, *home;
+	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events, *home, *wedge;
+	const struct wedge_mode *wedge_mode;	/* NULL: no --wedge */
 	int insecure, help;
 	char ssh_host[256];
 	int ssh_port;
@@ -287,8 +312,10 @@ struct agent {				/* the whole program's state */
 	struct sb_queue out;		/* the tunnel's */
 	int paused;			/* shells not read: the queue is over OUT_HIGH */
 	struct session *sessions;
-	char latest_rid[RID_MAX + 1];	/* c-sdk: echoed on everything it sends */
+	char latest_rid[CSDK_RID_LEN + 1];	/* c-sdk: echoed on its output */
 	int have_latest;
+	enum wedge wedge;		/* c-sdk --wedge: how stuck the SDK is */
+	int owes_408;			/* the exit sent no 408: the next connect will */
 	int sigfd;
 	int stopping;			/* winding down: sessions gone, closing with 1001 */
 	int quit, status;
@@ -584,10 +611,10 @@ static void csdk_login_ok(struct session *s)	/* the SDK says nothing more */
 	(void)s;
 }
 
-static void csdk_login_failed(struct session *s, const char *why)	/* its one fixed text */
+static void csdk_login_failed(struct session *s, const char *why)	/* its one fixed text, prefix and all */
 {
 	(void)why;
-	csdk_disconnect(s->a, s->rid[0] ? s->rid : NULL, "400", "Create SSH channel failed");
+	csdk_disconnect(s->a, s->rid[0] ? s->rid : NULL, "400", "WssClientListenerOnMsg: Create SSH channel failed");
 }
 
 /* Raw reads as the SDK sends them: cut wherever the read ended, the latest
@@ -608,10 +635,26 @@ static void csdk_flush(struct session *s)	/* nothing is held back */
 	(void)s;
 }
 
-static void csdk_exited(struct session *s)	/* the SDK's channel-close callback */
+static void csdk_408(struct agent *a)	/* the SDK's channel-close notice, whatever closed it */
 {
-	csdk_disconnect(s->a, "SSH_timeout_disconnect", "408",
-			"SSH idles for too long, the session will be closed");
+	csdk_disconnect(a, "SSH_timeout_disconnect", "408", "SSH idles for too long, the session will be closed");
+}
+
+static void csdk_exited(struct session *s)	/* the channel-close callback; --wedge: then stuck */
+{
+	struct agent *a = s->a;
+	uint32_t r = 0;
+
+	if (!a->cfg.wedge_mode) {
+		csdk_408(a);
+		return;
+	}
+	lws_get_random(a->ctx, &r, sizeof r);
+	a->owes_408 = r % 100 >= a->cfg.wedge_mode->pct_408;
+	if (!a->owes_408)
+		csdk_408(a);
+	a->wedge = W_ARMED;
+	sb_log(a->owes_408 ? "wedged: no 408" : "wedged: 408 sent");
 }
 
 static const struct profile full_profile = {
@@ -1533,8 +1576,6 @@ static void on_disconnect(struct agent *a, const struct inbound *m)	/* the app e
 {
 	struct session *s = session_find(a, m->rid);
 
-	if (a->prof->quirks)	/* the SDK knows only connect and command */
-		return;
 	if (s)
 		session_kill(s, SIGHUP);
 }
@@ -1542,11 +1583,45 @@ static void on_disconnect(struct agent *a, const struct inbound *m)	/* the app e
 static const struct handler {
 	const char *op;
 	void (*fn)(struct agent *a, const struct inbound *m);
+	int sdk;			/* the official SDK handles it too */
 } handlers[] = {
-	{ "connect", on_connect },
-	{ "command", on_command },
-	{ "disconnect", on_disconnect },
+	{ "connect", on_connect, 1 },
+	{ "command", on_command, 1 },
+	{ "disconnect", on_disconnect, 0 },
 };
+
+static void wedged_connect(struct agent *a, const struct inbound *m)	/* answered, then stuck */
+{
+	csdk_send(a, csdk_message("connect_response", m->rid));
+	sb_log("wedged: connect %s answered, then silence", loggable(m->rid));
+	if (a->owes_408) {	/* destroying the old channel runs its close callback now */
+		csdk_408(a);
+		sb_log("wedged: stale 408 sent");
+	}
+	a->owes_408 = 0;
+	a->wedge = W_STUCK;
+}
+
+static int wedged_takes(struct agent *a, const struct inbound *m)	/* 1: the wedge swallowed m */
+{
+	if (a->wedge == W_ARMED && !strcmp(m->op, "connect"))
+		wedged_connect(a, m);
+	else if (a->wedge != W_NONE)
+		sb_log("wedged: %s ignored", loggable(m->op));
+	return a->wedge != W_NONE;
+}
+
+/* The SDK copies a connect's or command's request_id into a 37-byte buffer,
+ * once it has the data it needs; its output carries the latest, cut to 36. */
+static void csdk_note_rid(struct agent *a, const struct inbound *m)
+{
+	int takes = !strcmp(m->op, "connect") ? m->data != NULL : !strcmp(m->op, "command") && cJSON_IsString(m->data);
+
+	if (!m->rid || !takes)
+		return;
+	snprintf(a->latest_rid, sizeof a->latest_rid, "%.*s", CSDK_RID_LEN, m->rid);
+	a->have_latest = 1;
+}
 
 /* The official SDK strcmp()s tunnel_service_type and operation_type without
  * a NULL check; the c-sdk profile drops what would crash it, and says so. */
@@ -1575,11 +1650,9 @@ static int admit(struct agent *a, const struct inbound *m)	/* 1 if m is to be ha
 		sb_log("request_id longer than %d bytes; dropped", RID_MAX);
 		return 0;
 	}
-	if (a->prof->quirks && m->rid && (!strcmp(m->op, "connect") || !strcmp(m->op, "command"))) {
-		snprintf(a->latest_rid, sizeof a->latest_rid, "%s", m->rid);
-		a->have_latest = 1;
-	}
-	return 1;
+	if (a->prof->quirks)
+		csdk_note_rid(a, m);
+	return !wedged_takes(a, m);
 }
 
 static void message_dispatch(struct agent *a, const char *text, size_t len)	/* one whole frame */
@@ -1600,7 +1673,7 @@ static void message_dispatch(struct agent *a, const char *text, size_t len)	/* o
 	if (admit(a, &m)) {
 		for (i = 0; i < LWS_ARRAY_SIZE(handlers) && strcmp(m.op, handlers[i].op); i++)
 			;
-		if (i < LWS_ARRAY_SIZE(handlers))
+		if (i < LWS_ARRAY_SIZE(handlers) && (handlers[i].sdk || !a->prof->quirks))
 			handlers[i].fn(a, &m);
 		else
 			sb_log("ignored operation_type %s", loggable(m.op));
@@ -1932,6 +2005,10 @@ static int conn_event(struct lws *wsi, enum lws_callback_reasons reason, void *i
 
 static void tunnel_lost(struct agent *a)	/* every session dies with the tunnel (DESIGN.md) */
 {
+	if (a->wedge != W_NONE)	/* as restarting the SDK's tunnel would */
+		sb_log("wedge cleared: the tunnel connection ended");
+	a->wedge = W_NONE;
+	a->owes_408 = 0;
 	sessions_kill_all(a, SIGHUP);
 	sb_queue_clear(&a->out);
 	a->paused = 0;
@@ -2263,6 +2340,10 @@ static const struct option_spec {
 	  "                        agent user's): its own dotfiles, not the user's", offsetof(struct config, home) },
 	{ "profile", "full|c-sdk", "full (default), or mimic the official C device SDK",
 	  offsetof(struct config, profile) },
+	{ "wedge", "MODE", "c-sdk: after a shell exit, stick as the SDK does until\n"
+	  "                        the tunnel reconnects; MODE no-408, 408 or random\n"
+	  "                        (either, half and half).  Default: no wedge",
+	  offsetof(struct config, wedge) },
 	{ "cacert", "FILE", "trust this CA too for wss://", offsetof(struct config, cacert) },
 	{ "insecure", NULL, "accept any server certificate (loud)", offsetof(struct config, insecure) },
 	{ "help", NULL, "this text", offsetof(struct config, help) },
@@ -2493,6 +2574,22 @@ static void account_load(struct account *me)	/* the agent's own user, from the p
 		abort();
 }
 
+static void wedge_resolve(struct agent *a)	/* --wedge MODE, c-sdk only */
+{
+	struct config *c = &a->cfg;
+	size_t i;
+
+	if (!c->wedge)
+		return;
+	for (i = 0; i < LWS_ARRAY_SIZE(wedge_modes) && strcmp(c->wedge, wedge_modes[i].name); i++)
+		;
+	if (i == LWS_ARRAY_SIZE(wedge_modes))
+		bad_usage("unknown --wedge '%s' (no-408, 408 or random)", c->wedge);
+	if (!a->prof->quirks)
+		bad_usage("%s", "--wedge needs --profile c-sdk");
+	c->wedge_mode = &wedge_modes[i];
+}
+
 static void config_load(struct agent *a, int argc, char **argv)	/* everything, or exit 0/2 */
 {
 	struct config *c = &a->cfg;
@@ -2513,6 +2610,7 @@ static void config_load(struct agent *a, int argc, char **argv)	/* everything, o
 	if (i == LWS_ARRAY_SIZE(profiles))
 		bad_usage("unknown profile '%s' (full or c-sdk)", c->profile);
 	a->prof = profiles[i];
+	wedge_resolve(a);
 	if (c->cacert && access(c->cacert, R_OK))
 		bad_usage("cannot read the CA file %s", c->cacert);
 	if (c->events)
