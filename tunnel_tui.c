@@ -5823,6 +5823,8 @@ static void build_tunnels(struct config *c, const struct options *o, char warns[
 			t->cfg.login_timeout_s = c->login_timeout_s >= 0 ? c->login_timeout_s : LOGIN_TIMEOUT_S;
 		if (o->user && (!t->cfg.username[0] || o->exec))
 			copy_str(t->cfg.username, sizeof(t->cfg.username), o->user);
+		if (!t->cfg.cacert[0] && t->cfg.device_id[0])	/* its tunnel is the API's platform */
+			copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), c->iotda.cacert);
 		if (!t->cfg.cacert[0] && o->cacert)
 			copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), o->cacert);
 		if (t->cfg.cacert[0] && access(t->cfg.cacert, R_OK) < 0)	/* TLS would only say "unable to connect" */

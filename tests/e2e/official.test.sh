@@ -16,6 +16,8 @@ write_devices_conf
 # device follows (its events channel stands in for MQTT's tunnel_notify)
 start_device w408 --device-id w408 --events "wss://localhost:$PLATFORM_PORT/sandbox/devices/w408/events" \
 	--backend pty --login-file "$WORK/logins" --profile c-sdk --wedge 408 --cacert "$CERTS/ca.pem"
+wait_for 10 has_line "$PLATFORM_LOG" 'device w408: events channel open' \
+	|| fail "w408 holds its events channel" "$(cat "$WORK/w408.log")"
 cat >> "$WORK/devices.conf" <<C
 [device w408]
 device_id = w408
@@ -91,7 +93,7 @@ tui_login
 wait_for 10 has_line "$WORK/wno-1.log" 'wedged: stale 408 sent' || fail "the stale 408 was sent" "$(tail -3 "$WORK/wno-1.log")"
 wait_for 5 has_line "$WORK/console.log" 'wno: ignored a late 408' && ok "a stale 408 does not end the new session" \
 	|| fail "stale 408 ignored" "$(tail -3 "$WORK/console.log")"
-tui_wait '── no output 3 s after the device took the login: it looks wedged; \^G c reconnects the tunnel ──' 10 \
+tui_wait '── no output 3 s after the device took the login: it looks wedged; \^G c reconnects the tunnel' 10 \
 	&& ok "no output after connect_response: the session ends saying it looks wedged and what to do" \
 	|| fail "login timeout inline" "$(tui_screen)"
 tui_lacks 'disconnected 408' && ok "… not with the misleading 408" || fail "no 408 line" "$(tui_screen)"
