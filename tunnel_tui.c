@@ -135,7 +135,8 @@ typedef void action_fn(const union arg *arg);
 static action_fn act_new_session, act_close_session, act_move, act_zoom,
 		 act_scroll_mode, act_help, act_quit, act_send_prefix,
 		 act_reopen, act_next_device, act_redraw, act_mark, act_broadcast,
-		 act_solo, act_record, act_marker, act_device, act_connect;
+		 act_solo, act_record, act_marker, act_device, act_connect, act_filter,
+		 act_compact;
 
 /* After the prefix key (Ctrl-g by default): */
 static const struct binding {
@@ -160,6 +161,8 @@ static const struct binding {
 	{ '4', NULL, act_device, { .i = 4 }, NULL }, { '5', NULL, act_device, { .i = 5 }, NULL },
 	{ '6', NULL, act_device, { .i = 6 }, NULL }, { '7', NULL, act_device, { .i = 7 }, NULL },
 	{ '8', NULL, act_device, { .i = 8 }, NULL }, { '9', NULL, act_device, { .i = 9 }, NULL },
+	{ '/', "/", act_filter, { 0 }, "filter the list as you type; Enter jumps to the match" },
+	{ 'v', "v", act_compact, { 0 }, "compact list (a row per device) or full" },
 	{ 'z', "z", act_zoom, { 0 }, "zoom: hide or show the list" },
 	{ 'm', "m", act_mark, { 0 }, "mark or unmark the session for broadcast" },
 	{ 'b', "b", act_broadcast, { 0 }, "broadcast: type into every marked live session" },
@@ -285,6 +288,7 @@ struct session {	/* one SSH session: one request_id */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
 	int got_output;			/* since its connect: a late 408 is not its own */
+	char title[64];			/* the remote's window title (OSC 0/2), cleaned */
 	lws_sorted_usec_list_t sul_login;	/* no output after connect_response: wedged */
 	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
 	char partial[4];		/* a UTF-8 sequence cut off by a message's end */
@@ -360,7 +364,7 @@ struct tunnel {		/* one device: one WebSocket */
 };
 
 enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_SCROLL, M_SEARCH,
-	    M_HELP };
+	    M_HELP, M_FILTER };
 
 struct dialog {		/* the login dialog and yes/no questions */
 	struct tunnel *tunnel;
@@ -388,8 +392,16 @@ static struct app {	/* the whole program's state */
 	struct session *sel_session;	/* NULL: the device row */
 	/* screen */
 	int ui_up;			/* curses is active */
-	int colors;			/* 0: monochrome (NO_COLOR or none) */
+	int colors;			/* the terminal's colours, for remote output; 0: none */
+	int mono;			/* the chrome in attributes only (NO_COLOR, no colours) */
 	int zoom;
+	int list_w;			/* the list's columns, without its rule */
+	int list_w_set;			/* list_width = N; 0: fit the names */
+	int list_top;			/* the first row in view */
+	int compact;			/* one row per device */
+	char filter[64];		/* the list filter (Ctrl-g /) */
+	size_t filter_len;
+	struct { struct tunnel *t; struct session *s; } filter_from;	/* Esc returns here */
 	int dirty;
 	enum mode mode;
 	struct dialog dlg;
@@ -1295,6 +1307,8 @@ struct config {		/* what the file and the command line say */
 	int prefix_key;
 	int heartbeat_s;
 	int login_timeout_s;		/* -1: LOGIN_TIMEOUT_S */
+	int compact;			/* list = compact */
+	int list_w;			/* list_width = N; 0: auto */
 	char record_dir[PATH_MAX];
 	struct iotda_config iotda;
 	char token_file[PATH_MAX];	/* --token-file, for URL arguments */
@@ -1544,6 +1558,28 @@ static int set_heartbeat(struct config *c, const char *v, char *err, size_t errl
 	return -1;
 }
 
+static int set_list(struct config *c, const char *v, char *err, size_t errlen)
+{	/* list = full|compact */
+	if (strcmp(v, "full") && strcmp(v, "compact")) {
+		snprintf(err, errlen, "list must be full or compact");
+		return -1;
+	}
+	c->compact = !strcmp(v, "compact");
+	return 0;
+}
+
+static int set_list_width(struct config *c, const char *v, char *err, size_t errlen)
+{	/* list_width = auto|N */
+	if (!strcmp(v, "auto")) {
+		c->list_w = 0;
+		return 0;
+	}
+	if (parse_int(v, 16, 120, &c->list_w) == 0)
+		return 0;
+	snprintf(err, errlen, "list_width must be auto or 16-120 columns");
+	return -1;
+}
+
 static int set_login_timeout(struct config *c, const char *v, char *err, size_t errlen)
 {	/* login_timeout = SECONDS: every device's default */
 	if (parse_int(v, 0, 3600, &c->login_timeout_s) == 0)
@@ -1604,6 +1640,7 @@ static const struct { enum section sec; const char *key; global_setter *set; } g
 	{ SEC_CONSOLE, "prefix", set_prefix },	{ SEC_CONSOLE, "heartbeat", set_heartbeat },
 	{ SEC_CONSOLE, "record_dir", set_record_dir_key },
 	{ SEC_CONSOLE, "login_timeout", set_login_timeout },
+	{ SEC_CONSOLE, "list", set_list },		{ SEC_CONSOLE, "list_width", set_list_width },
 	{ SEC_IOTDA, "endpoint", set_endpoint },	{ SEC_IOTDA, "project_id", set_project_id },
 	{ SEC_IOTDA, "instance_id", set_instance_id },	{ SEC_IOTDA, "token_file", set_iam_token_file },
 	{ SEC_IOTDA, "cacert", set_iotda_cacert },	{ SEC_IOTDA, "close_tunnels", set_close_tunnels },
@@ -1861,6 +1898,7 @@ static int config_tunnel_json(struct config *c, const char *path, char *err, siz
 static void session_touched(struct session *s);
 static void session_queue_keys(struct session *s, const char *p, size_t n);
 static void flash_msg(const char *fmt, ...);
+static void ui_dirty(void);
 
 /*
  * Appends n bytes of terminal output as valid UTF-8 (asciicast needs it):
@@ -2393,6 +2431,17 @@ static void vt_altscreen(struct session *s, int on)
 	s->altscreen = on;
 }
 
+static void vt_title(struct session *s, const char *title)	/* OSC 0/2 names the session */
+{
+	char clean[sizeof(s->title)];
+
+	clean_text(clean, sizeof(clean), title, strlen(title));
+	if (strcmp(clean, s->title)) {
+		copy_str(s->title, sizeof(s->title), clean);
+		ui_dirty();
+	}
+}
+
 static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
 {	/* the modes the pane shows */
 	struct session *s = user;
@@ -2403,6 +2452,8 @@ static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
 		s->cursor_visible = val->boolean;
 	else if (prop == VTERM_PROP_REVERSE)
 		s->reverse_video = val->boolean;
+	else if (prop == VTERM_PROP_TITLE && val->string)	/* peer text: cleaned */
+		vt_title(s, val->string);
 	return 1;
 }
 
@@ -2476,7 +2527,6 @@ static void lane_drop_owned(struct lane *l, struct session *s);
 static void batch_tunnel_failed(struct tunnel *t, const char *status, const char *fmt, ...);
 static void batch_session_output(struct session *s, const char *p, size_t n);
 static void batch_session_ended(struct session *s, const char *code, const char *msg);
-static void ui_dirty(void);
 static void pane_size(int *cols, int *rows);
 
 static int session_accepts_input(const struct session *s)	/* live enough to type */
@@ -3155,7 +3205,7 @@ static void on_established(struct tunnel *t)	/* the WebSocket is up (§4.1) */
 	t->close_reason[0] = '\0';
 	t->last_rx_us = now_us();
 	t->rtt_ms = -1;
-	tunnel_event(t, "connected; waiting for the device");
+	tunnel_event(t, "connected");
 	lws_sul_schedule(app.ctx, 0, &t->sul_device_wait, on_device_wait,
 			 DEVICE_WAIT_S * LWS_US_PER_SEC);
 	lws_sul_schedule(app.ctx, 0, &t->sul_ping, on_ping_timer, 1 * LWS_US_PER_SEC);
@@ -3958,10 +4008,11 @@ static void ui_dirty(void)
 	lws_sul_schedule(app.ctx, 0, &app.sul_draw, on_draw_timer, wait > 0 ? wait : 0);
 }
 
-static int list_width(void)	/* 0 when zoomed */
+static int list_width(void)	/* its columns with its rule; 0 when zoomed */
 {
-	return app.zoom ? 0 : LIST_WIDTH + 1;
+	return app.zoom ? 0 : app.list_w + 1;
 }
+
 
 static void pane_size(int *cols, int *rows)	/* the terminal pane's size */
 {
@@ -3998,7 +4049,20 @@ static int pair_cached(int fg, int bg)
 
 static int chrome(enum chrome c)	/* a pair for the console's own colours */
 {
-	return pair(chrome_colors[c][0], chrome_colors[c][1]);
+	return app.mono ? 0 : pair(chrome_colors[c][0], chrome_colors[c][1]);
+}
+
+/* Without colour (NO_COLOR, a monochrome terminal) the chrome still marks
+ * the selection, the status bar and alerts: by reverse video and bold. */
+static attr_t chrome_attr(enum chrome c)
+{
+	static const attr_t mono[C_COUNT] = {
+		[C_SELECTED] = A_REVERSE, [C_STATUS] = A_REVERSE, [C_ALERT] = A_REVERSE | A_BOLD,
+		[C_BANNER] = A_REVERSE, [C_MARK] = A_REVERSE | A_BOLD, [C_DIM] = A_DIM,
+		[C_WARN] = A_BOLD,
+	};
+
+	return app.mono ? mono[c] : 0;
 }
 
 /* xterm's 256-colour palette as RGB (for terminals with fewer colours). */
@@ -4169,16 +4233,45 @@ static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, .
 			break;
 		cols += cw > 0 ? cw : 0;
 	}
-	attr_set(a, 0, &(int){ chrome(c) });
+	attr_set(a | chrome_attr(c), 0, &(int){ chrome(c) });
 	mvaddnwstr(y, x, wide, i);
 	attr_set(A_NORMAL, 0, &(int){ 0 });
 }
 
 static void fill(int y, int x, int w, enum chrome c)	/* a blank run in colour c */
 {
-	attr_set(A_NORMAL, 0, &(int){ chrome(c) });
+	attr_set(chrome_attr(c), 0, &(int){ chrome(c) });
 	mvhline(y, x, ' ', w);
 	attr_set(A_NORMAL, 0, &(int){ 0 });
+}
+
+/* How many of wide[0..n) fit in w columns; at a blank if one is near. */
+static int wrap_at(const wchar_t *wide, int n, int w)
+{
+	int i = 0, cols = 0, blank = -1;
+
+	while (i < n && cols + (wcwidth(wide[i]) > 0 ? wcwidth(wide[i]) : 0) <= w) {
+		cols += wcwidth(wide[i]) > 0 ? wcwidth(wide[i]) : 0;
+		blank = wide[i] == L' ' ? i : blank;
+		i++;
+	}
+	return i < n && blank > w / 2 ? blank + 1 : i;
+}
+
+/* Text over up to lines rows of w columns each, broken at blanks. */
+static void draw_wrapped(int y, int x, int w, int lines, enum chrome c, const char *text)
+{
+	wchar_t wide[512];
+	int n = (int)mbstowcs(wide, text, 511), i = 0;
+
+	for (int line = 0; line < lines && n > 0 && i < n; line++) {
+		int k = wrap_at(wide + i, n - i, w);
+
+		attr_set(chrome_attr(c), 0, &(int){ chrome(c) });
+		mvaddnwstr(y + line, x, wide + i, k);
+		attr_set(A_NORMAL, 0, &(int){ 0 });
+		i += k ? k : n;
+	}
 }
 
 static void short_id(const struct session *s, char out[SHORT_ID + 1])	/* "7f1c" */
@@ -4222,52 +4315,217 @@ static const char *tunnel_badge(const struct tunnel *t)
 	return !u.tls ? "PLAINTEXT" : app.insecure ? "INSECURE" : NULL;
 }
 
+/*** the list: rows, filter, scrolling *********************************/
+
+/* The list is as wide as its longest name and badge needs (at least
+ * LIST_WIDTH, at most a third of the screen), or list_width = N: fixed
+ * when devices come and go, so panes keep their size; events wrap. */
+static void list_fit(void)
+{
+	int w = app.list_w_set ? app.list_w_set : LIST_WIDTH, most = COLS / 3;
+
+	for (struct tunnel *t = app.tunnels; t && !app.list_w_set; t = t->next) {
+		const char *badge = tunnel_badge(t);
+		int need = text_cols(t->cfg.name) + (badge ? (int)strlen(badge) + 1 : 0) + 2;
+
+		w = need > w ? need : w;
+	}
+	if (!app.list_w_set && w > most)
+		w = most > LIST_WIDTH ? most : LIST_WIDTH;
+	app.list_w = w < COLS - 20 ? w : COLS - 20 > 10 ? COLS - 20 : 10;
+}
+
+
+struct row {		/* one entry of the list: a device, or one of its sessions */
+	struct tunnel *t;
+	struct session *s;		/* NULL: the device itself */
+	int h;				/* screen lines it takes */
+};
+
+static int filter_hit(const char *text)	/* the list filter, case-blind, in text */
+{
+	return !app.filter_len || (text && strcasestr(text, app.filter));
+}
+
+static int session_hit(const struct session *s)	/* by its id, user or title */
+{
+	return filter_hit(s->request_id) || filter_hit(s->user) || filter_hit(s->title);
+}
+
+static int wrap_at(const wchar_t *wide, int n, int w);
+
+static int event_lines(const struct tunnel *t)	/* the last event: wrapped, two lines at most */
+{
+	wchar_t wide[512];
+	int n = (int)mbstowcs(wide, t->event, 511), lines = 0;
+
+	for (int i = 0, k; n > 0 && i < n && lines < 2; i += k ? k : n, lines++)
+		k = wrap_at(wide + i, n - i, app.list_w - 2);
+	return lines;
+}
+
+static int device_row_height(const struct tunnel *t)
+{
+	return app.compact ? 1 : 2 + event_lines(t);
+}
+
+/* The list's rows in order: each device that passes the filter, then its
+ * sessions (in compact mode only the selected device's).  rows may be NULL
+ * to count them. */
+static int list_rows(struct row *rows)
+{
+	int n = 0;
+
+	for (struct tunnel *t = app.tunnels; t; t = t->next) {
+		int dev = filter_hit(t->cfg.name) || filter_hit(t->cfg.device_id), any = dev;
+
+		for (struct session *s = t->sessions; s && !any; s = s->next)
+			any = session_hit(s);
+		if (!any)
+			continue;
+		if (rows)
+			rows[n] = (struct row){ t, NULL, device_row_height(t) };
+		n++;
+		for (struct session *s = t->sessions; s && (!app.compact || t == app.sel_tunnel); s = s->next)
+			if (dev || session_hit(s)) {
+				if (rows)
+					rows[n] = (struct row){ t, s, 1 };
+				n++;
+			}
+	}
+	return n;
+}
+
+static struct row *list_snapshot(int *n, int *sel)	/* the rows, and the selected one's index */
+{
+	struct row *rows;
+
+	*n = list_rows(NULL);
+	rows = xcalloc((size_t)(*n + 1) * sizeof(*rows));
+	list_rows(rows);
+	for (*sel = 0; *sel < *n; ++*sel)
+		if (rows[*sel].t == app.sel_tunnel && rows[*sel].s == app.sel_session)
+			break;
+	if (*sel == *n)	/* filtered out, or nothing selected */
+		*sel = *n ? 0 : -1;
+	return rows;
+}
+
+/* Scrolls the list so the selected row is whole in view, below a "more
+ * above" line and above a "more below" line when those are needed. */
+static void list_scroll(const struct row *rows, int n, int sel, int avail)
+{
+	if (sel < 0)
+		return;
+	if (app.list_top > sel)
+		app.list_top = sel;
+	for (;;) {
+		int y = app.list_top > 0;
+
+		for (int i = app.list_top; i <= sel; i++)
+			y += rows[i].h;
+		if (y + (sel < n - 1) <= avail || app.list_top == sel)
+			return;
+		app.list_top++;
+	}
+}
+
+static int devices_in(const struct row *rows, int from, int to)	/* device rows in [from, to) */
+{
+	int n = 0;
+
+	for (int i = from; i < to; i++)
+		n += rows[i].s == NULL;
+	return n;
+}
+
+/* "▲ 12 more devices": what the list holds beyond its edge (or, with no
+ * device there, how many sessions). */
+static void draw_more(int y, const struct row *rows, int from, int to, const char *where)
+{
+	int devices = devices_in(rows, from, to), n = devices ? devices : to - from;
+
+	fill(y, 0, app.list_w, C_NORMAL);
+	put(y, 1, app.list_w - 1, C_WARN, A_BOLD, "%s %d more %s%s", where, n,
+	    devices ? "device" : "session", n == 1 ? "" : "s");
+}
+
+static void short_state(const struct tunnel *t, char *out, size_t cap)	/* for a compact row */
+{
+	static const char *const names[] = {
+		[T_IDLE] = "idle", [T_CONNECTING] = "connecting", [T_WAITING] = "waiting",
+		[T_ONLINE] = "online", [T_RECONNECTING] = "retry", [T_AUTH_FAILED] = "auth failed",
+		[T_CLOSED] = "closed", [T_CREATING] = "creating", [T_API_ERROR] = "API error",
+		[T_CERT_FAILED] = "cert refused",
+	};
+
+	if (t->state == T_RECONNECTING)
+		snprintf(out, cap, "retry %llds", (long long)((t->reconnect_at_us - now_us()) / 1000000 + 1));
+	else
+		snprintf(out, cap, "%s", names[t->state]);
+}
+
 static int draw_device_row(struct tunnel *t, int y)	/* name, state, last event */
 {
-	char st[48];
-	int sel = t == app.sel_tunnel && !app.sel_session;
+	char st[64];
+	int sel = t == app.sel_tunnel && !app.sel_session, w = app.list_w;
 	const char *badge = tunnel_badge(t);
-	int bw = badge ? (int)strlen(badge) + 1 : 0;
+	int bw = badge ? (int)strlen(badge) + 1 : 0, sw;
 
 	tunnel_state_text(t, st, sizeof(st));
-	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
-	put(y, 1, LIST_WIDTH - 1 - bw, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
+	fill(y, 0, w, sel ? C_SELECTED : C_NORMAL);
+	if (app.compact) {
+		short_state(t, st, sizeof(st));
+		sw = text_cols(st) + 1;
+		put(y, 1, w - 1 - sw - bw, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
+		put(y, w - sw - bw, sw, sel ? C_SELECTED : tunnel_color(t), 0, "%s", st);
+	} else {
+		put(y, 1, w - 1 - bw, sel ? C_SELECTED : C_NORMAL, A_BOLD, "%s", t->cfg.name);
+		put(y + 1, 2, w - 2, tunnel_color(t), 0, "%s", st);
+		draw_wrapped(y + 2, 2, w - 2, event_lines(t), C_DIM, t->event);
+	}
 	if (badge)
-		put(y, LIST_WIDTH - bw, bw, C_ALERT, A_BOLD, "%s", badge);
-	put(y + 1, 2, LIST_WIDTH - 2, tunnel_color(t), 0, "%s", st);
-	if (t->event[0] && y + 2 < LINES - 1)
-		put(y + 2, 2, LIST_WIDTH - 2, C_DIM, 0, "%s", t->event);
-	return t->event[0] ? 3 : 2;
+		put(y, w - bw, bw, C_ALERT, A_BOLD, "%s", badge);
+	return device_row_height(t);
 }
 
 static void draw_session_row(struct session *s, int y)	/* id, user, state, activity */
 {
 	char id[SHORT_ID + 1];
-	int sel = s == app.sel_session;
+	int sel = s == app.sel_session, w = app.list_w;
 	enum chrome c = sel ? C_SELECTED : s->state == S_ENDED ? C_DIM : C_NORMAL;
 
 	short_id(s, id);
-	fill(y, 0, LIST_WIDTH, sel ? C_SELECTED : C_NORMAL);
-	put(y, 1, LIST_WIDTH - 1, c, 0, " %s %-4s %-8.8s %s", s->unseen ? "*" : " ", id,
-	    s->user, session_state_names[s->state]);
+	fill(y, 0, w, sel ? C_SELECTED : C_NORMAL);
+	put(y, 1, w - 1, c, 0, " %s %-4s %-8.8s %s%s%s", s->unseen ? "*" : " ", id, s->user,
+	    session_state_names[s->state], s->title[0] ? " " : "", s->title);
 	if (s->marked)	/* broadcast target: impossible to miss */
 		put(y, 0, 2, app.broadcast ? C_ALERT : C_MARK, A_BOLD, "◆");
 	if (s->rec)
-		put(y, LIST_WIDTH - 2, 1, C_ALERT, A_BOLD, "●");
+		put(y, w - 2, 1, C_ALERT, A_BOLD, "●");
 }
 
-static void draw_list(void)	/* the left column */
+static void draw_list(void)	/* the left column: scrolled to the selection */
 {
-	int y = 0;
+	int n, sel, avail = LINES - 1, y, i;
+	struct row *rows = list_snapshot(&n, &sel);
 
-	for (struct tunnel *t = app.tunnels; t && y < LINES - 2; t = t->next) {
-		y += draw_device_row(t, y);
-		for (struct session *s = t->sessions; s && y < LINES - 1; s = s->next)
-			draw_session_row(s, y++);
-	}
+	list_scroll(rows, n, sel, avail);
+	if (app.list_top >= n)
+		app.list_top = 0;
+	y = app.list_top > 0;
+	if (y)
+		draw_more(0, rows, 0, app.list_top, "▲");
+	for (i = app.list_top; i < n && y + rows[i].h + (i < n - 1) <= avail; i++)
+		y += rows[i].s ? (draw_session_row(rows[i].s, y), 1) : draw_device_row(rows[i].t, y);
+	if (i < n)
+		draw_more(y, rows, i, n, "▼");
+	if (!n && app.filter_len)
+		put(0, 1, app.list_w - 1, C_DIM, 0, "nothing matches");
+	free(rows);
 	attr_set(app.broadcast ? A_BOLD : A_NORMAL, 0,
 		 &(int){ chrome(broadcasting() ? C_ALERT : C_BORDER) });
-	mvvline(0, LIST_WIDTH, broadcasting() ? '#' | A_BOLD : ACS_VLINE, LINES - 1);
+	mvvline(0, app.list_w, broadcasting() ? '#' | A_BOLD : ACS_VLINE, LINES - 1);
 	attr_set(A_NORMAL, 0, &(int){ 0 });
 }
 
@@ -4291,7 +4549,7 @@ static const char *mode_hint(void)	/* the status bar's right end */
 	static const char *const names[] = {
 		[M_NORMAL] = "", [M_PREFIX] = "PREFIX", [M_LOGIN] = "LOGIN",
 		[M_CONFIRM] = "CONFIRM", [M_SCROLL] = "SCROLL", [M_SEARCH] = "SEARCH",
-		[M_HELP] = "HELP" };
+		[M_HELP] = "HELP", [M_FILTER] = "FILTER" };
 
 	snprintf(hint, sizeof(hint), "%s%s%s ? help ", names[app.mode],
 		 *names[app.mode] ? " │ " : "", keyname(app.prefix_key));
@@ -4359,7 +4617,7 @@ static void draw_box(int y, int x, int h, int w, const char *title)	/* a framed 
 {
 	for (int i = 0; i < h; i++)
 		fill(y + i, x, w, C_STATUS);
-	attr_set(A_NORMAL, 0, &(int){ chrome(C_STATUS) });
+	attr_set(chrome_attr(C_STATUS), 0, &(int){ chrome(C_STATUS) });
 	mvhline(y, x, ACS_HLINE, w);
 	mvhline(y + h - 1, x, ACS_HLINE, w);
 	mvvline(y, x, ACS_VLINE, h);
@@ -4449,6 +4707,21 @@ static void draw_search_prompt(void)	/* "/text" over the status bar */
 	curs_set(1);
 }
 
+static void draw_filter_prompt(void)	/* the filter being typed, over the status bar */
+{
+	int n, sel;
+	struct row *rows = list_snapshot(&n, &sel);
+
+	fill(LINES - 1, 0, COLS, C_STATUS);
+	put(LINES - 1, 0, COLS, C_STATUS, A_BOLD, "filter: %s", app.filter);
+	put(LINES - 1, 9 + text_cols(app.filter) + 2, COLS, C_STATUS, 0,
+	    "%d device%s · Up/Down choose · Enter jumps · Esc back", devices_in(rows, 0, n),
+	    devices_in(rows, 0, n) == 1 ? "" : "s");
+	move(LINES - 1, 8 + text_cols(app.filter));
+	curs_set(1);
+	free(rows);
+}
+
 static void draw_overlay(void)	/* whatever the mode puts on top */
 {
 	if (app.mode == M_LOGIN)
@@ -4459,6 +4732,8 @@ static void draw_overlay(void)	/* whatever the mode puts on top */
 		draw_help();
 	else if (app.mode == M_SEARCH)
 		draw_search_prompt();
+	else if (app.mode == M_FILTER)
+		draw_filter_prompt();
 }
 
 static void draw(void)	/* the whole screen, sent in one update */
@@ -4700,23 +4975,6 @@ static void act_close_session(const union arg *arg)	/* x */
 			"runs on until it exits or idles out.", s->request_id);
 }
 
-struct row { struct tunnel *t; struct session *s; };	/* one line of the list */
-
-static int list_rows(struct row *rows)	/* each device, then its sessions; count */
-{
-	int n = 0;
-
-	for (struct tunnel *t = app.tunnels; t; t = t->next) {
-		if (rows)
-			rows[n] = (struct row){ t, NULL };
-		n++;
-		for (struct session *s = t->sessions; s; s = s->next, n++)
-			if (rows)
-				rows[n] = (struct row){ t, s };
-	}
-	return n;
-}
-
 static void act_move(const union arg *arg)	/* j / k: the next or previous row */
 {
 	int n = list_rows(NULL), i = 0;
@@ -4779,6 +5037,25 @@ static void act_device(const union arg *arg)	/* 1 … 9 */
 		select_session(t, t->sessions);
 	else
 		flash_msg("there is no device %d", arg->i);
+}
+
+static void act_filter(const union arg *arg)	/* /: filter the list as you type */
+{
+	(void)arg;
+	app.filter_from.t = app.sel_tunnel;
+	app.filter_from.s = app.sel_session;
+	app.filter_len = 0;
+	app.filter[0] = '\0';
+	app.mode = M_FILTER;
+	ui_dirty();
+}
+
+static void act_compact(const union arg *arg)	/* v: one row per device, or the full list */
+{
+	(void)arg;
+	app.compact = !app.compact;
+	app.list_top = 0;
+	ui_dirty();
 }
 
 static void act_zoom(const union arg *arg)	/* z */
@@ -5149,32 +5426,80 @@ static void key_scroll(int ch, int fn)	/* scroll mode */
 	ui_dirty();
 }
 
-static void key_search(int ch, int fn)	/* typing the search text */
+/* A one-line text field: Backspace erases a character, printable keys
+ * are added.  Returns 1 if the key was the field's. */
+static int field_type(char *text, size_t cap, size_t *len, int ch, int fn)
 {
 	char mb[MB_LEN_MAX];
 	int n;
 
+	if ((!fn && (ch == 127 || ch == 8)) || (fn && ch == KEY_BACKSPACE)) {
+		field_backspace(text, len);
+		return 1;
+	}
+	if (fn || ch < 32 || (n = wctomb(mb, (wchar_t)ch)) <= 0)
+		return 0;
+	if (*len + (size_t)n < cap) {
+		memcpy(text + *len, mb, (size_t)n);
+		*len += (size_t)n;
+		text[*len] = '\0';
+	}
+	return 1;
+}
+
+static void key_search(int ch, int fn)	/* typing the search text */
+{
 	if (!fn && (ch == '\r' || ch == '\n')) {
 		app.mode = M_SCROLL;
 		if (app.sel_session)
 			search_back(app.sel_session);
 	} else if (!fn && ch == 27) {
 		app.mode = M_SCROLL;
-	} else if ((!fn && (ch == 127 || ch == 8)) || (fn && ch == KEY_BACKSPACE)) {
-		field_backspace(app.search, &app.search_len);
-	} else if (!fn && ch >= 32 && (n = wctomb(mb, (wchar_t)ch)) > 0 &&
-		   app.search_len + (size_t)n < sizeof(app.search)) {
-		memcpy(app.search + app.search_len, mb, (size_t)n);
-		app.search_len += (size_t)n;
-		app.search[app.search_len] = '\0';
+	} else {
+		field_type(app.search, sizeof(app.search), &app.search_len, ch, fn);
 	}
+	ui_dirty();
+}
+
+static void filter_jump(void)	/* the selection to the first row the filter shows */
+{
+	int n, sel;
+	struct row *rows = list_snapshot(&n, &sel);
+
+	if (n && !(rows[sel].t == app.sel_tunnel && rows[sel].s == app.sel_session))
+		select_session(rows[0].t, rows[0].s);
+	free(rows);
+}
+
+static void filter_end(int keep)	/* Enter: stay on the match; Esc: back */
+{
+	if (!keep)
+		select_session(app.filter_from.t, app.filter_from.s);
+	app.filter_len = 0;
+	app.filter[0] = '\0';
+	app.mode = M_NORMAL;
+	ui_dirty();
+}
+
+/* Ctrl-g /: the list shows only devices and sessions whose name, id, user
+ * or title holds the text typed; arrows choose, Enter jumps there. */
+static void key_filter(int ch, int fn)
+{
+	if (!fn && (ch == '\r' || ch == '\n'))
+		filter_end(1);
+	else if (!fn && ch == 27)
+		filter_end(0);
+	else if (fn && (ch == KEY_UP || ch == KEY_DOWN))
+		act_move(&(union arg){ .i = ch == KEY_UP ? -1 : +1 });
+	else if (field_type(app.filter, sizeof(app.filter), &app.filter_len, ch, fn))
+		filter_jump();
 	ui_dirty();
 }
 
 static void (*const mode_keys[])(int ch, int fn) = {	/* key handling per mode */
 	[M_NORMAL] = key_normal, [M_PREFIX] = key_prefix, [M_LOGIN] = key_login,
 	[M_CONFIRM] = key_confirm, [M_SCROLL] = key_scroll, [M_SEARCH] = key_search,
-	[M_HELP] = key_help,
+	[M_HELP] = key_help, [M_FILTER] = key_filter,
 };
 
 static void paste_into(struct session *s, const char *p, size_t n);
@@ -5554,11 +5879,13 @@ static void ui_start(void)	/* curses on; the crash path restores the tty */
 		signal(fatal[i], on_crash);
 	initscr();
 	app.ui_up = 1;
-	if (has_colors() && !getenv("NO_COLOR")) {
+	list_fit();
+	if (has_colors()) {	/* NO_COLOR is about our colours, not the remote's */
 		start_color();
 		use_default_colors();
 		app.colors = COLORS;
 	}
+	app.mono = !app.colors || (getenv("NO_COLOR") && *getenv("NO_COLOR"));
 	raw();
 	noecho();
 	nonl();
@@ -5588,6 +5915,7 @@ static void on_resize(void)	/* SIGWINCH: follow the outer terminal's size */
 
 	if (ioctl(1, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
 		resizeterm(ws.ws_row, ws.ws_col);
+	list_fit();
 	clearok(curscr, TRUE);
 	ui_dirty();
 }
@@ -6212,6 +6540,8 @@ static int run(int argc, char **argv)	/* everything main does */
 	if (o.log && !(app.log = open_private(o.log, O_APPEND, "a")))
 		usage_error("--log %s: %s", o.log, errno == ELOOP ? "a symbolic link: refused" : strerror(errno));
 	app.prefix_key = c.prefix_key;
+	app.compact = c.compact;
+	app.list_w_set = c.list_w;
 	if (c.heartbeat_s) {
 		ws_heartbeat.secs_since_valid_ping = (uint16_t)c.heartbeat_s;
 		ws_heartbeat.secs_since_valid_hangup = (uint16_t)(c.heartbeat_s * DEAD_LINK_BEATS);
