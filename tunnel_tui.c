@@ -115,7 +115,10 @@ static const short chrome_colors[C_COUNT][2] = {	/* fg, bg; -1 default */
  * unlikely to use together (bold, reverse, magenta) framed by box rules.
  */
 #define END_LINE_SGR  "\033[0;1;7;35m"
+#define BYE_LINE_SGR  "\033[0;7;34m"	/* a session the user ended: no fault */
 #define END_LINE_OFF  "\033[0m"
+#define BYE_WINDOW_US 10000000	/* an end this soon after "exit" is the user's */
+#define SDK_408_TEXT  "SSH idles for too long"	/* the official SDK's, for any exit */
 
 /* Status codes and close codes (§6) explained in the list and status bar. */
 static const struct { const char *code, *meaning; } status_meanings[] = {
@@ -289,6 +292,8 @@ struct session {	/* one SSH session: one request_id */
 	int unseen;			/* output since last shown */
 	int got_output;			/* since its connect: a late 408 is not its own */
 	char title[64];			/* the remote's window title (OSC 0/2), cleaned */
+	int64_t exit_typed_us;		/* when exit, logout or ^D was sent */
+	int login_tries;		/* refused logins in a row (ssh asks 3 times) */
 	lws_sorted_usec_list_t sul_login;	/* no output after connect_response: wedged */
 	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
 	char partial[4];		/* a UTF-8 sequence cut off by a message's end */
@@ -375,6 +380,8 @@ struct dialog {		/* the login dialog and yes/no questions */
 	int field;			/* 0 username, 1 password */
 	char question[200];
 	void (*on_yes)(void);
+	int mask;			/* bullets shown for the password: changes each key */
+	char notice[120];		/* e.g. a refused password, before trying again */
 };
 
 static struct app {	/* the whole program's state */
@@ -409,6 +416,7 @@ static struct app {	/* the whole program's state */
 	size_t search_len;
 	char flash[200];		/* a one-off message in the status bar */
 	int64_t flash_until_us;
+	char start_warning[200];	/* shown once the screen is up (stderr with --exec) */
 	/* input */
 	int prefix_key;
 	int paste;			/* inside a bracketed paste */
@@ -433,6 +441,7 @@ static struct app {	/* the whole program's state */
  ************************************************************************/
 
 static void ui_end(void);
+static void usage_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
 static int64_t now_us(void)		/* monotonic microseconds */
 {
@@ -519,6 +528,14 @@ static void buf_append(struct buf *b, const void *p, size_t n)
 	memcpy(b->p + b->len, p, n);
 	b->len += n;
 	b->p[b->len] = '\0';
+}
+
+static void field_backspace(char *p, size_t *len)	/* drops one UTF-8 character */
+{
+	while (*len && ((unsigned char)p[*len - 1] & 0xc0) == 0x80)
+		p[--*len] = '\0';
+	if (*len)
+		p[--*len] = '\0';
 }
 
 static void buf_printf(struct buf *b, const char *fmt, ...)	/* formatted append */
@@ -2339,6 +2356,30 @@ static const struct sbline *sb_line(const struct session *s, int i)	/* 0: oldest
 	return s->sb[(s->sb_head + i) % SCROLLBACK_LINES];
 }
 
+/* History row vr (scrollback, then screen) as UTF-8 text, for search; the
+ * right half of a wide character is no column of its own. */
+static void row_text_cols(const struct session *s, int vr, char *out, size_t cap, int *col_at)
+{	/* row_text, and the column each byte of it came from */
+	const struct sbline *l = vr < s->sb_count ? sb_line(s, vr) : NULL;
+	const struct cell *c = l ? l->cells : s->grid->row[vr - s->sb_count];
+	int cols = l ? l->cols : s->grid->cols;
+	size_t n = 0;
+
+	for (int i = 0; i < cols && n + MB_LEN_MAX < cap; i++) {
+		int k = i && c[i - 1].width == 2 ? 0 : wctomb(out + n, c[i].ch ? (wchar_t)c[i].ch : L' ');
+
+		for (int b = 0; col_at && b < k; b++)
+			col_at[n + (size_t)b] = i;
+		n += k > 0 ? (size_t)k : 0;
+	}
+	out[n] = '\0';
+}
+
+static void row_text(const struct session *s, int vr, char *out, size_t cap)
+{
+	row_text_cols(s, vr, out, cap, NULL);
+}
+
 static int vt_putglyph(VTermGlyphInfo *info, VTermPos pos, void *user)	/* printed */
 {
 	struct session *s = user;
@@ -2503,7 +2544,7 @@ static void vt_close(struct session *s)	/* frees the VTerm, grids and scrollback
 
 /* Writes a console line into the session's terminal, distinct from remote
  * output: leaves the alternate screen first so it stays in the scrollback. */
-static void vt_notice(struct session *s, const char *text)
+static void vt_notice(struct session *s, const char *sgr, const char *text)
 {
 	VTermPos cur;
 	struct buf b = { 0 };
@@ -2511,8 +2552,7 @@ static void vt_notice(struct session *s, const char *text)
 	if (s->altscreen)
 		buf_append(&b, "\033[?1049l", 8);
 	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
-	buf_printf(&b, "\033[0m%s%s── %s ──%s\r\n", cur.col ? "\r\n" : "",
-		   END_LINE_SGR, text, END_LINE_OFF);
+	buf_printf(&b, "\033[0m%s%s── %s ──%s\r\n", cur.col ? "\r\n" : "", sgr, text, END_LINE_OFF);
 	term_feed(s, b.p, b.len);
 	buf_free(&b);
 }
@@ -2611,28 +2651,52 @@ static void session_free(struct session *s)	/* unlinks nothing: see callers */
 	free(s);
 }
 
-/* Ends a session: the reason goes inline in its terminal and in the list. */
+/* Why a session ended, in words: what the device or platform said (the
+ * official SDK's one 408 text explained), and what typing was lost. */
+static void end_reason(const struct session *s, const char *code, const char *msg, char *out, size_t cap)
+{
+	const char *meaning = status_meaning(code);
+	size_t unsent = s->keys.len;
+	int n;
+
+	if (!*code)	/* ended here, not by the device or platform */
+		n = snprintf(out, cap, "%s", msg);
+	else
+		n = snprintf(out, cap, "disconnected %s: %s%s", code, msg && *msg ? msg : *meaning ? meaning :
+			     "no reason given", msg && strstr(msg, SDK_408_TEXT) ?
+			     " (the official SDK's words for any shell exit)" : "");
+	if (unsent && n > 0 && (size_t)n < cap)	/* typing is never lost without a word */
+		snprintf(out + n, cap - (size_t)n, "; %zu typed byte%s not sent", unsent, unsent == 1 ? "" : "s");
+}
+
+static int ended_by_user(const struct session *s, const char *code)	/* exit, logout, ^D */
+{
+	return !strcmp(code, "408") && s->exit_typed_us && now_us() - s->exit_typed_us < BYE_WINDOW_US;
+}
+
+/* Ends a session: the reason goes inline in its terminal and in the list,
+ * as a fault unless the user just ended the shell. */
 static void session_end(struct session *s, const char *code, const char *msg)
 {
-	char line[200];
-	const char *meaning = status_meaning(code);
+	char line[240];
+	int bye = ended_by_user(s, code);
 
 	if (s->state == S_ENDED)
 		return;
 	s->state = S_ENDED;
 	lws_sul_cancel(&s->sul_login);
-	buf_free(&s->keys);
-	lane_drop_owned(&s->tunnel->bulk, s);	/* its device session is gone */
 	if (s->job)
 		batch_session_ended(s, code, msg);
-	if (!*code)	/* ended here, not by the device or platform */
-		snprintf(line, sizeof(line), "%s", msg);
+	if (bye)
+		snprintf(line, sizeof(line), "session ended: the shell exited%s", s->tunnel->official ?
+			 " (official devices need a new tunnel before the next login: ^G c)" : "");
 	else
-		snprintf(line, sizeof(line), "disconnected %s: %s", code,
-			 msg && *msg ? msg : *meaning ? meaning : "no reason given");
+		end_reason(s, code, msg, line, sizeof(line));
+	buf_free(&s->keys);
+	lane_drop_owned(&s->tunnel->bulk, s);	/* its device session is gone */
 	clean_in_place(line, sizeof(line));	/* it goes into the terminal: no escapes */
 	copy_str(s->note, sizeof(s->note), line);
-	vt_notice(s, line);
+	vt_notice(s, bye ? BYE_LINE_SGR : END_LINE_SGR, line);
 	log_line("%s session %.8s: %s", s->tunnel->cfg.name, s->request_id, line);
 	if (s->tunnel->latest == s)
 		s->tunnel->latest = NULL;
@@ -2678,7 +2742,7 @@ static void session_login(struct session *s, const char *password, size_t passwo
 /* Reopening keeps the old screen above, with a line between. */
 static void session_reopen(struct session *s, const char *password, size_t password_len)
 {
-	vt_notice(s, "new session");
+	vt_notice(s, END_LINE_SGR, "new session");
 	session_login(s, password, password_len);
 }
 
@@ -2688,6 +2752,7 @@ static void session_output(struct session *s, const char *p, size_t n)	/* §4.6 
 		s->state = S_LIVE;
 	if (!s->got_output) {
 		s->got_output = 1;
+		s->login_tries = 0;
 		lws_sul_cancel(&s->sul_login);
 	}
 	if (s->job) {
@@ -3043,6 +3108,26 @@ static void on_connect_response(struct tunnel *t, struct session *s, const struc
 	ui_dirty();
 }
 
+static void open_login(struct tunnel *t, struct session *reopen);
+static void select_session(struct tunnel *t, struct session *s);
+
+/* A refused login (400 before any output) asks again in the dialog, as
+ * ssh does, three times in all; a remembered password was wrong: forgotten. */
+static void login_refused(struct session *s)
+{
+	secret_free(s->password);
+	s->password = NULL;
+	if (s->got_output || s->job || app.batch || ++s->login_tries >= 3 || app.mode != M_NORMAL) {
+		if (s->login_tries >= 3)
+			flash_msg("%s: the login was refused 3 times", s->tunnel->cfg.name);
+		return;
+	}
+	select_session(s->tunnel, s);
+	open_login(s->tunnel, s);
+	snprintf(app.dlg.notice, sizeof(app.dlg.notice), "login refused: try again (%d of 3)",
+		 s->login_tries + 1);
+}
+
 /* Official devices send a shell exit's 408 as SSH_timeout_disconnect, and
  * after an exit that sent none, send it on the next connect: a 408 routed
  * here by that name, before this session's first output, is not its own. */
@@ -3065,9 +3150,11 @@ static void on_session_message(struct tunnel *t, struct session *s, const struct
 	else if (m->op == OP_DISCONNECT && stale_disconnect(s, m))
 		tunnel_event(t, "ignored a late %s: it ended the session before %.4s",
 			     m->status_code[0] ? m->status_code : "disconnect", s->request_id);
-	else if (m->op == OP_DISCONNECT)
+	else if (m->op == OP_DISCONNECT) {
 		session_end(s, m->status_code[0] ? m->status_code : "?", m->status_msg);
-	else
+		if (!strcmp(m->status_code, "400"))
+			login_refused(s);
+	} else
 		tunnel_report(t, "an unexpected operation_type from the platform");
 }
 
@@ -3986,6 +4073,8 @@ static void check_expiry(struct tunnel *t)
  ************************************************************************/
 
 static void draw(void);
+static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, ...)
+	__attribute__((format(printf, 6, 7)));
 
 static void on_draw_timer(lws_sorted_usec_list_t *sul)	/* coalesced redraw */
 {
@@ -4142,12 +4231,32 @@ static void draw_cell(int y, int x, const struct cell *c)	/* one remote cell */
 }
 
 /* Row vr of the session's history: scrollback lines, then the screen. */
+/* Which columns of history row vr the search text covers (scroll mode
+ * shows every match); bit c of marks[c / 8]. */
+static void row_matches(const struct session *s, int vr, uint8_t *marks, int cols)
+{
+	char text[4096];
+	int col_at[4096];
+
+	memset(marks, 0, (size_t)(cols + 7) / 8);
+	if (!app.search_len || (app.mode != M_SCROLL && app.mode != M_SEARCH) ||
+	    vr >= s->sb_count + s->grid->rows)	/* below a PTY shorter than the pane */
+		return;
+	row_text_cols(s, vr, text, sizeof(text), col_at);
+	for (const char *m = text; (m = strstr(m, app.search)); m++)
+		for (size_t b = (size_t)(m - text); b < (size_t)(m - text) + app.search_len; b++)
+			if (col_at[b] < cols)
+				marks[col_at[b] / 8] |= (uint8_t)(1 << (col_at[b] % 8));
+}
+
 static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, int w)
 {
 	static const struct cell blank = { 0, COLOR_DEFAULT, COLOR_DEFAULT, 0, 1 };
 	const struct sbline *l = vr < s->sb_count ? sb_line(s, vr) : NULL;
 	int srow = vr - s->sb_count;
+	uint8_t marks[(1000 + 7) / 8];
 
+	row_matches(s, vr, marks, 1000);
 	for (int x = 0; x < w;) {
 		int col = off_x + x;
 		struct cell c = blank;
@@ -4160,6 +4269,8 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
 		}
 		if (c.width == 2 && x + 1 >= w)
 			c = blank;	/* half a wide character does not fit */
+		if (col < 1000 && marks[col / 8] & (1 << (col % 8)))
+			c.attrs |= ATTR_REVERSE | ATTR_BOLD;	/* a search match */
 		if (!cell_blank(&c))	/* erase() left blanks: most of a pane, usually */
 			draw_cell(y, x0 + x, &c);
 		x += c.width == 2 ? 2 : 1;
@@ -4193,6 +4304,9 @@ static int draw_pane(const struct session *s, int x0, int w, int h, int *cx)
 	pane_origin(s, w, h, &top, &left);
 	for (int y = 0; y < h; y++)
 		draw_row(s, top + y, y, x0, left, w);
+	if (s->cols < w)	/* the PTY's edge, where the remote's lines wrap */
+		for (int y = 0; y < h && y < s->rows; y++)
+			put(y, x0 + s->cols, 1, C_DIM, 0, "┊");
 	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
 	cur.row += s->sb_count - top;
 	cur.col -= left;
@@ -4256,6 +4370,16 @@ static int wrap_at(const wchar_t *wide, int n, int w)
 		i++;
 	}
 	return i < n && blank > w / 2 ? blank + 1 : i;
+}
+
+static int wrapped_lines(const char *text, int w, int most)	/* as draw_wrapped breaks it */
+{
+	wchar_t wide[512];
+	int n = (int)mbstowcs(wide, text, 511), lines = 0;
+
+	for (int i = 0, k; n > 0 && i < n && lines < most; i += k ? k : n, lines++)
+		k = wrap_at(wide + i, n - i, w);
+	return lines;
 }
 
 /* Text over up to lines rows of w columns each, broken at blanks. */
@@ -4352,16 +4476,11 @@ static int session_hit(const struct session *s)	/* by its id, user or title */
 	return filter_hit(s->request_id) || filter_hit(s->user) || filter_hit(s->title);
 }
 
-static int wrap_at(const wchar_t *wide, int n, int w);
+static int wrapped_lines(const char *text, int w, int most);
 
 static int event_lines(const struct tunnel *t)	/* the last event: wrapped, two lines at most */
 {
-	wchar_t wide[512];
-	int n = (int)mbstowcs(wide, t->event, 511), lines = 0;
-
-	for (int i = 0, k; n > 0 && i < n && lines < 2; i += k ? k : n, lines++)
-		k = wrap_at(wide + i, n - i, app.list_w - 2);
-	return lines;
+	return wrapped_lines(t->event, app.list_w - 2, 2);
 }
 
 static int device_row_height(const struct tunnel *t)
@@ -4586,11 +4705,37 @@ static int draw_alerts(int y)
 	return x;
 }
 
+/* The remote PTY against the pane: "" when they agree. */
+static const char *pty_fit(const struct session *s)
+{
+	static char text[64];
+	int w, h;
+
+	pane_size(&w, &h);
+	if (s->cols == w && s->rows == h)
+		return "";
+	snprintf(text, sizeof(text), " │ PTY %dx%d %s pane %dx%d", s->cols, s->rows,
+		 s->cols > w || s->rows > h ? "clipped to" : "in", w, h);
+	return text;
+}
+
+/* Scroll mode: where the view is in the history, and the keys. */
+static void draw_scroll_status(const struct session *s, int y, int x, int w)
+{
+	int pw, ph, top, left, total = s->sb_count + s->rows;
+
+	pane_size(&pw, &ph);
+	pane_origin(s, pw, ph, &top, &left);
+	put(y, x, w, C_STATUS, 0, " lines %d-%d of %d%s │ ↑↓ PgUp PgDn g G move │ / search%s │ q leaves",
+	    top + 1, top + ph < total ? top + ph : total, total, s->scroll ? "" : " (the end)",
+	    app.search_len ? ", n next match" : "");
+}
+
 static void draw_status(void)	/* device │ session │ rtt │ token │ mode, hint */
 {
 	struct tunnel *t = app.sel_tunnel;
 	struct session *s = app.sel_session;
-	char rtt[32] = "", exp[48] = "", sess[200] = "", id[SHORT_ID + 1];
+	char rtt[32] = "", exp[48] = "", sess[400] = "", id[SHORT_ID + 1];
 	const char *hint = mode_hint();
 	int y = LINES - 1, hw = (int)strlen(hint), x;
 
@@ -4600,13 +4745,18 @@ static void draw_status(void)	/* device │ session │ rtt │ token │ mode, 
 		snprintf(rtt, sizeof(rtt), " │ rtt %d ms", t->rtt_ms);
 	if (t)
 		expiry_text(t, exp, sizeof(exp));
-	if (s) {
+	if (s) {	/* the connect_response text while logging in, the end reason after */
+		int note = s->note[0] && s->state != S_LIVE;
+
 		short_id(s, id);
-		snprintf(sess, sizeof(sess), " │ %s %.40s %s%s%.100s", id, s->user,
-			 session_state_names[s->state], s->note[0] ? ": " : "", s->note);
+		snprintf(sess, sizeof(sess), " │ %s %.40s %s%s%.100s%s%.40s%s", id, s->user,
+			 session_state_names[s->state], note ? ": " : "", note ? s->note : "",
+			 s->title[0] ? " │ " : "", s->title, pty_fit(s));
 	}
 	if (app.flash[0] && now_us() < app.flash_until_us)
 		put(y, x, COLS - hw - x, C_ALERT, A_BOLD, " %s ", app.flash);
+	else if (app.mode == M_SCROLL && s)
+		draw_scroll_status(s, y, x, COLS - hw - x);
 	else if (t)
 		put(y, x, COLS - hw - x, C_STATUS, 0, " %s%s%s%s%s%s",
 		    t->cfg.name, sess, rtt, exp, s ? "" : " │ ", s ? "" : t->event);
@@ -4631,53 +4781,108 @@ static void draw_box(int y, int x, int h, int w, const char *title)	/* a framed 
 }
 
 /* The login dialog: the password shows as a fixed mask, never its length. */
+/* A box width for content of cols columns: room around it, within the screen. */
+static int box_width(int cols, int least)
+{
+	int w = cols + 4 > least ? cols + 4 : least;
+
+	return w < COLS - 2 ? w : COLS;
+}
+
+/* The login dialog.  The password shows as a mask that changes on every
+ * key (feedback) but whose length says nothing of the password's. */
 static void draw_login(void)
 {
-	int w = COLS < 50 ? COLS : 50, x = (COLS - w) / 2, y = LINES / 2 - 3;
+	static const char hint[] = "Enter log in · Tab next field · Esc cancel";
 	const struct dialog *d = &app.dlg;
+	int need = text_cols(d->tunnel->cfg.name) + 9, h = d->notice[0] ? 7 : 6;
+	int w = box_width(need > text_cols(d->notice) ? need : text_cols(d->notice), text_cols(hint) + 4);
+	int x = (COLS - w) / 2, y = LINES / 2 - 3;
 
-	draw_box(y, x, 6, w, d->reopen ? "reopen session" : "log in");
+	draw_box(y, x, h, w, d->reopen ? "reopen session" : "log in");
 	put(y + 1, x + 2, w - 4, C_STATUS, 0, "device   %s", d->tunnel->cfg.name);
 	put(y + 2, x + 2, w - 4, C_STATUS, d->field == 0 ? A_BOLD : 0, "user     %s", d->user);
-	put(y + 3, x + 2, w - 4, C_STATUS, d->field == 1 ? A_BOLD : 0, "password %s",
-	    d->password_len ? "••••••" : "");
-	put(y + 4, x + 2, w - 4, C_STATUS, A_DIM, "Enter log in · Tab next field · Esc cancel");
-	move(y + 2 + d->field, x + 11 + (d->field == 0 ? (int)strlen(d->user) :
-					 d->password_len ? 6 : 0));
+	put(y + 3, x + 2, w - 4, C_STATUS, d->field == 1 ? A_BOLD : 0, "password %.*s",
+	    d->password_len ? d->mask * 3 : 0, "••••••••••");
+	if (d->notice[0])
+		put(y + 4, x + 2, w - 4, C_ALERT, A_BOLD, "%s", d->notice);
+	put(y + h - 2, x + 2, w - 4, C_STATUS, A_DIM, "%s", hint);
+	move(y + 2 + d->field, x + 11 + (d->field == 0 ? text_cols(d->user) : d->password_len ? d->mask : 0));
 	curs_set(1);
 }
 
-static void draw_confirm(void)	/* a yes/no question */
+static void draw_confirm(void)	/* a yes/no question, wrapped to the screen */
 {
-	int w = COLS < 64 ? COLS : 64, x = (COLS - w) / 2, y = LINES / 2 - 2;
+	int w = box_width(text_cols(app.dlg.question), 40), lines, x, y;
 
-	draw_box(y, x, 4, w, "confirm");
-	put(y + 1, x + 2, w - 4, C_STATUS, 0, "%s", app.dlg.question);
-	put(y + 2, x + 2, w - 4, C_STATUS, A_BOLD, "y: yes   n / Esc: no");
+	if (w > COLS * 3 / 4 && COLS >= 60)
+		w = COLS * 3 / 4;
+	lines = wrapped_lines(app.dlg.question, w - 4, 4);
+	x = (COLS - w) / 2;
+	y = LINES / 2 - 2;
+	draw_box(y, x, lines + 3, w, "confirm");
+	draw_wrapped(y + 1, x + 2, w - 4, lines, C_STATUS, app.dlg.question);
+	put(y + lines + 1, x + 2, w - 4, C_STATUS, A_BOLD, "y: yes   n / Esc: no");
 }
 
-/* Generated from bindings[]: the help cannot drift from the keys. */
+static int help_entries(int *widest)	/* bindings with help, and the widest line */
+{
+	int n = 0;
+
+	*widest = 0;
+	for (size_t i = 0; i < sizeof(bindings) / sizeof(*bindings); i++)
+		if (bindings[i].help) {
+			int w = 12 + text_cols(bindings[i].help);
+
+			*widest = w > *widest ? w : *widest;
+			n++;
+		}
+	return n;
+}
+
+/* Generated from bindings[]: the help cannot drift from the keys.  Sized
+ * to the screen: two columns when one does not fit its height. */
 static void draw_help(void)
 {
-	int n = 0, w = COLS < 72 ? COLS : 72, x = (COLS - w) / 2, h, y;
+	int widest, n = help_entries(&widest), room = LINES - 5, cols, per, w, h, x, y, k = 0;
 	char prefix[16];
 
-	for (size_t i = 0; i < sizeof(bindings) / sizeof(*bindings); i++)
-		n += bindings[i].help != NULL;
-	h = n + 4 < LINES - 1 ? n + 4 : LINES - 1;
+	cols = n > room && COLS >= 2 * widest + 6 ? 2 : 1;
+	per = (n + cols - 1) / cols;
+	w = box_width(cols * widest + (cols - 1) * 2, 40);
+	h = (per < room ? per : room) + 4;
+	x = (COLS - w) / 2;
 	y = (LINES - 1 - h) / 2;
 	copy_str(prefix, sizeof(prefix), keyname(app.prefix_key));
 	draw_box(y, x, h, w, "keys");
 	put(y + 1, x + 2, w - 4, C_STATUS, 0, "Press %s, then:", prefix);
-	for (size_t i = 0, row = 2; i < sizeof(bindings) / sizeof(*bindings) && (int)row < h - 1; i++) {
+	for (size_t i = 0; i < sizeof(bindings) / sizeof(*bindings); i++) {
+		const char *key = bindings[i].fn == act_send_prefix ? prefix : bindings[i].keyname;
+		int col = k / per, row = k % per;
+
 		if (!bindings[i].help)
 			continue;
-		const char *k = bindings[i].fn == act_send_prefix ? prefix : bindings[i].keyname;
-
-		put(y + (int)row++, x + 2, w - 4, C_STATUS, 0, "  %-*s %s",	/* printf pads bytes */
-		    10 + (int)strlen(k) - text_cols(k), k, bindings[i].help);
+		k++;
+		if (row < h - 4)
+			put(y + 2 + row, x + 2 + col * (widest + 2), widest, C_STATUS, 0, "  %-*s %s",
+			    10 + (int)strlen(key) - text_cols(key), key, bindings[i].help);	/* printf pads bytes */
 	}
-	put(y + h - 1, x + 2, w - 4, C_STATUS, A_DIM, " any key closes ");
+	put(y + h - 1, x + 2, w - 4, C_STATUS, A_DIM, per > h - 4 ? " more than fits: enlarge the "
+	    "terminal · any key closes " : " any key closes ");
+}
+
+static const char *placeholder_hint(const struct tunnel *t)	/* what can be done now */
+{
+	static char hint[160];
+	const char *k = keyname(app.prefix_key);
+
+	if (t->state == T_WAITING || t->state == T_ONLINE)
+		snprintf(hint, sizeof(hint), "Press %s n (or Enter) to log in, %s ? for help.", k, k);
+	else if (t->state == T_CONNECTING || t->state == T_CREATING || t->state == T_RECONNECTING)
+		snprintf(hint, sizeof(hint), "Not connected yet; %s c connects now, %s ? for help.", k, k);
+	else
+		snprintf(hint, sizeof(hint), "%s c connects again, %s ? for help.", k, k);
+	return hint;
 }
 
 /* No session selected: say what the device is doing and how to log in. */
@@ -4695,8 +4900,7 @@ static void draw_placeholder(int x0, int w)
 	put(2, x0 + 2, w - 2, tunnel_color(t), 0, "%s", st);
 	put(3, x0 + 2, w - 2, C_DIM, 0, "%s", t->event);
 	put(4, x0 + 2, w - 2, C_DIM, 0, "%s", t->api_state);
-	put(5, x0 + 2, w - 2, C_NORMAL, 0, "Press %s n to log in, %s ? for help.",
-	    keyname(app.prefix_key), keyname(app.prefix_key));
+	put(5, x0 + 2, w - 2, C_NORMAL, 0, "%s", placeholder_hint(t));
 }
 
 static void draw_search_prompt(void)	/* "/text" over the status bar */
@@ -4825,6 +5029,43 @@ static int map_key(int ch, int fn, VTermKey *key, VTermModifier *mod, uint32_t *
 	return *key != VTERM_KEY_NONE;
 }
 
+/* Is the line at the cursor a prompt with "exit" or "logout" after it, or
+ * nothing (for ^D)?  The remote's echo says what was typed, whatever
+ * keys full-screen programs took before. */
+static int at_exit_prompt(const struct session *s, int eof)
+{
+	char line[512], *end;
+	VTermPos cur;
+	size_t n;
+
+	if (s->altscreen)
+		return 0;
+	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	row_text(s, s->sb_count + cur.row, line, sizeof(line));
+	n = strlen(line);
+	while (n && line[n - 1] == ' ')
+		line[--n] = '\0';
+	if (eof)
+		return n && strchr("$#>%", line[n - 1]);
+	end = n >= 6 && !strcmp(line + n - 6, "logout") ? line + n - 6 :
+	      n >= 4 && !strcmp(line + n - 4, "exit") ? line + n - 4 : NULL;
+	return end && end - line >= 2 && end[-1] == ' ' && strchr("$#>%", end[-2]);
+}
+
+/* Enter on "exit" or "logout" at a prompt, or ^D on an empty one: the
+ * user ends the shell, and its end is no fault. */
+static void follow_typing(struct session *s, int ch, int fn)
+{
+	int enter = !fn && (ch == '\r' || ch == '\n'), eof = !fn && ch == 4;
+
+	if ((enter || eof) && at_exit_prompt(s, eof)) {
+		s->exit_typed_us = now_us();
+		if (s->tunnel->official)
+			flash_msg("%s: official devices wedge after a shell exit: %s c reconnects "
+				  "before the next login", s->tunnel->cfg.name, keyname(app.prefix_key));
+	}
+}
+
 static void type_key(struct session *s, int ch, int fn)	/* one key to the remote */
 {
 	VTermKey key;
@@ -4832,6 +5073,7 @@ static void type_key(struct session *s, int ch, int fn)	/* one key to the remote
 	uint32_t uc;
 	int r = map_key(ch, fn, &key, &mod, &uc);
 
+	follow_typing(s, ch, fn);
 	if (r > 0)
 		vterm_keyboard_key(s->vt, key, mod);
 	else if (r == 0)
@@ -4848,6 +5090,7 @@ static void open_login(struct tunnel *t, struct session *reopen)	/* the dialog *
 	d->field = d->user[0] ? 1 : 0;
 	explicit_bzero(d->password, 1024);
 	d->password_len = 0;
+	d->notice[0] = '\0';
 	app.mode = M_LOGIN;
 	ui_dirty();
 }
@@ -4904,6 +5147,42 @@ static void act_new_session(const union arg *arg)	/* n: log in to the device */
 static int dropped_sessions(struct tunnel *t, int *remembered);
 static void reopen_tunnel(struct tunnel *t);
 
+static int pty_fits_pane(const struct session *s)	/* as big as the pane now */
+{
+	int w, h;
+
+	pane_size(&w, &h);
+	return s->cols == w && s->rows == h;
+}
+
+static void reopen_at_pane_size(void)	/* after the question: a new shell, the pane's size */
+{
+	struct session *s = app.sel_session;
+	int w, h;
+
+	session_end(s, "", "reopened at the pane's size");
+	pane_size(&w, &h);
+	session_resize(s, w, h);
+	if (s->password)
+		session_reopen(s, s->password, s->password_len);
+	else
+		open_login(s->tunnel, s);
+}
+
+/* There is no resize message (§5): a live session gets the pane's size
+ * only as a new shell; official devices have one size whatever is asked. */
+static void offer_pane_size(struct session *s)
+{
+	int w, h;
+
+	pane_size(&w, &h);
+	if (s->tunnel->official || s->tunnel->cfg.pty_cols)
+		flash_msg("%s runs a fixed %dx%d PTY", s->tunnel->cfg.name, s->cols, s->rows);
+	else
+		confirm(reopen_at_pane_size, "Reopen session %.4s at the pane's size (%dx%d)? Its shell "
+			"ends; the old screen stays above.", s->request_id, w, h);
+}
+
 /* r: on a device, its lost sessions; on an ended session, that one.  A new
  * request_id each, the old screen kept above. */
 static void act_reopen(const union arg *arg)
@@ -4917,6 +5196,8 @@ static void act_reopen(const union arg *arg)
 		return;
 	if (!s && dropped_sessions(t, &remembered))
 		reopen_tunnel(t);
+	else if (s && s->state != S_ENDED && !pty_fits_pane(s))
+		offer_pane_size(s);
 	else if (!s || s->state != S_ENDED)
 		flash_msg("select an ended session, or a device that lost sessions");
 	else if (s->password)
@@ -5288,13 +5569,6 @@ static void login_submit(void)	/* Enter in the login dialog */
 	select_session(t, s);
 }
 
-static void field_backspace(char *p, size_t *len)	/* drops one UTF-8 character */
-{
-	while (*len && ((unsigned char)p[*len - 1] & 0xc0) == 0x80)
-		p[--*len] = '\0';
-	if (*len)
-		p[--*len] = '\0';
-}
 
 static void field_add(int ch)	/* a character into the focused field */
 {
@@ -5316,11 +5590,24 @@ static void field_add(int ch)	/* a character into the focused field */
 	explicit_bzero(mb, sizeof(mb));
 }
 
+static void mask_shuffle(void)	/* a new bullet count, unrelated to the password's length */
+{
+	static uint32_t x;
+
+	x = x ? x : (uint32_t)now_us() | 1;
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	app.dlg.mask = 3 + (int)(x % 6);
+}
+
 static void key_login(int ch, int fn)	/* the login dialog */
 {
 	struct dialog *d = &app.dlg;
 	size_t ulen = strlen(d->user);
 
+	if (d->field == 1)
+		mask_shuffle();
 	if (!fn && ch == 27) {
 		explicit_bzero(d->password, 1024);
 		d->password_len = 0;
@@ -5365,22 +5652,6 @@ static void scroll_by(struct session *s, int n)	/* + looks back */
 	ui_dirty();
 }
 
-/* History row vr (scrollback, then screen) as UTF-8 text, for search; the
- * right half of a wide character is no column of its own. */
-static void row_text(const struct session *s, int vr, char *out, size_t cap)
-{
-	const struct sbline *l = vr < s->sb_count ? sb_line(s, vr) : NULL;
-	const struct cell *c = l ? l->cells : s->grid->row[vr - s->sb_count];
-	int cols = l ? l->cols : s->grid->cols;
-	size_t n = 0;
-
-	for (int i = 0; i < cols && n + MB_LEN_MAX < cap; i++) {
-		int k = i && c[i - 1].width == 2 ? 0 : wctomb(out + n, c[i].ch ? (wchar_t)c[i].ch : L' ');
-
-		n += k > 0 ? (size_t)k : 0;
-	}
-	out[n] = '\0';
-}
 
 /* Searches back from the row above the view; shows the match at the top. */
 static void search_back(struct session *s)
@@ -5870,6 +6141,33 @@ static void on_crash(int sig)	/* a fatal signal: restore, then die of it */
 	raise(sig);
 }
 
+/* The console needs a terminal that can move its cursor: say so plainly,
+ * before curses would draw garbage or exit with its own words. */
+static void check_terminal(void)
+{
+	const char *term = getenv("TERM");
+
+	if (!isatty(0) || !isatty(1))
+		usage_error("the console needs a terminal on stdin and stdout (for scripts: --exec)");
+	if (!term || !*term || !strcmp(term, "dumb"))
+		usage_error("TERM=%s cannot show the console: it needs cursor movement "
+			    "(e.g. TERM=xterm-256color)", term && *term ? term : "(unset)");
+}
+
+static void curses_on(void)	/* newterm, not initscr: a bad TERM is our error to word */
+{
+	const char *term = getenv("TERM");
+	char *cup;
+
+	if (!newterm(NULL, stdout, stdin))
+		usage_error("TERM=%s is not in this machine's terminfo database", term);
+	cup = tigetstr("cup");
+	if (!cup || cup == (char *)-1) {
+		endwin();
+		usage_error("TERM=%s cannot move the cursor: the console cannot draw on it", term);
+	}
+}
+
 static void ui_start(void)	/* curses on; the crash path restores the tty */
 {
 	static const int fatal[] = { SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL };
@@ -5877,7 +6175,7 @@ static void ui_start(void)	/* curses on; the crash path restores the tty */
 	saved_tty_ok = tcgetattr(0, &saved_tty) == 0;
 	for (size_t i = 0; i < sizeof(fatal) / sizeof(*fatal); i++)
 		signal(fatal[i], on_crash);
-	initscr();
+	curses_on();
 	app.ui_up = 1;
 	list_fit();
 	if (has_colors()) {	/* NO_COLOR is about our colours, not the remote's */
@@ -6005,7 +6303,7 @@ struct options {	/* the command line */
 	int urls_from;			/* argv index of the first URL */
 };
 
-static void usage_error(const char *fmt, ...)	/* exit 2 with a reason */
+static void usage_error(const char *fmt, ...)	/* exit 2 with a reason, the terminal as it was */
 {
 	va_list ap;
 
@@ -6127,7 +6425,7 @@ static void add_url_args(struct config *c, int argc, char **argv, int from)
 	if (!token)
 		usage_error("%s", err);
 	if (warn[0])
-		fprintf(stderr, "tunnel_tui: warning: %s\n", warn);
+		copy_str(app.start_warning, sizeof(app.start_warning), warn);
 	for (int i = from; i < argc; i++) {
 		if (strncmp(argv[i], "ws://", 5) && strncmp(argv[i], "wss://", 6))
 			usage_error("%s: a URL must start with wss:// or ws://", argv[i]);
@@ -6271,10 +6569,15 @@ static void batch_start(struct batch *b, const struct options *o, const char *pw
 	}
 }
 
-/* No screen to show badges on: what the links do not protect goes to
- * stderr before anything runs. */
+/* No screen to show warnings and badges on: configuration warnings and
+ * what the links do not protect go to stderr before anything runs. */
 static void batch_warn_links(void)
 {
+	if (app.start_warning[0])
+		fprintf(stderr, "tunnel_tui: warning: %s\n", app.start_warning);
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		if (t->event[0])	/* before it runs, an event is a configuration warning */
+			fprintf(stderr, "tunnel_tui: warning: %s: %s\n", t->cfg.name, t->event);
 	if (app.insecure)
 		fputs("tunnel_tui: warning: --insecure: no TLS certificate is checked\n", stderr);
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
@@ -6513,8 +6816,23 @@ static char (*load_devices(struct options *o, struct config *c, int argc, char *
 	return warns;
 }
 
+/* Configuration warnings where they are seen: each device's own in the
+ * list already; the first of them, and any about URL arguments, flashed. */
+static void start_warnings(void)
+{
+	for (struct tunnel *t = app.tunnels; t && !app.start_warning[0]; t = t->next)
+		if (t->event[0])
+			snprintf(app.start_warning, sizeof(app.start_warning), "%.60s: %.130s",
+				 t->cfg.name, t->event);
+	if (app.start_warning[0]) {
+		flash_msg("warning: %s", app.start_warning);
+		app.flash_until_us = now_us() + 10000000;
+	}
+}
+
 static int console_run(void)	/* the screen and the loop, until quit */
 {
+	start_warnings();
 	adopt(dup(0), RAW_TTY);
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
 		tunnel_start(t);
@@ -6554,6 +6872,7 @@ static int run(int argc, char **argv)	/* everything main does */
 	free(warns);
 	sigfd = signals_block();
 	if (!o.exec) {	/* the first frame before TLS set-up: the CA bundle takes longest */
+		check_terminal();
 		ui_start();
 		draw();
 	}

@@ -58,7 +58,9 @@ check "help: every description starts in the same column ($a, $b)" [ "$a" -gt 0 
 tui_keys Space	# any key closes the help, and goes no further
 wait_for 5 tui_lacks 'any key closes' || fail "help closes" "$(tui_screen)"
 
-tui_run 'exit' 'disconnected 408' && ok "shell exit shows 408 inline" || fail "shell exit shows 408 inline" "$(tui_screen)"
+tui_run 'exit' '── session ended: the shell exited ──' && ok "the user's exit: a neutral end line inline" \
+	|| fail "exit inline" "$(tui_screen)"
+tui_lacks 'disconnected 408' && ok "… not shown as a fault" || fail "exit not a fault" "$(tui_screen)"
 tui_wait ' field +ended' 5 && ok "the ended session is marked in the list" || fail "the ended session is marked in the list" "$(tui_screen)"
 
 tui_keys C-g j
@@ -79,6 +81,15 @@ tui_wait 'first-42' 5
 tui_keys C-g r
 tui_login
 tui_run 'echo manual-$((3*11))' 'manual-33' && ok "reopen an exited session by key" || fail "reopen an exited session by key" "$(tui_screen)"
+
+# a shell that dies without the user ending it: a fault, shown as one
+tui_keys C-g n
+tui_login
+tui_run 'echo doomed-$((2*50))' 'doomed-100' || fail "a third session" "$(tui_screen)"
+tui_run 'kill -KILL $$' '── disconnected 408' && ok "a shell killed, not exited: 408 inline as a fault" \
+	|| fail "killed shell: 408" "$(tui_screen)"
+tui_keys C-g k
+tui_wait 'reopened-72' 5 || fail "back to a live session" "$(tui_screen)"
 
 kill "$PLATFORM_PID"
 wait "$PLATFORM_PID" 2>/dev/null

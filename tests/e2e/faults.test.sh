@@ -82,12 +82,17 @@ else
 	ok "bad token: no retry in a loop (one attempt in 4 s)"
 fi
 
-# SSH login failure: 400 inline
+# SSH login failure: 400 inline, and the dialog asks again, as ssh does (3 tries)
 tui_keys C-g 1 C-g n
 tui_wait 'password' 5 && tui_type "not-$PASS" && tui_keys Enter
 tui_wait 'disconnected 400' 10 && ok "bad password: 400 inline" || fail "400 inline" "$(tui_screen)"
-tui_keys C-g r
-tui_login
+tui_wait 'login refused: try again \(2 of 3\)' 5 && ok "bad password: the dialog asks again (2 of 3)" \
+	|| fail "asks again" "$(tui_screen)"
+tui_type "still-not-$PASS"
+tui_keys Enter
+tui_wait 'login refused: try again \(3 of 3\)' 10 && ok "… and a third time (3 of 3)" || fail "asks a third time" "$(tui_screen)"
+tui_type "$PASS"
+tui_keys Enter
 tui_run 'echo in-$((6*7))' 'in-42' || fail "login after a bad password" "$(tui_screen)"
 
 # 1 MB of mixed UTF-8, CJK and escapes: all of it arrives and stays searchable

@@ -106,7 +106,8 @@ tui_login
 tui_run 'echo w408-$((70+7))' 'w408-77' || fail "w408 session" "$(tui_screen)"
 tui_type 'exit'
 tui_keys Enter
-tui_wait '── disconnected 408' 10 && ok "a shell exit: 408 inline" || fail "408 inline" "$(tui_screen)"
+tui_wait '── session ended: the shell exited \(official devices need a new tunnel' 10 \
+	&& ok "the user's exit on an official device: neutral, with the remedy for its wedge" || fail "408 inline" "$(tui_screen)"
 tui_keys Enter
 tui_login
 tui_wait 'no output 3 s after the device took the login: it looks wedged; \^G c makes a new tunnel' 10 \

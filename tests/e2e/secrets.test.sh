@@ -45,7 +45,7 @@ tui_wait 'got-' 5
 capture session
 tui_keys C-g R
 tui_wait 'recording saved' 5
-tui_run 'exit' 'disconnected 408'
+tui_run 'exit' 'session ended: the shell exited'
 tui_keys C-g r
 tui_wait 'password' 5
 tui_type "$PASS"

@@ -21,7 +21,7 @@ tui_keys C-g R
 tui_keys C-g 2 C-g n
 tui_login
 tui_run 'echo two-$((7*8))' 'two-56' 30
-tui_run 'exit' 'disconnected 408' 30
+tui_run 'exit' 'session ended: the shell exited' 30
 tui_keys C-g r
 tui_login
 tui_run 'echo three-$((8*8))' 'three-64' 30
