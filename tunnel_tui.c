@@ -86,6 +86,8 @@
 #define SHORT_ID            4		/* request_id characters shown in the list */
 #define LOGIN_TIMEOUT_S     15		/* no output this long after connect_response: wedged */
 #define CLOSE_WAIT_US       500000	/* for the close handshake when quitting */
+#define BATCH_PARALLEL      20		/* --exec devices at once, by default */
+#define BATCH_PARALLEL_MAX  100		/* IoTDA: 100 devices in remote login per instance */
 
 /* Reconnect backoff (§4.8): 1 s doubling to 30 s, each with ±20 % jitter. */
 static const uint32_t backoff_ms[] = { 1000, 2000, 4000, 8000, 16000, 30000 };
@@ -139,7 +141,7 @@ static action_fn act_new_session, act_close_session, act_move, act_zoom,
 		 act_scroll_mode, act_help, act_quit, act_send_prefix,
 		 act_reopen, act_next_device, act_redraw, act_mark, act_broadcast,
 		 act_solo, act_record, act_marker, act_device, act_connect, act_filter,
-		 act_compact;
+		 act_compact, act_pick;
 
 /* After the prefix key (Ctrl-g by default): */
 static const struct binding {
@@ -164,6 +166,7 @@ static const struct binding {
 	{ '4', NULL, act_device, { .i = 4 }, NULL }, { '5', NULL, act_device, { .i = 5 }, NULL },
 	{ '6', NULL, act_device, { .i = 6 }, NULL }, { '7', NULL, act_device, { .i = 7 }, NULL },
 	{ '8', NULL, act_device, { .i = 8 }, NULL }, { '9', NULL, act_device, { .i = 9 }, NULL },
+	{ 'o', "o", act_pick, { 0 }, "open a device from the API's list (IoTDA)" },
 	{ '/', "/", act_filter, { 0 }, "filter the list as you type; Enter jumps to the match" },
 	{ 'v', "v", act_compact, { 0 }, "compact list (a row per device) or full" },
 	{ 'z', "z", act_zoom, { 0 }, "zoom: hide or show the list" },
@@ -369,7 +372,7 @@ struct tunnel {		/* one device: one WebSocket */
 };
 
 enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_SCROLL, M_SEARCH,
-	    M_HELP, M_FILTER };
+	    M_HELP, M_FILTER, M_PICK };
 
 struct dialog {		/* the login dialog and yes/no questions */
 	struct tunnel *tunnel;
@@ -417,6 +420,8 @@ static struct app {	/* the whole program's state */
 	char flash[200];		/* a one-off message in the status bar */
 	int64_t flash_until_us;
 	char start_warning[200];	/* shown once the screen is up (stderr with --exec) */
+	char default_user[64];		/* --user: for devices added from the picker */
+	int login_timeout_s;		/* [console]'s, for them too */
 	/* input */
 	int prefix_key;
 	int paste;			/* inside a bracketed paste */
@@ -955,6 +960,108 @@ static const char *tunnel_reply_check(cJSON *j, int need_id, int plaintext_ok, s
 	return NULL;
 }
 
+struct pick {		/* a device as ListDevices names it; strings cleaned */
+	char id[130], name[96], product[96], status[16];
+	char tunnel[96];		/* what ListDeviceTunnels said of it; "": not asked */
+};
+
+static void pick_field(cJSON *d, const char *key, char *out, size_t cap)	/* peer text, cleaned */
+{
+	const char *v = json_str(d, key);
+
+	clean_text(out, cap, v ? v : "", v ? strlen(v) : 0);
+}
+
+/* One ListDevices page: its devices appended to *devs (grown), the next
+ * page's marker into marker ("" after the last).  The devices read, or -1
+ * if the answer is not a page. */
+static int parse_devices_page(const char *reply, size_t len, struct pick **devs, int *n, int *cap,
+			      char *marker, size_t mcap)
+{
+	cJSON *j = cJSON_ParseWithLength(reply ? reply : "", len), *list, *d;
+	int got = 0;
+
+	list = cJSON_GetObjectItemCaseSensitive(j, "devices");
+	marker[0] = '\0';
+	if (!cJSON_IsArray(list)) {
+		cJSON_Delete(j);
+		return -1;
+	}
+	cJSON_ArrayForEach(d, list) {
+		struct pick *p;
+
+		if (!valid_id(json_str(d, "device_id"), 128))
+			continue;	/* an id we could not use in a request */
+		if (*n == *cap) {
+			*cap = *cap ? *cap * 2 : 64;
+			*devs = xrealloc(*devs, (size_t)*cap * sizeof(**devs));
+		}
+		p = memset(&(*devs)[(*n)++], 0, sizeof(**devs));
+		copy_str(p->id, sizeof(p->id), json_str(d, "device_id"));
+		pick_field(d, json_str(d, "device_name") ? "device_name" : "device_id", p->name, sizeof(p->name));
+		pick_field(d, json_str(d, "product_name") ? "product_name" : "product_id", p->product,
+			   sizeof(p->product));
+		pick_field(d, "status", p->status, sizeof(p->status));
+		got++;
+	}
+	if (valid_id(json_str(cJSON_GetObjectItemCaseSensitive(j, "page"), "marker"), 128))
+		copy_str(marker, mcap, json_str(cJSON_GetObjectItemCaseSensitive(j, "page"), "marker"));
+	cJSON_Delete(j);
+	return got;
+}
+
+static const char *connect_state(cJSON *j, const char *key)	/* "CONNECTED" either shape */
+{
+	cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+
+	return cJSON_IsString(v) ? v->valuestring : json_str(v, "status");
+}
+
+/* A device's tunnels (ListDeviceTunnels) in words: who holds an open one. */
+static void tunnels_text(const char *reply, size_t len, char *out, size_t cap)
+{
+	cJSON *j = cJSON_ParseWithLength(reply ? reply : "", len), *list, *t, *open = NULL;
+	const char *src;
+
+	list = cJSON_GetObjectItemCaseSensitive(j, "tunnels");
+	cJSON_ArrayForEach(t, list)
+		if (json_str(t, "status") && !strcmp(json_str(t, "status"), "OPEN"))
+			open = t;
+	src = open ? connect_state(open, "source_connect_state") : NULL;
+	if (!cJSON_IsArray(list))
+		snprintf(out, cap, "tunnels unknown");
+	else if (!open)
+		snprintf(out, cap, "no open tunnel");
+	else if (src && !strcmp(src, "CONNECTED"))
+		snprintf(out, cap, "tunnel open, in use by another console");
+	else
+		snprintf(out, cap, "tunnel open, no console on it");
+	cJSON_Delete(j);
+}
+
+/* A --where condition on a picked device: FIELD=VALUE (equal) or
+ * FIELD~VALUE (contains), case-blind; FIELD is name, id, product or
+ * status.  1 match, 0 not, -1 if expr is not a condition. */
+static int where_match(const struct pick *p, const char *expr)
+{
+	static const struct { const char *field; size_t offset; } fields[] = {
+		{ "name", offsetof(struct pick, name) }, { "id", offsetof(struct pick, id) },
+		{ "product", offsetof(struct pick, product) }, { "status", offsetof(struct pick, status) },
+	};
+	size_t n = strcspn(expr, "=~");
+	const char *v = expr + n + 1;
+
+	if (!expr[n] || !*v)
+		return -1;
+	for (size_t i = 0; i < sizeof(fields) / sizeof(*fields); i++)
+		if (strlen(fields[i].field) == n && !strncmp(expr, fields[i].field, n)) {
+			const char *have = (const char *)p + fields[i].offset;
+
+			return expr[n] == '=' ? !strcasecmp(have, v) : strcasestr(have, v) != NULL;
+		}
+	return -1;
+}
+
 /* disconnect data (§3): the code may be a string or a number.  Both are
  * shown inside the console's own marked line: cleaned, so no control may
  * end that line early and fake remote output after it. */
@@ -1315,6 +1422,7 @@ struct iotda_config {	/* the [iotda] section: the IoTDA API */
 	char cacert[PATH_MAX];
 	int leave_open;			/* close_tunnels = no */
 	char region[64];		/* derived signing's; default from the endpoint */
+	int rate;			/* requests a second at most (API_RATE) */
 	int signing;			/* enum signing: derived (default) or basic */
 };
 
@@ -1633,6 +1741,14 @@ STRING_KEY(set_iam_token_file, iotda.token_file)
 STRING_KEY(set_iotda_cacert, iotda.cacert)
 STRING_KEY(set_region, iotda.region)
 
+static int set_api_rate(struct config *c, const char *v, char *err, size_t errlen)
+{	/* rate = N: API requests a second at most */
+	if (parse_int(v, 1, 1000, &c->iotda.rate) == 0)
+		return 0;
+	snprintf(err, errlen, "rate must be 1-1000 requests a second");
+	return -1;
+}
+
 static int set_signing(struct config *c, const char *v, char *err, size_t errlen)
 {	/* signing = derived|basic: V11-HMAC-SHA256 or SDK-HMAC-SHA256 */
 	if (strcmp(v, "derived") && strcmp(v, "basic")) {
@@ -1662,6 +1778,7 @@ static const struct { enum section sec; const char *key; global_setter *set; } g
 	{ SEC_IOTDA, "instance_id", set_instance_id },	{ SEC_IOTDA, "token_file", set_iam_token_file },
 	{ SEC_IOTDA, "cacert", set_iotda_cacert },	{ SEC_IOTDA, "close_tunnels", set_close_tunnels },
 	{ SEC_IOTDA, "region", set_region },		{ SEC_IOTDA, "signing", set_signing },
+	{ SEC_IOTDA, "rate", set_api_rate },
 };
 
 /* One key = value line inside a section. */
@@ -3598,19 +3715,26 @@ static void tunnel_connect(struct tunnel *t)
  *** 9. IoTDA API: create, watch and close tunnels by device ID
  ************************************************************************/
 
-enum api_op { API_CREATE, API_SHOW, API_CLOSE };
+enum api_op { API_CREATE, API_SHOW, API_CLOSE, API_DEVICES, API_TUNNELS };
 
-struct api_call {	/* one HTTP request in flight */
+struct api_call;
+typedef void api_done_fn(struct api_call *c);	/* a reply for a call that is no tunnel's */
+
+struct api_call {	/* one HTTP request: waiting its turn, or in flight */
 	struct api_call *next;
-	struct tunnel *tunnel;
+	struct tunnel *tunnel;		/* the tunnel's calls (create, show, close) */
+	api_done_fn *done;		/* else: who takes the reply (the picker, --where) */
 	enum api_op op;
 	char method[8];
 	char host[300];			/* as sent and as signed */
-	char path[600];
+	char path[600];			/* without the query (signed apart) */
+	char query[300];		/* ListDevices: limit, marker; ListDeviceTunnels: device_id */
 	char tunnel_id[130];		/* for SHOW and CLOSE */
 	struct buf body, reply;
 	int status;
 	int finished;
+	int attempt;			/* answered "too many requests" this often */
+	int64_t due_us;			/* not before (a backoff) */
 	char tls_error[96];		/* why the API's certificate was refused */
 };
 
@@ -3620,11 +3744,20 @@ static struct api {	/* where the API is and who we are there */
 	size_t sk_len;
 	struct lws_vhost *vhost;
 	struct api_call *calls;		/* in flight */
+	struct api_call *waiting;	/* paced or backing off, by due time */
+	double tokens;			/* the pacing bucket */
+	int64_t refilled_us;
+	lws_sorted_usec_list_t sul_pump;
 } api;
 
 #define API_POLL_S       30	/* how often a tunnel's state is asked for */
-#define API_REPLY_MAX    65536
+#define API_REPLY_MAX    (1 << 20)	/* a ListDevices page of 50 is ~30 KB */
 #define EXPIRY_WARN_S    300	/* warn this long before a token expires */
+#define API_RATE         10	/* requests a second at most, in bursts of as many */
+#define API_RETRIES      6	/* after "too many requests" (429, IOTDA.0211xx) */
+
+/* Backoff after "too many requests": seconds, the last one repeated. */
+static const int api_backoff_s[] = { 1, 2, 4, 8, 16, 30 };
 
 static void api_call_start(struct tunnel *t, enum api_op op);
 static void on_api_poll(lws_sorted_usec_list_t *sul);
@@ -3654,11 +3787,14 @@ static int api_target(char *addr, size_t cap, int *port, char *base, size_t bcap
 static void api_paths(struct api_call *c, const char *base)	/* method and path per op */
 {
 	static const char *const methods[] = { [API_CREATE] = "POST", [API_SHOW] = "GET",
-					       [API_CLOSE] = "PUT" };
+					       [API_CLOSE] = "PUT", [API_DEVICES] = "GET",
+					       [API_TUNNELS] = "GET" };
+	int id = c->op == API_SHOW || c->op == API_CLOSE;
 
 	copy_str(c->method, sizeof(c->method), methods[c->op]);
-	snprintf(c->path, sizeof(c->path), "%s/v5/iot/%s/tunnels%s%s", strcmp(base, "/") ? base : "",
-		 api.cfg.project_id, c->op == API_CREATE ? "" : "/", c->op == API_CREATE ? "" : c->tunnel_id);
+	snprintf(c->path, sizeof(c->path), "%s/v5/iot/%s/%s%s%s", strcmp(base, "/") ? base : "",
+		 api.cfg.project_id, c->op == API_DEVICES ? "devices" : "tunnels", id ? "/" : "",
+		 id ? c->tunnel_id : "");
 	if (c->op == API_CREATE) {
 		buf_append(&c->body, "{\"device_id\":", 13);
 		json_string(&c->body, c->tunnel->cfg.device_id, strlen(c->tunnel->cfg.device_id));
@@ -3676,7 +3812,7 @@ static int api_headers(struct lws *wsi, struct api_call *c, unsigned char **p, u
 				   { "instance-id", api.cfg.instance_id }, { "x-sdk-date", date } };
 	int n = 0;
 	const char *(*list)[2] = hdrs;
-	struct sign_input in = { c->method, c->path, NULL, NULL, 0, c->body.p, c->body.len, date };
+	struct sign_input in = { c->method, c->path, c->query, NULL, 0, c->body.p, c->body.len, date };
 
 	sdk_date(time(NULL), date);
 	if (!api.cfg.instance_id[0]) {	/* drop instance-id from the signed list */
@@ -3772,12 +3908,6 @@ static void api_created(struct api_call *c)
 	cJSON_Delete(j);
 }
 
-static const char *connect_state(cJSON *j, const char *key)	/* "CONNECTED" either shape */
-{
-	cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-
-	return cJSON_IsString(v) ? v->valuestring : json_str(v, "status");
-}
 
 /* The API's view of a tunnel, "API: tunnel OPEN, device CONNECTED": its
  * words, cleaned. */
@@ -3805,6 +3935,46 @@ static void api_shown(struct api_call *c)	/* 200: shown under the device */
 	}
 }
 
+static int api_too_busy(const struct api_call *c)	/* 429, or an IOTDA.0211xx rate limit */
+{
+	cJSON *j;
+	const char *code;
+	int busy = c->status == 429;
+
+	if (!busy && c->status >= 400 && (j = cJSON_ParseWithLength(c->reply.p ? c->reply.p : "", c->reply.len))) {
+		code = json_str(j, "error_code");
+		busy = code && !strncmp(code, "IOTDA.0211", 10);
+		cJSON_Delete(j);
+	}
+	return busy;
+}
+
+static void api_enqueue(struct api_call *c);
+
+/* "Too many requests": the same request again after a backoff, up to
+ * API_RETRIES times; the service's limits are per tenant, not per call. */
+static int api_retry(struct api_call *c)
+{
+	struct api_call *again;
+	int wait;
+
+	if (!api_too_busy(c) || c->attempt >= API_RETRIES)
+		return 0;
+	wait = api_backoff_s[c->attempt < (int)(sizeof(api_backoff_s) / sizeof(*api_backoff_s)) ?
+			     c->attempt : (int)(sizeof(api_backoff_s) / sizeof(*api_backoff_s)) - 1];
+	again = xcalloc(sizeof(*again));
+	again->tunnel = c->tunnel;
+	again->done = c->done;
+	again->op = c->op;
+	again->attempt = c->attempt + 1;
+	again->due_us = now_us() + wait * 1000000LL;
+	copy_str(again->query, sizeof(again->query), c->query);
+	copy_str(again->tunnel_id, sizeof(again->tunnel_id), c->tunnel_id);
+	log_line("API busy (%d): %s again in %d s", c->status, c->path, wait);
+	api_enqueue(again);
+	return 1;
+}
+
 /* A reply is complete: act on it by operation. */
 static void api_finished(struct api_call *c)
 {
@@ -3812,6 +3982,10 @@ static void api_finished(struct api_call *c)
 	int ok = c->status >= 200 && c->status < 300;
 
 	c->finished = 1;
+	if ((t || c->done) && api_retry(c))
+		return;
+	if (c->done)
+		c->done(c);
 	if (!t)
 		return;
 	if (c->op == API_CREATE)
@@ -3863,6 +4037,21 @@ static void api_append(struct api_call *c, const void *in, size_t len)	/* reply 
 }
 
 /* The API connections' callback: each case a few lines. */
+/* No whole reply (no connection, or it ended early): said where it shows. */
+static void api_failed(struct api_call *c, const char *why)
+{
+	static const char *const what[] = { [API_CREATE] = "create tunnel", [API_SHOW] = "show tunnel",
+		[API_CLOSE] = "close tunnel", [API_DEVICES] = "list devices", [API_TUNNELS] = "list tunnels" };
+
+	c->status = why ? 0 : c->status;
+	buf_printf(&c->reply, "%s", why ? why : "");
+	c->finished = 1;
+	if (c->done)
+		c->done(c);
+	if (c->tunnel)
+		api_error(c, what[c->op]);
+}
+
 static char *cert_error_slot(struct lws *wsi)	/* its tunnel's or API call's */
 {
 	const struct lws_protocols *p = lws_get_protocol(wsi);
@@ -3902,15 +4091,8 @@ static int api_event(struct lws *wsi, enum lws_callback_reasons reason,
 		return 0;
 	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
 	case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
-		if (!c->finished) {
-			c->status = reason == LWS_CALLBACK_CLOSED_CLIENT_HTTP ? c->status : 0;
-			buf_printf(&c->reply, "%s", in && reason == LWS_CALLBACK_CLIENT_CONNECTION_ERROR ?
-				   (const char *)in : "");
-			c->finished = 1;
-			if (c->tunnel)
-				api_error(c, c->op == API_CREATE ? "create tunnel" : c->op == API_SHOW ?
-					  "show tunnel" : "close tunnel");
-		}
+		if (!c->finished)
+			api_failed(c, reason == LWS_CALLBACK_CLIENT_CONNECTION_ERROR ? in : NULL);
 		lws_set_opaque_user_data(wsi, NULL);
 		api_call_free(c);
 		return 0;
@@ -3919,25 +4101,22 @@ static int api_event(struct lws *wsi, enum lws_callback_reasons reason,
 	}
 }
 
-/* Starts one request for tunnel t. */
-static void api_call_start(struct tunnel *t, enum api_op op)
+/* Sends one request now: its HTTP connection, signed when it is made. */
+static void api_send(struct api_call *c)
 {
 	struct lws_client_connect_info i;
-	struct api_call *c = xcalloc(sizeof(*c));
-	char addr[256], base[300];
+	char addr[256], base[300], uri[sizeof(c->path) + sizeof(c->query) + 1];
 	int port;
 
-	c->tunnel = t;
-	c->op = op;
-	copy_str(c->tunnel_id, sizeof(c->tunnel_id), t->tunnel_id);
 	if (api_target(addr, sizeof(addr), &port, base, sizeof(base)) < 0) {
-		tunnel_event(t, "bad [iotda] endpoint %s", api.cfg.endpoint);
+		api_failed(c, "bad [iotda] endpoint");
 		free(c);
 		return;
 	}
 	snprintf(c->host, sizeof(c->host), (port == 443 && api_is_tls()) || (port == 80 && !api_is_tls()) ?
 		 "%s" : "%s:%d", addr, port);
 	api_paths(c, base);
+	snprintf(uri, sizeof(uri), "%s%s%s", c->path, c->query[0] ? "?" : "", c->query);
 	c->next = api.calls;
 	api.calls = c;
 	memset(&i, 0, sizeof(i));
@@ -3945,7 +4124,7 @@ static void api_call_start(struct tunnel *t, enum api_op op)
 	i.vhost = api.vhost;
 	i.address = addr;
 	i.port = port;
-	i.path = c->path;
+	i.path = uri;
 	i.host = c->host;
 	i.origin = c->host;
 	i.method = c->method;
@@ -3957,10 +4136,173 @@ static void api_call_start(struct tunnel *t, enum api_op op)
 	i.local_protocol_name = "api";
 	i.opaque_user_data = c;
 	if (!lws_client_connect_via_info(&i) && !c->finished) {
-		c->finished = 1;
-		api_error(c, "API request");
+		api_failed(c, "the API cannot be reached");
 		api_call_free(c);
 	}
+}
+
+static void on_api_pump(lws_sorted_usec_list_t *sul);
+
+/* Paced sending: a bucket of API_RATE requests refilled every second; a
+ * request waits for its turn and for its backoff, if any. */
+static void api_pump(void)
+{
+	int64_t now = now_us(), next = 0;
+
+	int rate = api.cfg.rate ? api.cfg.rate : API_RATE;
+
+	api.tokens += (double)(now - api.refilled_us) * rate / 1e6;
+	api.tokens = api.tokens > rate ? rate : api.tokens;
+	api.refilled_us = now;
+	while (api.waiting && api.waiting->due_us <= now && api.tokens >= 1) {
+		struct api_call *c = api.waiting;
+
+		api.waiting = c->next;
+		api.tokens -= 1;
+		api_send(c);
+	}
+	if (api.waiting)
+		next = api.waiting->due_us > now ? api.waiting->due_us - now : (int64_t)(1e6 / rate);
+	if (next && app.ctx)
+		lws_sul_schedule(app.ctx, 0, &api.sul_pump, on_api_pump, next);
+}
+
+static void on_api_pump(lws_sorted_usec_list_t *sul)	/* a request's turn has come */
+{
+	(void)sul;
+	api_pump();
+}
+
+static void api_enqueue(struct api_call *c)	/* waits by due time, then api_pump sends it */
+{
+	struct api_call **pp = &api.waiting;
+
+	while (*pp && (*pp)->due_us <= c->due_us)
+		pp = &(*pp)->next;
+	c->next = *pp;
+	*pp = c;
+	api_pump();
+}
+
+static struct api_call *api_call_new(struct tunnel *t, enum api_op op)	/* not yet sent */
+{
+	struct api_call *c = xcalloc(sizeof(*c));
+
+	c->tunnel = t;
+	c->op = op;
+	if (t)
+		copy_str(c->tunnel_id, sizeof(c->tunnel_id), t->tunnel_id);
+	return c;
+}
+
+static void api_call_start(struct tunnel *t, enum api_op op)	/* one request for tunnel t */
+{
+	api_enqueue(api_call_new(t, op));
+}
+
+/*** the device picker's data: ListDevices, paged; ListDeviceTunnels ***/
+
+#define PICK_PAGE        50	/* devices a ListDevices page (the API's most) */
+#define PICK_ASK_US      300000	/* the highlight rests this long before its tunnels are asked */
+
+static struct picker {	/* Ctrl-g o, and --where: the project's devices */
+	struct pick *devs;
+	int n, cap;
+	int loading;			/* a page is on its way */
+	int complete;			/* every page is in */
+	char error[200];
+	int sel, top;			/* in the filtered view */
+	char filter[64];
+	size_t filter_len;
+	char asked[130];		/* the device whose tunnels are being asked */
+	lws_sorted_usec_list_t sul_ask;
+	void (*on_complete)(void);	/* --where: once every page is in */
+} picker;
+
+static void picker_fetch(const char *marker);
+static void picker_highlight(const struct pick *p);
+
+static void on_devices_page(struct api_call *c)	/* a page in: the next one asked for */
+{
+	char marker[130];
+	int got = c->status == 200 ? parse_devices_page(c->reply.p, c->reply.len, &picker.devs, &picker.n,
+							  &picker.cap, marker, sizeof(marker)) : -1;
+
+	picker.loading = 0;
+	if (got < 0) {
+		api_error_text(c->status, c->reply.p, c->reply.len, picker.error, sizeof(picker.error));
+		picker.complete = 1;
+	} else if (got == PICK_PAGE && marker[0]) {
+		picker_fetch(marker);
+	} else {
+		picker.complete = 1;
+	}
+	if (picker.complete && picker.on_complete)
+		picker.on_complete();
+	if (app.mode == M_PICK && picker.n && !picker.asked[0])	/* the first row's tunnels */
+		picker_highlight(&picker.devs[0]);
+	ui_dirty();
+}
+
+static void picker_fetch(const char *marker)	/* one ListDevices page after marker */
+{
+	struct api_call *c = api_call_new(NULL, API_DEVICES);
+
+	snprintf(c->query, sizeof(c->query), "limit=%d%s%s", PICK_PAGE, *marker ? "&marker=" : "", marker);
+	c->done = on_devices_page;
+	picker.loading = 1;
+	api_enqueue(c);
+}
+
+static void picker_load(void)	/* every page again, from the first */
+{
+	picker.n = 0;
+	picker.complete = 0;
+	picker.error[0] = '\0';
+	picker.sel = picker.top = 0;
+	picker_fetch("");
+}
+
+static struct pick *pick_by_id(const char *id)
+{
+	for (int i = 0; i < picker.n; i++)
+		if (!strcmp(picker.devs[i].id, id))
+			return &picker.devs[i];
+	return NULL;
+}
+
+static void on_device_tunnels(struct api_call *c)	/* ListDeviceTunnels: who holds it */
+{
+	struct pick *p = pick_by_id(c->query + strlen("device_id="));
+
+	if (p && c->status == 200)
+		tunnels_text(c->reply.p, c->reply.len, p->tunnel, sizeof(p->tunnel));
+	else if (p)
+		api_error_text(c->status, c->reply.p, c->reply.len, p->tunnel, sizeof(p->tunnel));
+	ui_dirty();
+}
+
+static void on_pick_rest(lws_sorted_usec_list_t *sul)	/* the highlight rested: ask */
+{
+	struct pick *p = pick_by_id(picker.asked);
+	struct api_call *c;
+
+	(void)sul;
+	if (!p || p->tunnel[0])
+		return;
+	c = api_call_new(NULL, API_TUNNELS);
+	snprintf(c->query, sizeof(c->query), "device_id=%s", p->id);
+	c->done = on_device_tunnels;
+	copy_str(p->tunnel, sizeof(p->tunnel), "asking…");
+	api_enqueue(c);
+}
+
+static void picker_highlight(const struct pick *p)	/* its tunnels asked for, once it rests */
+{
+	if (!p || p->tunnel[0] || !strcmp(picker.asked, p->id))
+		return;
+	copy_str(picker.asked, sizeof(picker.asked), p->id);
+	lws_sul_schedule(app.ctx, 0, &picker.sul_ask, on_pick_rest, PICK_ASK_US);
 }
 
 static void on_api_poll(lws_sorted_usec_list_t *sul)	/* the tunnel's state, now and then */
@@ -3970,7 +4312,8 @@ static void on_api_poll(lws_sorted_usec_list_t *sul)	/* the tunnel's state, now 
 	if (!t->tunnel_id[0])
 		return;
 	api_call_start(t, API_SHOW);
-	lws_sul_schedule(app.ctx, 0, &t->sul_api, on_api_poll, API_POLL_S * LWS_US_PER_SEC);
+	if (!app.batch)	/* a batch run shows no state: its calls go to the work */
+		lws_sul_schedule(app.ctx, 0, &t->sul_api, on_api_poll, API_POLL_S * LWS_US_PER_SEC);
 }
 
 /* Opens a device: by its url, or by asking the API for a tunnel first. */
@@ -3999,6 +4342,39 @@ static void tunnel_release_ws(struct tunnel *t)
 		lws_callback_on_writable(t->wsi);
 	}
 	lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, up ? 1 : LWS_TO_KILL_ASYNC);	/* whole seconds, in 4.1 */
+}
+
+static struct lws_vhost *vhost_for_ca(const char *ca);
+static void list_fit(void);
+
+/* A device picked from the API's list joins the console as if it had
+ * been configured by its ID: a unique name, the API's CA, --user. */
+static struct tunnel *tunnel_add_by_id(const char *id, const char *name)
+{
+	struct tunnel *t = xcalloc(sizeof(*t)), **tail = &app.tunnels;
+	char unique[64];
+	int clash = 1;
+
+	copy_str(unique, sizeof(unique), name);
+	for (int k = 2; clash; k++) {
+		clash = 0;
+		for (struct tunnel *u = app.tunnels; u; u = u->next)
+			clash |= !strcmp(u->cfg.name, unique);
+		if (clash)
+			snprintf(unique, sizeof(unique), "%.50s-%d", name, k);
+	}
+	copy_str(t->cfg.name, sizeof(t->cfg.name), unique);
+	copy_str(t->cfg.device_id, sizeof(t->cfg.device_id), id);
+	copy_str(t->cfg.username, sizeof(t->cfg.username), app.default_user);
+	copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), api.cfg.cacert);
+	t->cfg.login_timeout_s = app.login_timeout_s;
+	t->rtt_ms = -1;
+	t->vhost = vhost_for_ca(t->cfg.cacert);
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = t;
+	list_fit();
+	return t;
 }
 
 /* The user is done with this tunnel: its WebSocket closes (1000) and, if
@@ -4051,7 +4427,7 @@ static void api_close_all(void)
 			api_call_start(t, API_CLOSE);
 			t->tunnel_id[0] = '\0';
 		}
-	while (api.calls && now_us() < deadline && lws_service(app.ctx, 0) >= 0)
+	while ((api.calls || api.waiting) && now_us() < deadline && lws_service(app.ctx, 0) >= 0)
 		;
 }
 
@@ -4668,7 +5044,7 @@ static const char *mode_hint(void)	/* the status bar's right end */
 	static const char *const names[] = {
 		[M_NORMAL] = "", [M_PREFIX] = "PREFIX", [M_LOGIN] = "LOGIN",
 		[M_CONFIRM] = "CONFIRM", [M_SCROLL] = "SCROLL", [M_SEARCH] = "SEARCH",
-		[M_HELP] = "HELP", [M_FILTER] = "FILTER" };
+		[M_HELP] = "HELP", [M_FILTER] = "FILTER", [M_PICK] = "DEVICES" };
 
 	snprintf(hint, sizeof(hint), "%s%s%s ? help ", names[app.mode],
 		 *names[app.mode] ? " │ " : "", keyname(app.prefix_key));
@@ -4892,7 +5268,8 @@ static void draw_placeholder(int x0, int w)
 	char st[32];
 
 	if (!t) {
-		put(1, x0 + 2, w - 2, C_NORMAL, 0, "No devices: give URLs or -c FILE (see --help).");
+		put(1, x0 + 2, w - 2, C_NORMAL, 0, "No devices yet: %s o opens one from the API's list.",
+		    keyname(app.prefix_key));
 		return;
 	}
 	tunnel_state_text(t, st, sizeof(st));
@@ -4926,6 +5303,70 @@ static void draw_filter_prompt(void)	/* the filter being typed, over the status 
 	free(rows);
 }
 
+static int pick_hit(const struct pick *p)	/* the picker's filter: name, id, product, status */
+{
+	const char *f = picker.filter;
+
+	return !picker.filter_len || strcasestr(p->name, f) || strcasestr(p->id, f) ||
+	       strcasestr(p->product, f) || strcasestr(p->status, f);
+}
+
+static int pick_view(int *idx)	/* the devices the filter shows, their indices */
+{
+	int n = 0;
+
+	for (int i = 0; i < picker.n; i++)
+		if (pick_hit(&picker.devs[i]))
+			idx[n++] = i;
+	return n;
+}
+
+static struct tunnel *tunnel_of_device(const char *id)	/* open here already? */
+{
+	for (struct tunnel *t = app.tunnels; t; t = t->next)
+		if (!strcmp(t->cfg.device_id, id))
+			return t;
+	return NULL;
+}
+
+static void draw_pick_row(const struct pick *p, int y, int x, int w, int sel)
+{
+	enum chrome c = sel ? C_SELECTED : !strcmp(p->status, "ONLINE") ? C_GOOD : C_DIM;
+
+	fill(y, x, w, sel ? C_SELECTED : C_STATUS);
+	put(y, x + 1, 9, c, A_BOLD, "%s", p->status);
+	put(y, x + 11, w - 11, sel ? C_SELECTED : C_STATUS, 0, "%-24.24s %-16.16s %s%s", p->name,
+	    p->product, p->id, tunnel_of_device(p->id) ? " · open here" : "");
+}
+
+/* Ctrl-g o: the project's devices from the API, filtered as you type. */
+static void draw_picker(void)
+{
+	int idx[picker.n + 1], n = pick_view(idx), w = box_width(COLS - 8, 60), h = LINES - 3;
+	int x = (COLS - w) / 2, y = 1, rows = h - 5;
+	const struct pick *cur = n ? &picker.devs[idx[picker.sel]] : NULL;
+
+	picker.sel = picker.sel >= n ? (n ? n - 1 : 0) : picker.sel;
+	picker.top = picker.sel < picker.top ? picker.sel :
+		     picker.sel >= picker.top + rows ? picker.sel - rows + 1 : picker.top;
+	draw_box(y, x, h, w, "devices");
+	put(y + 1, x + 2, w - 4, C_STATUS, 0, "%d of %d device%s%s%s", n, picker.n, picker.n == 1 ? "" : "s",
+	    picker.complete ? "" : " · loading…", picker.error[0] ? " · " : "");
+	if (picker.error[0])
+		put(y + 1, x + 40, w - 42, C_ALERT, A_BOLD, "%s", picker.error);
+	put(y + 2, x + 2, w - 4, C_STATUS, A_BOLD, "filter: %s", picker.filter);
+	for (int i = 0; i < rows && picker.top + i < n; i++)
+		draw_pick_row(&picker.devs[idx[picker.top + i]], y + 3 + i, x + 1, w - 2,
+			      picker.top + i == picker.sel);
+	if (cur)
+		put(y + h - 2, x + 2, w - 4, C_STATUS, 0, "%s: %s", cur->name,
+		    cur->tunnel[0] ? cur->tunnel : "tunnels not asked yet");
+	put(y + h - 1, x + 2, w - 4, C_STATUS, A_DIM, " type to filter · ↑↓ PgUp PgDn · Enter opens · "
+	    "^R reloads · Esc closes ");
+	move(y + 2, x + 10 + text_cols(picker.filter));
+	curs_set(1);
+}
+
 static void draw_overlay(void)	/* whatever the mode puts on top */
 {
 	if (app.mode == M_LOGIN)
@@ -4938,6 +5379,8 @@ static void draw_overlay(void)	/* whatever the mode puts on top */
 		draw_search_prompt();
 	else if (app.mode == M_FILTER)
 		draw_filter_prompt();
+	else if (app.mode == M_PICK)
+		draw_picker();
 }
 
 static void draw(void)	/* the whole screen, sent in one update */
@@ -5299,6 +5742,9 @@ static void act_connect(const union arg *arg)
 	for (struct api_call *c = api.calls; c; c = c->next)
 		if (c->tunnel == t && c->op == API_CREATE)
 			c->tunnel = NULL;	/* its answer finds no tunnel */
+	for (struct api_call *c = api.waiting; c; c = c->next)
+		if (c->tunnel == t && c->op == API_CREATE)
+			c->tunnel = NULL;
 	tunnel_end_sessions(t, "", "reconnecting on request");
 	if (t->wsi || t->tunnel_id[0])
 		tunnel_close(t);
@@ -5336,6 +5782,22 @@ static void act_compact(const union arg *arg)	/* v: one row per device, or the f
 	(void)arg;
 	app.compact = !app.compact;
 	app.list_top = 0;
+	ui_dirty();
+}
+
+/* o: the device picker.  It needs the API: an [iotda] section and
+ * credentials; the list is loaded once and kept (^R in it reloads). */
+static void act_pick(const union arg *arg)
+{
+	(void)arg;
+	if (!api.ak && !api.iam_token) {
+		flash_msg("the device picker needs an [iotda] section and HUAWEICLOUD_SDK_AK/SK "
+			  "(or [iotda] token_file)");
+		return;
+	}
+	if (!picker.n && !picker.loading)
+		picker_load();
+	app.mode = M_PICK;
 	ui_dirty();
 }
 
@@ -5767,10 +6229,67 @@ static void key_filter(int ch, int fn)
 	ui_dirty();
 }
 
+static void pick_open_chosen(void)	/* after a question, or at once */
+{
+	struct pick *p = pick_by_id(picker.asked);
+	struct tunnel *t;
+
+	if (!p)
+		return;
+	t = tunnel_add_by_id(p->id, p->name);
+	select_session(t, NULL);
+	tunnel_start(t);
+	app.mode = M_NORMAL;
+}
+
+/* Enter in the picker: a device open here already is selected; one that
+ * is not online, or whose tunnel another console holds, asks first. */
+static void pick_open(struct pick *p)
+{
+	struct tunnel *t = tunnel_of_device(p->id);
+
+	copy_str(picker.asked, sizeof(picker.asked), p->id);
+	if (t) {
+		select_session(t, t->sessions);
+		app.mode = M_NORMAL;
+	} else if (strcmp(p->status, "ONLINE")) {
+		confirm(pick_open_chosen, "%s is %s: a tunnel made now waits for it. Open anyway?",
+			p->name, p->status);
+	} else if (strstr(p->tunnel, "in use")) {
+		confirm(pick_open_chosen, "Another console holds the tunnel to %s (IoTDA keeps one a "
+			"device): opening takes it over. Open anyway?", p->name);
+	} else {
+		pick_open_chosen();
+	}
+	ui_dirty();
+}
+
+static void key_picker(int ch, int fn)	/* the device picker */
+{
+	int idx[picker.n + 1], n = pick_view(idx), page = LINES - 8;
+
+	if (!fn && ch == 27)
+		app.mode = M_NORMAL;
+	else if (!fn && (ch == '\r' || ch == '\n') && n)
+		pick_open(&picker.devs[idx[picker.sel < n ? picker.sel : 0]]);
+	else if (!fn && ch == 0x12)	/* ^R */
+		picker_load();
+	else if (fn && (ch == KEY_UP || ch == KEY_DOWN || ch == KEY_PPAGE || ch == KEY_NPAGE)) {
+		picker.sel += ch == KEY_UP ? -1 : ch == KEY_DOWN ? 1 : ch == KEY_PPAGE ? -page : page;
+		picker.sel = picker.sel < 0 ? 0 : picker.sel >= n ? (n ? n - 1 : 0) : picker.sel;
+	} else if (field_type(picker.filter, sizeof(picker.filter), &picker.filter_len, ch, fn)) {
+		picker.sel = picker.top = 0;
+	}
+	n = pick_view(idx);
+	if (app.mode == M_PICK && n)	/* who holds its tunnel, once the highlight rests */
+		picker_highlight(&picker.devs[idx[picker.sel < n ? picker.sel : 0]]);
+	ui_dirty();
+}
+
 static void (*const mode_keys[])(int ch, int fn) = {	/* key handling per mode */
 	[M_NORMAL] = key_normal, [M_PREFIX] = key_prefix, [M_LOGIN] = key_login,
 	[M_CONFIRM] = key_confirm, [M_SCROLL] = key_scroll, [M_SEARCH] = key_search,
-	[M_HELP] = key_help, [M_FILTER] = key_filter,
+	[M_HELP] = key_help, [M_FILTER] = key_filter, [M_PICK] = key_picker,
 };
 
 static void paste_into(struct session *s, const char *p, size_t n);
@@ -6280,8 +6799,12 @@ static const char usage_text[] =
 "      --device-id ID     open device ID through the IoTDA API ([iotda] in the config;\n"
 "                         HUAWEICLOUD_SDK_AK/SK or [iotda] token_file); repeatable\n"
 "\n"
-"Batch: tunnel_tui --exec 'COMMAND' [-c FILE] (--all | --devices a,b,...)\n"
-"        [--password-file FILE] [--timeout S] [--outdir DIR] [--raw]\n"
+"Batch: tunnel_tui --exec 'COMMAND' [-c FILE] (--all | --devices a,b,... | --where C...)\n"
+"        [--password-file FILE] [--timeout S] [--outdir DIR] [--raw] [--parallel N] [--force]\n"
+"  --where C picks devices from the IoTDA API's list (C: status=ONLINE, name~pump,\n"
+"  product=..., id~...; repeatable, all must hold).  --parallel N (default 20, at most\n"
+"  100) devices at once; API calls are paced and back off when the API is busy.\n"
+"  A device another tunnel_tui holds is refused unless --force.\n"
 "  runs COMMAND on each device in parallel, prints \"device | line\" (or one\n"
 "  file per device in DIR), then a summary; exit 0 only if every device ran it\n"
 "  with status 0.  Password: --password-file, TUNNEL_TUI_PASSWORD or a prompt.\n"
@@ -6300,6 +6823,10 @@ struct options {	/* the command line */
 	int ndevice_ids;
 	int all, timeout_s;
 	int raw;			/* --raw: --exec output as it came */
+	const char *where[8];		/* --where: devices picked through the API */
+	int nwhere;
+	int parallel;			/* --parallel: devices at once (--exec) */
+	int force;			/* --force: devices another console holds too */
 	int urls_from;			/* argv index of the first URL */
 };
 
@@ -6315,6 +6842,18 @@ static void usage_error(const char *fmt, ...)	/* exit 2 with a reason, the termi
 	exit(2);
 }
 
+static void add_where(struct options *o, const char *expr)	/* --where FIELD=V | FIELD~V */
+{
+	struct pick probe = { 0 };
+
+	if (o->nwhere == 8)
+		usage_error("at most 8 --where");
+	if (where_match(&probe, expr) < 0)
+		usage_error("--where %s: expected FIELD=VALUE or FIELD~VALUE, FIELD one of name, id, "
+			    "product, status (e.g. status=ONLINE, name~pump)", expr);
+	o->where[o->nwhere++] = expr;
+}
+
 static void parse_args(int argc, char **argv, struct options *o, struct config *c)
 {	/* options into o and c; exits on --help, --version and errors */
 	static const struct option longopts[] = {
@@ -6325,6 +6864,9 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		{ "insecure", no_argument, NULL, 'k' },
 		{ "allow-plaintext", no_argument, NULL, 'P' },
 		{ "raw", no_argument, NULL, 'R' },
+		{ "where", required_argument, NULL, 'W' },
+		{ "parallel", required_argument, NULL, 'N' },
+		{ "force", no_argument, NULL, 'F' },
 		{ "log", required_argument, NULL, 'l' },
 		{ "record-dir", required_argument, NULL, 'r' },
 		{ "exec", required_argument, NULL, 'e' },
@@ -6349,6 +6891,12 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		case 'k': app.insecure = 1; break;
 		case 'P': app.allow_plaintext = 1; break;
 		case 'R': o->raw = 1; break;
+		case 'W': add_where(o, optarg); break;
+		case 'N':
+			if (parse_int(optarg, 1, BATCH_PARALLEL_MAX, &o->parallel) < 0)
+				usage_error("--parallel must be 1-%d", BATCH_PARALLEL_MAX);
+			break;
+		case 'F': o->force = 1; break;
 		case 'l': o->log = optarg; break;
 		case 'r': o->record_dir = optarg; break;
 		case 'e': o->exec = optarg; break;
@@ -6497,14 +7045,15 @@ static char *batch_password(const char *file, size_t *len)
 	return pw;
 }
 
-/* Keeps only the devices --all or --devices names, in config order. */
+/* Keeps only the devices --all or --devices names, in config order (with
+ * only --where: none of the file's). */
 static void batch_select(struct config *c, const struct options *o)
 {
 	char list[4096], *save = NULL;
 	int n = 0;
 
-	if (!o->all && !o->devices)
-		usage_error("--exec needs --all or --devices a,b,...");
+	if (!o->all && !o->devices && !o->nwhere)
+		usage_error("--exec needs --all, --devices a,b,... or --where CONDITION");
 	copy_str(list, sizeof(list), o->devices ? o->devices : "");
 	for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
 		int i = 0;
@@ -6696,6 +7245,12 @@ static void free_all(struct config *c)	/* everything, secrets wiped */
 	}
 	while (api.calls)
 		api_call_free(api.calls);
+	while (api.waiting) {
+		struct api_call *c = api.waiting;
+
+		api.waiting = c->next;
+		api_call_free(c);
+	}
 	secret_free(api.ak);
 	secret_free(api.sk);
 	secret_free(api.iam_token);
@@ -6762,11 +7317,14 @@ static void api_setup(const struct config *c, const struct options *o)
 {
 	char err[PATH_MAX + 100] = "", warn[160] = "";
 	const char *ak = getenv("HUAWEICLOUD_SDK_AK");
-	int needed = 0;
+	int needed = o->nwhere > 0, wanted = c->iotda.endpoint[0] && c->iotda.project_id[0];
+	int creds = c->iotda.token_file[0] || (ak && *ak && getenv("HUAWEICLOUD_SDK_SK"));
 
 	for (int i = 0; i < c->ndev; i++)
 		needed |= c->dev[i].device_id[0] != '\0';
-	if (!needed)
+	if (needed && !wanted)
+		usage_error("--where needs an [iotda] section with endpoint and project_id (-c FILE)");
+	if (!needed && (!wanted || !creds))	/* the picker will say what it lacks */
 		return;
 	api.cfg = c->iotda;
 	if (api.cfg.token_file[0] && !(api.iam_token = secret_from_file(api.cfg.token_file, 16384,
@@ -6811,8 +7369,10 @@ static char (*load_devices(struct options *o, struct config *c, int argc, char *
 	if (config_resolve_tokens(c, warns, err, sizeof(err)) < 0)
 		usage_error("%s", err);
 	add_url_args(c, argc, argv, o->urls_from);
-	if (!c->ndev)
+	if (!c->ndev && !(c->iotda.endpoint[0] && c->iotda.project_id[0]))	/* else: the picker */
 		usage_error("no devices: give URLs, --tunnel-json or -c FILE");
+	if (!c->ndev && o->exec && !o->nwhere)
+		usage_error("--exec: no devices (--where picks them from the IoTDA API)");
 	return warns;
 }
 
@@ -6859,6 +7419,8 @@ static int run(int argc, char **argv)	/* everything main does */
 		usage_error("--log %s: %s", o.log, errno == ELOOP ? "a symbolic link: refused" : strerror(errno));
 	app.prefix_key = c.prefix_key;
 	app.compact = c.compact;
+	copy_str(app.default_user, sizeof(app.default_user), o.user);
+	app.login_timeout_s = c.login_timeout_s >= 0 ? c.login_timeout_s : LOGIN_TIMEOUT_S;
 	app.list_w_set = c.list_w;
 	if (c.heartbeat_s) {
 		ws_heartbeat.secs_since_valid_ping = (uint16_t)c.heartbeat_s;
