@@ -55,6 +55,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -126,12 +127,12 @@ static const short chrome_colors[C_COUNT][2] = {	/* fg, bg; -1 default */
 static const struct { const char *code, *meaning; } status_meanings[] = {
 	{ "400", "SSH login failed" },	{ "401", "token invalid or expired" },
 	{ "404", "tunnel closed" },	{ "408", "shell ended" },
-	{ "409", "replaced by a newer connection" },
+	{ "409", "another connection took this tunnel" },
 	{ "410", "device went away" },	{ "413", "message too big" },
 	{ "1000", "closed" },		{ "1002", "authentication failed" },
 	{ "1006", "connection lost" },	{ "1009", "message too big" },
 	{ "1015", "TLS handshake failed" },
-	{ "4000", "replaced by a newer connection" },
+	{ "4000", "another connection took this tunnel" },
 };
 
 /* Every bindable action has one signature (as in dvtm). */
@@ -351,6 +352,8 @@ struct tunnel {		/* one device: one WebSocket */
 	char close_reason[128];		/* and its reason */
 	char tls_error[96];		/* why its certificate was refused, in words */
 	void *header_token;		/* the token's copy in lws's handshake buffer */
+	int lock_fd;			/* its device lock, + 1; 0: none held */
+	int force_lock;			/* connect even if another tunnel_tui holds it */
 	char event[160];		/* the last tunnel-level event */
 	int64_t reconnect_at_us;
 	int64_t last_rx_us;
@@ -457,6 +460,11 @@ static int64_t now_us(void)		/* monotonic microseconds */
 }
 
 static void clean_text(char *dst, size_t cap, const char *src, size_t n);
+static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void flash_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void tunnel_event(struct tunnel *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void batch_finish(struct batch_job *j, const char *status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 /* A line in --log, if any.  Cleaned here too: a forged newline or escape
  * must not reach whoever reads the log (tail -f runs escapes). */
@@ -2682,6 +2690,7 @@ static void tunnel_kick(struct tunnel *t);
 static void lane_push(struct lane *l, const struct buf *b);
 static void lane_drop_owned(struct lane *l, struct session *s);
 static void batch_tunnel_failed(struct tunnel *t, const char *status, const char *fmt, ...);
+static void batch_kick(void);
 static void batch_session_output(struct session *s, const char *p, size_t n);
 static void batch_session_ended(struct session *s, const char *code, const char *msg);
 static void pane_size(int *cols, int *rows);
@@ -2805,8 +2814,9 @@ static void session_end(struct session *s, const char *code, const char *msg)
 	if (s->job)
 		batch_session_ended(s, code, msg);
 	if (bye)
-		snprintf(line, sizeof(line), "session ended: the shell exited%s", s->tunnel->official ?
-			 " (official devices need a new tunnel before the next login: ^G c)" : "");
+		snprintf(line, sizeof(line), "session ended: the shell exited%s%s%s", s->tunnel->official ?
+			 " (official devices need a new tunnel before the next login: " : "",
+			 s->tunnel->official ? keyname(app.prefix_key) : "", s->tunnel->official ? " c)" : "");
 	else
 		end_reason(s, code, msg, line, sizeof(line));
 	buf_free(&s->keys);
@@ -3481,8 +3491,15 @@ static void on_closed(struct tunnel *t)	/* CLIENT_CLOSED: after a close or a dro
 	char c[16];
 
 	snprintf(c, sizeof(c), "%d", code);
-	tunnel_lost(t, code, t->close_reason[0] ? t->close_reason :
-		    *status_meaning(c) ? status_meaning(c) : "connection closed");
+	if (code == 4000) {	/* our words: the console does not fight back by itself */
+		char why[96];
+
+		snprintf(why, sizeof(why), "another connection took this tunnel; %s c takes it back",
+			 keyname(app.prefix_key));
+		tunnel_lost(t, code, why);
+	} else
+		tunnel_lost(t, code, t->close_reason[0] ? t->close_reason :
+			    *status_meaning(c) ? status_meaning(c) : "connection closed");
 }
 
 static void on_append_headers(struct tunnel *t, void *in, size_t len)	/* §1 token header */
@@ -4316,9 +4333,87 @@ static void on_api_poll(lws_sorted_usec_list_t *sul)	/* the tunnel's state, now 
 		lws_sul_schedule(app.ctx, 0, &t->sul_api, on_api_poll, API_POLL_S * LWS_US_PER_SEC);
 }
 
-/* Opens a device: by its url, or by asking the API for a tunnel first. */
+/*** one owner per device on this machine *****************************/
+
+/* IoTDA keeps one connection per role and tunnel: two of our processes on
+ * one device would take it from each other.  Each device opened holds a
+ * lock file, flock()ed while the process runs (the kernel lets go however
+ * it ends): $XDG_RUNTIME_DIR/tunnel_tui/, else /tmp/tunnel_tui-UID/. */
+static int lock_dir(char *out, size_t cap)	/* 0 when it is ours and private */
+{
+	const char *run = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+
+	if (run && *run)
+		snprintf(out, cap, "%.3000s/tunnel_tui", run);
+	else
+		snprintf(out, cap, "/tmp/tunnel_tui-%u", (unsigned)getuid());
+	if (mkdir(out, 0700) < 0 && errno != EEXIST)
+		return -1;
+	return lstat(out, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid() &&
+	       !(st.st_mode & 077) ? 0 : -1;
+}
+
+static void lock_name(const struct tunnel *t, char *out, size_t cap)	/* one per device */
+{
+	char hash[65], id[140];
+
+	if (t->cfg.device_id[0]) {
+		safe_component(t->cfg.device_id, id, sizeof(id));
+		snprintf(out, cap, "id-%s.lock", id);
+		return;
+	}
+	sha256_hex(t->cfg.url, strcspn(t->cfg.url, "?"), hash);
+	snprintf(out, cap, "url-%.16s.lock", hash);
+}
+
+/* Takes t's device lock: 0 (held, or no lock possible here, or force),
+ * -1 with who holds it in holder. */
+static int device_lock(struct tunnel *t, int force, char *holder, size_t cap)
+{
+	char dir[PATH_MAX], name[200], path[PATH_MAX + 200], line[160];
+	int fd, n;
+
+	if (t->lock_fd || lock_dir(dir, sizeof(dir)) < 0)
+		return 0;
+	lock_name(t, name, sizeof(name));
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return 0;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		n = (int)read(fd, line, sizeof(line) - 1);
+		line[n > 0 ? n : 0] = '\0';
+		clean_text(holder, cap, line, strcspn(line, "\n"));
+		close(fd);
+		return force ? 0 : -1;
+	}
+	n = snprintf(line, sizeof(line), "tunnel_tui pid %d (%s)\n", (int)getpid(),
+		     app.batch ? "--exec" : "console");
+	(void)!ftruncate(fd, 0);
+	(void)!pwrite(fd, line, (size_t)n, 0);
+	t->lock_fd = fd + 1;
+	return 0;
+}
+
+static void device_unlock(struct tunnel *t)	/* the device is let go */
+{
+	if (t->lock_fd)
+		close(t->lock_fd - 1);
+	t->lock_fd = 0;
+}
+
+/* Opens a device: by its url, or by asking the API for a tunnel first;
+ * not while another tunnel_tui holds it (Ctrl-g c takes it over). */
 static void tunnel_start(struct tunnel *t)
 {
+	char holder[160];
+
+	if (device_lock(t, t->force_lock, holder, sizeof(holder)) < 0) {
+		t->state = T_CLOSED;
+		tunnel_event(t, "held by %s: %s c takes it over", holder, keyname(app.prefix_key));
+		return;
+	}
 	if (!t->cfg.device_id[0]) {
 		tunnel_connect(t);
 		return;
@@ -4391,6 +4486,7 @@ static void tunnel_close(struct tunnel *t)
 		api_call_start(t, API_CLOSE);
 	t->tunnel_id[0] = '\0';
 	t->state = T_CLOSED;
+	device_unlock(t);
 }
 
 static void on_close_wait(lws_sorted_usec_list_t *sul)	/* the close handshakes took too long */
@@ -4439,8 +4535,9 @@ static void check_expiry(struct tunnel *t)
 	if (left > EXPIRY_WARN_S || left <= 0 || t->expiry_warned)
 		return;
 	t->expiry_warned = 1;
-	tunnel_event(t, "token expires in %ldm%02lds%s", left / 60, left % 60,
-		     t->cfg.device_id[0] ? ": ^G c makes a new tunnel" : "");
+	tunnel_event(t, "token expires in %ldm%02lds%s%s%s", left / 60, left % 60,
+		     t->cfg.device_id[0] ? ": " : "", t->cfg.device_id[0] ? keyname(app.prefix_key) : "",
+		     t->cfg.device_id[0] ? " c makes a new tunnel" : "");
 	flash_msg("%s: the tunnel token expires in %ldm%02lds", t->cfg.name, left / 60, left % 60);
 }
 
@@ -5750,6 +5847,7 @@ static void act_connect(const union arg *arg)
 		tunnel_close(t);
 	lws_sul_cancel(&t->sul_connect);
 	t->retries = 0;
+	t->force_lock = 1;	/* the user's word: even if another tunnel_tui holds it */
 	tunnel_start(t);
 	flash_msg("%s: connecting again", t->cfg.name);
 }
@@ -6450,6 +6548,8 @@ struct batch_job {	/* one device's run of the command */
 	struct buf held;		/* the last whole line, shown one line late */
 	int has_held;
 	FILE *file;			/* --outdir DEVICE.out */
+	int started;			/* launched (the governor lets N run at once) */
+	int released;			/* its tunnel closed, its slot free */
 	lws_sorted_usec_list_t sul_timeout;
 };
 
@@ -6461,6 +6561,13 @@ struct batch {		/* the whole --exec run */
 	int name_width;
 	struct batch_job *jobs;
 	int njobs, done;
+	int parallel;			/* the governor: at most this many jobs at once */
+	int force;			/* --force: devices another tunnel_tui holds too */
+	char *password;			/* secret: locked, for logins still to come */
+	size_t password_len;
+	int progress_tty;		/* stderr is a terminal: progress on one line */
+	int64_t progress_us;
+	lws_sorted_usec_list_t sul_step;
 };
 
 /*
@@ -6502,8 +6609,8 @@ static void batch_finish(struct batch_job *j, const char *status, const char *fm
 	if (j->file)
 		fclose(j->file);
 	j->file = NULL;
-	if (++app.batch->done == app.batch->njobs)
-		quit_now();
+	app.batch->done++;
+	batch_kick();	/* its slot goes to the next device, outside this callback */
 }
 
 /* One output line.  To a terminal, cleaned like any peer text (a device
@@ -6551,7 +6658,7 @@ static void batch_line(struct batch_job *j, const char *line, size_t n)
 		j->exit_code = (int)strtol(line + len, NULL, 10);
 		if (j->exit_code < 0 || j->exit_code > 255)	/* not a shell's status */
 			j->exit_code = 255;
-		batch_finish(j, j->exit_code ? "failed" : "ok", "");
+		batch_finish(j, j->exit_code ? "failed" : "ok", "%s", "");
 		return;
 	}
 	if (j->has_held)
@@ -7089,8 +7196,8 @@ static void batch_open_outfile(struct batch_job *j, const char *dir)	/* DIR/DEVI
 		usage_error("%s: %s", path, errno == ELOOP ? "a symbolic link: refused" : strerror(errno));
 }
 
-/* One job per tunnel: a session logged in as soon as the device is there. */
-static void batch_start(struct batch *b, const struct options *o, const char *pw, size_t pwlen)
+/* One job per tunnel, not yet started: the governor launches them. */
+static void batch_prepare(struct batch *b, const struct options *o)
 {
 	unsigned char r[8];
 
@@ -7099,22 +7206,15 @@ static void batch_start(struct batch *b, const struct options *o, const char *pw
 		 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
 	for (struct tunnel *t = app.tunnels; t; t = t->next) {
 		struct batch_job *j = &b->jobs[b->njobs++];
-		const char *user = t->cfg.username;
 
-		if (!*user)
+		if (!t->cfg.username[0])
 			usage_error("device \"%s\" has no username: set one or give --user", t->cfg.name);
 		j->tunnel = t;
 		j->exit_code = -1;
-		j->start_us = now_us();
 		if ((int)strlen(t->cfg.name) > b->name_width)
 			b->name_width = (int)strlen(t->cfg.name);
 		if (o->outdir)
 			batch_open_outfile(j, o->outdir);
-		j->session = session_new(t, user);
-		j->session->job = j;
-		session_login(j->session, pw, pwlen);
-		lws_sul_schedule(app.ctx, 0, &j->sul_timeout, on_batch_timeout,
-				 (lws_usec_t)b->timeout_s * LWS_US_PER_SEC);
 	}
 }
 
@@ -7135,6 +7235,80 @@ static void batch_warn_links(void)
 				"password travel in clear\n", t->cfg.name);
 }
 
+static void on_batch_timeout(lws_sorted_usec_list_t *sul);
+
+static void batch_launch(struct batch_job *j)	/* a session, its login, its tunnel */
+{
+	struct batch *b = app.batch;
+	char holder[160];
+
+	j->started = 1;
+	j->start_us = now_us();
+	if (device_lock(j->tunnel, b->force, holder, sizeof(holder)) < 0) {
+		batch_finish(j, "locked", "held by %s: --force runs it anyway", holder);
+		return;
+	}
+	j->tunnel->force_lock = b->force;
+	j->session = session_new(j->tunnel, j->tunnel->cfg.username);
+	j->session->job = j;
+	session_login(j->session, b->password, b->password_len);
+	lws_sul_schedule(app.ctx, 0, &j->sul_timeout, on_batch_timeout,
+			 (lws_usec_t)b->timeout_s * LWS_US_PER_SEC);
+	tunnel_start(j->tunnel);
+}
+
+static int batch_running(const struct batch *b)	/* started and not done */
+{
+	int n = 0;
+
+	for (int i = 0; i < b->njobs; i++)
+		n += b->jobs[i].started && !b->jobs[i].done;
+	return n;
+}
+
+static void batch_progress(int last)	/* done / running / left, on stderr */
+{
+	struct batch *b = app.batch;
+	int running = batch_running(b), left = b->njobs - b->done - running;
+
+	if (!last && now_us() - b->progress_us < 1000000)
+		return;
+	b->progress_us = now_us();
+	fprintf(stderr, "%stunnel_tui: %d done, %d running, %d left%s", b->progress_tty ? "\r" : "",
+		b->done, running, left, b->progress_tty && !last ? "\033[K" : "\n");
+	fflush(stderr);
+}
+
+/* The governor, run from a timer (never inside the callback that ended a
+ * job): finished jobs give their tunnel and slot back; pending ones start
+ * while fewer than --parallel run; the last one ends the run. */
+static void on_batch_step(lws_sorted_usec_list_t *sul)
+{
+	struct batch *b = lws_container_of(sul, struct batch, sul_step);
+
+	for (int i = 0; i < b->njobs; i++) {
+		struct batch_job *j = &b->jobs[i];
+
+		if (j->done && j->started && !j->released) {
+			j->released = 1;
+			tunnel_close(j->tunnel);
+		}
+	}
+	for (int i = 0; i < b->njobs && batch_running(b) < b->parallel; i++)
+		if (!b->jobs[i].started)
+			batch_launch(&b->jobs[i]);
+	batch_progress(b->done == b->njobs);
+	if (b->done == b->njobs)
+		quit_now();
+	else	/* progress shows each second, whatever happens */
+		lws_sul_schedule(app.ctx, 0, &b->sul_step, on_batch_step, LWS_US_PER_SEC);
+}
+
+static void batch_kick(void)	/* the governor runs as soon as the loop is free */
+{
+	lws_sul_schedule(app.ctx, 0, &app.batch->sul_step, on_batch_step, 1);
+}
+
 /* Device, status, exit code, time; exit 0 only if all ran with status 0. */
 static int batch_summary(struct batch *b)
 {
@@ -7148,7 +7322,7 @@ static int batch_summary(struct batch *b)
 		char code[16] = "-";
 
 		if (!j->done)
-			batch_finish(j, "interrupted", "");
+			batch_finish(j, "interrupted", "%s", "");
 		if (j->exit_code >= 0)
 			snprintf(code, sizeof(code), "%d", j->exit_code);
 		printf("%-*s  %-12s %4s %7.1fs  %s\n", b->name_width, j->tunnel->cfg.name, j->status,
@@ -7162,26 +7336,55 @@ static int batch_summary(struct batch *b)
 	return bad ? 1 : 0;
 }
 
+static void on_where_listed(void)	/* every page in: the loop may go on */
+{
+	lws_cancel_service(app.ctx);
+}
+
+/* --where: the devices ListDevices names that meet every condition join
+ * the run, by their IDs. */
+static void batch_where(const struct options *o)
+{
+	picker.on_complete = on_where_listed;
+	picker_load();
+	while (!picker.complete && !app.quit && lws_service(app.ctx, 0) >= 0)
+		;
+	if (picker.error[0])
+		usage_error("--where: list devices: %s", picker.error);
+	for (int i = 0; i < picker.n; i++) {
+		int all = 1;
+
+		for (int k = 0; k < o->nwhere && all; k++)
+			all = where_match(&picker.devs[i], o->where[k]) == 1;
+		if (all && !tunnel_of_device(picker.devs[i].id))
+			tunnel_add_by_id(picker.devs[i].id, picker.devs[i].name);
+	}
+	if (!app.tunnels)
+		usage_error("--where: no device meets the conditions (%d listed)", picker.n);
+}
+
 /* --exec: the same tunnels and sessions, no screen; returns the exit code. */
 static int batch_run(const struct options *o)
 {
 	struct batch b = { .command = o->exec, .outdir = o->outdir, .clean = isatty(1) && !o->raw,
-			   .timeout_s = o->timeout_s > 0 ? o->timeout_s : 60 };
-	size_t pwlen;
-	char *pw = batch_password(o->password_file, &pwlen);
+			   .timeout_s = o->timeout_s > 0 ? o->timeout_s : 60, .force = o->force,
+			   .parallel = o->parallel ? o->parallel : BATCH_PARALLEL, .progress_tty = isatty(2) };
 	int n = 0;
 
+	b.password = batch_password(o->password_file, &b.password_len);
+	if (o->nwhere)
+		batch_where(o);
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
 		n++;
 	b.jobs = xcalloc((size_t)n * sizeof(*b.jobs));
 	app.batch = &b;
 	batch_warn_links();
-	batch_start(&b, o, pw, pwlen);
-	secret_free(pw);
-	for (struct tunnel *t = app.tunnels; t; t = t->next)
-		tunnel_start(t);
+	batch_prepare(&b, o);
+	batch_kick();
 	while (!app.quit && lws_service(app.ctx, 0) >= 0)
 		;
+	lws_sul_cancel(&b.sul_step);
+	secret_free(b.password);
 	n = batch_summary(&b);
 	for (int i = 0; i < b.njobs; i++)	/* sessions outlive the jobs (until exit) */
 		if (b.jobs[i].session)

@@ -92,13 +92,30 @@ wait_for 10 row_has pump 'API error' && ok "wrong SK: API error" || fail "wrong 
 tui_keys C-g 1
 tui_wait 'API 401 IOTDA.000002' 5 && ok "wrong SK: 401 IOTDA.000002 shown" || fail "401 shown" "$(tui_screen)"
 
-# batch exec by device id
+# one owner per device on this machine: the console above still holds pump
 echo "$PASS" > "$WORK/pw"
+CPID=
+for p in $(pgrep -f "$CONSOLE -c $WORK/api.conf"); do	# the console, not the shell around it
+	[ "$(cat /proc/$p/comm 2>/dev/null)" = tunnel_tui ] && CPID=$p
+done
+check "the console still runs (it holds its devices)" test -n "$CPID"
+HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=$SK "$CONSOLE" --exec 'echo held-$((3*3))' -c "$WORK/api.conf" \
+	--devices pump --password-file "$WORK/pw" > "$WORK/held.out" 2>&1
+check "--exec on a device a console holds: refused, naming the console" \
+	grep -qE "^pump +locked +- .*held by tunnel_tui pid $CPID \(console\): --force" "$WORK/held.out"
+check "… and nothing ran there" bash -c "! grep -q 'held-9' '$WORK/held.out'"
+HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=$SK "$CONSOLE" --exec 'echo forced-$((3*3))' -c "$WORK/api.conf" \
+	--devices pump --force --password-file "$WORK/pw" > "$WORK/forced.out" 2>&1
+check "--force runs it anyway" grep -qE '^pump +\| forced-9$' "$WORK/forced.out"
+tmux -S "$TMUX_SOCK" kill-server
+wait_for 10 bash -c "! kill -0 $CPID" || fail "the console ends with its tmux"
+
+# batch exec by device id
 HUAWEICLOUD_SDK_AK=AK-TEST HUAWEICLOUD_SDK_SK=$SK "$CONSOLE" --exec 'echo by-id-$((3*3))' -c "$WORK/api.conf" \
 	--devices pump --password-file "$WORK/pw" > "$WORK/exec.out" 2>&1
 check "--exec by device id: the command ran" grep -qE '^pump +\| by-id-9$' "$WORK/exec.out"
 check "--exec by device id: the tunnel is closed afterwards" \
-	bash -c "[ \$(grep -c 'PUT /v5/iot/{project_id}/tunnels/{tunnel_id}: 204' '$PLATFORM_LOG') -ge 3 ]"
+	bash -c "[ \$(grep -c 'PUT /v5/iot/{project_id}/tunnels/{tunnel_id}: 204' '$PLATFORM_LOG') -ge 4 ]"
 
 # --exec over all three: the offline and the unknown device end at once,
 # saying why, and the reachable one still runs
