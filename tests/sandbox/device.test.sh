@@ -205,19 +205,26 @@ cat > "$WORK/standin.py" <<'PYEOF'
 # The events stand-in: serves ws[s]://127.0.0.1:PORT/sandbox/devices/ID/events,
 # one connection per device id (a newer one replaces the older: close 4000),
 # and sends what stdin says.  It also serves /v5/iot/tunnels/ID/device-connect
-# as a scripted platform: what a relay never sends a device (a ping) goes there.
+# as a scripted platform: what a relay never sends a device (a ping) goes there;
+# or a slow one, to measure the device's own backlog.
 # Usage: python3 standin.py PORT [CERT KEY]
 # stdin:  send ID TEXT | close ID CODE | drop ID (TCP cut, no close frame)
+#         slow ID BPS NEEDLE (read ID's text frames at BPS bytes a second,
+#         count them instead of printing) | mark ID LABEL
 # stdout: silent on PORT (a socket that listens and never answers)
 #         listening on ws[s]://127.0.0.1:PORT
 #         connected ID [token header] | replaced ID | closed ID CODE | gone ID
 #         sent ID | no ID | text ID FRAME (received; CR, LF shown as spaces)
-import base64, hashlib, socket, ssl, struct, sys, threading
+#         slow: counted ID MIB (each MiB) | found ID N (a frame with NEEDLE,
+#         N bytes counted with it) | mark ID LABEL N (N counted so far)
+import base64, hashlib, socket, ssl, struct, sys, threading, time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 lock = threading.Lock()
 chans = {}        # device id -> its current socket
 closing = set()   # sockets we sent a close frame on
+slow = {}         # id -> (bytes a second, needle) of a slow reader
+counted = {}      # id -> text frame bytes a slow reader took in
 
 
 def log(*words):
@@ -286,13 +293,27 @@ def handshake(s):  # (device id, token header sent?); (None, _) after a 404
     return parts[3 if events else 4], "tunnel_access_token" in hdrs
 
 
+def text(dev, data):  # a text frame: printed, or counted by a slow reader
+    with lock:
+        mode, had = slow.get(dev), counted.get(dev, 0)
+        counted[dev] = had + len(data)
+    if not mode:
+        log("text", dev, data.decode("utf-8", "replace").replace("\r", " ").replace("\n", " "))
+        return
+    if (had + len(data)) >> 20 > had >> 20:
+        log("counted", dev, (had + len(data)) >> 20)
+    if mode[1] in data:
+        log("found", dev, had + len(data))
+    time.sleep(len(data) / mode[0])
+
+
 def pump(s, dev):  # reads until the close: answers PINGs and the close
     while True:
         op, data = read_frame(s)
         if op == 9:
             s.sendall(frame(10, data))
         elif op == 1:
-            log("text", dev, data.decode("utf-8", "replace").replace("\r", " ").replace("\n", " "))
+            text(dev, data)
         elif op == 8:
             log("closed", dev, struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005)
             if s not in closing:
@@ -345,10 +366,18 @@ def command(line):  # one stdin line
         send_close(s, int(rest))
     elif verb == "drop":
         s.shutdown(socket.SHUT_RDWR)
+    elif verb == "slow":
+        bps, needle = rest.split(" ", 1)
+        with lock:
+            slow[dev], counted[dev] = (int(bps), needle.encode()), 0
+    elif verb == "mark":
+        with lock:
+            log("mark", dev, rest, counted.get(dev, 0))
 
 
 def main():
     srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # a slow reader holds little
     silent = socket.create_server(("127.0.0.1", 0))
     tls = None
     if len(sys.argv) > 3:
@@ -566,7 +595,7 @@ check "--events: no device token, password or keystroke in the logs" \
 
 # PROTOCOL.md §4 (routing) and §8.  A relay of its own: a c-sdk message can
 # be 12428 bytes, over the relay's default limit.  One tunnel per scenario.
-for t in c1 w1 w2 w3; do
+for t in c1 w1 w2 w3 f1 f2; do
 	printf '{"tunnel_id":"%s","device_id":"%s","source_token":"src-%s","device_token":"dev-%s","expires_in":3600}\n' "$t" "$t" "$t" "$t"
 done | paste -sd, | sed 's/.*/[&]/' > "$WORK/csdk-tunnels.json"
 PLATFORM_PORT=$(free_port)
@@ -744,6 +773,66 @@ done
 n408=$(grep -c ': wedged: 408 sent$' "$WORK/dw3.log") n0=$(grep -c ': wedged: no 408$' "$WORK/dw3.log")
 check "wedge random: both outcomes within 12 exits (408 sent $n408 times, none $n0 times)" [ "$n408" -gt 0 -a "$n0" -gt 0 ]
 check "c-sdk: no password in the agents' logs" bash -c "! grep -q '$pw' '$WORK'/d[cw]*.log"
+
+#### bounded backlogs: Ctrl-C under a flood ##################################
+
+# A real device reads 2048 bytes and sends them before it reads again; the
+# agent too keeps little unsent output (and a small socket send buffer), so
+# after a Ctrl-C under a flood the prompt follows soon.  The app is slower
+# than the device (1 MB/s, as a console drawing it), so every queue on the
+# way fills.  yes floods a session until 1 MiB has arrived; the app sends
+# Ctrl-C and counts the output bytes that arrive until the prompt (!mark: the
+# count when the Ctrl-C has gone out, and at the end).  Through the relay the
+# count includes the relay's own buffers, so it is only printed; the agent's
+# part is bounded below, on a platform that reads slowly itself.
+flood() {	# flood TUNNEL PROFILE
+	local t=$1 before after
+	echo "dev-$t" > "$WORK/d$t.tok"
+	start_device "d$t" --url "$(dev_url "$t")" --token-file "$WORK/d$t.tok" --login-file "$WORK/logins" --profile "$2"
+	app "a$t" "$t" --save "$t" "$WORK/$t.bin" --rate 1000000
+	await "flood ($2): connect_tunnel" "$WORK/a$t.out" '^recv connect_tunnel '
+	to "a$t" "$(login "$t")" "$(typed "$t" yes)"
+	await "flood ($2): yes floods the session" "$WORK/$t.bin" '^y'
+	wait_for 30 bash -c "[ \$(stat -c %s '$WORK/$t.bin') -ge $((1 << 20)) ]"
+	to "a$t" "$(msg command "$t" '"\u0003"')" '!mark ctrl-c' "$(typed "$t" 'echo "@@DO""NE@@"')"
+	T=60 await "flood ($2): after Ctrl-C the shell answers" "$WORK/$t.bin" '@@DONE@@'
+	to "a$t" '!mark done'
+	await "flood ($2): the client counts" "$WORK/a$t.out" '^mark done [0-9]+$'
+	before=$(sed -n 's/^mark ctrl-c //p' "$WORK/a$t.out") after=$(sed -n 's/^mark done //p' "$WORK/a$t.out")
+	echo "# flood ($2) through the relay: $((after - before)) bytes after the Ctrl-C, ${before:-?} before it"
+	kill "$DEVICE_PID"
+}
+flood f1 full
+flood f2 c-sdk
+
+# The agent's own part: the platform itself reads slowly (the stand-in,
+# at 1 MB/s), so only the agent's queue and its socket hold the backlog.
+flood_alone() {	# flood_alone PROFILE
+	local id=fl-$1 before after
+	start_device "$id" --url "ws://127.0.0.1:$SI_PORT/v5/iot/tunnels/$id/device-connect" --token t \
+		--login-file "$WORK/logins" --profile "$1"
+	await "slow platform ($1): the agent connects" "$SI_OUT" "^connected $id "
+	si send "$id" "$(login "$id")"
+	await "slow platform ($1): login" "$WORK/$id.log" ": session $id: login ok\$"
+	si slow "$id" 1000000 @@DONE@@
+	si send "$id" "$(typed "$id" yes)"
+	T=30 await "slow platform ($1): yes floods it (1 MiB taken in)" "$SI_OUT" "^counted $id 1\$"
+	si send "$id" "$(msg command "$id" '"\u0003"')"
+	si mark "$id" ctrl-c
+	si send "$id" "$(typed "$id" 'echo "@@DO""NE@@"')"
+	T=60 await "slow platform ($1): after Ctrl-C the shell answers" "$SI_OUT" "^found $id "
+	before=$(sed -n "s/^mark $id ctrl-c //p" "$SI_OUT") after=$(sed -n "s/^found $id //p" "$SI_OUT" | head -1)
+	check "slow platform ($1): under $((FLOOD_ALONE >> 10)) KiB of messages after the Ctrl-C ($((after - before)) bytes)" \
+		[ -n "$before" -a "$((after - before))" -lt "$FLOOD_ALONE" ]
+	kill "$DEVICE_PID"
+}
+FLOOD_ALONE=$((256 << 10))
+if [ -z "$HAVE_SI" ]; then
+	ok "flood on a slow platform # SKIP no python3"
+else
+	flood_alone full
+	flood_alone c-sdk
+fi
 
 #### the sshd fixture ##########################################################
 

@@ -52,8 +52,9 @@
 #define READ_CSDK	2048		/* c-sdk: the official SDK's read buffer */
 #define READ_MAX	4096		/* the larger of the two */
 #define DRAIN_READS	64		/* reads spent flushing an ended shell */
-#define OUT_HIGH	(256u << 10)	/* queued bytes that stop reading shells ... */
-#define OUT_LOW		(64u << 10)	/* ... and the level that restarts them */
+#define OUT_FULL	(16u << 10)	/* full profile: unsent output that stops reading shells */
+#define OUT_CSDK	0		/* c-sdk: a read's message is sent before the next read */
+#define SNDBUF		(32 << 10)	/* the tunnel socket's send buffer (see conn_up) */
 #define IN_MAX		(1u << 20)	/* keystrokes held for a shell not reading */
 #define INPUT_RETRY_US	10000		/* held keystrokes: retried this often (a backstop for POLLOUT) */
 #define CARRY_MS	20		/* a split UTF-8 tail waits this long for its rest */
@@ -292,6 +293,7 @@ struct profile {
 	int fixed_pty;			/* 128x30 xterm whatever the connect asks */
 	int quirks;			/* the SDK's drops and truncations */
 	size_t read_size;		/* bytes read from a shell at a time */
+	size_t out_high;		/* queued bytes over which shells are not read (to half) */
 	void (*accepted)(struct session *s);	/* a connect arrived, before login */
 	void (*login_ok)(struct session *s);
 	void (*login_failed)(struct session *s, const char *why);
@@ -310,7 +312,7 @@ struct agent {				/* the whole program's state */
 	struct conn ev;			/* --events: the MQTT stand-in */
 	lws_sorted_usec_list_t sul_stop;
 	struct sb_queue out;		/* the tunnel's */
-	int paused;			/* shells not read: the queue is over OUT_HIGH */
+	int paused;			/* shells not read: the queue went over prof->out_high */
 	struct session *sessions;
 	char latest_rid[CSDK_RID_LEN + 1];	/* c-sdk: echoed on its output */
 	int have_latest;
@@ -466,9 +468,12 @@ static void agent_send(struct agent *a, const char *p, size_t n)	/* queues one f
 		return;		/* nobody to tell: the sessions die with the tunnel */
 	if (sb_queue_push(&a->out, p, n))
 		lws_callback_on_writable(a->tun.wsi);
-	if (a->paused || a->out.bytes <= OUT_HIGH)
+	if (a->paused || a->out.bytes <= a->prof->out_high)
 		return;
-	a->paused = 1;	/* the platform is slower than the shells: stop reading them */
+	/* the platform is slower than the shells: stop reading them, as a real
+	 * device that sends each read before the next, so a Ctrl-C is not
+	 * queued behind a backlog */
+	a->paused = 1;
 	for (s = a->sessions; s; s = s->next)
 		if (s->wsi)
 			lws_rx_flow_control(s->wsi, 0);
@@ -658,12 +663,12 @@ static void csdk_exited(struct session *s)	/* the channel-close callback; --wedg
 }
 
 static const struct profile full_profile = {
-	"full", 0, 0, 0, READ_FULL, full_accepted, full_login_ok, full_login_failed,
+	"full", 0, 0, 0, READ_FULL, OUT_FULL, full_accepted, full_login_ok, full_login_failed,
 	full_output, full_flush, full_exited,
 };
 
 static const struct profile csdk_profile = {
-	"c-sdk", 1, 1, 1, READ_CSDK, csdk_accepted, csdk_login_ok, csdk_login_failed,
+	"c-sdk", 1, 1, 1, READ_CSDK, OUT_CSDK, csdk_accepted, csdk_login_ok, csdk_login_failed,
 	csdk_output, csdk_flush, csdk_exited,
 };
 
@@ -1832,6 +1837,12 @@ static void conn_down(struct conn *c)	/* it ended: forget the wsi and half a mes
 
 static void conn_up(struct conn *c, struct lws *wsi)	/* CLIENT_ESTABLISHED */
 {
+	int sndbuf = SNDBUF;
+
+	/* A device's uplink holds about a round trip of data; on loopback the
+	 * kernel would grow the buffer to megabytes behind a slow platform, and
+	 * a Ctrl-C would wait for all of it. */
+	setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 	c->wsi = wsi;
 	c->link = L_OPEN;
 	c->retries = 0;
@@ -2025,7 +2036,7 @@ static int tunnel_writeable(struct agent *a, struct lws *wsi)	/* one frame per c
 		return -1;
 	if (more)
 		lws_callback_on_writable(wsi);
-	if (a->paused && a->out.bytes < OUT_LOW)
+	if (a->paused && a->out.bytes <= a->prof->out_high / 2)
 		sessions_resume(a);
 	return 0;
 }
