@@ -70,6 +70,10 @@ bad_option "unknown backend" "unknown backend" --url "$U" --token t --backend te
 bad_option "unknown profile" "unknown profile" --url "$U" --token t --profile go-sdk
 bad_option "unknown --wedge" "unknown --wedge 'sometimes'" --url "$U" --token t --profile c-sdk --wedge sometimes
 bad_option "--wedge with the full profile" "--wedge needs --profile c-sdk" --url "$U" --token t --wedge 408
+bad_option "--shell not absolute" "--shell sh is not an absolute path" --url "$U" --token t --shell sh
+bad_option "--shell no program" "is not an absolute path to a program" --url "$U" --token t --shell "$WORK/none"
+bad_option "--shell with the ssh backend" "--shell and --path go with --backend pty" --url "$U" --token t --backend ssh --shell /bin/sh
+bad_option "--path empty" "--path is empty" --url "$U" --token t --path ''
 bad_option "bad --ssh" "bad --ssh" --url "$U" --token t --ssh nohost
 bad_option "bad --ssh port" "bad --ssh" --url "$U" --token t --ssh 127.0.0.1:99999
 bad_option "notify file of another shape" "not a tunnel_notify" --notify "$WORK/bad.json"
@@ -595,7 +599,7 @@ check "--events: no device token, password or keystroke in the logs" \
 
 # PROTOCOL.md §4 (routing) and §8.  A relay of its own: a c-sdk message can
 # be 12428 bytes, over the relay's default limit.  One tunnel per scenario.
-for t in c1 w1 w2 w3 f1 f2; do
+for t in c1 w1 w2 w3 f1 f2 b1 b2; do
 	printf '{"tunnel_id":"%s","device_id":"%s","source_token":"src-%s","device_token":"dev-%s","expires_in":3600}\n' "$t" "$t" "$t" "$t"
 done | paste -sd, | sed 's/.*/[&]/' > "$WORK/csdk-tunnels.json"
 PLATFORM_PORT=$(free_port)
@@ -773,6 +777,42 @@ done
 n408=$(grep -c ': wedged: 408 sent$' "$WORK/dw3.log") n0=$(grep -c ': wedged: no 408$' "$WORK/dw3.log")
 check "wedge random: both outcomes within 12 exits (408 sent $n408 times, none $n0 times)" [ "$n408" -gt 0 -a "$n0" -gt 0 ]
 check "c-sdk: no password in the agents' logs" bash -c "! grep -q '$pw' '$WORK'/d[cw]*.log"
+
+#### --shell and --path: a busybox-only device ###############################
+
+# Applets for the shell and file transfer by checksum, none for base64,
+# uudecode, od, xxd or stty: what a busybox-only device may offer.
+BB=$WORK/busybox
+if ! command -v busybox > /dev/null; then
+	ok "a busybox-only device # SKIP no busybox (apt-get install busybox)"
+else
+	mkdir "$BB"
+	for a in sh ash sha256sum md5sum dd head gzip hexdump awk printf cat ls rm mv mkdir echo tr wc; do
+		ln -s "$(command -v busybox)" "$BB/$a"
+	done
+	start_device db1 --url "$(dev_url b1)" --token-file <(echo dev-b1) --login-file "$WORK/logins" \
+		--shell "$BB/sh" --path "$BB"
+	app ab1 b1 --save bb1 "$WORK/bb1.bin"
+	await "busybox: connect_tunnel" "$WORK/ab1.out" '^recv connect_tunnel '
+	to ab1 "$(login bb1)" "$(typed bb1 ash)" "$(typed bb1 'echo "zero=$0 path=$PATH"')"
+	await "busybox: the session runs ash with only --path on PATH" "$WORK/bb1.bin" "zero=ash path=$BB"$'\r'
+	to ab1 "$(typed bb1 'for c in base64 uudecode od xxd stty; do command -v $c > /dev/null && echo "fou""nd-$c"; done; echo "looked-""for"')"
+	await "busybox: the checks ran" "$WORK/bb1.bin" 'looked-for'
+	check "busybox: command -v fails for base64, uudecode, od, xxd, stty" bash -c "! grep -q 'found-' '$WORK/bb1.bin'"
+	to ab1 "$(typed bb1 'command -v sha256sum && printf x | sha256sum')"
+	await "busybox: command -v sha256sum finds it" "$WORK/bb1.bin" "^$BB/sha256sum"$'\r'
+	await "busybox: ... and it works" "$WORK/bb1.bin" \
+		'^2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881  -'
+	kill "$DEVICE_PID"
+fi
+# (dash is Debian's /bin/sh: always there)
+start_device db2 --url "$(dev_url b2)" --token-file <(echo dev-b2) --login-file "$WORK/logins" --shell /bin/dash
+app ab2 b2 --save bb2 "$WORK/bb2.bin"
+await "--shell /bin/dash: connect_tunnel" "$WORK/ab2.out" '^recv connect_tunnel '
+to ab2 "$(login bb2)" "$(typed bb2 'echo "zero=$0 shell=$SHELL path=$PATH"')"
+await "--shell /bin/dash: the session runs dash, default PATH" "$WORK/bb2.bin" \
+	'zero=dash shell=/bin/dash path=/usr/local/bin:/usr/bin:/bin'$'\r'
+kill "$DEVICE_PID"
 
 #### bounded backlogs: Ctrl-C under a flood ##################################
 

@@ -118,9 +118,9 @@ static const char usage_head[] =
 	"sessions first).\n\n";
 
 static const char usage_tail[] =
-	"\nThe pty backend runs the agent user's own login shell, whatever name logs in;\n"
-	"the name and password must match a line of --login-file.  Without\n"
-	"--login-file it refuses every login (disconnect 400).\n\n"
+	"\nThe pty backend runs the agent user's own login shell (or --shell), whatever\n"
+	"name logs in; the name and password must match a line of --login-file.\n"
+	"Without --login-file it refuses every login (disconnect 400).\n\n"
 	"Log lines on stderr (tests wait on them; REQID is the request_id):\n"
 	"  connected                     the WebSocket is up\n"
 	"  disconnected (close CODE)     it went down (1006: no close frame)\n"
@@ -167,6 +167,8 @@ static const char usage_tail[] =
 
 struct account {			/* who the pty shells run as: the agent's user */
 	char *name, *home, *shell;
+	const char *path;		/* their PATH */
+	int login;			/* a login shell (argv[0] "-sh"), or a plain one */
 };
 
 struct cred {				/* one line of --login-file */
@@ -191,6 +193,7 @@ enum wedge { W_NONE, W_ARMED, W_STUCK };
 struct config {				/* the command line, checked and resolved */
 	const char *url, *token_arg, *token_file, *notify, *backend, *profile;
 	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events, *home, *wedge;
+	const char *shell, *path;
 	const struct wedge_mode *wedge_mode;	/* NULL: no --wedge */
 	int insecure, help;
 	char ssh_host[256];
@@ -956,7 +959,7 @@ static int env_build(char **env, const struct account *me, const char *term)	/* 
 {
 	const char *vars[][2] = {
 		{ "TERM", term }, { "HOME", me->home }, { "USER", me->name }, { "LOGNAME", me->name },
-		{ "SHELL", me->shell }, { "PATH", SHELL_PATH }, { "LANG", "C.UTF-8" },
+		{ "SHELL", me->shell }, { "PATH", me->path }, { "LANG", "C.UTF-8" },
 	};
 	size_t i;
 
@@ -984,8 +987,8 @@ static void child_exec(const struct account *me, char **argv, char **env)	/* in 
 	_exit(127);
 }
 
-/* Forks the agent user's login shell on a new pty.  Everything the child
- * needs is allocated before fork: a login worker thread may hold malloc's lock. */
+/* Forks the agent user's shell on a new pty.  Everything the child needs
+ * is allocated before fork: a login worker thread may hold malloc's lock. */
 static pid_t pty_spawn(const struct account *me, const struct login *l, int *master)
 {
 	struct winsize ws = { .ws_row = (unsigned short)l->rows, .ws_col = (unsigned short)l->cols };
@@ -994,7 +997,8 @@ static pid_t pty_spawn(const struct account *me, const struct login *l, int *mas
 	pid_t pid = -1;
 	size_t i;
 
-	if (env_build(env, me, l->term) == 0 && asprintf(&argv[0], "-%s", base ? base + 1 : me->shell) >= 0) {
+	if (env_build(env, me, l->term) == 0 &&
+	    asprintf(&argv[0], "%s%s", me->login ? "-" : "", base ? base + 1 : me->shell) >= 0) {
 		pid = forkpty(master, NULL, NULL, &ws);
 		if (pid == 0)
 			child_exec(me, argv, env);
@@ -2349,6 +2353,14 @@ static const struct option_spec {
 	{ "login-file", "FILE", "user:password lines the pty backend accepts", offsetof(struct config, login_file) },
 	{ "home", "DIR", "the pty backend's HOME and start folder (default the\n"
 	  "                        agent user's): its own dotfiles, not the user's", offsetof(struct config, home) },
+	{ "shell", "PROGRAM", "what a pty session runs (default the agent user's login\n"
+	  "                        shell, as a login shell); PROGRAM runs as a plain\n"
+	  "                        interactive shell: no /etc/profile to reset --path",
+	  offsetof(struct config, shell) },
+	{ "path", "DIRS", "the PATH of pty sessions (default\n"
+	  "                        " SHELL_PATH "); a login shell's\n"
+	  "                        /etc/profile may set another",
+	  offsetof(struct config, path) },
 	{ "profile", "full|c-sdk", "full (default), or mimic the official C device SDK",
 	  offsetof(struct config, profile) },
 	{ "wedge", "MODE", "c-sdk: after a shell exit, stick as the SDK does until\n"
@@ -2581,6 +2593,8 @@ static void account_load(struct account *me)	/* the agent's own user, from the p
 	me->name = strdup(pw.pw_name);
 	me->home = strdup(pw.pw_dir && *pw.pw_dir ? pw.pw_dir : "/");
 	me->shell = strdup(pw.pw_shell && *pw.pw_shell ? pw.pw_shell : "/bin/sh");
+	me->path = SHELL_PATH;
+	me->login = 1;
 	if (!me->name || !me->home || !me->shell)
 		abort();
 }
@@ -2599,6 +2613,28 @@ static void wedge_resolve(struct agent *a)	/* --wedge MODE, c-sdk only */
 	if (!a->prof->quirks)
 		bad_usage("%s", "--wedge needs --profile c-sdk");
 	c->wedge_mode = &wedge_modes[i];
+}
+
+/* --shell runs as a plain interactive shell: as a login shell it would read
+ * the host's /etc/profile, which sets a PATH of its own over --path. */
+static void shell_resolve(struct agent *a)	/* --shell, --path: the pty backend's */
+{
+	struct config *c = &a->cfg;
+
+	if ((c->shell || c->path) && a->be != &pty_backend)
+		bad_usage("%s", "--shell and --path go with --backend pty");
+	if (c->path && !*c->path)
+		bad_usage("%s", "--path is empty");
+	if (c->path)
+		c->me.path = c->path;
+	if (!c->shell)
+		return;
+	if (c->shell[0] != '/' || access(c->shell, X_OK))
+		bad_usage("--shell %s is not an absolute path to a program", c->shell);
+	free(c->me.shell);
+	if (!(c->me.shell = strdup(c->shell)))
+		abort();
+	c->me.login = 0;
 }
 
 static void config_load(struct agent *a, int argc, char **argv)	/* everything, or exit 0/2 */
@@ -2633,6 +2669,7 @@ static void config_load(struct agent *a, int argc, char **argv)	/* everything, o
 		free(c->me.home);
 		c->me.home = strdup(c->home);
 	}
+	shell_resolve(a);
 	ssh_resolve(c);
 	if (c->login_file)
 		creds_load(c);
