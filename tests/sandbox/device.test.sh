@@ -3,8 +3,11 @@
 # own terms: command line, connection lifecycle against the relay (connect,
 # refusals, reconnect, normal close, SIGTERM), one pty session end to end,
 # --events (tunnels announced by tunnel_notify events on the MQTT stand-in),
-# and the sshd fixture (tests/sandbox/sshd.sh).  The protocol in depth
-# (sessions, profiles, the ssh backend) is sandbox.test.sh's.
+# the c-sdk profile's fidelity to the official SDK (request_ids, message
+# sizes, ignored messages, --wedge), bounded backlogs (Ctrl-C under a flood),
+# --shell and --path (a busybox-only device), and the sshd fixture
+# (tests/sandbox/sshd.sh).  The protocol in depth (sessions, profiles, the
+# ssh backend) is sandbox.test.sh's.
 # Run: sh tests/run.sh device
 #
 # Every wait is on an event (a log line, an output line, a process exit).

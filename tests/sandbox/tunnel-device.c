@@ -54,7 +54,7 @@
 #define DRAIN_READS	64		/* reads spent flushing an ended shell */
 #define OUT_FULL	(16u << 10)	/* full profile: unsent output that stops reading shells */
 #define OUT_CSDK	0		/* c-sdk: a read's message is sent before the next read */
-#define SNDBUF		(32 << 10)	/* the tunnel socket's send buffer (see conn_up) */
+#define SNDBUF		(32 << 10)	/* a WebSocket's socket send buffer (see conn_up) */
 #define IN_MAX		(1u << 20)	/* keystrokes held for a shell not reading */
 #define INPUT_RETRY_US	10000		/* held keystrokes: retried this often (a backstop for POLLOUT) */
 #define CARRY_MS	20		/* a split UTF-8 tail waits this long for its rest */
