@@ -3,8 +3,11 @@
 # own terms: command line, connection lifecycle against the relay (connect,
 # refusals, reconnect, normal close, SIGTERM), one pty session end to end,
 # --events (tunnels announced by tunnel_notify events on the MQTT stand-in),
-# and the sshd fixture (tests/sandbox/sshd.sh).  The protocol in depth
-# (sessions, profiles, the ssh backend) is sandbox.test.sh's.
+# the c-sdk profile's fidelity to the official SDK (request_ids, message
+# sizes, ignored messages, --wedge), bounded backlogs (Ctrl-C under a flood),
+# --shell and --path (a busybox-only device), and the sshd fixture
+# (tests/sandbox/sshd.sh).  The protocol in depth (sessions, profiles, the
+# ssh backend) is sandbox.test.sh's.
 # Run: sh tests/run.sh device
 #
 # Every wait is on an event (a log line, an output line, a process exit).
@@ -70,6 +73,10 @@ bad_option "unknown backend" "unknown backend" --url "$U" --token t --backend te
 bad_option "unknown profile" "unknown profile" --url "$U" --token t --profile go-sdk
 bad_option "unknown --wedge" "unknown --wedge 'sometimes'" --url "$U" --token t --profile c-sdk --wedge sometimes
 bad_option "--wedge with the full profile" "--wedge needs --profile c-sdk" --url "$U" --token t --wedge 408
+bad_option "--shell not absolute" "--shell sh is not an absolute path" --url "$U" --token t --shell sh
+bad_option "--shell no program" "is not an absolute path to a program" --url "$U" --token t --shell "$WORK/none"
+bad_option "--shell with the ssh backend" "--shell and --path go with --backend pty" --url "$U" --token t --backend ssh --shell /bin/sh
+bad_option "--path empty" "--path is empty" --url "$U" --token t --path ''
 bad_option "bad --ssh" "bad --ssh" --url "$U" --token t --ssh nohost
 bad_option "bad --ssh port" "bad --ssh" --url "$U" --token t --ssh 127.0.0.1:99999
 bad_option "notify file of another shape" "not a tunnel_notify" --notify "$WORK/bad.json"
@@ -206,19 +213,26 @@ cat > "$WORK/standin.py" <<'PYEOF'
 # The events stand-in: serves ws[s]://127.0.0.1:PORT/sandbox/devices/ID/events,
 # one connection per device id (a newer one replaces the older: close 4000),
 # and sends what stdin says.  It also serves /v5/iot/tunnels/ID/device-connect
-# as a scripted platform: what a relay never sends a device (a ping) goes there.
+# as a scripted platform: what a relay never sends a device (a ping) goes there;
+# or a slow one, to measure the device's own backlog.
 # Usage: python3 standin.py PORT [CERT KEY]
 # stdin:  send ID TEXT | close ID CODE | drop ID (TCP cut, no close frame)
+#         slow ID BPS NEEDLE (read ID's text frames at BPS bytes a second,
+#         count them instead of printing) | mark ID LABEL
 # stdout: silent on PORT (a socket that listens and never answers)
 #         listening on ws[s]://127.0.0.1:PORT
 #         connected ID [token header] | replaced ID | closed ID CODE | gone ID
 #         sent ID | no ID | text ID FRAME (received; CR, LF shown as spaces)
-import base64, hashlib, socket, ssl, struct, sys, threading
+#         slow: counted ID MIB (each MiB) | found ID N (a frame with NEEDLE,
+#         N bytes counted with it) | mark ID LABEL N (N counted so far)
+import base64, hashlib, socket, ssl, struct, sys, threading, time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 lock = threading.Lock()
 chans = {}        # device id -> its current socket
 closing = set()   # sockets we sent a close frame on
+slow = {}         # id -> (bytes a second, needle) of a slow reader
+counted = {}      # id -> text frame bytes a slow reader took in
 
 
 def log(*words):
@@ -287,13 +301,27 @@ def handshake(s):  # (device id, token header sent?); (None, _) after a 404
     return parts[3 if events else 4], "tunnel_access_token" in hdrs
 
 
+def text(dev, data):  # a text frame: printed, or counted by a slow reader
+    with lock:
+        mode, had = slow.get(dev), counted.get(dev, 0)
+        counted[dev] = had + len(data)
+    if not mode:
+        log("text", dev, data.decode("utf-8", "replace").replace("\r", " ").replace("\n", " "))
+        return
+    if (had + len(data)) >> 20 > had >> 20:
+        log("counted", dev, (had + len(data)) >> 20)
+    if mode[1] in data:
+        log("found", dev, had + len(data))
+    time.sleep(len(data) / mode[0])
+
+
 def pump(s, dev):  # reads until the close: answers PINGs and the close
     while True:
         op, data = read_frame(s)
         if op == 9:
             s.sendall(frame(10, data))
         elif op == 1:
-            log("text", dev, data.decode("utf-8", "replace").replace("\r", " ").replace("\n", " "))
+            text(dev, data)
         elif op == 8:
             log("closed", dev, struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005)
             if s not in closing:
@@ -346,10 +374,18 @@ def command(line):  # one stdin line
         send_close(s, int(rest))
     elif verb == "drop":
         s.shutdown(socket.SHUT_RDWR)
+    elif verb == "slow":
+        bps, needle = rest.split(" ", 1)
+        with lock:
+            slow[dev], counted[dev] = (int(bps), needle.encode()), 0
+    elif verb == "mark":
+        with lock:
+            log("mark", dev, rest, counted.get(dev, 0))
 
 
 def main():
     srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # a slow reader holds little
     silent = socket.create_server(("127.0.0.1", 0))
     tls = None
     if len(sys.argv) > 3:
@@ -568,7 +604,7 @@ check "--events: no device token, password or keystroke in the logs" \
 
 # PROTOCOL.md §4 (routing) and §8.  A relay of its own: a c-sdk message can
 # be 12428 bytes, over the relay's default limit.  One tunnel per scenario.
-for t in c1 w1 w2 w3; do
+for t in c1 w1 w2 w3 f1 f2 b1 b2; do
 	printf '{"tunnel_id":"%s","device_id":"%s","source_token":"src-%s","device_token":"dev-%s","expires_in":3600}\n' "$t" "$t" "$t" "$t"
 done | paste -sd, | sed 's/.*/[&]/' > "$WORK/csdk-tunnels.json"
 PLATFORM_PORT=$(free_port)
@@ -746,6 +782,102 @@ done
 n408=$(grep -c ': wedged: 408 sent$' "$WORK/dw3.log") n0=$(grep -c ': wedged: no 408$' "$WORK/dw3.log")
 check "wedge random: both outcomes within 12 exits (408 sent $n408 times, none $n0 times)" [ "$n408" -gt 0 -a "$n0" -gt 0 ]
 check "c-sdk: no password in the agents' logs" bash -c "! grep -q '$pw' '$WORK'/d[cw]*.log"
+
+#### --shell and --path: a busybox-only device ###############################
+
+# Applets for the shell and file transfer by checksum, none for base64,
+# uudecode, od, xxd or stty: what a busybox-only device may offer.
+BB=$WORK/busybox
+if ! command -v busybox > /dev/null; then
+	ok "a busybox-only device # SKIP no busybox (apt-get install busybox)"
+else
+	mkdir "$BB"
+	for a in sh ash sha256sum md5sum dd head gzip hexdump awk printf cat ls rm mv mkdir echo tr wc; do
+		ln -s "$(command -v busybox)" "$BB/$a"
+	done
+	start_device db1 --url "$(dev_url b1)" --token-file <(echo dev-b1) --login-file "$WORK/logins" \
+		--shell "$BB/sh" --path "$BB"
+	app ab1 b1 --save bb1 "$WORK/bb1.bin"
+	await "busybox: connect_tunnel" "$WORK/ab1.out" '^recv connect_tunnel '
+	to ab1 "$(login bb1)" "$(typed bb1 ash)" "$(typed bb1 'echo "zero=$0 path=$PATH"')"
+	await "busybox: the session runs ash with only --path on PATH" "$WORK/bb1.bin" "zero=ash path=$BB"$'\r'
+	to ab1 "$(typed bb1 'for c in base64 uudecode od xxd stty; do command -v $c > /dev/null && echo "fou""nd-$c"; done; echo "looked-""for"')"
+	await "busybox: the checks ran" "$WORK/bb1.bin" 'looked-for'
+	check "busybox: command -v fails for base64, uudecode, od, xxd, stty" bash -c "! grep -q 'found-' '$WORK/bb1.bin'"
+	to ab1 "$(typed bb1 'command -v sha256sum && printf x | sha256sum')"
+	await "busybox: command -v sha256sum finds it" "$WORK/bb1.bin" "^$BB/sha256sum"$'\r'
+	await "busybox: ... and it works" "$WORK/bb1.bin" \
+		'^2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881  -'
+	kill "$DEVICE_PID"
+fi
+# (dash is Debian's /bin/sh: always there)
+start_device db2 --url "$(dev_url b2)" --token-file <(echo dev-b2) --login-file "$WORK/logins" --shell /bin/dash
+app ab2 b2 --save bb2 "$WORK/bb2.bin"
+await "--shell /bin/dash: connect_tunnel" "$WORK/ab2.out" '^recv connect_tunnel '
+to ab2 "$(login bb2)" "$(typed bb2 'echo "zero=$0 shell=$SHELL path=$PATH"')"
+await "--shell /bin/dash: the session runs dash, default PATH" "$WORK/bb2.bin" \
+	'zero=dash shell=/bin/dash path=/usr/local/bin:/usr/bin:/bin'$'\r'
+kill "$DEVICE_PID"
+
+#### bounded backlogs: Ctrl-C under a flood ##################################
+
+# A real device reads 2048 bytes and sends them before it reads again; the
+# agent too keeps little unsent output (and a small socket send buffer), so
+# after a Ctrl-C under a flood the prompt follows soon.  The app is slower
+# than the device (1 MB/s, as a console drawing it), so every queue on the
+# way fills.  yes floods a session until 1 MiB has arrived; the app sends
+# Ctrl-C and counts the output bytes that arrive until the prompt (!mark: the
+# count when the Ctrl-C has gone out, and at the end).  Through the relay the
+# count includes the relay's own buffers, so it is only printed; the agent's
+# part is bounded below, on a platform that reads slowly itself.
+flood() {	# flood TUNNEL PROFILE
+	local t=$1 before after
+	echo "dev-$t" > "$WORK/d$t.tok"
+	start_device "d$t" --url "$(dev_url "$t")" --token-file "$WORK/d$t.tok" --login-file "$WORK/logins" --profile "$2"
+	app "a$t" "$t" --save "$t" "$WORK/$t.bin" --rate 1000000
+	await "flood ($2): connect_tunnel" "$WORK/a$t.out" '^recv connect_tunnel '
+	to "a$t" "$(login "$t")" "$(typed "$t" yes)"
+	await "flood ($2): yes floods the session" "$WORK/$t.bin" '^y'
+	wait_for 30 bash -c "[ \$(stat -c %s '$WORK/$t.bin') -ge $((1 << 20)) ]"
+	to "a$t" "$(msg command "$t" '"\u0003"')" '!mark ctrl-c' "$(typed "$t" 'echo "@@DO""NE@@"')"
+	T=60 await "flood ($2): after Ctrl-C the shell answers" "$WORK/$t.bin" '@@DONE@@'
+	to "a$t" '!mark done'
+	await "flood ($2): the client counts" "$WORK/a$t.out" '^mark done [0-9]+$'
+	before=$(sed -n 's/^mark ctrl-c //p' "$WORK/a$t.out") after=$(sed -n 's/^mark done //p' "$WORK/a$t.out")
+	echo "# flood ($2) through the relay: $((after - before)) bytes after the Ctrl-C, ${before:-?} before it"
+	kill "$DEVICE_PID"
+}
+flood f1 full
+flood f2 c-sdk
+
+# The agent's own part: the platform itself reads slowly (the stand-in,
+# at 1 MB/s), so only the agent's queue and its socket hold the backlog.
+flood_alone() {	# flood_alone PROFILE
+	local id=fl-$1 before after
+	start_device "$id" --url "ws://127.0.0.1:$SI_PORT/v5/iot/tunnels/$id/device-connect" --token t \
+		--login-file "$WORK/logins" --profile "$1"
+	await "slow platform ($1): the agent connects" "$SI_OUT" "^connected $id "
+	si send "$id" "$(login "$id")"
+	await "slow platform ($1): login" "$WORK/$id.log" ": session $id: login ok\$"
+	si slow "$id" 1000000 @@DONE@@
+	si send "$id" "$(typed "$id" yes)"
+	T=30 await "slow platform ($1): yes floods it (1 MiB taken in)" "$SI_OUT" "^counted $id 1\$"
+	si send "$id" "$(msg command "$id" '"\u0003"')"
+	si mark "$id" ctrl-c
+	si send "$id" "$(typed "$id" 'echo "@@DO""NE@@"')"
+	T=60 await "slow platform ($1): after Ctrl-C the shell answers" "$SI_OUT" "^found $id "
+	before=$(sed -n "s/^mark $id ctrl-c //p" "$SI_OUT") after=$(sed -n "s/^found $id //p" "$SI_OUT" | head -1)
+	check "slow platform ($1): under $((FLOOD_ALONE >> 10)) KiB of messages after the Ctrl-C ($((after - before)) bytes)" \
+		[ -n "$before" -a "$((after - before))" -lt "$FLOOD_ALONE" ]
+	kill "$DEVICE_PID"
+}
+FLOOD_ALONE=$((256 << 10))
+if [ -z "$HAVE_SI" ]; then
+	ok "flood on a slow platform # SKIP no python3"
+else
+	flood_alone full
+	flood_alone c-sdk
+fi
 
 #### the sshd fixture ##########################################################
 

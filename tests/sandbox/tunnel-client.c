@@ -5,7 +5,8 @@
  * and wait for lines.
  *
  *   tunnel-client --url URL [--token-file FILE] [--cacert FILE] [--insecure]
- *                 [--raw] [--save REQUEST_ID FILE]... [--discard] [--help]
+ *                 [--raw] [--save REQUEST_ID FILE]... [--discard] [--rate BYTES]
+ *                 [--help]
  *
  * stdin, one line at a time: a line that is not a directive is sent as one
  * text frame, byte for byte (without its newline); empty lines and lines
@@ -47,6 +48,8 @@ static const char usage_text[] =
 	"  --discard           benchmark mode: parse and drop every message, print\n"
 	"                      `bytes N messages M` at exit (N: command_response\n"
 	"                      data bytes, M: messages received)\n"
+	"  --rate BYTES        a slow app: take in at most BYTES of messages a\n"
+	"                      second (the socket is not read meanwhile)\n"
 	"stdin: JSON lines are sent as text frames; directives:\n"
 	"  !close CODE [REASON]      a close frame\n"
 	"  !ping [PAYLOAD]           a WebSocket PING\n"
@@ -54,20 +57,22 @@ static const char usage_text[] =
 	"  !raw HEX                  these bytes as one text frame\n"
 	"  !send OP REQID [DATA]     an envelope (DATA: JSON, default null)\n"
 	"  !disconnect REQID CODE [MSG]  a disconnect, as a device sends it\n"
+	"  !mark LABEL               once the lines before are sent: `mark LABEL N`\n"
 	"  !quit                     leave without a close handshake\n"
 	"stdout: open | http STATUS | recv OP REQID DATA | raw FRAME | unparsed LEN\n"
-	"        | pong-ws [PAYLOAD] | close-sent CODE | closed CODE [REASON] | error TEXT\n";
+	"        | pong-ws [PAYLOAD] | mark LABEL N | close-sent CODE\n"
+	"        | closed CODE [REASON] | error TEXT\n";
 
 /*** state *******************************************************************/
 
-enum ctl_kind { CTL_PING, CTL_CLOSE, CTL_QUIT };
+enum ctl_kind { CTL_PING, CTL_CLOSE, CTL_MARK, CTL_QUIT };
 
 struct ctl {			/* a control action, ordered among text frames */
 	struct ctl *next;
 	enum ctl_kind kind;
 	unsigned long after;	/* run once this many text frames are written */
 	int code;
-	char reason[124];	/* close reason, or PING payload (<= 123 bytes) */
+	char reason[124];	/* close reason, PING payload (<= 123 bytes) or mark label */
 };
 
 struct save {			/* --save REQID FILE */
@@ -80,11 +85,13 @@ static struct client {
 	const char *url, *cacert;
 	char *token;
 	int insecure, raw, discard;
+	unsigned long rate;	/* --rate: bytes a second, 0: no limit */
 	struct save saves[MAX_SAVES];
 	int nsaves;
 	/* lws */
 	struct lws_context *ctx;
 	struct lws *wsi;	/* the WebSocket, once established */
+	lws_sorted_usec_list_t sul_rate;	/* --rate: reading resumes then */
 	/* outbound: text frames plus ordered control actions */
 	struct sb_queue q;
 	struct ctl *ctl_head, *ctl_tail;
@@ -156,6 +163,15 @@ static void opt_insecure(char **v) { (void)v; c.insecure = 1; }	/* --insecure */
 static void opt_raw(char **v) { (void)v; c.raw = 1; }	/* --raw */
 static void opt_discard(char **v) { (void)v; c.discard = 1; }	/* --discard */
 
+static void opt_rate(char **v)	/* --rate BYTES */
+{
+	char *end;
+
+	c.rate = strtoul(v[0], &end, 10);
+	if (end == v[0] || *end || !c.rate)
+		die("--rate needs a positive number of bytes");
+}
+
 static void opt_token_file(char **v)	/* --token-file FILE */
 {
 	free(c.token);
@@ -181,6 +197,7 @@ static const struct option {
 	{ "--raw",        0, opt_raw },
 	{ "--save",       2, opt_save },
 	{ "--discard",    0, opt_discard },
+	{ "--rate",       1, opt_rate },
 	{ "--help",       0, opt_help },
 };
 
@@ -215,6 +232,8 @@ static void parse_args(int argc, char **argv)	/* fills the options of c */
  * unparsed LEN              a frame of LEN bytes that is not JSON
  * pong-ws [PAYLOAD]         a WebSocket PONG (lws PINGs an idle link by
  *                           itself too: those PONGs have no payload)
+ * mark LABEL N              !mark LABEL: every line before it is sent; N is
+ *                           the command_response data bytes received so far
  * close-sent CODE           our close frame went out (after !close or a signal)
  * closed CODE [REASON]      the peer closed; 1006 when the link just dropped
  * error TEXT                anything else that went wrong
@@ -322,6 +341,19 @@ static void on_message(const char *p, size_t len)	/* one whole frame */
 	cJSON_Delete(m);
 }
 
+static void rate_resume(lws_sorted_usec_list_t *sul)	/* --rate: the pause is over */
+{
+	(void)sul;
+	if (c.wsi)
+		lws_rx_flow_control(c.wsi, 1);
+}
+
+static void rate_pause(struct lws *wsi, size_t len)	/* --rate: as long as len bytes take */
+{
+	lws_rx_flow_control(wsi, 0);
+	lws_sul_schedule(c.ctx, 0, &c.sul_rate, rate_resume, (lws_usec_t)(len * LWS_US_PER_SEC / c.rate));
+}
+
 /* Reassembles fragments; hands each whole message on.  -1: too big. */
 static int on_receive(struct lws *wsi, const void *in, size_t len)
 {
@@ -333,6 +365,8 @@ static int on_receive(struct lws *wsi, const void *in, size_t len)
 	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
 		return 0;
 	on_message(c.rx.p ? c.rx.p : "", c.rx.len);
+	if (c.rate)
+		rate_pause(wsi, c.rx.len);
 	c.rx.len = 0;
 	return 0;
 }
@@ -452,6 +486,8 @@ static int run_ctl(struct lws *wsi)	/* performs the head control action */
 		r = lws_write(wsi, ping + LWS_PRE, n, LWS_WRITE_PING) < (int)n ? -1 : 0;
 	else if (k->kind == CTL_CLOSE)
 		r = send_close(wsi, k->code, k->reason);
+	else if (k->kind == CTL_MARK)
+		emit("mark %s %llu", k->reason, c.bytes);
 	else
 		c.normal = c.done = c.reported = 1;
 	free(k);
@@ -500,6 +536,12 @@ static int dir_close(char *args)	/* !close CODE [REASON] */
 static int dir_ping(char *args)	/* !ping [PAYLOAD]: a WebSocket PING */
 {
 	push_ctl(CTL_PING, 0, args);
+	return 0;
+}
+
+static int dir_mark(char *args)	/* !mark LABEL: how many bytes came before what was sent */
+{
+	push_ctl(CTL_MARK, 0, args);
 	return 0;
 }
 
@@ -616,6 +658,7 @@ static const struct directive {
 	{ "raw",   dir_raw },
 	{ "send",  dir_send },
 	{ "disconnect", dir_disconnect },
+	{ "mark",  dir_mark },
 	{ "quit",  dir_quit },
 };
 
@@ -846,6 +889,7 @@ static int connect_url(void)	/* starts the WebSocket handshake; -1 on a bad URL 
 
 static void release(void)	/* frees everything main set up */
 {
+	lws_sul_cancel(&c.sul_rate);
 	lws_context_destroy(c.ctx);
 	sb_queue_clear(&c.q);
 	free_ctls();

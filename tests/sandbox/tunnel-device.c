@@ -52,8 +52,9 @@
 #define READ_CSDK	2048		/* c-sdk: the official SDK's read buffer */
 #define READ_MAX	4096		/* the larger of the two */
 #define DRAIN_READS	64		/* reads spent flushing an ended shell */
-#define OUT_HIGH	(256u << 10)	/* queued bytes that stop reading shells ... */
-#define OUT_LOW		(64u << 10)	/* ... and the level that restarts them */
+#define OUT_FULL	(16u << 10)	/* full profile: unsent output that stops reading shells */
+#define OUT_CSDK	0		/* c-sdk: a read's message is sent before the next read */
+#define SNDBUF		(32 << 10)	/* a WebSocket's socket send buffer (see conn_up) */
 #define IN_MAX		(1u << 20)	/* keystrokes held for a shell not reading */
 #define INPUT_RETRY_US	10000		/* held keystrokes: retried this often (a backstop for POLLOUT) */
 #define CARRY_MS	20		/* a split UTF-8 tail waits this long for its rest */
@@ -117,9 +118,9 @@ static const char usage_head[] =
 	"sessions first).\n\n";
 
 static const char usage_tail[] =
-	"\nThe pty backend runs the agent user's own login shell, whatever name logs in;\n"
-	"the name and password must match a line of --login-file.  Without\n"
-	"--login-file it refuses every login (disconnect 400).\n\n"
+	"\nThe pty backend runs the agent user's own login shell (or --shell), whatever\n"
+	"name logs in; the name and password must match a line of --login-file.\n"
+	"Without --login-file it refuses every login (disconnect 400).\n\n"
 	"Log lines on stderr (tests wait on them; REQID is the request_id):\n"
 	"  connected                     the WebSocket is up\n"
 	"  disconnected (close CODE)     it went down (1006: no close frame)\n"
@@ -166,6 +167,8 @@ static const char usage_tail[] =
 
 struct account {			/* who the pty shells run as: the agent's user */
 	char *name, *home, *shell;
+	const char *path;		/* their PATH */
+	int login;			/* a login shell (argv[0] "-sh"), or a plain one */
 };
 
 struct cred {				/* one line of --login-file */
@@ -190,6 +193,7 @@ enum wedge { W_NONE, W_ARMED, W_STUCK };
 struct config {				/* the command line, checked and resolved */
 	const char *url, *token_arg, *token_file, *notify, *backend, *profile;
 	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events, *home, *wedge;
+	const char *shell, *path;
 	const struct wedge_mode *wedge_mode;	/* NULL: no --wedge */
 	int insecure, help;
 	char ssh_host[256];
@@ -292,6 +296,7 @@ struct profile {
 	int fixed_pty;			/* 128x30 xterm whatever the connect asks */
 	int quirks;			/* the SDK's drops and truncations */
 	size_t read_size;		/* bytes read from a shell at a time */
+	size_t out_high;		/* queued bytes over which shells are not read (to half) */
 	void (*accepted)(struct session *s);	/* a connect arrived, before login */
 	void (*login_ok)(struct session *s);
 	void (*login_failed)(struct session *s, const char *why);
@@ -310,7 +315,7 @@ struct agent {				/* the whole program's state */
 	struct conn ev;			/* --events: the MQTT stand-in */
 	lws_sorted_usec_list_t sul_stop;
 	struct sb_queue out;		/* the tunnel's */
-	int paused;			/* shells not read: the queue is over OUT_HIGH */
+	int paused;			/* shells not read: the queue went over prof->out_high */
 	struct session *sessions;
 	char latest_rid[CSDK_RID_LEN + 1];	/* c-sdk: echoed on its output */
 	int have_latest;
@@ -466,9 +471,12 @@ static void agent_send(struct agent *a, const char *p, size_t n)	/* queues one f
 		return;		/* nobody to tell: the sessions die with the tunnel */
 	if (sb_queue_push(&a->out, p, n))
 		lws_callback_on_writable(a->tun.wsi);
-	if (a->paused || a->out.bytes <= OUT_HIGH)
+	if (a->paused || a->out.bytes <= a->prof->out_high)
 		return;
-	a->paused = 1;	/* the platform is slower than the shells: stop reading them */
+	/* the platform is slower than the shells: stop reading them, as a real
+	 * device that sends each read before the next, so a Ctrl-C is not
+	 * queued behind a backlog */
+	a->paused = 1;
 	for (s = a->sessions; s; s = s->next)
 		if (s->wsi)
 			lws_rx_flow_control(s->wsi, 0);
@@ -658,12 +666,12 @@ static void csdk_exited(struct session *s)	/* the channel-close callback; --wedg
 }
 
 static const struct profile full_profile = {
-	"full", 0, 0, 0, READ_FULL, full_accepted, full_login_ok, full_login_failed,
+	"full", 0, 0, 0, READ_FULL, OUT_FULL, full_accepted, full_login_ok, full_login_failed,
 	full_output, full_flush, full_exited,
 };
 
 static const struct profile csdk_profile = {
-	"c-sdk", 1, 1, 1, READ_CSDK, csdk_accepted, csdk_login_ok, csdk_login_failed,
+	"c-sdk", 1, 1, 1, READ_CSDK, OUT_CSDK, csdk_accepted, csdk_login_ok, csdk_login_failed,
 	csdk_output, csdk_flush, csdk_exited,
 };
 
@@ -951,7 +959,7 @@ static int env_build(char **env, const struct account *me, const char *term)	/* 
 {
 	const char *vars[][2] = {
 		{ "TERM", term }, { "HOME", me->home }, { "USER", me->name }, { "LOGNAME", me->name },
-		{ "SHELL", me->shell }, { "PATH", SHELL_PATH }, { "LANG", "C.UTF-8" },
+		{ "SHELL", me->shell }, { "PATH", me->path }, { "LANG", "C.UTF-8" },
 	};
 	size_t i;
 
@@ -979,8 +987,8 @@ static void child_exec(const struct account *me, char **argv, char **env)	/* in 
 	_exit(127);
 }
 
-/* Forks the agent user's login shell on a new pty.  Everything the child
- * needs is allocated before fork: a login worker thread may hold malloc's lock. */
+/* Forks the agent user's shell on a new pty.  Everything the child needs
+ * is allocated before fork: a login worker thread may hold malloc's lock. */
 static pid_t pty_spawn(const struct account *me, const struct login *l, int *master)
 {
 	struct winsize ws = { .ws_row = (unsigned short)l->rows, .ws_col = (unsigned short)l->cols };
@@ -989,7 +997,8 @@ static pid_t pty_spawn(const struct account *me, const struct login *l, int *mas
 	pid_t pid = -1;
 	size_t i;
 
-	if (env_build(env, me, l->term) == 0 && asprintf(&argv[0], "-%s", base ? base + 1 : me->shell) >= 0) {
+	if (env_build(env, me, l->term) == 0 &&
+	    asprintf(&argv[0], "%s%s", me->login ? "-" : "", base ? base + 1 : me->shell) >= 0) {
 		pid = forkpty(master, NULL, NULL, &ws);
 		if (pid == 0)
 			child_exec(me, argv, env);
@@ -1832,6 +1841,12 @@ static void conn_down(struct conn *c)	/* it ended: forget the wsi and half a mes
 
 static void conn_up(struct conn *c, struct lws *wsi)	/* CLIENT_ESTABLISHED */
 {
+	int sndbuf = SNDBUF;
+
+	/* A device's uplink holds about a round trip of data; on loopback the
+	 * kernel would grow the buffer to megabytes behind a slow platform, and
+	 * a Ctrl-C would wait for all of it. */
+	setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 	c->wsi = wsi;
 	c->link = L_OPEN;
 	c->retries = 0;
@@ -2025,7 +2040,7 @@ static int tunnel_writeable(struct agent *a, struct lws *wsi)	/* one frame per c
 		return -1;
 	if (more)
 		lws_callback_on_writable(wsi);
-	if (a->paused && a->out.bytes < OUT_LOW)
+	if (a->paused && a->out.bytes <= a->prof->out_high / 2)
 		sessions_resume(a);
 	return 0;
 }
@@ -2338,6 +2353,14 @@ static const struct option_spec {
 	{ "login-file", "FILE", "user:password lines the pty backend accepts", offsetof(struct config, login_file) },
 	{ "home", "DIR", "the pty backend's HOME and start folder (default the\n"
 	  "                        agent user's): its own dotfiles, not the user's", offsetof(struct config, home) },
+	{ "shell", "PROGRAM", "what a pty session runs (default the agent user's login\n"
+	  "                        shell, as a login shell); PROGRAM runs as a plain\n"
+	  "                        interactive shell: no /etc/profile to reset --path",
+	  offsetof(struct config, shell) },
+	{ "path", "DIRS", "the PATH of pty sessions (default\n"
+	  "                        " SHELL_PATH "); a login shell's\n"
+	  "                        /etc/profile may set another",
+	  offsetof(struct config, path) },
 	{ "profile", "full|c-sdk", "full (default), or mimic the official C device SDK",
 	  offsetof(struct config, profile) },
 	{ "wedge", "MODE", "c-sdk: after a shell exit, stick as the SDK does until\n"
@@ -2570,6 +2593,8 @@ static void account_load(struct account *me)	/* the agent's own user, from the p
 	me->name = strdup(pw.pw_name);
 	me->home = strdup(pw.pw_dir && *pw.pw_dir ? pw.pw_dir : "/");
 	me->shell = strdup(pw.pw_shell && *pw.pw_shell ? pw.pw_shell : "/bin/sh");
+	me->path = SHELL_PATH;
+	me->login = 1;
 	if (!me->name || !me->home || !me->shell)
 		abort();
 }
@@ -2588,6 +2613,28 @@ static void wedge_resolve(struct agent *a)	/* --wedge MODE, c-sdk only */
 	if (!a->prof->quirks)
 		bad_usage("%s", "--wedge needs --profile c-sdk");
 	c->wedge_mode = &wedge_modes[i];
+}
+
+/* --shell runs as a plain interactive shell: as a login shell it would read
+ * the host's /etc/profile, which sets a PATH of its own over --path. */
+static void shell_resolve(struct agent *a)	/* --shell, --path: the pty backend's */
+{
+	struct config *c = &a->cfg;
+
+	if ((c->shell || c->path) && a->be != &pty_backend)
+		bad_usage("%s", "--shell and --path go with --backend pty");
+	if (c->path && !*c->path)
+		bad_usage("%s", "--path is empty");
+	if (c->path)
+		c->me.path = c->path;
+	if (!c->shell)
+		return;
+	if (c->shell[0] != '/' || access(c->shell, X_OK))
+		bad_usage("--shell %s is not an absolute path to a program", c->shell);
+	free(c->me.shell);
+	if (!(c->me.shell = strdup(c->shell)))
+		abort();
+	c->me.login = 0;
 }
 
 static void config_load(struct agent *a, int argc, char **argv)	/* everything, or exit 0/2 */
@@ -2622,6 +2669,7 @@ static void config_load(struct agent *a, int argc, char **argv)	/* everything, o
 		free(c->me.home);
 		c->me.home = strdup(c->home);
 	}
+	shell_resolve(a);
 	ssh_resolve(c);
 	if (c->login_file)
 		creds_load(c);
