@@ -162,6 +162,10 @@ PIDS+=($!)
 exec 9> "$WORK/replacer.in"
 tui_wait 'disconnected 409' 10 && ok "replaced by a newer connection: 409 inline" || fail "409 inline" "$(tui_screen)"
 wait_for 10 row_has fine 'closed' && ok "replaced: the tunnel stays closed (close 4000, no retry)" || fail "4000 closed" "$(tui_screen)"
+tui_keys C-g 1
+tui_wait 'closed 4000: another' 5 && tui_has 'connection took this' \
+	&& ok "replaced: the list says another connection took the tunnel" \
+	|| fail "4000 in words" "$(tui_screen)"
 exec 9>&-
 
 check "the password never shows on screen" tui_lacks "$PASS"
