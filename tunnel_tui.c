@@ -79,6 +79,10 @@
 #define HEARTBEAT_S         20		/* JSON and WebSocket pings (§4.8) */
 #define DEAD_LINK_BEATS     3		/* silent heartbeats before the link is dead */
 #define DEVICE_WAIT_S       10		/* send connect anyway after this (§4.2) */
+#define STALE_S             3		/* unanswered this long: "no answer for N s" */
+#define PROBE_US            1000000	/* input unanswered: ping this often */
+#define ACTIVE_DEAD_S       10		/* input unanswered this long: the link is dead */
+#define HANDSHAKE_S         15		/* TCP, TLS and the upgrade, all told */
 #define FRAME_INTERVAL_US   16000	/* at most ~60 redraws a second */
 #define PAIR_CACHE          509		/* colour pairs remembered for drawing (a prime) */
 #define ERROR_REPORT_S      5		/* rate limit for malformed-input notices */
@@ -295,6 +299,7 @@ struct session {	/* one SSH session: one request_id */
 	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
 	int got_output;			/* since its connect: a late 408 is not its own */
+	size_t unanswered;		/* typed bytes sent since the tunnel last heard anything */
 	char title[64];			/* the remote's window title (OSC 0/2), cleaned */
 	int64_t exit_typed_us;		/* when exit, logout or ^D was sent */
 	int login_tries;		/* refused logins in a row (ssh asks 3 times) */
@@ -357,6 +362,12 @@ struct tunnel {		/* one device: one WebSocket */
 	char event[160];		/* the last tunnel-level event */
 	int64_t reconnect_at_us;
 	int64_t last_rx_us;
+	int64_t waiting_since_us;	/* sent something unanswered since; 0: nothing */
+	int input_waiting;		/* … and keystrokes among it (dead sooner) */
+	int first_ping;			/* a new link whose first ping is unanswered */
+	lws_sorted_usec_list_t sul_live;	/* probes while an answer is due */
+	lws_sorted_usec_list_t sul_handshake;	/* HANDSHAKE_S for the connection */
+	const char *phase;		/* how far the handshake got */
 	int64_t ping_sent_us;
 	char ping_id[40];
 	int rtt_ms;			/* -1: not measured yet */
@@ -2792,7 +2803,11 @@ static void end_reason(const struct session *s, const char *code, const char *ms
 			     "no reason given", msg && strstr(msg, SDK_408_TEXT) ?
 			     " (the official SDK's words for any shell exit)" : "");
 	if (unsent && n > 0 && (size_t)n < cap)	/* typing is never lost without a word */
-		snprintf(out + n, cap - (size_t)n, "; %zu typed byte%s not sent", unsent, unsent == 1 ? "" : "s");
+		n += snprintf(out + n, cap - (size_t)n, "; %zu typed byte%s not sent", unsent,
+			      unsent == 1 ? "" : "s");
+	if (s->unanswered && n > 0 && (size_t)n < cap)
+		snprintf(out + n, cap - (size_t)n, "; %zu typed byte%s sent but never answered",
+			 s->unanswered, s->unanswered == 1 ? "" : "s");
 }
 
 static int ended_by_user(const struct session *s, const char *code)	/* exit, logout, ^D */
@@ -3034,8 +3049,14 @@ static void lane_move(struct lane *dst, struct lane *src)	/* appends all of src 
 	memset(src, 0, sizeof(*src));
 }
 
-static struct session *session_with_keys(struct tunnel *t)	/* typed, sendable */
+static int tunnel_stale(const struct tunnel *t);
+
+/* Typed keys to send now.  None while the link owes an answer: they wait,
+ * and go when it answers again (or are named as not sent if it dies). */
+static struct session *session_with_keys(struct tunnel *t)
 {
+	if (tunnel_stale(t))
+		return NULL;
 	for (struct session *s = t->sessions; s; s = s->next)
 		if (s->keys.len && (s->state == S_LOGIN || s->state == S_LIVE))
 			return s;
@@ -3059,6 +3080,48 @@ static int write_frame(struct tunnel *t, unsigned char *p, size_t n)	/* one text
 	return lws_write(t->wsi, p, n, LWS_WRITE_TEXT) < (int)n ? -1 : 0;
 }
 
+/*** liveness: a stale link shown in seconds, a dead one found in ten ***/
+
+static int tunnel_stale(const struct tunnel *t)	/* an answer is overdue */
+{
+	return t->waiting_since_us && now_us() - t->waiting_since_us >= STALE_S * 1000000LL;
+}
+
+static int stale_seconds(const struct tunnel *t)	/* how long it has been silent */
+{
+	return t->waiting_since_us ? (int)((now_us() - t->waiting_since_us) / 1000000) : 0;
+}
+
+static void on_live_probe(lws_sorted_usec_list_t *sul);
+
+/* Something went out that gets an answer (keys an echo, at least the
+ * platform's pong to the probes): from now on one is due. */
+static void expect_answer(struct tunnel *t, int input)
+{
+	if (!t->waiting_since_us) {
+		t->waiting_since_us = now_us();
+		lws_sul_schedule(app.ctx, 0, &t->sul_live, on_live_probe, PROBE_US);
+	}
+	t->input_waiting |= input;
+}
+
+static void heard_from(struct tunnel *t)	/* anything came in: the link lives */
+{
+	int was_stale = tunnel_stale(t);
+
+	t->last_rx_us = now_us();
+	t->waiting_since_us = 0;
+	t->input_waiting = 0;
+	t->first_ping = 0;
+	lws_sul_cancel(&t->sul_live);
+	for (struct session *s = t->sessions; s; s = s->next)
+		s->unanswered = 0;
+	if (was_stale) {
+		tunnel_event(t, "answering again");
+		tunnel_kick(t);	/* the keys it held go now */
+	}
+}
+
 /* Writes keystrokes of one session as one command message (§4.5). */
 static int write_keys(struct tunnel *t, struct session *s)
 {
@@ -3075,7 +3138,9 @@ static int write_keys(struct tunnel *t, struct session *s)
 	explicit_bzero(out + LWS_PRE, b.len);
 	buf_free(&b);
 	buf_consume(&s->keys, k);
+	s->unanswered += k;
 	t->latest = s;
+	expect_answer(t, 1);
 	return r;
 }
 
@@ -3311,7 +3376,7 @@ static void tunnel_receive(struct tunnel *t, struct lws *wsi, const void *in, si
 {
 	int final = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
 
-	t->last_rx_us = now_us();
+	heard_from(t);
 	if (lws_frame_is_binary(wsi) && !t->rx_skip && !t->rx.len) {
 		tunnel_report(t, "a binary frame");
 		t->rx_skip = 1;
@@ -3329,28 +3394,64 @@ static void tunnel_receive(struct tunnel *t, struct lws *wsi, const void *in, si
 	t->rx_skip = 0;
 }
 
-/* Every 20 s: a JSON ping for the round trip, and the dead-link check. */
-static void on_ping_timer(lws_sorted_usec_list_t *sul)
+static void send_ping(struct tunnel *t)	/* a JSON ping: the round trip, and a probe */
 {
-	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_ping);
-	int beat = ws_heartbeat.secs_since_valid_ping, dead = beat * DEAD_LINK_BEATS;
 	struct buf b = { 0 };
 
-	if (!t->wsi)
-		return;
-	if (now_us() - t->last_rx_us > dead * 1000000LL) {
-		tunnel_event(t, "no traffic for %d s: the link is dead", dead);
-		t->close_code = 1006;
-		snprintf(t->close_reason, sizeof(t->close_reason), "no traffic for %d s", dead);
-		lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-		return;
-	}
 	snprintf(t->ping_id, sizeof(t->ping_id), "ping-%lld", (long long)now_us());
 	t->ping_sent_us = now_us();
 	encode_message(&b, OP_PING, t->ping_id, "null");
 	lane_push(&t->control, &b);
 	buf_free(&b);
+	expect_answer(t, 0);
 	tunnel_kick(t);
+}
+
+static void link_dead(struct tunnel *t, const char *why)	/* closes it: the normal retry follows */
+{
+	tunnel_event(t, "%s: the link is dead", why);
+	t->close_code = 1006;
+	snprintf(t->close_reason, sizeof(t->close_reason), "%s", why);
+	lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+/* While an answer is due: a ping each second (the platform always answers
+ * one), the counter on screen, and the verdict: dead after ACTIVE_DEAD_S
+ * when typing or a new link's first ping went unanswered. */
+static void on_live_probe(lws_sorted_usec_list_t *sul)
+{
+	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_live);
+	char why[64];
+
+	if (!t->wsi || !t->waiting_since_us)
+		return;
+	if ((t->input_waiting || t->first_ping) && stale_seconds(t) >= ACTIVE_DEAD_S) {
+		snprintf(why, sizeof(why), "no answer for %d s", stale_seconds(t));
+		link_dead(t, why);
+		return;
+	}
+	if (t->input_waiting || t->first_ping)
+		send_ping(t);
+	ui_dirty();	/* the counter */
+	lws_sul_schedule(app.ctx, 0, &t->sul_live, on_live_probe, PROBE_US);
+}
+
+/* Every heartbeat: a JSON ping for the round trip, and, idle, the
+ * dead-link check of §4.8 (three beats without a byte). */
+static void on_ping_timer(lws_sorted_usec_list_t *sul)
+{
+	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_ping);
+	int beat = ws_heartbeat.secs_since_valid_ping, dead = beat * DEAD_LINK_BEATS;
+	char why[64];
+
+	if (!t->wsi)
+		return;
+	if (now_us() - t->last_rx_us > dead * 1000000LL) {
+		snprintf(why, sizeof(why), "no traffic for %d s", dead);
+		link_dead(t, why);
+		return;
+	}
+	send_ping(t);
 	lws_sul_schedule(app.ctx, 0, &t->sul_ping, on_ping_timer, (lws_usec_t)beat * LWS_US_PER_SEC);
 }
 
@@ -3391,6 +3492,10 @@ static void tunnel_lost(struct tunnel *t, int code, const char *why)
 	t->wsi = NULL;
 	lws_sul_cancel(&t->sul_ping);
 	lws_sul_cancel(&t->sul_device_wait);
+	lws_sul_cancel(&t->sul_live);
+	lws_sul_cancel(&t->sul_handshake);
+	t->waiting_since_us = 0;
+	t->input_waiting = 0;
 	lane_clear(&t->control);
 	lane_clear(&t->held);
 	lane_clear(&t->bulk);
@@ -3419,6 +3524,8 @@ static void on_established(struct tunnel *t)	/* the WebSocket is up (§4.1) */
 	t->close_reason[0] = '\0';
 	t->last_rx_us = now_us();
 	t->rtt_ms = -1;
+	t->first_ping = 1;	/* the platform answers pings: a new link proves itself */
+	lws_sul_cancel(&t->sul_handshake);
 	tunnel_event(t, "connected");
 	lws_sul_schedule(app.ctx, 0, &t->sul_device_wait, on_device_wait,
 			 DEVICE_WAIT_S * LWS_US_PER_SEC);
@@ -3573,6 +3680,15 @@ static int on_cert_check(struct lws *wsi, X509_STORE_CTX *x509, int ok)
 	return 0;
 }
 
+static void tls_reached(struct lws *wsi)	/* the server sent its certificate */
+{
+	const struct lws_protocols *p = lws_get_protocol(wsi);
+	struct tunnel *t = lws_get_opaque_user_data(wsi);
+
+	if (p && !strcmp(p->name, "tunnel") && (uintptr_t)t >= 16)
+		t->phase = "TLS handshake";
+}
+
 static void tty_readable(void);
 static void signal_readable(int fd);
 #define RAW_TTY     ((void *)1)	/* opaque data of the adopted descriptors */
@@ -3612,6 +3728,7 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 	(void)user;
 	switch (reason) {
 	case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
+		tls_reached(wsi);
 		return on_cert_check(wsi, user, (int)len);
 	case LWS_CALLBACK_RAW_RX_FILE:
 		return on_raw_file(wsi);
@@ -3626,7 +3743,15 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 		return lws_callback_http_dummy(wsi, reason, user, in, len);
 	switch (reason) {
 	case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+		t->phase = "WebSocket upgrade";	/* TCP and TLS are done */
 		on_append_headers(t, in, len);
+		break;
+	case LWS_CALLBACK_CLIENT_RECEIVE_PONG:
+		heard_from(t);
+		break;
+	case LWS_CALLBACK_CLOSED_CLIENT_HTTP:	/* lws 4.1: the upgrade never answered */
+		if (t->state == T_CONNECTING)
+			on_connect_error(t, wsi, "the server hung up before the upgrade");
 		break;
 	case LWS_CALLBACK_CLIENT_ESTABLISHED:
 		wipe_header_token(t);
@@ -3690,6 +3815,25 @@ static struct lws_vhost *vhost_for_ca(const char *ca)
 	return vh;
 }
 
+/* Every phase of a connection has one deadline: a server that accepts
+ * TCP and says nothing, finishes TLS and says nothing, or never answers
+ * the upgrade, ends here and the normal retry follows (lws 4.1 would
+ * leave some of these waiting for ever). */
+static void on_handshake_timeout(lws_sorted_usec_list_t *sul)
+{
+	struct tunnel *t = lws_container_of(sul, struct tunnel, sul_handshake);
+	char where[300], why[400];
+
+	if (t->state != T_CONNECTING || !t->wsi)
+		return;
+	tunnel_where(t, where, sizeof(where));
+	snprintf(why, sizeof(why), "no answer from %.200s within %d s (stuck at the %s)", where,
+		 HANDSHAKE_S, t->phase);
+	lws_set_opaque_user_data(t->wsi, NULL);
+	lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+	tunnel_lost(t, 1006, why);
+}
+
 /* Opens (or reopens) the tunnel's WebSocket.  DNS blocks here: the list
  * already says "connecting" (lws 4.1 has no asynchronous DNS). */
 static void tunnel_connect(struct tunnel *t)
@@ -3723,6 +3867,8 @@ static void tunnel_connect(struct tunnel *t)
 	t->close_code = 0;
 	t->close_reason[0] = '\0';
 	t->tls_error[0] = '\0';
+	t->phase = i.ssl_connection ? "TCP connection or TLS handshake" : "TCP connection";
+	lws_sul_schedule(app.ctx, 0, &t->sul_handshake, on_handshake_timeout, HANDSHAKE_S * LWS_US_PER_SEC);
 	ui_dirty();
 	if (!lws_client_connect_via_info(&i) && !t->wsi && t->state == T_CONNECTING)
 		on_connect_error(t, NULL, "Unable to connect");
@@ -4888,7 +5034,9 @@ static void tunnel_state_text(const struct tunnel *t, char *out, size_t cap)
 	char bad[48] = "";
 	long left = t->cfg.expires ? (long)(t->cfg.expires - time(NULL)) : LONG_MAX;
 
-	if (tunnel_single(t))	/* why a second login asks first */
+	if (tunnel_stale(t))	/* counting, in seconds: the link owes an answer */
+		snprintf(bad, sizeof(bad), " · no answer %ds", stale_seconds(t));
+	else if (tunnel_single(t))	/* why a second login asks first */
 		snprintf(bad, sizeof(bad), " · single");
 	if (t->dropped)
 		snprintf(bad + strlen(bad), sizeof(bad) - strlen(bad), " · %u bad", t->dropped);
@@ -5178,6 +5326,15 @@ static int draw_alerts(int y)
 	return x;
 }
 
+static size_t held_keys(const struct tunnel *t)	/* typed, waiting for the link */
+{
+	size_t n = 0;
+
+	for (const struct session *s = t->sessions; s; s = s->next)
+		n += s->keys.len;
+	return n;
+}
+
 /* The remote PTY against the pane: "" when they agree. */
 static const char *pty_fit(const struct session *s)
 {
@@ -5208,13 +5365,16 @@ static void draw_status(void)	/* device │ session │ rtt │ token │ mode, 
 {
 	struct tunnel *t = app.sel_tunnel;
 	struct session *s = app.sel_session;
-	char rtt[32] = "", exp[48] = "", sess[400] = "", id[SHORT_ID + 1];
+	char rtt[64] = "", exp[48] = "", sess[400] = "", id[SHORT_ID + 1];
 	const char *hint = mode_hint();
 	int y = LINES - 1, hw = (int)strlen(hint), x;
 
 	fill(y, 0, COLS, C_STATUS);
 	x = draw_alerts(y);
-	if (t && t->rtt_ms >= 0 && t->state == T_ONLINE)
+	if (t && tunnel_stale(t))	/* never a stale round trip */
+		snprintf(rtt, sizeof(rtt), " │ NO ANSWER FOR %d s%s", stale_seconds(t),
+			 held_keys(t) ? ", typing held" : "");
+	else if (t && t->rtt_ms >= 0 && t->state == T_ONLINE)
 		snprintf(rtt, sizeof(rtt), " │ rtt %d ms", t->rtt_ms);
 	if (t)
 		expiry_text(t, exp, sizeof(exp));
