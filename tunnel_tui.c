@@ -83,6 +83,10 @@
 #define PROBE_US            1000000	/* input unanswered: ping this often */
 #define ACTIVE_DEAD_S       10		/* input unanswered this long: the link is dead */
 #define HANDSHAKE_S         15		/* TCP, TLS and the upgrade, all told */
+#define PREDICT_RTT_MS      30		/* predict = auto: local echo from this round trip */
+#define PREDICT_MAX         128		/* characters predicted ahead of the echo */
+#define PREDICT_GIVE_UP_MS  1000	/* an echo this late (or 3 round trips): none comes */
+#define PREDICT_MARK_MS     80		/* unconfirmed characters underlined from this round trip */
 #define FRAME_INTERVAL_US   16000	/* at most ~60 redraws a second */
 #define PAIR_CACHE          509		/* colour pairs remembered for drawing (a prime) */
 #define ERROR_REPORT_S      5		/* rate limit for malformed-input notices */
@@ -270,6 +274,29 @@ struct sbline {		/* one scrollback line, trailing blanks trimmed */
 	struct cell cells[];
 };
 
+enum predict { PREDICT_AUTO, PREDICT_ALWAYS, PREDICT_NEVER };	/* predict = … */
+
+/* Local echo, mosh's way: a typed key is drawn at once where the remote
+ * will echo it, and checked against the echo when it comes.  An epoch
+ * begins at every key that is not a printable, a backspace or an arrow;
+ * its predictions show only once its first one proved right, so where the
+ * remote does not echo (passwords) nothing ever shows. */
+struct prediction {
+	int row, col;			/* where, on the remote screen */
+	uint32_t ch;			/* 0: an erase (backspace) */
+	int epoch;
+	int64_t sent_us;
+};
+
+struct predictor {
+	struct prediction p[PREDICT_MAX];
+	int n;
+	int epoch;			/* the current one */
+	int proven;			/* the newest epoch whose first prediction proved right */
+	int row, col;			/* the predicted cursor; row -1: take the real one */
+	unsigned made, confirmed, wrong;	/* for the record (and the bench) */
+};
+
 struct session {	/* one SSH session: one request_id */
 	struct session *next;
 	struct tunnel *tunnel;
@@ -300,6 +327,8 @@ struct session {	/* one SSH session: one request_id */
 	int unseen;			/* output since last shown */
 	int got_output;			/* since its connect: a late 408 is not its own */
 	size_t unanswered;		/* typed bytes sent since the tunnel last heard anything */
+	struct predictor pred;		/* local echo ahead of the remote's */
+	lws_sorted_usec_list_t sul_predict;	/* gives up on echoes that never come */
 	char title[64];			/* the remote's window title (OSC 0/2), cleaned */
 	int64_t exit_typed_us;		/* when exit, logout or ^D was sent */
 	int login_tries;		/* refused logins in a row (ssh asks 3 times) */
@@ -310,6 +339,7 @@ struct session {	/* one SSH session: one request_id */
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
+
 
 /* sessions = …: auto learns from the device (an official one answers
  * connect_response without data and runs one session at a time). */
@@ -332,6 +362,7 @@ struct device_config {	/* one [device NAME] section or URL */
 	char cacert[PATH_MAX];
 	int pty_cols, pty_rows;		/* 0: size to the pane */
 	int sessions;			/* enum sessions */
+	int predict;			/* enum predict */
 	int login_timeout_s;		/* -1: [console]'s, else LOGIN_TIMEOUT_S; 0: none */
 	char attach[256];		/* typed after every login, e.g. tmux new -A */
 	int reopen;			/* enum reopen */
@@ -371,6 +402,7 @@ struct tunnel {		/* one device: one WebSocket */
 	int64_t ping_sent_us;
 	char ping_id[40];
 	int rtt_ms;			/* -1: not measured yet */
+	int srtt_ms;			/* smoothed, for prediction; -1: not yet */
 	int64_t last_error_report_us;
 	unsigned dropped;		/* malformed messages dropped */
 	struct buf rx;			/* reassembles fragments */
@@ -1564,6 +1596,7 @@ static const struct device_key {
 	{ "attach", DEV(attach), NULL, NULL },
 	{ "device_id", DEV(device_id), NULL, NULL },
 	{ "sessions", CHOICE(sessions), "auto|multi|single", NULL },
+	{ "predict", CHOICE(predict), "auto|always|never", NULL },
 	{ "login_timeout", K_SETTER, 0, 0, NULL, set_device_login_timeout },
 	{ "reopen", CHOICE(reopen), "ask|auto|never", NULL },
 	{ "remember_password", CHOICE(remember_password), "never|session", NULL },
@@ -2665,6 +2698,8 @@ static void vt_open(struct session *s)	/* a VTerm the size of the remote PTY */
 	vterm_input_write(s->vt, " \r", 2);	/* 0.1.4 loops on REP with no glyph before */
 	s->cursor_visible = 1;
 	s->sb = xcalloc(SCROLLBACK_LINES * sizeof(*s->sb));
+	s->pred.row = -1;	/* no prediction yet: the first epoch is unproven */
+	s->pred.epoch = 1;
 }
 
 static void vt_close(struct session *s)	/* frees the VTerm, grids and scrollback */
@@ -2701,6 +2736,8 @@ static void tunnel_kick(struct tunnel *t);
 static void lane_push(struct lane *l, const struct buf *b);
 static void lane_drop_owned(struct lane *l, struct session *s);
 static void batch_tunnel_failed(struct tunnel *t, const char *status, const char *fmt, ...);
+static void predict_forget(struct session *s);
+static void predict_check(struct session *s);
 static void batch_kick(void);
 static void batch_session_output(struct session *s, const char *p, size_t n);
 static void batch_session_ended(struct session *s, const char *code, const char *msg);
@@ -2781,6 +2818,7 @@ static void session_resize(struct session *s, int cols, int rows)	/* to the remo
 static void session_free(struct session *s)	/* unlinks nothing: see callers */
 {
 	lws_sul_cancel(&s->sul_login);
+	lws_sul_cancel(&s->sul_predict);
 	rec_stop(s);
 	secret_free(s->password);
 	vt_close(s);
@@ -2826,6 +2864,7 @@ static void session_end(struct session *s, const char *code, const char *msg)
 		return;
 	s->state = S_ENDED;
 	lws_sul_cancel(&s->sul_login);
+	predict_forget(s);
 	if (s->job)
 		batch_session_ended(s, code, msg);
 	if (bye)
@@ -2902,11 +2941,147 @@ static void session_output(struct session *s, const char *p, size_t n)	/* §4.6 
 		return;
 	}
 	term_feed(s, p, n);
+	if (s->pred.n)
+		predict_check(s);
 	if (!s->attached && s->tunnel->cfg.attach[0]) {	/* the remote work, resumed */
 		s->attached = 1;
 		session_queue_keys(s, s->tunnel->cfg.attach, strlen(s->tunnel->cfg.attach));
 		session_queue_keys(s, "\r", 1);
 	}
+}
+
+/*** local echo prediction **********************************************/
+
+static int predicting(const struct session *s)	/* is local echo on for s now? */
+{
+	const struct tunnel *t = s->tunnel;
+
+	if (t->cfg.predict == PREDICT_NEVER || broadcasting() || s->state != S_LIVE || s->scroll)
+		return 0;
+	return t->cfg.predict == PREDICT_ALWAYS || t->srtt_ms > PREDICT_RTT_MS;
+}
+
+static void predict_epoch(struct session *s)	/* a new epoch, from the real cursor */
+{
+	s->pred.epoch++;
+	s->pred.row = -1;
+}
+
+static void predict_forget(struct session *s)	/* wrong, or given up on: all go */
+{
+	if (s->pred.n)
+		session_touched(s);
+	s->pred.n = 0;
+	predict_epoch(s);
+	lws_sul_cancel(&s->sul_predict);
+}
+
+static void on_predict_timeout(lws_sorted_usec_list_t *sul);
+
+static int64_t predict_give_up_us(const struct session *s)	/* an echo later than this: none */
+{
+	int rtt3 = 3 * s->tunnel->srtt_ms;
+
+	return (int64_t)(rtt3 > PREDICT_GIVE_UP_MS ? rtt3 : PREDICT_GIVE_UP_MS) * 1000;
+}
+
+static void predict_push(struct session *s, uint32_t ch)	/* one cell, at the predicted cursor */
+{
+	if (s->pred.n == PREDICT_MAX) {
+		predict_forget(s);
+		return;
+	}
+	s->pred.p[s->pred.n++] = (struct prediction){ s->pred.row, s->pred.col, ch, s->pred.epoch, now_us() };
+	s->pred.made++;
+	if (app.ctx && lws_dll2_is_detached(&s->sul_predict.list))	/* not yet watching */
+		lws_sul_schedule(app.ctx, 0, &s->sul_predict, on_predict_timeout, predict_give_up_us(s));
+	session_touched(s);
+}
+
+/* A key the user typed, as the remote will most likely echo it:
+ * printables and backspace change a cell, arrows move the cursor, any
+ * other key starts a new epoch. */
+static void predict_key(struct session *s, int ch, int fn)
+{
+	VTermPos cur;
+
+	if (!predicting(s)) {
+		predict_forget(s);
+		return;
+	}
+	if (s->pred.row < 0) {
+		vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+		s->pred.row = cur.row;
+		s->pred.col = cur.col;
+	}
+	if (!fn && ch >= 32 && ch != 127 && wcwidth((wchar_t)ch) == 1 && s->pred.col < s->cols - 1) {
+		predict_push(s, (uint32_t)ch);
+		s->pred.col++;
+	} else if (((!fn && (ch == 127 || ch == 8)) || (fn && ch == KEY_BACKSPACE)) && s->pred.col > 0) {
+		s->pred.col--;
+		predict_push(s, 0);
+	} else if (fn && (ch == KEY_LEFT || ch == KEY_RIGHT) &&
+		   s->pred.col + (ch == KEY_LEFT ? -1 : 1) >= 0 && s->pred.col + 1 < s->cols) {
+		s->pred.col += ch == KEY_LEFT ? -1 : 1;
+	} else {
+		predict_epoch(s);
+	}
+}
+
+static int prediction_passed(const struct prediction *p, VTermPos cur)	/* the echo went by */
+{
+	if (!p->ch)	/* an erase: the cursor came back over it */
+		return cur.row != p->row || cur.col <= p->col;
+	return cur.row > p->row || (cur.row == p->row && cur.col > p->col);
+}
+
+static int prediction_right(const struct session *s, const struct prediction *p)
+{
+	const struct cell *c;
+
+	if (p->row >= s->grid->rows || p->col >= s->grid->cols)
+		return 0;
+	c = &s->grid->row[p->row][p->col];
+	return p->ch ? c->ch == p->ch : c->ch == 0 || c->ch == ' ';
+}
+
+/* The remote's output came: each prediction its echo went past is proven
+ * (and proves its epoch) or wrong (and all go: the screen is the remote's
+ * again); one waiting longer than an echo takes is given up on. */
+static void predict_check(struct session *s)
+{
+	VTermPos cur;
+	int kept = 0;
+
+	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	for (int i = 0; i < s->pred.n; i++) {
+		struct prediction *p = &s->pred.p[i];
+
+		if (!prediction_passed(p, cur)) {
+			if (now_us() - p->sent_us > predict_give_up_us(s)) {
+				predict_forget(s);
+				return;
+			}
+			s->pred.p[kept++] = *p;
+		} else if (!prediction_right(s, p)) {
+			s->pred.wrong++;
+			predict_forget(s);
+			return;
+		} else {
+			s->pred.confirmed++;
+			s->pred.proven = p->epoch > s->pred.proven ? p->epoch : s->pred.proven;
+		}
+	}
+	s->pred.n = kept;
+}
+
+static void on_predict_timeout(lws_sorted_usec_list_t *sul)	/* no output came at all */
+{
+	struct session *s = lws_container_of(sul, struct session, sul_predict);
+
+	predict_check(s);
+	if (s->pred.n)
+		lws_sul_schedule(app.ctx, 0, &s->sul_predict, on_predict_timeout, predict_give_up_us(s));
 }
 
 static int is_interrupt(const char *p, size_t n)	/* ^C, ^\, ^Z only */
@@ -3250,6 +3425,7 @@ static void on_pong(struct tunnel *t, const struct inbound *m)	/* round trip */
 		if (rtt != t->rtt_ms && t == app.sel_tunnel)	/* only the bar shows it */
 			ui_dirty();
 		t->rtt_ms = rtt;
+		t->srtt_ms = t->srtt_ms < 0 ? rtt : (7 * t->srtt_ms + rtt) / 8;
 	}
 }
 
@@ -3524,6 +3700,7 @@ static void on_established(struct tunnel *t)	/* the WebSocket is up (§4.1) */
 	t->close_reason[0] = '\0';
 	t->last_rx_us = now_us();
 	t->rtt_ms = -1;
+	t->srtt_ms = -1;
 	t->first_ping = 1;	/* the platform answers pings: a new link proves itself */
 	lws_sul_cancel(&t->sul_handshake);
 	tunnel_event(t, "connected");
@@ -4868,6 +5045,23 @@ static void row_matches(const struct session *s, int vr, uint8_t *marks, int col
 				marks[col_at[b] / 8] |= (uint8_t)(1 << (col_at[b] % 8));
 }
 
+/* A predicted character over the remote's cell, if one is shown there:
+ * underlined while the link is slow enough that it matters. */
+static void predicted_cell(const struct session *s, int row, int col, struct cell *c)
+{
+	for (int i = s->pred.n - 1; i >= 0; i--) {
+		const struct prediction *p = &s->pred.p[i];
+
+		if (p->row != row || p->col != col || p->epoch > s->pred.proven)
+			continue;
+		c->ch = p->ch;
+		c->width = 1;
+		if (s->tunnel->srtt_ms > PREDICT_MARK_MS)
+			c->attrs |= ATTR_UNDERLINE;
+		return;
+	}
+}
+
 static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, int w)
 {
 	static const struct cell blank = { 0, COLOR_DEFAULT, COLOR_DEFAULT, 0, 1 };
@@ -4890,6 +5084,8 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
 			c = blank;	/* half a wide character does not fit */
 		if (col < 1000 && marks[col / 8] & (1 << (col % 8)))
 			c.attrs |= ATTR_REVERSE | ATTR_BOLD;	/* a search match */
+		if (!l && srow < s->rows)
+			predicted_cell(s, srow, col, &c);
 		if (!cell_blank(&c))	/* erase() left blanks: most of a pane, usually */
 			draw_cell(y, x0 + x, &c);
 		x += c.width == 2 ? 2 : 1;
@@ -4927,6 +5123,10 @@ static int draw_pane(const struct session *s, int x0, int w, int h, int *cx)
 		for (int y = 0; y < h && y < s->rows; y++)
 			put(y, x0 + s->cols, 1, C_DIM, 0, "┊");
 	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	if (s->pred.row >= 0 && s->pred.epoch <= s->pred.proven) {	/* ahead of the echo */
+		cur.row = s->pred.row;
+		cur.col = s->pred.col;
+	}
 	cur.row += s->sb_count - top;
 	cur.col -= left;
 	*cx = x0 + cur.col;
@@ -5770,10 +5970,11 @@ static void type_key(struct session *s, int ch, int fn)	/* one key to the remote
 {
 	VTermKey key;
 	VTermModifier mod;
-	uint32_t uc;
+	uint32_t uc = 0;
 	int r = map_key(ch, fn, &key, &mod, &uc);
 
 	follow_typing(s, ch, fn);
+	predict_key(s, ch, fn);
 	if (r > 0)
 		vterm_keyboard_key(s->vt, key, mod);
 	else if (r == 0)

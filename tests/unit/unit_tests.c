@@ -735,6 +735,60 @@ static void test_login_fields(void)
 	app.dlg.password = NULL;
 }
 
+/* Local echo, mosh's way: shown once an epoch proved right, checked
+ * against the echo, all dropped on the first wrong one. */
+static int shown(const struct session *s, int col, uint32_t *ch)	/* the overlay at (0, col) */
+{
+	struct cell c = s->grid->row[0][col];
+
+	predicted_cell(s, 0, col, &c);
+	*ch = c.ch;
+	return c.ch != s->grid->row[0][col].ch;
+}
+
+static void test_prediction(void)
+{
+	struct tunnel t = { .srtt_ms = 200 };
+	struct session *s = term_open(40, 3);
+	uint32_t ch;
+
+	t.cfg.predict = PREDICT_AUTO;
+	s->tunnel = &t;
+	s->state = S_LIVE;
+	feed(s, "$ ");
+	predict_key(s, 'l', 0);
+	predict_key(s, 's', 0);
+	expect(s->pred.n == 2 && !shown(s, 2, &ch) && !shown(s, 3, &ch),
+	       "predict: a new epoch shows nothing before its first echo", "n=%d", s->pred.n);
+	feed(s, "l");
+	predict_check(s);
+	expect(s->pred.n == 1 && shown(s, 3, &ch) && ch == 's',
+	       "predict: the first echo proves the epoch; the rest shows at once", "n=%d ch=%x", s->pred.n, ch);
+	feed(s, "s");
+	predict_check(s);
+	expect(s->pred.n == 0 && s->pred.confirmed == 2, "predict: the echo confirms it", "%u", s->pred.confirmed);
+	predict_key(s, 'x', 0);
+	expect(shown(s, 4, &ch) && ch == 'x', "predict: within a proven epoch, a key shows before its echo", "");
+	feed(s, "y");	/* the remote printed something else there */
+	predict_check(s);
+	expect(s->pred.n == 0 && s->pred.wrong == 1 && s->grid->row[0][4].ch == 'y',
+	       "predict: a wrong one drops every prediction; the remote's screen stands", "wrong=%u", s->pred.wrong);
+	predict_key(s, '\r', 0);	/* a new line: a new epoch, as at a password prompt */
+	feed(s, "\r\nPassword: ");
+	predict_key(s, 's', 0);
+	predict_key(s, 'e', 0);
+	predict_check(s);
+	expect(!shown(s, 10, &ch) && !shown(s, 11, &ch) && s->pred.n == 2,
+	       "predict: no echo, nothing shown (a password is never drawn)", "n=%d", s->pred.n);
+	s->pred.p[0].sent_us = s->pred.p[1].sent_us = now_us() - 5000000;
+	predict_check(s);
+	expect(s->pred.n == 0, "predict: predictions no echo came for are given up", "n=%d", s->pred.n);
+	t.srtt_ms = 5;
+	predict_key(s, 'q', 0);
+	expect(s->pred.n == 0, "predict: auto is off on a fast link", "n=%d", s->pred.n);
+	term_close(s);
+}
+
 static void test_terminal(void)
 {
 	struct session *s = term_open(10, 3);
@@ -866,6 +920,7 @@ int main(void)
 	test_cli_errors();
 	test_terminal();
 	test_split_utf8();
+	test_prediction();
 	test_login_fields();
 	test_filter();
 	free(token_sources);
