@@ -83,12 +83,14 @@ finish() {
 # --- the console in tmux -------------------------------------------------
 # tui_start COLSxROWS ARGS...: runs tunnel_tui in a private tmux server; the
 # shell around it prints "EXIT=<status>" and the tty's modes when it ends.
+# TUI_TMUX_CONF: a tmux config for the server (default none), read before
+# the console runs (e.g. "set -g set-clipboard on" to catch OSC 52).
 tui_start() {
 	local size=$1; shift
 	TUI_STARTS=$(( ${TUI_STARTS:-0} + 1 ))
 	TMUX_SOCK=$WORK/tmux.$TUI_STARTS.sock	# a new server each time: no race with a dying one
 	printf '%q ' "$CONSOLE" "$@" > "$WORK/tui.cmd"
-	tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x "${size%x*}" -y "${size#*x}" \
+	tmux -S "$TMUX_SOCK" -f "${TUI_TMUX_CONF:-/dev/null}" new-session -d -x "${size%x*}" -y "${size#*x}" \
 		"sh -c '$(cat "$WORK/tui.cmd") 2>$WORK/tui.err; echo EXIT=\$?; stty -a; sleep 600'"
 	tmux -S "$TMUX_SOCK" set-option -g status off >/dev/null
 }
