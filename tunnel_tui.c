@@ -55,6 +55,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <arpa/inet.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -801,9 +802,17 @@ static int url_parse(const char *url, struct url *u)	/* 0, or -1 if not one of o
 	return u->host[0] && u->port > 0 && u->port < 65536 ? 0 : -1;
 }
 
-static int host_is_loopback(const char *host)	/* this machine, whatever the network does */
+/* This machine, whatever the network does: localhost, 127.0.0.0/8, ::1
+ * (an address, not a name that merely starts with 127.). */
+static int host_is_loopback(const char *host)
 {
-	return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1");
+	unsigned char a[16];
+
+	if (!strcmp(host, "localhost"))
+		return 1;
+	if (inet_pton(AF_INET, host, a) == 1)
+		return a[0] == 127;
+	return inet_pton(AF_INET6, host, a) == 1 && !memcmp(a, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16);
 }
 
 /* Plaintext (ws://, http://) carries tokens, passwords and signatures in
@@ -5020,7 +5029,7 @@ static void draw_cell(int y, int x, const struct cell *c)	/* one remote cell */
 	int p = pair_cached(curses_color(c->fg), curses_color(c->bg));
 	cchar_t cc;
 
-	if (wc[0] < 32 || (wc[0] >= 0x7f && wc[0] < 0xa0))
+	if (wc[0] < 32 || (wc[0] >= 0x7f && wc[0] < 0xa0) || is_steering((uint32_t)wc[0]))
 		wc[0] = L' ';
 	setcchar(&cc, wc, a, 0, &p);
 	mvadd_wch(y, x, &cc);
@@ -5148,14 +5157,15 @@ static int text_cols(const char *text)	/* columns a UTF-8 string takes */
 /* Text at (y, x), at most w columns, in a chrome colour and attributes. */
 static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, ...)
 {
-	char text[512];
+	char raw[512], text[512];
 	wchar_t wide[512];
 	va_list ap;
 	int n, cols = 0, i;
 
 	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
+	clean_text(text, sizeof(text), raw, strlen(raw));	/* a byte cut anywhere blanks nothing */
 	n = (int)mbstowcs(wide, text, 511);
 	if (n < 0)
 		n = 0;
@@ -5578,13 +5588,17 @@ static void draw_status(void)	/* device │ session │ rtt │ token │ mode, 
 		snprintf(rtt, sizeof(rtt), " │ rtt %d ms", t->rtt_ms);
 	if (t)
 		expiry_text(t, exp, sizeof(exp));
-	if (s) {	/* the connect_response text while logging in, the end reason after */
-		int note = s->note[0] && s->state != S_LIVE;
+	if (s) {	/* connect_response's text (not a mere "success"), or the end reason */
+		int note = s->note[0] && (s->state != S_LIVE || strcasecmp(s->note, "success"));
 
 		short_id(s, id);
-		snprintf(sess, sizeof(sess), " │ %s %.40s %s%s%.100s%s%.40s%s", id, s->user,
-			 session_state_names[s->state], note ? ": " : "", note ? s->note : "",
-			 s->title[0] ? " │ " : "", s->title, pty_fit(s));
+		char user[48], text[104], title[48];	/* cut at characters, not bytes */
+
+		clean_text(user, sizeof(user), s->user, strlen(s->user));
+		clean_text(text, sizeof(text), s->note, note ? strlen(s->note) : 0);
+		clean_text(title, sizeof(title), s->title, strlen(s->title));
+		snprintf(sess, sizeof(sess), " │ %s %s %s%s%s%s%s%s", id, user, session_state_names[s->state],
+			 note ? ": " : "", text, title[0] ? " │ " : "", title, pty_fit(s));
 	}
 	if (app.flash[0] && now_us() < app.flash_until_us)
 		put(y, x, COLS - hw - x, C_ALERT, A_BOLD, " %s ", app.flash);

@@ -36,10 +36,11 @@ ROWS=50
 # title and the paste buffers prove no OSC got through; the captured bytes
 # hold no raw C1 or bidi control.
 screen_intact() {
-	local cap=$WORK/screen.$1 n
+	local cap=$WORK/screen.$1 n w
 	tui_screen > "$cap.txt"
 	tui_screen -e > "$cap.esc"
-	n=$(grep -cE '^.{26}│' "$cap.txt")
+	w=$(head -1 "$cap.txt" | sed 's/│.*//' | LC_ALL=C.UTF-8 wc -m)	# the list's width: where its border is
+	n=$(LC_ALL=C.UTF-8 grep -cE "^.{$((w - 1))}│" "$cap.txt")
 	if [ "$n" -eq $((ROWS - 1)) ] && grep -q '^ hostile ' "$cap.txt" && grep -q '^ api ' "$cap.txt" \
 		&& grep -qF ' ../../tmp/x\x1b' "$cap.txt"; then
 		ok "$1: the device list is intact (not cleared)"
@@ -104,7 +105,11 @@ tui_keys C-g 2
 H_API="create tunnel: API 400 $H_OP"'\n2026-01-01 00:00:00 for: \x1b[2J'
 wait_for 5 status_has "$H_API" && ok "API error_code and error_msg: the status bar shows them escaped" \
 	|| fail "API error escaped in the status bar" "$(status_bar)"
-check "API error: the list row shows it escaped" row_has api 'create tunnel: API 400 \' 3
+if row_has api 'create tunnel: API 400' 3 && tui_screen | grep -A3 '^ api ' | sed -n 4p | grep -qF '\x1b[2J'; then
+	ok "API error: the list row shows it escaped (wrapped at a blank)"
+else
+	fail "API error: the list row shows it escaped" "$(tui_screen)"
+fi
 check "a device_id from --tunnel-json: the list shows it escaped" screen_has ' ../../tmp/x\x1b'
 tui_keys C-g 3
 wait_for 5 status_has ' ../../tmp/x\x1b[2J │' && ok "a device_id from --tunnel-json: the status bar shows it escaped" \

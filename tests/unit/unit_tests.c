@@ -393,8 +393,9 @@ static void test_paths_and_urls(void)	/* names as files; plaintext; URLs */
 	expect(!plaintext_problem("ws://127.0.0.1:9/x", 0) && !plaintext_problem("http://localhost/x", 0) &&
 	       !plaintext_problem("ws://[::1]/x", 0) && plaintext_problem("ws://10.0.0.1/x", 0) &&
 	       plaintext_problem("http://iotda.example.com", 0) && !plaintext_problem("ws://10.0.0.1/x", 1) &&
-	       !plaintext_problem("wss://10.0.0.1/x", 0),
-	       "plaintext: only to loopback, unless allowed", "");
+	       !plaintext_problem("wss://10.0.0.1/x", 0) && plaintext_problem("ws://127.0.0.1.evil.example/x", 0) &&
+	       !plaintext_problem("ws://127.9.8.7:1/x", 0) && plaintext_problem("ws://[::2]/x", 0),
+	       "plaintext: only to loopback addresses (not names that look like them), unless allowed", "");
 }
 
 static void test_tunnel_reply(void)	/* a create-tunnel answer, as §1 shapes it */
