@@ -15,7 +15,8 @@ SBCFLAGS  = $(shell pkg-config --cflags $(SBPKGS) 2>/dev/null)
 SBLIBS    = $(shell pkg-config --libs $(SBPKGS) 2>/dev/null) -lutil
 B        = build
 
-SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client
+SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client \
+	   tests/sandbox/linkem
 TESTBINS = $(B)/unit_tests $(B)/sign $(B)/hostile-relay $(B)/freecheck.so
 
 .PHONY: all deps demo test test-asan asan bench fuzz install uninstall clean certs
@@ -39,6 +40,10 @@ $(B)/sign: tests/unit/sign.c tunnel_tui.c | $(B)
 
 tests/sandbox/tunnel-client: tests/sandbox/tunnel-client.c tests/sandbox/sandbox.h
 	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+# The link emulator needs no library: plain sockets and poll.
+tests/sandbox/linkem: tests/sandbox/linkem.c
+	$(CC) $(CFLAGS) $(WARN) -o $@ $<
 
 $(B)/hostile-relay: tests/e2e/hostile-relay.c tests/sandbox/sandbox.h | $(B)
 	$(CC) $(CFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
@@ -75,7 +80,7 @@ A        = $(B)/asan
 ASANCC   = clang
 ASANFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASANBINS = $(A)/tunnel_tui $(A)/unit_tests $(A)/sign $(A)/tunnel-platform $(A)/tunnel-device \
-	   $(A)/tunnel-client $(A)/hostile-relay
+	   $(A)/tunnel-client $(A)/hostile-relay $(A)/linkem
 asan: $(ASANBINS)
 
 $(A)/tunnel_tui: tunnel_tui.c | $(A)
@@ -92,6 +97,9 @@ $(A)/tunnel-%: tests/sandbox/tunnel-%.c tests/sandbox/sandbox.h | $(A)
 
 $(A)/hostile-relay: tests/e2e/hostile-relay.c tests/sandbox/sandbox.h | $(A)
 	$(ASANCC) $(ASANFLAGS) $(WARN) $(SBCFLAGS) -o $@ $< $(SBLIBS)
+
+$(A)/linkem: tests/sandbox/linkem.c | $(A)
+	$(ASANCC) $(ASANFLAGS) $(WARN) -o $@ $<
 
 $(A):
 	mkdir -p $@

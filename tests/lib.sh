@@ -189,3 +189,19 @@ tui_run() {	# tui_run CMD MARK [SECONDS]: types CMD and Enter; waits for MARK on
 	tui_keys Enter
 	tui_wait "$2" "${3:-10}"
 }
+
+# --- the link emulator -------------------------------------------------------
+# start_linkem NAME ARGS...: tests/sandbox/linkem (build/asan/linkem in the
+# sanitizer pass, or $TT_LINKEM) on a free loopback port with ARGS (at least
+# --to HOST:PORT); its log is $WORK/NAME.log.  Sets LINKEM_PORT, LINKEM_PID
+# and LINKEM_LOG.
+start_linkem() {
+	local name=$1 bin=$TOP/tests/sandbox/linkem; shift
+	[ -n "${ASAN:-}" ] && bin=$TOP/build/asan/linkem
+	LINKEM_LOG=$WORK/$name.log
+	"${TT_LINKEM:-$bin}" --listen 127.0.0.1:0 "$@" > "$WORK/$name.out" 2> "$LINKEM_LOG" &
+	PIDS+=($!)
+	LINKEM_PID=$!
+	wait_for 10 has_line "$WORK/$name.out" '^listening on ' || { echo "# linkem did not start"; cat "$LINKEM_LOG"; return 1; }
+	LINKEM_PORT=$(sed -n 's/^listening on .*://p' "$WORK/$name.out" | head -1)
+}

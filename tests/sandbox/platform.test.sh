@@ -661,6 +661,12 @@ await "app replaced: the new app gets connect_tunnel" "$WORK/lapp2.raw" 'connect
 peer same "$WS/v5/iot/tunnels/t-same/device-connect" one-token
 await "device_token omitted: the source token opens device-connect" "$MAIN_LOG" 'tunnel t-same: device connected'
 check "connections are logged" has_line "$MAIN_LOG" 'tunnel t-live: replaced app'
+kill -USR2 "$MAIN_PID"
+await "SIGUSR2: the relay reports its queues" "$MAIN_LOG" 'SIGUSR2: queues reported$'
+check "SIGUSR2: a line for a tunnel with both peers: nothing queued, both read" has_line "$MAIN_LOG" \
+	'tunnel t-live: queued to app 0 \(peak [0-9]+\), to device 0 \(peak [0-9]+\); app read, device read$'
+check "SIGUSR2: ... and one for a tunnel with its device only" has_line "$MAIN_LOG" \
+	'tunnel t-same: queued to app 0 \(peak 0\), to device 0 \(peak 0\); app absent, device read$'
 
 #### --auth-close and --device-auth ############################################
 

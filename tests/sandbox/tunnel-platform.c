@@ -28,7 +28,8 @@
  *                   canonical request, HKDF key, verification
  *   REST            route table, auth, handlers, replies
  *   the lws callback
- *   signals         SIGTERM/SIGINT quit, SIGUSR1 drops every device
+ *   signals         SIGTERM/SIGINT quit, SIGUSR1 drops every device,
+ *                   SIGUSR2 logs every live tunnel's queues
  *   command line    option table, tunnels and devices files
  *   self-check      the signing guide's worked example, and a derived
  *                   signature made by Huawei's own SDK
@@ -147,6 +148,7 @@ struct tunnel {			/* one tunnel: its tokens and its two connections */
 	struct peer *peer[ROLES];	/* the live connection of each role */
 	unsigned long relayed_from[ROLES], dropped;
 	int full[ROLES];		/* backlog toward the role over the mark */
+	size_t peak[ROLES];		/* largest backlog toward each role so far */
 	struct delayed *dq_head, *dq_tail;
 	size_t delayed_bytes[ROLES];
 	lws_sorted_usec_list_t delay_sul, expiry_sul;
@@ -440,6 +442,8 @@ static void tunnel_flow(struct tunnel *t)	/* applies flow control to both peers 
 	for (i = 0; i < ROLES; i++) {
 		size_t b = backlog(t, i);
 
+		if (b > t->peak[i])
+			t->peak[i] = b;
 		if (!t->full[i] && b > QUEUE_HIGH)
 			t->full[i] = 1;
 		else if (t->full[i] && b < QUEUE_LOW)
@@ -2318,6 +2322,30 @@ static void relay_drop_devices(struct relay *r)	/* SIGUSR1: every device connect
 	sb_log("SIGUSR1: dropped %d device connection%s", n, n == 1 ? "" : "s");
 }
 
+static const char *reading(const struct peer *p)	/* a peer's read state, for the queue report */
+{
+	return !p ? "absent" : p->rx_off ? "paused" : "read";
+}
+
+/* Bytes the relay holds toward each role (queued frames and the delay
+ * line), the most it ever held, and whether each side is being read: what
+ * a flood leaves in the relay, as opposed to the socket buffers. */
+static void relay_report_queues(struct relay *r)	/* SIGUSR2: one line a live tunnel */
+{
+	lws_dll2_t *d;
+
+	for (d = lws_dll2_get_head(&r->tunnels); d; d = d->next) {
+		struct tunnel *t = lws_container_of(d, struct tunnel, list);
+
+		if (!t->peer[ROLE_APP] && !t->peer[ROLE_DEVICE])
+			continue;
+		sb_log("tunnel %s: queued to app %zu (peak %zu), to device %zu (peak %zu); app %s, device %s",
+		       t->id, backlog(t, ROLE_APP), t->peak[ROLE_APP], backlog(t, ROLE_DEVICE),
+		       t->peak[ROLE_DEVICE], reading(t->peer[ROLE_APP]), reading(t->peer[ROLE_DEVICE]));
+	}
+	sb_log("SIGUSR2: queues reported");
+}
+
 static void signals_read(struct relay *r, struct lws *wsi)	/* acts on each pending signal */
 {
 	struct signalfd_siginfo si;
@@ -2325,6 +2353,10 @@ static void signals_read(struct relay *r, struct lws *wsi)	/* acts on each pendi
 	while (read(lws_get_socket_fd(wsi), &si, sizeof si) == (ssize_t)sizeof si) {
 		if (si.ssi_signo == SIGUSR1) {
 			relay_drop_devices(r);
+			continue;
+		}
+		if (si.ssi_signo == SIGUSR2) {
+			relay_report_queues(r);
 			continue;
 		}
 		sb_log("exiting on %s", strsignal((int)si.ssi_signo));
@@ -2338,12 +2370,13 @@ static void signals_block(sigset_t *set)	/* blocks the signals we read from a si
 	sigaddset(set, SIGTERM);
 	sigaddset(set, SIGINT);
 	sigaddset(set, SIGUSR1);
+	sigaddset(set, SIGUSR2);
 	sigprocmask(SIG_BLOCK, set, NULL);
 }
 
 /* Blocked signals queue on a signalfd the loop reads like any connection:
  * nothing runs in a handler, and no signal slips between checks. */
-static int signals_open(struct relay *r)	/* SIGTERM, SIGINT, SIGUSR1 into the loop */
+static int signals_open(struct relay *r)	/* SIGTERM, SIGINT, SIGUSR1, SIGUSR2 into the loop */
 {
 	lws_sock_file_fd_type fd;
 	sigset_t set;
@@ -2423,7 +2456,9 @@ static const char usage_text[] =
 	"           replaces the older: close 4000); each tunnel created for the\n"
 	"           device sends its tunnel_notify event on it as one text frame\n"
 	"Signals: SIGUSR1 drops every device's tunnel connection (not the events\n"
-	"channels); SIGTERM/SIGINT exit.\n";
+	"channels); SIGUSR2 logs each live tunnel's queues (bytes held toward the\n"
+	"app and the device, their peaks, which side is being read); SIGTERM/SIGINT\n"
+	"exit.\n";
 
 static int opt_listen(struct relay *r, const char *v)	/* --listen ADDR:PORT */
 {
