@@ -3494,7 +3494,7 @@ static void login_refused(struct session *s)
 {
 	secret_free(s->password);
 	s->password = NULL;
-	if (s->got_output || s->job || app.batch || ++s->login_tries >= 3 || app.mode != M_NORMAL) {
+	if (!app.ui_up || s->got_output || s->job || ++s->login_tries >= 3 || app.mode != M_NORMAL) {
 		if (s->login_tries >= 3)
 			flash_msg("%s: the login was refused 3 times", s->tunnel->cfg.name);
 		return;
@@ -3737,6 +3737,7 @@ static void tunnel_where(const struct tunnel *t, char *out, size_t cap)	/* "host
 
 /* lws's words for a failed connection, and ours (it knows no errno). */
 static const struct { const char *lws, *words; } connect_failures[] = {
+	{ "Timed out waiting SSL", "no answer to the TLS handshake" },
 	{ "Unable to connect", "refused or unreachable" },
 	{ "getaddrinfo", "host name not found" },
 	{ "Peer hung up", "the server hung up" },
@@ -3937,7 +3938,7 @@ static int lws_event(struct lws *wsi, enum lws_callback_reasons reason,
 		break;
 	case LWS_CALLBACK_CLOSED_CLIENT_HTTP:	/* lws 4.1: the upgrade never answered */
 		if (t->state == T_CONNECTING)
-			on_connect_error(t, wsi, "the server hung up before the upgrade");
+			on_connect_error(t, wsi, "no answer to the WebSocket upgrade");
 		break;
 	case LWS_CALLBACK_CLIENT_ESTABLISHED:
 		wipe_header_token(t);

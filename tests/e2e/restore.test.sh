@@ -12,7 +12,7 @@ for sig in TERM HUP INT SEGV ABRT; do
 	tui_keys C-g n
 	tui_login
 	tui_run 'echo up-$((6*7))' 'up-42'
-	pid=$(pgrep -nx tunnel_tui)
+	pid=$(pgrep -P "$(tmux -S "$TMUX_SOCK" display -p '#{pane_pid}')" -x tunnel_tui)	# ours, not another test's
 	kill -"$sig" "$pid"
 	tui_wait 'EXIT=' 5 || fail "$sig: the console ends" "$(tui_screen)"
 	code=$(tui_screen | sed -n 's/^EXIT=//p')
