@@ -5,8 +5,8 @@
 # --events (tunnels announced by tunnel_notify events on the MQTT stand-in),
 # the c-sdk profile's fidelity to the official SDK (request_ids, message
 # sizes, ignored messages, --wedge), bounded backlogs (Ctrl-C under a flood),
-# --shell and --path (a busybox-only device), and the sshd fixture
-# (tests/sandbox/sshd.sh).  The protocol in depth (sessions, profiles, the
+# --shell and --path (a busybox-only device), --run-as (a root agent's shells
+# as a throwaway user; root only), and the sshd fixture (tests/sandbox/sshd.sh).  The protocol in depth (sessions, profiles, the
 # ssh backend) is sandbox.test.sh's.
 # Run: sh tests/run.sh device
 #
@@ -42,6 +42,7 @@ check "--help says the pty backend refuses logins without --login-file" grep -q 
 check "--help documents --events" grep -q -- '--events URL' <<< "$out"
 check "--help documents the events log lines" grep -q 'tunnel_notify for tunnel T' <<< "$out"
 check "--help documents --wedge and its log lines" grep -q 'wedged: stale 408 sent' <<< "$out"
+check "--help documents --run-as" grep -q -- '--run-as USER' <<< "$out"
 
 echo 'not a notify' > "$WORK/bad.json"
 printf '%0257d' 0 > "$WORK/long.token"
@@ -604,7 +605,7 @@ check "--events: no device token, password or keystroke in the logs" \
 
 # PROTOCOL.md §4 (routing) and §8.  A relay of its own: a c-sdk message can
 # be 12428 bytes, over the relay's default limit.  One tunnel per scenario.
-for t in c1 w1 w2 w3 f1 f2 b1 b2; do
+for t in c1 w1 w2 w3 f1 f2 b1 b2 r1 r2; do
 	printf '{"tunnel_id":"%s","device_id":"%s","source_token":"src-%s","device_token":"dev-%s","expires_in":3600}\n' "$t" "$t" "$t" "$t"
 done | paste -sd, | sed 's/.*/[&]/' > "$WORK/csdk-tunnels.json"
 PLATFORM_PORT=$(free_port)
@@ -877,6 +878,93 @@ if [ -z "$HAVE_SI" ]; then
 else
 	flood_alone full
 	flood_alone c-sdk
+fi
+
+#### --run-as: a root agent's shells as an unprivileged user ##############
+
+# ra_session NAME TUNNEL: logs in on TUNNEL; the shell prints who it is, one
+# line in $WORK/NAME.bin: "@@RA uid=… user=… groups=… zero=$0 shell=…
+# home=… pwd=… logname=… user_env=$USER tty=OWNER".
+ra_session() {
+	app "$1" "$2" --save "$1" "$WORK/$1.bin"
+	await "$1: connect_tunnel" "$WORK/$1.out" '^recv connect_tunnel '
+	to "$1" "$(login "$1")" "$(typed "$1" 'echo "@@R""A uid=$(id -u) user=$(id -un) groups=$(id -G | tr " " ,) zero=$0 shell=$SHELL home=$HOME pwd=$(pwd) logname=$LOGNAME user_env=$USER tty=$(stat -c %U "$(tty)")"')"
+	await "$1: the shell says who it is" "$WORK/$1.bin" '@@RA uid=[0-9]'
+}
+# ra_field NAME KEY: KEY's value in NAME's @@RA line (after the prompt's escapes)
+ra_field() { grep -ao '@@RA uid=[0-9].*' "$WORK/$1.bin" | tr -d '\r' | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+# ra_has NAME KEY VALUE: ok when KEY is VALUE (the line exists: ra_session awaited it)
+ra_has() {
+	local v
+	v=$(ra_field "$1" "$2")
+	if [ "$v" = "$3" ]; then ok "$1: $2 is $3"; else fail "$1: $2 is $3" "it is '$v'"; fi
+}
+ra_cleanup() {	# the throwaway user: its processes, the account, its folder
+	local p
+	for p in $(ps -o pid= -u "$RA_USER" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+	userdel -f "$RA_USER" 2>/dev/null
+	rm -rf "$RA"
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+	bad_option "--run-as without root" "--run-as nobody needs root" --url "$U" --token t --run-as nobody
+else
+	# A throwaway user with a real login shell, in the "users" group too (its
+	# supplementary groups must be its own, not root's), its homes in a folder
+	# it can pass through but not list.
+	RA_USER=tt_$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+	RA=$(mktemp -d /tmp/tunnel_tui_runas.XXXXXX)
+	chmod 711 "$RA"
+	useradd --system --user-group --no-create-home --home-dir "$RA/home" --shell /bin/bash -G users "$RA_USER"
+	trap 'cleanup; ra_cleanup' EXIT	# the agents first: they end the user's shells
+	mkdir -m 700 "$RA/home" "$RA/alt-home"
+	chown "$RA_USER:" "$RA/home" "$RA/alt-home"
+	# the agent as nobody, from where nobody can reach it (the clone may sit
+	# under a 0700 folder)
+	cp "$DEVICE" "$RA/tunnel-device"
+	chmod 755 "$RA/tunnel-device"
+	printf '#!/bin/sh\nexec setpriv --reuid=nobody --regid=nogroup --clear-groups %q "$@"\n' \
+		"$RA/tunnel-device" > "$RA/as-nobody"
+	chmod 755 "$RA/as-nobody"
+	DEVICE=$RA/as-nobody bad_option "--run-as without root" "--run-as $RA_USER needs root" \
+		--url "$U" --token t --run-as "$RA_USER"
+	bad_option "--run-as an unknown user" "--run-as: no user 'tt-no-such-user'" --url "$U" --token t --run-as tt-no-such-user
+	bad_option "--run-as root" "--run-as root is root: name an unprivileged user" --url "$U" --token t --run-as root
+	bad_option "--run-as with the ssh backend" "--run-as goes with --backend pty" \
+		--url "$U" --token t --backend ssh --run-as "$RA_USER"
+
+	# --run-as and --home: the user's uid, groups and login shell, --home's HOME.
+	start_device ra1 --url "$(dev_url r1)" --token-file <(echo dev-r1) --login-file "$WORK/logins" \
+		--run-as "$RA_USER" --home "$RA/alt-home"
+	RA1=$DEVICE_PID
+	ra_session ra1 r1
+	uid=$(ra_field ra1 uid)
+	check "ra1: the shell's id -u is not 0 ($uid)" [ -n "$uid" -a "$uid" != 0 ]
+	ra_has ra1 uid "$(id -u "$RA_USER")"
+	ra_has ra1 user "$RA_USER"
+	groups=$(ra_field ra1 groups | tr , '\n' | sort -n | paste -sd,)
+	check "ra1: the shell's groups are the user's own and users, not root's ($groups)" \
+		[ "$groups" = "$(printf '%s\n' "$(id -g "$RA_USER")" 100 | sort -n | paste -sd,)" ]
+	ra_has ra1 zero -bash
+	ra_has ra1 shell /bin/bash
+	ra_has ra1 home "$RA/alt-home"
+	ra_has ra1 pwd "$RA/alt-home"
+	ra_has ra1 logname "$RA_USER"
+	ra_has ra1 user_env "$RA_USER"
+	ra_has ra1 tty "$RA_USER"
+	check "ra1: the agent itself still runs as root" [ "$(ps -o user= -p "$RA1")" = root ]
+	kill "$RA1"
+
+	# --run-as and --shell, no --home: the user's home from the password database.
+	"$DEVICE" --url "$(dev_url r2)" --token-file <(echo dev-r2) --login-file "$WORK/logins" \
+		--run-as "$RA_USER" --shell /bin/dash 2> "$WORK/ra2.log" &
+	PIDS+=($!)
+	ra_session ra2 r2
+	ra_has ra2 user "$RA_USER"
+	ra_has ra2 zero dash
+	ra_has ra2 shell /bin/dash
+	ra_has ra2 home "$RA/home"
+	ra_has ra2 pwd "$RA/home"
 fi
 
 #### the sshd fixture ##########################################################

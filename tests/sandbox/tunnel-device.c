@@ -30,6 +30,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <libssh/libssh.h>
 #include <limits.h>
 #include <pthread.h>
@@ -118,8 +119,10 @@ static const char usage_head[] =
 	"sessions first).\n\n";
 
 static const char usage_tail[] =
-	"\nThe pty backend runs the agent user's own login shell (or --shell), whatever\n"
-	"name logs in; the name and password must match a line of --login-file.\n"
+	"\nThe pty backend runs the shell user's login shell (or --shell), whatever name\n"
+	"logs in; the name and password must match a line of --login-file.  The shell\n"
+	"user is the agent's own, or the --run-as USER (uid, gid, groups, home); then\n"
+	"the agent itself stays root.\n"
 	"Without --login-file it refuses every login (disconnect 400).\n\n"
 	"Log lines on stderr (tests wait on them; REQID is the request_id):\n"
 	"  connected                     the WebSocket is up\n"
@@ -165,10 +168,15 @@ static const char usage_tail[] =
 
 /*** state *******************************************************************/
 
-struct account {			/* who the pty shells run as: the agent's user */
+struct account {			/* who the pty shells run as: the agent's user or --run-as */
 	char *name, *home, *shell;
 	const char *path;		/* their PATH */
 	int login;			/* a login shell (argv[0] "-sh"), or a plain one */
+	int switch_user;		/* --run-as: the child becomes uid/gid/groups */
+	uid_t uid;
+	gid_t gid;
+	gid_t *groups;			/* its supplementary groups, looked up before any fork */
+	int ngroups;
 };
 
 struct cred {				/* one line of --login-file */
@@ -193,7 +201,7 @@ enum wedge { W_NONE, W_ARMED, W_STUCK };
 struct config {				/* the command line, checked and resolved */
 	const char *url, *token_arg, *token_file, *notify, *backend, *profile;
 	const char *ssh, *known_hosts, *login_file, *cacert, *device_id, *events, *home, *wedge;
-	const char *shell, *path;
+	const char *shell, *path, *run_as;
 	const struct wedge_mode *wedge_mode;	/* NULL: no --wedge */
 	int insecure, help;
 	char ssh_host[256];
@@ -971,8 +979,24 @@ static int env_build(char **env, const struct account *me, const char *term)	/* 
 	return 0;
 }
 
+/* In the child: become the --run-as user.  Groups, gid, uid in that order
+ * (after setuid there is no right left to change the others), then proof it
+ * took: a shell that is still root in any way must not start.  The tty goes
+ * to the user first, as login does (screen, mesg want their own).  System
+ * calls only: the group list was read before the fork. */
+static int child_become(const struct account *me)
+{
+	if (fchown(STDIN_FILENO, me->uid, (gid_t)-1) || setgroups((size_t)me->ngroups, me->groups) ||
+	    setgid(me->gid) || setuid(me->uid))
+		return -1;
+	if (getuid() != me->uid || geteuid() != me->uid || getgid() != me->gid || getegid() != me->gid)
+		return -1;
+	return setuid(0) == 0 ? -1 : 0;
+}
+
 static void child_exec(const struct account *me, char **argv, char **env)	/* in the child; never returns */
 {
+	static const char denied[] = "tunnel-device: cannot become the --run-as user\n";
 	sigset_t none;
 	int sig;
 
@@ -981,7 +1005,11 @@ static void child_exec(const struct account *me, char **argv, char **env)	/* in 
 	for (sig = 1; sig < NSIG; sig++)	/* ignored survives exec: a `cmd &` agent */
 		signal(sig, SIG_DFL);		/* would leave Ctrl-C dead in the shell */
 	close_range(3, ~0U, 0);			/* lws's sockets are not the shell's business */
-	if (chdir(me->home) < 0 && chdir("/") < 0)
+	if (me->switch_user && child_become(me)) {
+		(void)!write(STDERR_FILENO, denied, sizeof denied - 1);	/* the session shows it */
+		_exit(126);
+	}
+	if (chdir(me->home) < 0 && chdir("/") < 0)	/* as the user: a home it cannot enter is not one */
 		_exit(126);
 	execve(me->shell, argv, env);
 	_exit(127);
@@ -2352,11 +2380,15 @@ static const struct option_spec {
 	  "                        $XDG_STATE_HOME/tunnel-device/known_hosts)", offsetof(struct config, known_hosts) },
 	{ "login-file", "FILE", "user:password lines the pty backend accepts", offsetof(struct config, login_file) },
 	{ "home", "DIR", "the pty backend's HOME and start folder (default the\n"
-	  "                        agent user's): its own dotfiles, not the user's", offsetof(struct config, home) },
-	{ "shell", "PROGRAM", "what a pty session runs (default the agent user's login\n"
-	  "                        shell, as a login shell); PROGRAM runs as a plain\n"
+	  "                        shell user's home): its own dotfiles, not the user's", offsetof(struct config, home) },
+	{ "shell", "PROGRAM", "what a pty session runs (default the shell user's\n"
+	  "                        login shell, as a login shell); PROGRAM runs as a plain\n"
 	  "                        interactive shell: no /etc/profile to reset --path",
 	  offsetof(struct config, shell) },
+	{ "run-as", "USER", "root only: pty sessions run as USER (its uid, gid and\n"
+	  "                        groups, its login shell unless --shell, its home\n"
+	  "                        unless --home), never as root",
+	  offsetof(struct config, run_as) },
 	{ "path", "DIRS", "the PATH of pty sessions (default\n"
 	  "                        " SHELL_PATH "); a login shell's\n"
 	  "                        /etc/profile may set another",
@@ -2581,12 +2613,16 @@ static void creds_load(struct config *c)	/* --login-file: user:password per line
 	fclose(f);
 }
 
-static void account_load(struct account *me)	/* the agent's own user, from the password database */
+/* From the password database: the user named (--run-as), else the agent's own. */
+static void account_load(struct account *me, const char *name)
 {
 	struct passwd pw, *res = NULL;
 	char buf[4096];
+	int r = name ? getpwnam_r(name, &pw, buf, sizeof buf, &res) : getpwuid_r(getuid(), &pw, buf, sizeof buf, &res);
 
-	if (getpwuid_r(getuid(), &pw, buf, sizeof buf, &res) || !res) {
+	if (r || !res) {
+		if (name)
+			bad_usage("--run-as: no user '%s'", name);
 		fprintf(stderr, "tunnel-device: who am I? (no passwd entry for uid %u)\n", (unsigned)getuid());
 		exit(1);
 	}
@@ -2595,8 +2631,48 @@ static void account_load(struct account *me)	/* the agent's own user, from the p
 	me->shell = strdup(pw.pw_shell && *pw.pw_shell ? pw.pw_shell : "/bin/sh");
 	me->path = SHELL_PATH;
 	me->login = 1;
+	me->uid = pw.pw_uid;
+	me->gid = pw.pw_gid;
 	if (!me->name || !me->home || !me->shell)
 		abort();
+}
+
+/* What initgroups would set, read now: the child may not use NSS (a login
+ * worker thread may hold a lock across the fork). */
+static void groups_load(struct account *me)
+{
+	int n = 16;
+
+	if (!(me->groups = malloc((size_t)n * sizeof *me->groups)))
+		abort();
+	while (getgrouplist(me->name, me->gid, me->groups, &n) < 0)	/* n: how many there are */
+		if (!(me->groups = realloc(me->groups, (size_t)n * sizeof *me->groups)))
+			abort();
+	me->ngroups = n;
+}
+
+/* Whose shells: the agent's user, or --run-as USER's.  The agent itself
+ * keeps its uid: it reads its token, login and CA files, and signals the
+ * shells.  USER may not be root: the option exists to shed root. */
+static void account_resolve(struct agent *a)
+{
+	struct config *c = &a->cfg;
+
+	if (c->run_as && a->be != &pty_backend)
+		bad_usage("%s", "--run-as goes with --backend pty");
+	if (c->run_as && geteuid() != 0)
+		bad_usage("--run-as %s needs root: only root can start a shell as another user", c->run_as);
+	account_load(&c->me, c->run_as);
+	if (c->run_as && c->me.uid == 0)
+		bad_usage("--run-as %s is root: name an unprivileged user", c->run_as);
+	if (c->run_as) {
+		groups_load(&c->me);
+		c->me.switch_user = 1;
+	}
+	if (c->home) {	/* tests and demos: shells that read no personal dotfiles */
+		free(c->me.home);
+		c->me.home = strdup(c->home);
+	}
 }
 
 static void wedge_resolve(struct agent *a)	/* --wedge MODE, c-sdk only */
@@ -2664,11 +2740,7 @@ static void config_load(struct agent *a, int argc, char **argv)	/* everything, o
 		events_resolve(a);
 	else
 		tunnel_resolve(a);
-	account_load(&c->me);
-	if (c->home) {	/* tests and demos: shells that read no personal dotfiles */
-		free(c->me.home);
-		c->me.home = strdup(c->home);
-	}
+	account_resolve(a);
 	shell_resolve(a);
 	ssh_resolve(c);
 	if (c->login_file)
@@ -2761,6 +2833,7 @@ static void config_free(struct config *c)	/* secrets wiped */
 	free(c->me.name);
 	free(c->me.home);
 	free(c->me.shell);
+	free(c->me.groups);
 }
 
 static void agent_free(struct agent *a)	/* sessions, lws, children, memory */
