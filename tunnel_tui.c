@@ -1315,35 +1315,38 @@ static void canonical_uri(struct buf *b, const char *path)	/* each segment encod
 	}
 }
 
+struct query_pair { const char *name, *value; };	/* as given, before encoding */
+
 static int cmp_query_pair(const void *a, const void *b)	/* qsort: by name, then value */
 {
-	const char *x = *(char *const *)a, *y = *(char *const *)b;
-	size_t nx = strcspn(x, "="), ny = strcspn(y, "=");
-	int c = memcmp(x, y, nx < ny ? nx : ny);
+	const struct query_pair *x = a, *y = b;
+	int c = strcmp(x->name, y->name);
 
-	return c ? c : nx != ny ? (nx < ny ? -1 : 1) : strcmp(x + nx, y + ny);
+	return c ? c : strcmp(x->value, y->value);
 }
 
-/* name=value pairs, each part encoded, sorted by name then value, joined with &. */
+/* name=value pairs sorted by name, then value, as given (Huawei's signers
+ * sort before they encode), each part encoded, joined with &. */
 static void canonical_query(struct buf *b, const char *query)
 {
-	char *copy = strdup(query ? query : ""), *save = NULL, *pairs[64];
+	char *copy = strdup(query ? query : ""), *save = NULL;
+	struct query_pair pairs[64];
 	int n = 0;
 
 	for (char *p = strtok_r(copy, "&", &save); p && n < 64; p = strtok_r(NULL, "&", &save)) {
-		struct buf one = { 0 };
 		char *eq = strchr(p, '=');
 
-		uri_encode(&one, p, eq ? (size_t)(eq - p) : strlen(p));
-		buf_append(&one, "=", 1);
 		if (eq)
-			uri_encode(&one, eq + 1, strlen(eq + 1));
-		pairs[n++] = one.p;
+			*eq = '\0';
+		pairs[n++] = (struct query_pair){ p, eq ? eq + 1 : "" };
 	}
 	qsort(pairs, (size_t)n, sizeof(*pairs), cmp_query_pair);
 	for (int i = 0; i < n; i++) {
-		buf_printf(b, "%s%s", i ? "&" : "", pairs[i]);
-		free(pairs[i]);
+		if (i)
+			buf_append(b, "&", 1);
+		uri_encode(b, pairs[i].name, strlen(pairs[i].name));
+		buf_append(b, "=", 1);
+		uri_encode(b, pairs[i].value, strlen(pairs[i].value));
 	}
 	if (!n)
 		buf_append(b, "", 0);

@@ -24,7 +24,7 @@ tmux -S "$TMUX_SOCK" -f /dev/null new-session -d -x 100 -y 30 \
 	"env $HOOK TUNNEL_TUI_TOKEN='$TOKEN' $CONSOLE --cacert $CERTS/ca.pem --log $WORK/console.log --record-dir $REC --user field $BASE/t-vault/source-connect; echo EXIT=\$?; sleep 600"
 tui_wait 'online' 10 || fail "console online" "$(tui_screen)"
 PID=$(pgrep -x tunnel_tui -P "$(tmux -S "$TMUX_SOCK" list-panes -F '#{pane_pid}')" | head -1)
-[ -z "$PID" ] && PID=$(pgrep -nx tunnel_tui)
+
 check "ps: the token is not on the console's command line" bash -c "! ps -o args= -p $PID | grep -qF -- '$TOKEN'"
 check "ps: the token is not in the console's environment" bash -c "! tr '\\0' '\\n' < /proc/$PID/environ | grep -qF -- '$TOKEN'"
 check "ps e: nor anywhere ps shows" bash -c "! ps eww -p $PID | grep -qF -- '$TOKEN'"

@@ -36,6 +36,8 @@ requests() {
 			q = ""
 			for (k = int(rand() * 4); k > 0; k--)
 				q = q (q == "" ? "" : "&") word(key, 1, 8) "=" word(val, 0, 12) (rand() < 0.2 ? utf8() : "")
+			if (rand() < 0.3)	# one name twice: values sort as given, before encoding
+				q = q (q == "" ? "" : "&") "dup=" pick("=+/:4a") word(val, 0, 6) "&dup=" pick("=+/:4a") word(val, 0, 6)
 			date = sprintf("20%02d%02d%02dT%02d%02d%02dZ", 20 + int(rand() * 10), 1 + int(rand() * 12),
 				1 + int(rand() * 28), int(rand() * 24), int(rand() * 60), int(rand() * 60))
 			host = rand() < 0.5 ? word("abcdef0123456789", 6, 12) ".st1.iotda-app.cn-north-4.myhuaweicloud.com" \
