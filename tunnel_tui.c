@@ -96,6 +96,11 @@
 #define SHORT_ID            4		/* request_id characters shown in the list */
 #define LOGIN_TIMEOUT_S     15		/* no output this long after connect_response: wedged */
 #define CLOSE_WAIT_US       500000	/* for the close handshake when quitting */
+#define CLIP_MAX            (100 * 1024)	/* copied bytes sent by OSC 52: xterm's limit is near */
+#define OSC_MAX             (CLIP_MAX / 3 * 4 + 64)	/* a device's OSC 52, base64 */
+#define GUARD_US            500000	/* a question the device raised ignores keys this long */
+#define MOUSE_WHEEL_LINES   3		/* rows a wheel step scrolls */
+#define DOUBLE_CLICK_US     400000	/* a second click this soon selects a word */
 #define BATCH_PARALLEL      20		/* --exec devices at once, by default */
 #define BATCH_PARALLEL_MAX  100		/* IoTDA: 100 devices in remote login per instance */
 
@@ -148,10 +153,10 @@ static const struct { const char *code, *meaning; } status_meanings[] = {
 union arg { int i; const char *s; };
 typedef void action_fn(const union arg *arg);
 static action_fn act_new_session, act_close_session, act_move, act_zoom,
-		 act_scroll_mode, act_help, act_quit, act_send_prefix,
+		 act_copy_mode, act_help, act_quit, act_send_prefix,
 		 act_reopen, act_next_device, act_redraw, act_mark, act_broadcast,
 		 act_solo, act_record, act_marker, act_device, act_connect, act_filter,
-		 act_compact, act_pick;
+		 act_compact, act_pick, act_paste_copied, act_rename;
 
 /* After the prefix key (Ctrl-g by default): */
 static const struct binding {
@@ -185,7 +190,9 @@ static const struct binding {
 	{ 's', "s", act_solo, { 0 }, "solo: type into this session only (broadcast paused)" },
 	{ 'R', "R", act_record, { 0 }, "record the session (asciicast) or stop" },
 	{ 'M', "M", act_marker, { 0 }, "add a chapter marker to the recording" },
-	{ '[', "[", act_scroll_mode, { 0 }, "scroll mode: PgUp/PgDn, / search, q leaves" },
+	{ '[', "[", act_copy_mode, { 0 }, "copy mode: move, select (Space), y copies, q leaves" },
+	{ ']', "]", act_paste_copied, { 0 }, "paste what was copied last" },
+	{ ',', ",", act_rename, { 0 }, "name the session (kept when it is reopened)" },
 	{ 'l', "l", act_redraw, { 0 }, "redraw the screen" },
 	{ '?', "?", act_help, { 0 }, "this help" },
 	{ 'q', "q", act_quit, { 0 }, "quit (asks when sessions are live)" },
@@ -207,6 +214,8 @@ static const char *const tunnel_state_names[] = {
 	[T_CLOSED] = "closed", [T_CREATING] = "creating tunnel",
 	[T_API_ERROR] = "API error",	[T_CERT_FAILED] = "certificate refused",
 };
+
+enum remote_clip { CLIP_ASK, CLIP_ALLOW, CLIP_DENY };	/* remote_clipboard = */
 
 enum session_state { S_PENDING, S_LOGIN, S_LIVE, S_ENDED };
 static const char *const session_state_names[] = {
@@ -261,7 +270,8 @@ struct cell {		/* one screen cell, compact (scrollback keeps many) */
 	uint8_t width;			/* 1, or 2 for a wide character */
 };
 enum { ATTR_BOLD = 1, ATTR_UNDERLINE = 2, ATTR_ITALIC = 4, ATTR_BLINK = 8,
-       ATTR_REVERSE = 16 };
+       ATTR_REVERSE = 16,
+       ATTR_WRAPPED = 128 };	/* on a row's first cell: it continues the row above (autowrap) */
 
 struct grid {		/* a screen's cells: row pointers, rotated when it scrolls */
 	struct cell *cells;		/* rows * cols, one block */
@@ -312,9 +322,10 @@ struct session {	/* one SSH session: one request_id */
 	struct cell pen;		/* what printing and erasing leave */
 	struct sbline **sb;		/* ring of SCROLLBACK_LINES */
 	int sb_head, sb_count;
-	int scroll;			/* lines scrolled back in scroll mode */
+	int scroll;			/* lines scrolled back in copy mode */
 	int altscreen, cursor_visible;
 	int reverse_video;		/* DECSCNM: a visual bell flashes with it */
+	int mouse_mode;			/* the remote asked for mouse reports (VTERM_PROP_MOUSE_*) */
 	struct buf keys;		/* typed input not yet sent */
 	int bulk_frames;		/* its frames waiting in the bulk lane */
 	char *password;			/* remember_password = session only: locked */
@@ -331,10 +342,15 @@ struct session {	/* one SSH session: one request_id */
 	struct predictor pred;		/* local echo ahead of the remote's */
 	lws_sorted_usec_list_t sul_predict;	/* gives up on echoes that never come */
 	char title[64];			/* the remote's window title (OSC 0/2), cleaned */
+	char name[64];			/* the user's (Ctrl-g ,): over the title */
 	int64_t exit_typed_us;		/* when exit, logout or ^D was sent */
 	int login_tries;		/* refused logins in a row (ssh asks 3 times) */
 	lws_sorted_usec_list_t sul_login;	/* no output after connect_response: wedged */
 	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
+	struct buf osc;			/* the OSC being read: a clipboard set is ours */
+	int osc_over;			/* longer than OSC_MAX: dropped */
+	struct buf clip_offer;		/* a complete OSC 52 "c;BASE64", not yet asked about */
+	int at_margin;			/* the last glyph reached the right margin */
 	char partial[4];		/* a UTF-8 sequence cut off by a message's end */
 	size_t partial_len;
 };
@@ -418,8 +434,24 @@ struct tunnel {		/* one device: one WebSocket */
 	int expiry_warned;
 };
 
-enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_SCROLL, M_SEARCH,
-	    M_HELP, M_FILTER, M_PICK };
+enum sel { SEL_NONE, SEL_CHAR, SEL_LINE, SEL_RECT };
+
+struct copy {		/* copy mode: a cursor and a selection over a session's history */
+	struct session *s;
+	int row, col;			/* the cursor: a history row (0: the oldest kept), a column */
+	enum sel sel;
+	int arow, acol;			/* where the selection began */
+	int by_mouse;			/* entered by the wheel or a drag: left at their end */
+};
+
+struct mouse {		/* one report from the outer terminal, 0-based cells */
+	int button;			/* 0-2 left, middle, right; 3 release (X10); | MB_* */
+	int x, y, press, mods;		/* mods: 4 shift, 8 meta, 16 ctrl */
+};
+enum { MB_MOTION = 32, MB_WHEEL = 64, MB_MODS = 4 | 8 | 16 };
+
+enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_COPY, M_SEARCH,
+	    M_HELP, M_FILTER, M_PICK, M_RENAME };
 
 struct dialog {		/* the login dialog and yes/no questions */
 	struct tunnel *tunnel;
@@ -430,6 +462,7 @@ struct dialog {		/* the login dialog and yes/no questions */
 	int field;			/* 0 username, 1 password */
 	char question[200];
 	void (*on_yes)(void);
+	int64_t guard_until_us;		/* keys before this were typed for the session */
 	int mask;			/* bullets shown for the password: changes each key */
 	char notice[120];		/* e.g. a refused password, before trying again */
 };
@@ -450,6 +483,14 @@ static struct app {	/* the whole program's state */
 	/* screen */
 	int ui_up;			/* curses is active */
 	int colors;			/* the terminal's colours, for remote output; 0: none */
+	int clipboard_off;		/* clipboard = off: copies stay in the console */
+	enum remote_clip remote_clipboard;	/* a device's OSC 52 */
+	int mouse_off;			/* mouse = off: the outer terminal keeps the mouse */
+	struct {			/* the last press: drags, double and triple clicks */
+		int button, x, y, clicks, vr, col;
+		int64_t at_us;
+		struct session *s;	/* pressed in its pane (NULL: elsewhere) */
+	} click;
 	int mono;			/* the chrome in attributes only (NO_COLOR, no colours) */
 	int zoom;
 	int list_w;			/* the list's columns, without its rule */
@@ -464,6 +505,15 @@ static struct app {	/* the whole program's state */
 	struct dialog dlg;
 	char search[128];
 	size_t search_len;
+	char rename[64];		/* Ctrl-g , being typed */
+	size_t rename_len;
+	struct copy copy;		/* copy mode: its cursor and selection */
+	struct buf clip;		/* what was copied last: Ctrl-g ] pastes it */
+	struct {			/* a device's clipboard set, for the user to allow */
+		struct buf data;
+		char from[80];
+		int waiting;		/* not yet asked: a dialog was open */
+	} offer;
 	char flash[200];		/* a one-off message in the status bar */
 	int64_t flash_until_us;
 	char start_warning[200];	/* shown once the screen is up (stderr with --exec) */
@@ -473,7 +523,7 @@ static struct app {	/* the whole program's state */
 	int prefix_key;
 	int paste;			/* inside a bracketed paste */
 	struct buf paste_buf;
-	char esc_seq[8];		/* a pending escape sequence */
+	char esc_seq[32];		/* a pending escape sequence (a mouse report's, too) */
 	int esc_len;
 	/* broadcast and recording */
 	int broadcast, solo;
@@ -585,6 +635,34 @@ static void buf_append(struct buf *b, const void *p, size_t n)
 	memcpy(b->p + b->len, p, n);
 	b->len += n;
 	b->p[b->len] = '\0';
+}
+
+static int base64_value(unsigned char c)	/* -1: not in the alphabet */
+{
+	return c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 :
+	       c >= '0' && c <= '9' ? c - '0' + 52 : c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* Base64 (RFC 4648) onto out; padding optional.  -1 on any other byte. */
+static int base64_decode(const char *in, size_t n, struct buf *out)
+{
+	unsigned char *bytes = xcalloc(n / 4 * 3 + 3);
+	uint32_t acc = 0;
+	size_t k = 0, i = 0;
+	int bits = 0, v = 0;
+
+	for (; i < n && in[i] != '=' && (v = base64_value((unsigned char)in[i])) >= 0; i++) {
+		acc = acc << 6 | (uint32_t)v;
+		if ((bits += 6) >= 8)
+			bytes[k++] = (unsigned char)(acc >> (bits -= 8));
+	}
+	while (i < n && in[i] == '=' && v >= 0)
+		i++;
+	if (i == n)
+		buf_append(out, bytes, k);
+	explicit_bzero(bytes, k);
+	free(bytes);
+	return i == n ? 0 : -1;
 }
 
 static void field_backspace(char *p, size_t *len)	/* drops one UTF-8 character */
@@ -1497,6 +1575,9 @@ struct config {		/* what the file and the command line say */
 	int login_timeout_s;		/* -1: LOGIN_TIMEOUT_S */
 	int compact;			/* list = compact */
 	int list_w;			/* list_width = N; 0: auto */
+	int clipboard_off;		/* clipboard = off */
+	int remote_clipboard;		/* enum remote_clip */
+	int mouse_off;			/* mouse = off */
 	char record_dir[PATH_MAX];
 	struct iotda_config iotda;
 	char token_file[PATH_MAX];	/* --token-file, for URL arguments */
@@ -1614,10 +1695,11 @@ static const struct device_key {
 	{ "remember_password", CHOICE(remember_password), "never|session", NULL },
 };
 
-static int set_choice(const struct device_key *k, int *field, const char *v,
-		      char *err, size_t errlen)	/* v's position in k->choices */
+/* v's position among choices ("a|b|c"), into *field. */
+static int pick_word(const char *key, const char *choices, int *field, const char *v,
+		     char *err, size_t errlen)
 {
-	const char *c = k->choices;
+	const char *c = choices;
 	size_t n = strlen(v);
 
 	for (int i = 0; *c; i++) {
@@ -1629,7 +1711,7 @@ static int set_choice(const struct device_key *k, int *field, const char *v,
 		}
 		c += len + (c[len] == '|');
 	}
-	snprintf(err, errlen, "%s must be one of %s", k->key, k->choices);
+	snprintf(err, errlen, "%s must be one of %s", key, choices);
 	return -1;
 }
 
@@ -1641,7 +1723,7 @@ static int set_device_key(const struct device_key *k, struct device_config *d,
 	if (k->kind == K_SETTER)
 		return k->set(d, ts, v, err, errlen);
 	if (k->kind == K_CHOICE)
-		return set_choice(k, (int *)(void *)field, v, err, errlen);
+		return pick_word(k->key, k->choices, (int *)(void *)field, v, err, errlen);
 	if (!*v || strlen(v) >= k->size) {
 		snprintf(err, errlen, "%s must be 1-%zu characters", k->key, k->size - 1);
 		return -1;
@@ -1747,15 +1829,16 @@ static int set_heartbeat(struct config *c, const char *v, char *err, size_t errl
 	return -1;
 }
 
-static int set_list(struct config *c, const char *v, char *err, size_t errlen)
-{	/* list = full|compact */
-	if (strcmp(v, "full") && strcmp(v, "compact")) {
-		snprintf(err, errlen, "list must be full or compact");
-		return -1;
-	}
-	c->compact = !strcmp(v, "compact");
-	return 0;
+/* A choice key of a global section: a word's position among its choices. */
+#define CHOICE_KEY(fn, field, key, choices) \
+static int fn(struct config *c, const char *v, char *err, size_t errlen) \
+{ \
+	return pick_word(key, choices, &c->field, v, err, errlen); \
 }
+CHOICE_KEY(set_list, compact, "list", "full|compact")
+CHOICE_KEY(set_clipboard, clipboard_off, "clipboard", "osc52|off")
+CHOICE_KEY(set_remote_clipboard, remote_clipboard, "remote_clipboard", "ask|allow|deny")
+CHOICE_KEY(set_mouse, mouse_off, "mouse", "on|off")
 
 static int set_list_width(struct config *c, const char *v, char *err, size_t errlen)
 {	/* list_width = auto|N */
@@ -1838,6 +1921,8 @@ static const struct { enum section sec; const char *key; global_setter *set; } g
 	{ SEC_CONSOLE, "record_dir", set_record_dir_key },
 	{ SEC_CONSOLE, "login_timeout", set_login_timeout },
 	{ SEC_CONSOLE, "list", set_list },		{ SEC_CONSOLE, "list_width", set_list_width },
+	{ SEC_CONSOLE, "clipboard", set_clipboard },	{ SEC_CONSOLE, "mouse", set_mouse },
+	{ SEC_CONSOLE, "remote_clipboard", set_remote_clipboard },
 	{ SEC_IOTDA, "endpoint", set_endpoint },	{ SEC_IOTDA, "project_id", set_project_id },
 	{ SEC_IOTDA, "instance_id", set_instance_id },	{ SEC_IOTDA, "token_file", set_iam_token_file },
 	{ SEC_IOTDA, "cacert", set_iotda_cacert },	{ SEC_IOTDA, "close_tunnels", set_close_tunnels },
@@ -2263,7 +2348,7 @@ static void rec_start(struct session *s)
  * C1 characters, which no terminal prints anyway.  It keeps its state
  * across messages: sequences arrive split (§4.6).
  */
-enum { VTF_TEXT, VTF_ESC, VTF_CSI, VTF_STRING, VTF_C2 };
+enum { VTF_TEXT, VTF_ESC, VTF_CSI, VTF_STRING, VTF_C2, VTF_OSC };
 
 static int vtf_text(struct session *s, unsigned char c)	/* 1: keep c */
 {
@@ -2277,8 +2362,10 @@ static int vtf_esc(struct session *s, unsigned char c)	/* after ESC */
 {
 	if (c < 0x30 || c > 0x7e)	/* C0, intermediates, high bytes: libvterm waits */
 		return 1;
-	s->vtf_state = c == '[' ? VTF_CSI : strchr("]PX^_", c) ? VTF_STRING : VTF_TEXT;
+	s->vtf_state = c == '[' ? VTF_CSI : c == ']' ? VTF_OSC : strchr("PX^_", c) ? VTF_STRING : VTF_TEXT;
 	s->vtf_seps = 0;
+	s->osc.len = 0;
+	s->osc_over = 0;
 	return 1;
 }
 
@@ -2296,9 +2383,32 @@ static int vtf_string(struct session *s, unsigned char c)	/* OSC, DCS …: BEL e
 	return 1;
 }
 
+/* An OSC has ended (BEL, or the ESC of ST): a clipboard set (52) is kept
+ * for the user to allow; libvterm ignores it.  Titles are libvterm's. */
+static void osc_end(struct session *s)
+{
+	if (!s->osc_over && s->osc.len > 3 && !memcmp(s->osc.p, "52;", 3)) {
+		buf_free(&s->clip_offer);
+		buf_append(&s->clip_offer, s->osc.p + 3, s->osc.len - 3);
+	}
+	s->osc.len = 0;
+	s->vtf_state = VTF_TEXT;
+}
+
+static int vtf_osc(struct session *s, unsigned char c)	/* collected up to OSC_MAX */
+{
+	if (c == 0x07)
+		osc_end(s);
+	else if (s->osc.len >= OSC_MAX)
+		s->osc_over = 1;
+	else
+		buf_append(&s->osc, (const char *)&c, 1);
+	return 1;
+}
+
 static int (*const vtf_step[])(struct session *, unsigned char) = {
 	[VTF_TEXT] = vtf_text, [VTF_ESC] = vtf_esc, [VTF_CSI] = vtf_csi,
-	[VTF_STRING] = vtf_string,
+	[VTF_STRING] = vtf_string, [VTF_OSC] = vtf_osc,
 };
 
 /* Bytes that end a run of plain text: CAN, SUB, ESC, and 0xc2 (C1's lead). */
@@ -2315,6 +2425,8 @@ static size_t vtf_byte(struct session *s, unsigned char c, char *out)
 			return 0;
 		out[o++] = (char)0xc2;
 	}
+	if (c == 0x1b && s->vtf_state == VTF_OSC)	/* ST ends an OSC */
+		osc_end(s);
 	if (c == 0x18 || c == 0x1a || c == 0x1b)	/* CAN, SUB end; ESC starts */
 		s->vtf_state = c == 0x1b ? VTF_ESC : VTF_TEXT;
 	else if (!vtf_step[s->vtf_state](s, c))
@@ -2403,6 +2515,8 @@ static size_t utf8_complete_partial(struct session *s, const char *p, size_t n)
 }
 
 /* What the terminal shows: into VTerm, and into the recording if any. */
+static void clip_offered(struct session *s);
+
 static void term_feed(struct session *s, const char *p, size_t n)
 {
 	size_t used = s->partial_len ? utf8_complete_partial(s, p, n) : 0, open;
@@ -2416,6 +2530,8 @@ static void term_feed(struct session *s, const char *p, size_t n)
 	session_touched(s);
 	if (s->rec)
 		rec_output(s, p, n);
+	if (s->clip_offer.len)
+		clip_offered(s);
 }
 
 #define COLOR_DEFAULT 0xff000000u	/* packed colours: default */
@@ -2516,10 +2632,15 @@ static void sb_push(struct session *s, const struct cell *cells, int cols)
 	while (n > 0 && cell_blank(&cells[n - 1]))
 		n--;
 	slot = (s->sb_head + s->sb_count) % SCROLLBACK_LINES;
-	if (s->sb_count == SCROLLBACK_LINES)	/* full: the oldest line's memory is reused */
+	if (s->sb_count == SCROLLBACK_LINES) {	/* full: the oldest line's memory is reused */
 		s->sb_head = (s->sb_head + 1) % SCROLLBACK_LINES;
-	else
+		if (app.copy.s == s) {	/* every history row moved up one */
+			app.copy.row -= app.copy.row > 0;
+			app.copy.arow -= app.copy.arow > 0;
+		}
+	} else {
 		s->sb_count++;
+	}
 	l = s->sb[slot];
 	if (!l || n > l->room || n < l->room / 2) {	/* realloc showed in profiles */
 		l = xrealloc(l, sizeof(*l) + (size_t)n * sizeof(struct cell));
@@ -2537,13 +2658,104 @@ static const struct sbline *sb_line(const struct session *s, int i)	/* 0: oldest
 	return s->sb[(s->sb_head + i) % SCROLLBACK_LINES];
 }
 
+static int history_rows(const struct session *s)	/* scrollback, then screen */
+{
+	return s->sb_count + s->grid->rows;
+}
+
+static const struct cell *history_cells(const struct session *s, int vr, int *n)	/* a history row */
+{
+	const struct sbline *l;
+
+	if (vr < s->sb_count) {
+		l = sb_line(s, vr);
+		*n = l->cols;
+		return l->cells;
+	}
+	*n = s->grid->cols;
+	return s->grid->row[vr - s->sb_count];
+}
+
+static int row_continues(const struct session *s, int vr)	/* autowrapped from row vr - 1 */
+{
+	int n;
+	const struct cell *c = vr > 0 && vr < history_rows(s) ? history_cells(s, vr, &n) : NULL;
+
+	return c && n > 0 && (c[0].attrs & ATTR_WRAPPED);
+}
+
+/* Columns from..to of a row as UTF-8; a wide character counts whole; the
+ * trailing blanks go unless the row wraps on (they are text then). */
+static void cells_text(const struct cell *c, int n, int from, int to, int trim, struct buf *out)
+{
+	size_t keep = out->len;
+	char mb[MB_LEN_MAX];
+
+	if (from > 0 && from < n && c[from - 1].width == 2)
+		from--;
+	for (int i = from; i <= to && i < n; i++) {
+		int k = i > 0 && c[i - 1].width == 2 ? 0 : wctomb(mb, c[i].ch ? (wchar_t)c[i].ch : L' ');
+
+		if (k > 0)
+			buf_append(out, mb, (size_t)k);
+		if (k > 0 && (!trim || (c[i].ch && c[i].ch != ' ')))
+			keep = out->len;
+	}
+	out->len = keep;
+	if (out->p)
+		out->p[keep] = '\0';
+}
+
+struct span { int r0, c0, r1, c1, left, right; };	/* a selection, first point first */
+
+static struct span sel_span(const struct copy *cp)
+{
+	int before = cp->arow < cp->row || (cp->arow == cp->row && cp->acol <= cp->col);
+
+	return (struct span){ before ? cp->arow : cp->row, before ? cp->acol : cp->col,
+			      before ? cp->row : cp->arow, before ? cp->col : cp->acol,
+			      cp->acol < cp->col ? cp->acol : cp->col, cp->acol < cp->col ? cp->col : cp->acol };
+}
+
+/* The selection's text: rows joined by newlines, autowrapped rows joined
+ * as one line (not in a rectangle), as tmux copies. */
+static void selection_text(const struct session *s, const struct copy *cp, struct buf *out)
+{
+	struct span sp = sel_span(cp);
+	int r0 = sp.r0, c0 = sp.c0, r1 = sp.r1, c1 = sp.c1, left = sp.left, right = sp.right;
+
+	for (int r = r0, n; r <= r1; r++) {
+		const struct cell *c = history_cells(s, r, &n);
+		int joined = cp->sel != SEL_RECT && r < r1 && row_continues(s, r + 1);
+		int from = cp->sel == SEL_RECT ? left : cp->sel == SEL_CHAR && r == r0 ? c0 : 0;
+		int to = cp->sel == SEL_RECT ? right : cp->sel == SEL_CHAR && r == r1 ? c1 : INT_MAX;
+
+		cells_text(c, n, from, to, !joined, out);
+		if (r < r1 && !joined)
+			buf_append(out, "\n", 1);
+	}
+}
+
+static int in_selection(const struct session *s, int vr, int col)	/* drawn reversed */
+{
+	const struct copy *cp = &app.copy;
+	struct span sp = sel_span(cp);
+
+	if (cp->s != s || cp->sel == SEL_NONE || vr < sp.r0 || vr > sp.r1)
+		return 0;
+	if (cp->sel == SEL_LINE)
+		return 1;
+	if (cp->sel == SEL_RECT)
+		return col >= sp.left && col <= sp.right;
+	return (vr > sp.r0 || col >= sp.c0) && (vr < sp.r1 || col <= sp.c1);
+}
+
 /* History row vr (scrollback, then screen) as UTF-8 text, for search; the
  * right half of a wide character is no column of its own. */
 static void row_text_cols(const struct session *s, int vr, char *out, size_t cap, int *col_at)
 {	/* row_text, and the column each byte of it came from */
-	const struct sbline *l = vr < s->sb_count ? sb_line(s, vr) : NULL;
-	const struct cell *c = l ? l->cells : s->grid->row[vr - s->sb_count];
-	int cols = l ? l->cols : s->grid->cols;
+	int cols;
+	const struct cell *c = history_cells(s, vr, &cols);
 	size_t n = 0;
 
 	for (int i = 0; i < cols && n + MB_LEN_MAX < cap; i++) {
@@ -2576,6 +2788,23 @@ static int vt_putglyph(VTermGlyphInfo *info, VTermPos pos, void *user)	/* printe
 		c->width = 2;
 		c[1] = s->pen;	/* its right half: skipped when drawn */
 	}
+	if (pos.col == 0 && s->at_margin)	/* autowrap: copy mode joins the two rows */
+		c->attrs |= ATTR_WRAPPED;
+	s->at_margin = pos.col + info->width >= g->cols;
+	return 1;
+}
+
+/* libvterm 0.1.4 keeps no "wrapped" flag: a glyph at column 0 right after
+ * one at the margin, with no cursor motion between, is an autowrap.  The
+ * cursor resting on the margin itself (its phantom column) is no motion. */
+static int vt_movecursor(VTermPos pos, VTermPos old, int visible, void *user)
+{
+	struct session *s = user;
+
+	(void)old;
+	(void)visible;
+	if (pos.col < s->grid->cols - 1)
+		s->at_margin = 0;
 	return 1;
 }
 
@@ -2674,6 +2903,8 @@ static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
 		s->cursor_visible = val->boolean;
 	else if (prop == VTERM_PROP_REVERSE)
 		s->reverse_video = val->boolean;
+	else if (prop == VTERM_PROP_MOUSE)
+		s->mouse_mode = val->number;
 	else if (prop == VTERM_PROP_TITLE && val->string)	/* peer text: cleaned */
 		vt_title(s, val->string);
 	return 1;
@@ -2690,7 +2921,7 @@ static void vt_output(const char *p, size_t n, void *user)	/* keys and replies *
 }
 
 static const VTermStateCallbacks vt_callbacks = {
-	.putglyph = vt_putglyph, .scrollrect = vt_scrollrect, .moverect = vt_moverect,
+	.putglyph = vt_putglyph, .movecursor = vt_movecursor, .scrollrect = vt_scrollrect, .moverect = vt_moverect,
 	.erase = vt_erase, .setpenattr = vt_setpenattr, .settermprop = vt_settermprop,
 };
 
@@ -2709,6 +2940,7 @@ static void vt_open(struct session *s)	/* a VTerm the size of the remote PTY */
 	vterm_state_reset(state, 1);
 	vterm_input_write(s->vt, " \r", 2);	/* 0.1.4 loops on REP with no glyph before */
 	s->cursor_visible = 1;
+	s->mouse_mode = 0;
 	s->sb = xcalloc(SCROLLBACK_LINES * sizeof(*s->sb));
 	s->pred.row = -1;	/* no prediction yet: the first epoch is unproven */
 	s->pred.epoch = 1;
@@ -2723,6 +2955,8 @@ static void vt_close(struct session *s)	/* frees the VTerm, grids and scrollback
 	grid_free(&s->alt);
 	if (s->vt)
 		vterm_free(s->vt);
+	buf_free(&s->osc);
+	buf_free(&s->clip_offer);
 }
 
 /* Writes a console line into the session's terminal, distinct from remote
@@ -4885,9 +5119,13 @@ static void draw(void);
 static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, ...)
 	__attribute__((format(printf, 6, 7)));
 
+static void offer_ask(void);
+
 static void on_draw_timer(lws_sorted_usec_list_t *sul)	/* coalesced redraw */
 {
 	(void)sul;
+	if (app.offer.waiting && app.mode == M_NORMAL)
+		offer_ask();
 	draw();
 }
 
@@ -5040,7 +5278,7 @@ static void draw_cell(int y, int x, const struct cell *c)	/* one remote cell */
 }
 
 /* Row vr of the session's history: scrollback lines, then the screen. */
-/* Which columns of history row vr the search text covers (scroll mode
+/* Which columns of history row vr the search text covers (copy mode
  * shows every match); bit c of marks[c / 8]. */
 static void row_matches(const struct session *s, int vr, uint8_t *marks, int cols)
 {
@@ -5048,7 +5286,7 @@ static void row_matches(const struct session *s, int vr, uint8_t *marks, int col
 	int col_at[4096];
 
 	memset(marks, 0, (size_t)(cols + 7) / 8);
-	if (!app.search_len || (app.mode != M_SCROLL && app.mode != M_SEARCH) ||
+	if (!app.search_len || (app.mode != M_COPY && app.mode != M_SEARCH) ||
 	    vr >= s->sb_count + s->grid->rows)	/* below a PTY shorter than the pane */
 		return;
 	row_text_cols(s, vr, text, sizeof(text), col_at);
@@ -5097,6 +5335,8 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
 			c = blank;	/* half a wide character does not fit */
 		if (col < 1000 && marks[col / 8] & (1 << (col % 8)))
 			c.attrs |= ATTR_REVERSE | ATTR_BOLD;	/* a search match */
+		if (in_selection(s, vr, col))
+			c.attrs ^= ATTR_REVERSE;
 		if (!l && srow < s->rows)
 			predicted_cell(s, srow, col, &c);
 		if (!cell_blank(&c))	/* erase() left blanks: most of a pane, usually */
@@ -5106,7 +5346,7 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
 }
 
 /* The first history row and column in view: the cursor stays visible when
- * the remote PTY is larger than the pane (§5); scroll mode looks back. */
+ * the remote PTY is larger than the pane (§5); copy mode looks back. */
 static void pane_origin(const struct session *s, int w, int h, int *top, int *left)
 {
 	VTermPos cur;
@@ -5143,6 +5383,12 @@ static int draw_pane(const struct session *s, int x0, int w, int h, int *cx)
 	cur.row += s->sb_count - top;
 	cur.col -= left;
 	*cx = x0 + cur.col;
+	if (app.copy.s == s && app.mode == M_COPY) {	/* copy mode's cursor, where it is */
+		cur.row = app.copy.row - top;
+		cur.col = app.copy.col - left;
+		*cx = x0 + cur.col;
+		return cur.row >= 0 && cur.row < h && cur.col >= 0 && cur.col < w ? cur.row : -1;
+	}
 	if (app.mode == M_NORMAL && s->cursor_visible && !s->scroll && s->state != S_ENDED &&
 	    cur.row >= 0 && cur.row < h && cur.col >= 0 && cur.col < w)
 		return cur.row;
@@ -5308,7 +5554,7 @@ static int filter_hit(const char *text)	/* the list filter, case-blind, in text 
 
 static int session_hit(const struct session *s)	/* by its id, user or title */
 {
-	return filter_hit(s->request_id) || filter_hit(s->user) || filter_hit(s->title);
+	return filter_hit(s->request_id) || filter_hit(s->user) || filter_hit(s->title) || filter_hit(s->name);
 }
 
 static int wrapped_lines(const char *text, int w, int most);
@@ -5443,6 +5689,11 @@ static int draw_device_row(struct tunnel *t, int y)	/* name, state, last event *
 	return device_row_height(t);
 }
 
+static const char *session_label(const struct session *s)	/* the user's name, or the title */
+{
+	return s->name[0] ? s->name : s->title;
+}
+
 static void draw_session_row(struct session *s, int y)	/* id, user, state, activity */
 {
 	char id[SHORT_ID + 1];
@@ -5452,7 +5703,7 @@ static void draw_session_row(struct session *s, int y)	/* id, user, state, activ
 	short_id(s, id);
 	fill(y, 0, w, sel ? C_SELECTED : C_NORMAL);
 	put(y, 1, w - 1, c, 0, " %s %-4s %-8.8s %s%s%s", s->unseen ? "*" : " ", id, s->user,
-	    session_state_names[s->state], s->title[0] ? " " : "", s->title);
+	    session_state_names[s->state], session_label(s)[0] ? " " : "", session_label(s));
 	if (s->marked)	/* broadcast target: impossible to miss */
 		put(y, 0, 2, app.broadcast ? C_ALERT : C_MARK, A_BOLD, "◆");
 	if (s->rec)
@@ -5502,8 +5753,8 @@ static const char *mode_hint(void)	/* the status bar's right end */
 	static char hint[64];
 	static const char *const names[] = {
 		[M_NORMAL] = "", [M_PREFIX] = "PREFIX", [M_LOGIN] = "LOGIN",
-		[M_CONFIRM] = "CONFIRM", [M_SCROLL] = "SCROLL", [M_SEARCH] = "SEARCH",
-		[M_HELP] = "HELP", [M_FILTER] = "FILTER", [M_PICK] = "DEVICES" };
+		[M_CONFIRM] = "CONFIRM", [M_COPY] = "COPY", [M_SEARCH] = "SEARCH",
+		[M_HELP] = "HELP", [M_FILTER] = "FILTER", [M_PICK] = "DEVICES", [M_RENAME] = "NAME" };
 
 	snprintf(hint, sizeof(hint), "%s%s%s ? help ", names[app.mode],
 		 *names[app.mode] ? " │ " : "", keyname(app.prefix_key));
@@ -5563,16 +5814,20 @@ static const char *pty_fit(const struct session *s)
 	return text;
 }
 
-/* Scroll mode: where the view is in the history, and the keys. */
+/* Copy mode: where the cursor is in the history, the selection, the keys. */
 static void draw_scroll_status(const struct session *s, int y, int x, int w)
 {
-	int pw, ph, top, left, total = s->sb_count + s->rows;
+	static const char *const sel_names[] = { [SEL_CHAR] = "selecting", [SEL_LINE] = "selecting lines",
+						 [SEL_RECT] = "selecting a rectangle" };
+	const struct copy *cp = &app.copy;
+	int total = history_rows(s);
 
-	pane_size(&pw, &ph);
-	pane_origin(s, pw, ph, &top, &left);
-	put(y, x, w, C_STATUS, 0, " lines %d-%d of %d%s │ ↑↓ PgUp PgDn g G move │ / search%s │ q leaves",
-	    top + 1, top + ph < total ? top + ph : total, total, s->scroll ? "" : " (the end)",
-	    app.search_len ? ", n next match" : "");
+	if (cp->sel != SEL_NONE)
+		put(y, x, w, C_STATUS, 0, " line %d of %d │ %s │ y copies │ q drops it", cp->row + 1,
+		    total, sel_names[cp->sel]);
+	else
+		put(y, x, w, C_STATUS, 0, " line %d of %d%s │ Space/v select · V line · ^V rect · / search%s │ q leaves",
+		    cp->row + 1, total, s->scroll ? "" : " (the end)", app.search_len ? " · n next" : "");
 }
 
 static void draw_status(void)	/* device │ session │ rtt │ token │ mode, hint */
@@ -5600,13 +5855,13 @@ static void draw_status(void)	/* device │ session │ rtt │ token │ mode, 
 
 		clean_text(user, sizeof(user), s->user, strlen(s->user));
 		clean_text(text, sizeof(text), s->note, note ? strlen(s->note) : 0);
-		clean_text(title, sizeof(title), s->title, strlen(s->title));
+		clean_text(title, sizeof(title), session_label(s), strlen(session_label(s)));
 		snprintf(sess, sizeof(sess), " │ %s %s %s%s%s%s%s%s", id, user, session_state_names[s->state],
 			 note ? ": " : "", text, title[0] ? " │ " : "", title, pty_fit(s));
 	}
 	if (app.flash[0] && now_us() < app.flash_until_us)
 		put(y, x, COLS - hw - x, C_ALERT, A_BOLD, " %s ", app.flash);
-	else if (app.mode == M_SCROLL && s)
+	else if (app.mode == M_COPY && s)
 		draw_scroll_status(s, y, x, COLS - hw - x);
 	else if (t)
 		put(y, x, COLS - hw - x, C_STATUS, 0, " %s%s%s%s%s%s",
@@ -5778,6 +6033,15 @@ static void draw_filter_prompt(void)	/* the filter being typed, over the status 
 	free(rows);
 }
 
+static void draw_rename_prompt(void)	/* the session's new name, over the status bar */
+{
+	put(LINES - 1, 0, COLS, C_STATUS, A_BOLD, "name: %s", app.rename);
+	put(LINES - 1, 8 + text_cols(app.rename), COLS, C_STATUS, 0,
+	    "Enter names the session · empty: the remote's title again · Esc back");
+	move(LINES - 1, 6 + text_cols(app.rename));
+	curs_set(1);
+}
+
 static int pick_hit(const struct pick *p)	/* the picker's filter: name, id, product, status */
 {
 	const char *f = picker.filter;
@@ -5856,6 +6120,8 @@ static void draw_overlay(void)	/* whatever the mode puts on top */
 		draw_filter_prompt();
 	else if (app.mode == M_PICK)
 		draw_picker();
+	else if (app.mode == M_RENAME)
+		draw_rename_prompt();
 }
 
 static void draw(void)	/* the whole screen, sent in one update */
@@ -5879,7 +6145,7 @@ static void draw(void)	/* the whole screen, sent in one update */
 		cy = draw_pane(app.sel_session, x0, w, h, &cx);
 	else
 		draw_placeholder(x0, w);
-	if (app.mode != M_SEARCH)
+	if (app.mode != M_SEARCH && app.mode != M_RENAME)
 		draw_status();
 	if (cy >= 0) {
 		move(cy, cx);
@@ -6022,6 +6288,7 @@ static void confirm(void (*on_yes)(void), const char *fmt, ...)	/* asks y/n */
 	vsnprintf(app.dlg.question, sizeof(app.dlg.question), fmt, ap);
 	va_end(ap);
 	app.dlg.on_yes = on_yes;
+	app.dlg.guard_until_us = 0;
 	app.mode = M_CONFIRM;
 	ui_dirty();
 }
@@ -6285,11 +6552,39 @@ static void act_zoom(const union arg *arg)	/* z */
 	ui_dirty();
 }
 
-static void act_scroll_mode(const union arg *arg)	/* [ */
+static void copy_enter(struct session *s);
+
+static void act_copy_mode(const union arg *arg)	/* [: scroll and copy mode */
 {
 	(void)arg;
 	if (app.sel_session)
-		app.mode = M_SCROLL;
+		copy_enter(app.sel_session);
+}
+
+static void paste_done(const char *p, size_t n);
+
+static void act_paste_copied(const union arg *arg)	/* ]: through the paste path */
+{
+	(void)arg;
+	if (!app.clip.len)
+		flash_msg("nothing copied yet: %s [ starts copy mode, Space selects, y copies",
+			  keyname(app.prefix_key));
+	else
+		paste_done(app.clip.p, app.clip.len);
+}
+
+static void act_rename(const union arg *arg)	/* ,: the session's name */
+{
+	struct session *s = app.sel_session;
+
+	(void)arg;
+	if (!s) {
+		flash_msg("select a session to name it");
+		return;
+	}
+	copy_str(app.rename, sizeof(app.rename), s->name[0] ? s->name : s->title);
+	app.rename_len = strlen(app.rename);
+	app.mode = M_RENAME;
 	ui_dirty();
 }
 
@@ -6568,6 +6863,8 @@ static void key_login(int ch, int fn)	/* the login dialog */
 
 static void key_confirm(int ch, int fn)	/* y or anything else */
 {
+	if (now_us() < app.dlg.guard_until_us)
+		return;
 	app.mode = M_NORMAL;
 	ui_dirty();
 	if (!fn && (ch == 'y' || ch == 'Y') && app.dlg.on_yes)
@@ -6581,59 +6878,316 @@ static void key_help(int ch, int fn)	/* any key closes the help */
 	ui_dirty();
 }
 
-static void scroll_by(struct session *s, int n)	/* + looks back */
+/*** the clipboard: what was copied, what a device offers *************/
+
+/* OSC 52 to the outer terminal: the laptop's clipboard, through ssh and
+ * tmux alike; too big for terminals to take, it stays for Ctrl-g ]. */
+static void clipboard_out(const char *p, size_t n)
 {
-	s->scroll += n;
-	if (s->scroll > s->sb_count)
-		s->scroll = s->sb_count;
-	if (s->scroll < 0)
-		s->scroll = 0;
+	unsigned char *b64;
+	int len;
+
+	if (app.clipboard_off || n > CLIP_MAX)
+		return;
+	b64 = xcalloc(4 * ((n + 2) / 3) + 1);
+	len = EVP_EncodeBlock(b64, (const unsigned char *)p, (int)n);
+	printf("\033]52;c;%.*s\007", len, b64);
+	fflush(stdout);
+	free(b64);
+}
+
+static void clip_take(const char *p, size_t n)	/* the paste buffer and the clipboard */
+{
+	buf_free(&app.clip);
+	buf_append(&app.clip, p, n);
+	clipboard_out(p, n);
+}
+
+static void offer_accept(void)	/* y: the device's text to the clipboard */
+{
+	clip_take(app.offer.data.p, app.offer.data.len);
+	flash_msg("clipboard set from %s (%zu bytes); %s ] pastes it", app.offer.from,
+		  app.offer.data.len, keyname(app.prefix_key));
+	buf_free(&app.offer.data);
+}
+
+/* Asks once no other dialog is open.  Keys typed for the session in the
+ * first moment are not taken as the answer. */
+static void offer_ask(void)
+{
+	char preview[64];
+
+	app.offer.waiting = 0;
+	clean_text(preview, sizeof(preview), app.offer.data.p, app.offer.data.len);
+	confirm(offer_accept, "%s wants to set your clipboard to %zu bytes: \"%s%s\". Allow it?",
+		app.offer.from, app.offer.data.len, preview,
+		strlen(preview) < app.offer.data.len ? "…" : "");
+	app.dlg.guard_until_us = now_us() + GUARD_US;
+}
+
+/* A device's OSC 52 "SELECTION;BASE64": allowed, refused or asked about
+ * as remote_clipboard says; a read ("?") is never answered. */
+static void clip_offered(struct session *s)
+{
+	const char *p = s->clip_offer.p, *data = memchr(p, ';', s->clip_offer.len);
+	size_t n = data ? s->clip_offer.len - (size_t)(++data - p) : 0;
+	struct buf text = { 0 };
+
+	if (!data || (n == 1 && *data == '?'))
+		log_line("%s: a request to read the clipboard, not answered", tunnel_name(s));
+	else if (base64_decode(data, n, &text) < 0)
+		flash_msg("%s sent a clipboard that is not base64: ignored", tunnel_name(s));
+	else if (app.remote_clipboard == CLIP_DENY)
+		flash_msg("%s tried to set your clipboard: refused (remote_clipboard = deny)", tunnel_name(s));
+	else if (app.remote_clipboard == CLIP_ALLOW)
+		clip_take(text.p ? text.p : "", text.len);
+	else {
+		buf_free(&app.offer.data);
+		app.offer.data = text;
+		text = (struct buf){ 0 };
+		snprintf(app.offer.from, sizeof(app.offer.from), "%s", tunnel_name(s));
+		app.offer.waiting = 1;
+		ui_dirty();
+	}
+	buf_free(&text);
+	buf_free(&s->clip_offer);
+}
+
+/*** copy mode: a cursor, a selection and search over the history ***/
+
+
+/* The view scrolls to keep the copy cursor in it. */
+static void copy_follow(struct copy *cp)
+{
+	struct session *s = cp->s;
+	int w, h, top, left;
+
+	cp->row = cp->row < 0 ? 0 : cp->row >= history_rows(s) ? history_rows(s) - 1 : cp->row;
+	cp->col = cp->col < 0 ? 0 : cp->col >= s->cols ? s->cols - 1 : cp->col;
+	pane_size(&w, &h);
+	pane_origin(s, w, h, &top, &left);
+	if (cp->row < top)
+		s->scroll += top - cp->row;
+	else if (cp->row >= top + h)
+		s->scroll -= cp->row - (top + h - 1);
+	s->scroll = s->scroll < 0 ? 0 : s->scroll > s->sb_count ? s->sb_count : s->scroll;
 	ui_dirty();
 }
 
+static void copy_enter(struct session *s)	/* the cursor where the terminal's is */
+{
+	VTermPos cur;
 
-/* Searches back from the row above the view; shows the match at the top. */
-static void search_back(struct session *s)
+	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	app.copy = (struct copy){ s, s->sb_count + cur.row, cur.col, SEL_NONE, 0, 0, 0 };
+	app.mode = M_COPY;
+	ui_dirty();
+}
+
+static void copy_leave(struct copy *cp, int arg)	/* back to the live terminal */
+{
+	(void)arg;
+	if (cp->s)
+		cp->s->scroll = 0;
+	cp->s = NULL;
+	app.mode = M_NORMAL;
+	ui_dirty();
+}
+
+typedef void copy_fn(struct copy *cp, int arg);	/* every copy-mode key, one signature */
+enum { PAGE = 10000, HALF = 20000 };		/* copy_rows: by the pane's height */
+
+static void copy_cols(struct copy *cp, int arg)	/* h l */
+{
+	cp->col += arg;
+	copy_follow(cp);
+}
+
+static void copy_rows(struct copy *cp, int arg)	/* j k, pages, half pages */
+{
+	int w, h;
+
+	pane_size(&w, &h);
+	cp->row += abs(arg) == PAGE ? (arg > 0 ? h : -h) : abs(arg) == HALF ? (arg > 0 ? h / 2 : -h / 2) : arg;
+	copy_follow(cp);
+}
+
+static int cell_is_word(const struct session *s, int vr, int col)	/* not a blank */
+{
+	int n;
+	const struct cell *c = history_cells(s, vr, &n);
+
+	return col < n && c[col].ch && c[col].ch != ' ';
+}
+
+/* w, b, e: the next word's start, this or the previous word's start, this
+ * or the next word's end; across rows. */
+static void copy_word(struct copy *cp, int arg)
+{
+	struct session *s = cp->s;
+	int r = cp->row, c = cp->col, last = history_rows(s) - 1, cols = s->cols;
+	int end = arg == 0, dir = arg < 0 ? -1 : 1, was;
+
+#define STEP() do { c += dir; if (c >= cols) { if (r == last) { c = cols - 1; break; } r++; c = 0; } \
+		    else if (c < 0) { if (r == 0) { c = 0; break; } r--; c = cols - 1; } } while (0)
+	if (end || dir < 0) {
+		STEP();
+		while (!cell_is_word(s, r, c) && !(r == (dir < 0 ? 0 : last) && c == (dir < 0 ? 0 : cols - 1)))
+			STEP();
+		while (cell_is_word(s, r, c) && c + dir >= 0 && c + dir < cols && cell_is_word(s, r, c + dir))
+			c += dir;
+	} else {
+		was = cell_is_word(s, r, c);
+		while (was && cell_is_word(s, r, c) && !(r == last && c == cols - 1))
+			STEP();
+		while (!cell_is_word(s, r, c) && !(r == last && c == cols - 1))
+			STEP();
+	}
+#undef STEP
+	cp->row = r;
+	cp->col = c;
+	copy_follow(cp);
+}
+
+static void copy_line_edge(struct copy *cp, int arg)	/* 0 start, 1 end of text, 2 first word */
+{
+	int n, i = 0;
+	const struct cell *c = history_cells(cp->s, cp->row, &n);
+
+	if (arg == 1)
+		for (i = n - 1; i > 0 && (!c[i].ch || c[i].ch == ' '); i--)
+			;
+	else if (arg == 2)
+		while (i < n - 1 && (!c[i].ch || c[i].ch == ' '))
+			i++;
+	cp->col = i;
+	copy_follow(cp);
+}
+
+static void copy_history_edge(struct copy *cp, int arg)	/* g, G */
+{
+	cp->row = arg ? history_rows(cp->s) - 1 : 0;
+	copy_follow(cp);
+}
+
+static void copy_view(struct copy *cp, int arg)	/* H M L: top, middle, bottom of the view */
+{
+	int w, h, top, left;
+
+	pane_size(&w, &h);
+	pane_origin(cp->s, w, h, &top, &left);
+	cp->row = top + (arg == 0 ? 0 : arg == 1 ? h / 2 : h - 1);
+	copy_follow(cp);
+}
+
+static void copy_select(struct copy *cp, int arg)	/* begin, change or end a selection */
+{
+	if (cp->sel == (enum sel)arg) {
+		cp->sel = SEL_NONE;
+	} else {
+		if (cp->sel == SEL_NONE) {
+			cp->arow = cp->row;
+			cp->acol = cp->col;
+		}
+		cp->sel = (enum sel)arg;
+	}
+	ui_dirty();
+}
+
+static void copy_yank(struct copy *cp, int arg)	/* y, Enter: copy and leave */
+{
+	struct buf text = { 0 };
+
+	if (cp->sel == SEL_NONE) {
+		flash_msg("nothing selected: Space or v starts a selection, V a line, ^V a rectangle");
+		return;
+	}
+	buf_append(&text, "", 0);
+	selection_text(cp->s, cp, &text);
+	clip_take(text.p, text.len);
+	buf_free(&text);
+	flash_msg("copied %zu bytes%s; %s ] pastes them", app.clip.len, app.clipboard_off ? "" :
+		  app.clip.len > CLIP_MAX ? " (too many for the clipboard)" : " to the clipboard",
+		  keyname(app.prefix_key));
+	copy_leave(cp, arg);
+}
+
+static void copy_cancel(struct copy *cp, int arg)	/* q, Esc: a selection first, then the mode */
+{
+	if (cp->sel != SEL_NONE) {
+		cp->sel = SEL_NONE;
+		ui_dirty();
+	} else {
+		copy_leave(cp, arg);
+	}
+}
+
+static void copy_search_start(struct copy *cp, int arg)	/* /: type the text */
+{
+	(void)cp;
+	(void)arg;
+	app.mode = M_SEARCH;
+	app.search_len = 0;
+	app.search[0] = '\0';
+}
+
+/* n (and Enter after /): the match above the cursor (or earlier on its
+ * row), the cursor on its first character. */
+static void copy_search(struct copy *cp, int arg)
 {
 	char text[4096];
-	int from = s->sb_count - s->scroll - 1;
+	int col_at[4096];
 
-	for (int vr = from; vr >= 0 && app.search_len; vr--) {
-		row_text(s, vr, text, sizeof(text));
-		if (strstr(text, app.search)) {
-			s->scroll = s->sb_count - vr;
-			ui_dirty();
+	(void)arg;
+	for (int vr = cp->row; vr >= 0 && app.search_len; vr--) {
+		char *m = NULL, *from = text;
+
+		row_text_cols(cp->s, vr, text, sizeof(text), col_at);
+		for (char *f; (f = strstr(from, app.search)) && (vr < cp->row || col_at[f - text] < cp->col); from = f + 1)
+			m = f;
+		if (m) {
+			cp->row = vr;
+			cp->col = col_at[m - text];
+			copy_follow(cp);
 			return;
 		}
 	}
 	flash_msg("\"%s\" not found above", app.search);
 }
 
-static void key_scroll(int ch, int fn)	/* scroll mode */
-{
-	struct session *s = app.sel_session;
-	int page = LINES - 2;
+/* Copy mode's keys: vi's and emacs's, as tmux's copy mode has them. */
+static const struct copy_key { int key, fn; copy_fn *act; int arg; } copy_keys[] = {
+	{ 'h', 0, copy_cols, -1 }, { KEY_LEFT, 1, copy_cols, -1 }, { 2, 0, copy_cols, -1 },
+	{ 'l', 0, copy_cols, +1 }, { KEY_RIGHT, 1, copy_cols, +1 }, { 6, 0, copy_cols, +1 },
+	{ 'k', 0, copy_rows, -1 }, { KEY_UP, 1, copy_rows, -1 }, { 16, 0, copy_rows, -1 },
+	{ 'j', 0, copy_rows, +1 }, { KEY_DOWN, 1, copy_rows, +1 }, { 14, 0, copy_rows, +1 },
+	{ KEY_PPAGE, 1, copy_rows, -PAGE }, { KEY_NPAGE, 1, copy_rows, +PAGE },
+	{ 21, 0, copy_rows, -HALF }, { 4, 0, copy_rows, +HALF },
+	{ 'w', 0, copy_word, +1 }, { 'b', 0, copy_word, -1 }, { 'e', 0, copy_word, 0 },
+	{ '0', 0, copy_line_edge, 0 }, { KEY_HOME, 1, copy_line_edge, 0 }, { 1, 0, copy_line_edge, 0 },
+	{ '$', 0, copy_line_edge, 1 }, { KEY_END, 1, copy_line_edge, 1 }, { 5, 0, copy_line_edge, 1 },
+	{ '^', 0, copy_line_edge, 2 },
+	{ 'g', 0, copy_history_edge, 0 }, { 'G', 0, copy_history_edge, 1 },
+	{ 'H', 0, copy_view, 0 }, { 'M', 0, copy_view, 1 }, { 'L', 0, copy_view, 2 },
+	{ ' ', 0, copy_select, SEL_CHAR }, { 'v', 0, copy_select, SEL_CHAR }, { 0, 0, copy_select, SEL_CHAR },
+	{ 'V', 0, copy_select, SEL_LINE }, { 22, 0, copy_select, SEL_RECT }, { 'r', 0, copy_select, SEL_RECT },
+	{ 'y', 0, copy_yank, 0 }, { '\r', 0, copy_yank, 0 }, { '\n', 0, copy_yank, 0 },
+	{ KEY_ENTER, 1, copy_yank, 0 },
+	{ 'q', 0, copy_cancel, 0 }, { 27, 0, copy_cancel, 0 }, { 7, 0, copy_cancel, 0 },
+	{ '/', 0, copy_search_start, 0 }, { 'n', 0, copy_search, 0 },
+};
 
-	if (!s) {
-		app.mode = M_NORMAL;
+static void key_copy(int ch, int fn)	/* copy mode: its keys table */
+{
+	if (!app.copy.s || app.copy.s != app.sel_session) {
+		copy_leave(&app.copy, 0);
 		return;
 	}
-	if (fn && ch == KEY_PPAGE) scroll_by(s, page);
-	else if (fn && ch == KEY_NPAGE) scroll_by(s, -page);
-	else if ((fn && ch == KEY_UP) || (!fn && ch == 'k')) scroll_by(s, 1);
-	else if ((fn && ch == KEY_DOWN) || (!fn && ch == 'j')) scroll_by(s, -1);
-	else if ((fn && ch == KEY_HOME) || (!fn && ch == 'g')) scroll_by(s, s->sb_count);
-	else if ((fn && ch == KEY_END) || (!fn && ch == 'G')) scroll_by(s, -s->sb_count);
-	else if (!fn && ch == 'n') search_back(s);
-	else if (!fn && ch == '/') {
-		app.mode = M_SEARCH;
-		app.search_len = 0;
-		app.search[0] = '\0';
-	} else if (!fn && (ch == 'q' || ch == 27)) {
-		s->scroll = 0;
-		app.mode = M_NORMAL;
-	}
-	ui_dirty();
+	for (size_t i = 0; i < sizeof(copy_keys) / sizeof(*copy_keys); i++)
+		if (copy_keys[i].key == ch && copy_keys[i].fn == !!fn) {
+			copy_keys[i].act(&app.copy, copy_keys[i].arg);
+			return;
+		}
 }
 
 /* A one-line text field: Backspace erases a character, printable keys
@@ -6660,15 +7214,213 @@ static int field_type(char *text, size_t cap, size_t *len, int ch, int fn)
 static void key_search(int ch, int fn)	/* typing the search text */
 {
 	if (!fn && (ch == '\r' || ch == '\n')) {
-		app.mode = M_SCROLL;
-		if (app.sel_session)
-			search_back(app.sel_session);
+		app.mode = M_COPY;
+		if (app.copy.s)
+			copy_search(&app.copy, 0);
 	} else if (!fn && ch == 27) {
-		app.mode = M_SCROLL;
+		app.mode = M_COPY;
 	} else {
 		field_type(app.search, sizeof(app.search), &app.search_len, ch, fn);
 	}
 	ui_dirty();
+}
+
+/*** the mouse: the list, the pane, and remote programs that ask for it */
+
+/* "B;X;Y" and M or m (SGR 1006, after "\e[<"), NUL-terminated. */
+static int mouse_parse_sgr(const char *p, struct mouse *m)
+{
+	int b, x, y, end = 0;
+	char fin;
+
+	if (sscanf(p, "%d;%d;%d%c%n", &b, &x, &y, &fin, &end) != 4 || p[end] ||
+	    (fin != 'M' && fin != 'm') || b < 0 || x < 1 || y < 1)
+		return 0;
+	*m = (struct mouse){ b & ~MB_MODS, x - 1, y - 1, fin == 'M', b & MB_MODS };
+	return 1;
+}
+
+/* Three bytes after "\e[M" (X10, for terminals without SGR): each + 32. */
+static int mouse_parse_x10(const unsigned char *p, struct mouse *m)
+{
+	int b = p[0] - 32;
+
+	if (p[0] < 32 || p[1] < 33 || p[2] < 33)
+		return 0;
+	*m = (struct mouse){ b & ~MB_MODS, p[1] - 33, p[2] - 33, (b & 3) != 3 || (b & MB_WHEEL), b & MB_MODS };
+	return 1;
+}
+
+static int list_row_at(int y, struct row *out)	/* the list row drawn on line y */
+{
+	int n, sel, at = app.list_top > 0, i, hit = 0;
+	struct row *rows = list_snapshot(&n, &sel);
+
+	if (y < at && app.list_top > 0 && app.list_top <= n) {	/* ▲: the row above */
+		*out = rows[app.list_top - 1];
+		hit = 1;
+	}
+	for (i = app.list_top; !hit && i < n && y >= at; at += rows[i++].h)
+		if (y < at + rows[i].h || (i + 1 < n && y == at + rows[i].h &&
+					   at + rows[i].h + rows[i + 1].h + (i + 1 < n - 1) > LINES - 1)) {
+			*out = rows[y < at + rows[i].h ? i : i + 1];	/* or ▼: the row below */
+			hit = 1;
+		}
+	free(rows);
+	return hit;
+}
+
+static void mouse_list(const struct mouse *m)	/* click selects, the wheel moves */
+{
+	struct row r;
+
+	if (m->button & MB_WHEEL)
+		act_move(&(union arg){ .i = m->button & 1 ? +1 : -1 });
+	else if (m->press && !(m->button & MB_MOTION) && (m->button & 3) == 0 && list_row_at(m->y, &r)) {
+		if (app.mode == M_COPY)
+			copy_leave(&app.copy, 0);
+		select_session(r.t, r.s);
+	}
+}
+
+/* To a remote program that asked for the mouse, encoded as it asked
+ * (libvterm speaks X10, UTF-8, SGR and urxvt).  Shift keeps it here. */
+static int mouse_remote(struct session *s, const struct mouse *m, int vr, int col)
+{
+	VTermModifier mod = (m->mods & 4 ? VTERM_MOD_SHIFT : 0) | (m->mods & 8 ? VTERM_MOD_ALT : 0) |
+			    (m->mods & 16 ? VTERM_MOD_CTRL : 0);
+	int row = vr - s->sb_count;
+
+	if (!s->mouse_mode || app.mode != M_NORMAL || (m->mods & 4) || s->scroll || !session_accepts_input(s) ||
+	    row < 0 || row >= s->rows || col >= s->cols)
+		return 0;
+	vterm_mouse_move(s->vt, row, col, mod);
+	if (m->button & MB_WHEEL)
+		vterm_mouse_button(s->vt, 4 + (m->button & 1), 1, mod);
+	else if (!(m->button & MB_MOTION))
+		vterm_mouse_button(s->vt, ((m->button & 3) == 3 ? app.click.button : m->button & 3) + 1,
+				   m->press, mod);
+	return 1;
+}
+
+/* The wheel scrolls the history (copy mode, left again at the end when
+ * the wheel brought it); the copy cursor stays in view. */
+static void mouse_wheel(struct session *s, int up)
+{
+	struct copy *cp = &app.copy;
+	int w, h, top, left;
+
+	if (app.mode != M_COPY) {
+		if (!up || !s->sb_count)
+			return;
+		copy_enter(s);
+		cp->by_mouse = 1;
+	}
+	s->scroll += up ? MOUSE_WHEEL_LINES : -MOUSE_WHEEL_LINES;
+	s->scroll = s->scroll < 0 ? 0 : s->scroll > s->sb_count ? s->sb_count : s->scroll;
+	pane_size(&w, &h);
+	pane_origin(s, w, h, &top, &left);
+	cp->row = cp->row < top ? top : cp->row >= top + h ? top + h - 1 : cp->row;
+	if (!s->scroll && cp->by_mouse && cp->sel == SEL_NONE)
+		copy_leave(cp, 0);
+	ui_dirty();
+}
+
+static void select_word_at(struct copy *cp)	/* a double click */
+{
+	while (cp->acol > 0 && cell_is_word(cp->s, cp->row, cp->acol - 1))
+		cp->acol--;
+	while (cp->col + 1 < cp->s->cols && cell_is_word(cp->s, cp->row, cp->col + 1))
+		cp->col++;
+	cp->sel = SEL_CHAR;
+}
+
+/* Left button in the pane: a drag selects (copy mode from its first move),
+ * a double click a word, a triple click the line; the release copies. */
+static void mouse_select(struct session *s, const struct mouse *m, int vr, int col)
+{
+	struct copy *cp = &app.copy;
+
+	if (!(m->button & MB_MOTION) && m->press) {
+		if (app.mode != M_COPY && app.click.clicks < 2)
+			return;	/* a click alone changes nothing; a drag or a double click starts */
+		if (app.mode != M_COPY) {
+			copy_enter(s);
+			cp->by_mouse = 1;
+		}
+		*cp = (struct copy){ s, vr, col, app.click.clicks == 3 ? SEL_LINE : SEL_NONE, vr, col, cp->by_mouse };
+		if (app.click.clicks == 2)
+			select_word_at(cp);
+	} else if (m->press && app.click.s == s) {	/* a drag */
+		if (app.mode != M_COPY) {
+			copy_enter(s);
+			*cp = (struct copy){ s, app.click.vr, app.click.col, SEL_NONE, app.click.vr, app.click.col, 1 };
+		}
+		cp->sel = cp->sel == SEL_NONE ? SEL_CHAR : cp->sel;
+		cp->by_mouse = 1;
+		cp->row = vr;
+		cp->col = col;
+	} else if (!m->press && app.mode == M_COPY && cp->s == s && cp->by_mouse && cp->sel != SEL_NONE) {
+		copy_yank(cp, 0);
+		return;
+	}
+	if (app.mode == M_COPY)
+		copy_follow(cp);
+}
+
+/* Clicks counted at one cell; where a press in the pane began. */
+static void mouse_count_click(const struct mouse *m, struct session *s, int vr, int col)
+{
+	int64_t now = now_us();
+	int again = m->x == app.click.x && m->y == app.click.y && now - app.click.at_us < DOUBLE_CLICK_US;
+
+	app.click.clicks = again && app.click.clicks < 3 ? app.click.clicks + 1 : 1;
+	app.click.button = m->button & 3;
+	app.click.x = m->x;
+	app.click.y = m->y;
+	app.click.at_us = now;
+	app.click.s = s;
+	app.click.vr = vr;
+	app.click.col = col;
+}
+
+/* A press, drag or release in the pane, at history row vr: a drag at its
+ * top or bottom edge goes one row beyond, and copy mode scrolls there. */
+static void mouse_pane(struct session *s, const struct mouse *m)
+{
+	int w, h, top, left, vr, col, y = m->y;
+
+	pane_size(&w, &h);
+	pane_origin(s, w, h, &top, &left);
+	if (app.mode == M_COPY && (m->button & MB_MOTION))
+		y = y <= 0 ? -1 : y >= h - 1 ? h : y;
+	vr = top + (y < h ? y : h);
+	col = left + m->x - list_width();
+	col = col < 0 ? 0 : col >= s->cols ? s->cols - 1 : col;
+	if (m->press && !(m->button & (MB_MOTION | MB_WHEEL)))
+		mouse_count_click(m, s, vr, col);
+	if (mouse_remote(s, m, vr, col))
+		return;
+	if (m->button & MB_WHEEL)
+		mouse_wheel(s, !(m->button & 1));
+	else if ((m->button & 3) == 1 && m->press && !(m->button & MB_MOTION))
+		act_paste_copied(NULL);
+	else if ((m->button & 3) == 0 || (!m->press && (m->button & 3) == 3))
+		mouse_select(s, m, vr, col);
+}
+
+static void mouse_event(const struct mouse *m)	/* where it happened decides */
+{
+	if (app.mouse_off || (app.mode != M_NORMAL && app.mode != M_COPY))
+		return;
+	if (!m->press && !(m->button & MB_WHEEL) && app.click.s && app.sel_session == app.click.s) {
+		mouse_pane(app.click.s, m);	/* a release belongs to where it was pressed */
+		app.click.s = NULL;
+	} else if (!app.zoom && m->x < app.list_w) {
+		mouse_list(m);
+	} else if (m->x >= list_width() && app.sel_session && m->y < LINES - 1) {
+		mouse_pane(app.sel_session, m);
+	}
 }
 
 static void filter_jump(void)	/* the selection to the first row the filter shows */
@@ -6703,6 +7455,19 @@ static void key_filter(int ch, int fn)
 		act_move(&(union arg){ .i = ch == KEY_UP ? -1 : +1 });
 	else if (field_type(app.filter, sizeof(app.filter), &app.filter_len, ch, fn))
 		filter_jump();
+	ui_dirty();
+}
+
+static void key_rename(int ch, int fn)	/* typing a session's name */
+{
+	struct session *s = app.sel_session;
+
+	if (!fn && (ch == '\r' || ch == '\n') && s)
+		clean_text(s->name, sizeof(s->name), app.rename, app.rename_len);
+	if (!fn && (ch == '\r' || ch == '\n' || ch == 27))
+		app.mode = M_NORMAL;
+	else
+		field_type(app.rename, sizeof(app.rename), &app.rename_len, ch, fn);
 	ui_dirty();
 }
 
@@ -6765,8 +7530,8 @@ static void key_picker(int ch, int fn)	/* the device picker */
 
 static void (*const mode_keys[])(int ch, int fn) = {	/* key handling per mode */
 	[M_NORMAL] = key_normal, [M_PREFIX] = key_prefix, [M_LOGIN] = key_login,
-	[M_CONFIRM] = key_confirm, [M_SCROLL] = key_scroll, [M_SEARCH] = key_search,
-	[M_HELP] = key_help, [M_FILTER] = key_filter, [M_PICK] = key_picker,
+	[M_CONFIRM] = key_confirm, [M_COPY] = key_copy, [M_SEARCH] = key_search,
+	[M_HELP] = key_help, [M_FILTER] = key_filter, [M_PICK] = key_picker, [M_RENAME] = key_rename,
 };
 
 static void paste_into(struct session *s, const char *p, size_t n);
@@ -6865,24 +7630,58 @@ static int paste_byte(int ch)	/* inside a paste: collect until its end marker */
 	return 1;
 }
 
+/* A held escape sequence: a bracketed paste's start, a mouse report
+ * (SGR "\e[<B;X;YM", X10 "\e[M" and 3 bytes), or keys after all. */
+static void esc_more(int ch)
+{
+	static const char paste[] = "\033[200~";
+	struct mouse m;
+	int sgr = app.esc_len >= 3 && !memcmp(app.esc_seq, "\033[<", 3);
+	int x10 = app.esc_len >= 3 && !memcmp(app.esc_seq, "\033[M", 3);
+
+	app.esc_seq[app.esc_len++] = (char)ch;
+	app.esc_seq[app.esc_len] = '\0';
+	if (sgr && (ch == 'M' || ch == 'm')) {
+		app.esc_len = 0;
+		if (mouse_parse_sgr(app.esc_seq + 3, &m))
+			mouse_event(&m);
+	} else if (x10 && app.esc_len == 6) {
+		app.esc_len = 0;
+		if (mouse_parse_x10((const unsigned char *)app.esc_seq + 3, &m))
+			mouse_event(&m);
+	} else if (sgr || (x10 && app.esc_len < 6)) {
+		if ((!isdigit(ch) && ch != ';' && sgr) || app.esc_len >= (int)sizeof(app.esc_seq) - 1)
+			esc_flush();
+	} else if (!memcmp(app.esc_seq, paste, (size_t)app.esc_len)) {
+		if (app.esc_len == 6) {
+			app.esc_len = 0;
+			app.paste = 1;
+		}
+	} else if (app.esc_len > 3 || (app.esc_len == 3 && ch != '<' && ch != 'M')) {
+		esc_flush();
+	}
+}
+
 /* One key from curses.  Escape sequences are held just long enough to tell
- * a bracketed paste ("\e[200~") from keys. */
+ * a bracketed paste or a mouse report from keys; curses may have taken a
+ * report's start as KEY_MOUSE (kmous), its rest follows as keys. */
 static void key_in(int ch, int fn)
 {
-	static const char start[] = "\033[200~";
-
 	if (app.paste && !fn) {
 		paste_byte(ch);
 		return;
 	}
-	if (!fn && (app.esc_len || ch == 27) && ch < 128) {
-		app.esc_seq[app.esc_len++] = (char)ch;
-		if (memcmp(app.esc_seq, start, (size_t)app.esc_len))
-			esc_flush();
-		else if (app.esc_len == 6) {
-			app.esc_len = 0;
-			app.paste = 1;
-		}
+	if (fn && ch == KEY_MOUSE) {
+		const char *kmous = tigetstr("kmous");
+		int sgr = kmous && kmous != (char *)-1 && strstr(kmous, "[<");
+
+		esc_flush();
+		memcpy(app.esc_seq, sgr ? "\033[<" : "\033[M", 3);
+		app.esc_len = 3;
+		return;
+	}
+	if (!fn && (app.esc_len || ch == 27) && ch < 128 + 128 * (app.esc_len >= 3 && app.esc_seq[2] == 'M')) {
+		esc_more(ch);
 		return;
 	}
 	esc_flush();
@@ -7129,7 +7928,9 @@ static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
 
 static struct termios saved_tty;	/* the outer terminal as we found it */
 static int saved_tty_ok;
-static const char tty_reset[] = "\033[?2004l\033[?1049l\033[?25h\033[0m\r\n";
+#define MOUSE_ON  "\033[?1000h\033[?1002h\033[?1006h"	/* clicks, drags; SGR coordinates */
+#define MOUSE_OFF "\033[?1006l\033[?1002l\033[?1000l"
+static const char tty_reset[] = MOUSE_OFF "\033[?2004l\033[?1049l\033[?25h\033[0m\r\n";
 
 static void restore_tty(void)	/* async-signal-safe: termios and modes */
 {
@@ -7196,6 +7997,7 @@ static void ui_start(void)	/* curses on; the crash path restores the tty */
 	nodelay(stdscr, TRUE);
 	set_escdelay(25);
 	fputs("\033[?2004h", stdout);	/* bracketed paste from the outer terminal */
+	fputs(app.mouse_off ? "" : MOUSE_ON, stdout);
 	fflush(stdout);
 	ui_dirty();
 }
@@ -7205,7 +8007,7 @@ static void ui_end(void)	/* curses off; the terminal as it was */
 	if (!app.ui_up)
 		return;
 	app.ui_up = 0;
-	fputs("\033[?2004l", stdout);
+	fputs(app.mouse_off ? "\033[?2004l" : MOUSE_OFF "\033[?2004l", stdout);
 	fflush(stdout);
 	endwin();
 	if (saved_tty_ok)
@@ -7340,32 +8142,33 @@ static void add_where(struct options *o, const char *expr)	/* --where FIELD=V | 
 	o->where[o->nwhere++] = expr;
 }
 
+static const struct option longopts[] = {	/* the command line: see usage_text */
+	{ "config", required_argument, NULL, 'c' },
+	{ "tunnel-json", required_argument, NULL, 'j' },
+	{ "token-file", required_argument, NULL, 't' },
+	{ "cacert", required_argument, NULL, 'a' },
+	{ "insecure", no_argument, NULL, 'k' },
+	{ "allow-plaintext", no_argument, NULL, 'P' },
+	{ "raw", no_argument, NULL, 'R' },
+	{ "where", required_argument, NULL, 'W' },
+	{ "parallel", required_argument, NULL, 'N' },
+	{ "force", no_argument, NULL, 'F' },
+	{ "log", required_argument, NULL, 'l' },
+	{ "record-dir", required_argument, NULL, 'r' },
+	{ "exec", required_argument, NULL, 'e' },
+	{ "all", no_argument, NULL, 'A' },
+	{ "devices", required_argument, NULL, 'd' },
+	{ "user", required_argument, NULL, 'u' },
+	{ "password-file", required_argument, NULL, 'p' },
+	{ "timeout", required_argument, NULL, 'T' },
+	{ "outdir", required_argument, NULL, 'o' },
+	{ "device-id", required_argument, NULL, 'D' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 } };
+
 static void parse_args(int argc, char **argv, struct options *o, struct config *c)
 {	/* options into o and c; exits on --help, --version and errors */
-	static const struct option longopts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "tunnel-json", required_argument, NULL, 'j' },
-		{ "token-file", required_argument, NULL, 't' },
-		{ "cacert", required_argument, NULL, 'a' },
-		{ "insecure", no_argument, NULL, 'k' },
-		{ "allow-plaintext", no_argument, NULL, 'P' },
-		{ "raw", no_argument, NULL, 'R' },
-		{ "where", required_argument, NULL, 'W' },
-		{ "parallel", required_argument, NULL, 'N' },
-		{ "force", no_argument, NULL, 'F' },
-		{ "log", required_argument, NULL, 'l' },
-		{ "record-dir", required_argument, NULL, 'r' },
-		{ "exec", required_argument, NULL, 'e' },
-		{ "all", no_argument, NULL, 'A' },
-		{ "devices", required_argument, NULL, 'd' },
-		{ "user", required_argument, NULL, 'u' },
-		{ "password-file", required_argument, NULL, 'p' },
-		{ "timeout", required_argument, NULL, 'T' },
-		{ "outdir", required_argument, NULL, 'o' },
-		{ "device-id", required_argument, NULL, 'D' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 } };
 	int ch;
 
 	while ((ch = getopt_long(argc, argv, "c:hV", longopts, NULL)) != -1) {
@@ -7685,7 +8488,8 @@ static void on_batch_step(lws_sorted_usec_list_t *sul)
 
 static void batch_kick(void)	/* the governor runs as soon as the loop is free */
 {
-	lws_sul_schedule(app.ctx, 0, &app.batch->sul_step, on_batch_step, 1);
+	if (app.ctx)	/* none in the fuzzers: no loop to run it */
+		lws_sul_schedule(app.ctx, 0, &app.batch->sul_step, on_batch_step, 1);
 }
 
 /* Device, status, exit code, time; exit 0 only if all ran with status 0. */
@@ -7838,6 +8642,8 @@ static void free_all(struct config *c)	/* everything, secrets wiped */
 	secret_free(api.iam_token);
 	secret_free(app.dlg.password);
 	buf_free(&app.paste_buf);
+	buf_free(&app.clip);
+	buf_free(&app.offer.data);
 	free(c->dev);
 	free(token_sources);
 }
@@ -8001,6 +8807,9 @@ static int run(int argc, char **argv)	/* everything main does */
 		usage_error("--log %s: %s", o.log, errno == ELOOP ? "a symbolic link: refused" : strerror(errno));
 	app.prefix_key = c.prefix_key;
 	app.compact = c.compact;
+	app.clipboard_off = c.clipboard_off;
+	app.remote_clipboard = (enum remote_clip)c.remote_clipboard;
+	app.mouse_off = c.mouse_off;
 	copy_str(app.default_user, sizeof(app.default_user), o.user);
 	app.login_timeout_s = c.login_timeout_s >= 0 ? c.login_timeout_s : LOGIN_TIMEOUT_S;
 	app.list_w_set = c.list_w;

@@ -93,11 +93,11 @@ tui_login
 tui_run 'stty size; echo resized-$((6*6))' 'resized-36' || fail "reopened" "$(tui_screen)"
 check "… and the new shell has the pane's size (was: $first)" tui_has '│35 [0-9]+$'
 
-# scroll mode: where it is, and every match marked
+# copy mode: where it is, and every match marked
 tui_run 'for i in $(seq 1 300); do echo "line $i needle-$((i % 7))"; done' 'line 300' || fail "output" "$(tui_screen)"
 tui_keys C-g '['
-tui_wait 'lines [0-9]+-[0-9]+ of [0-9]+' 5 && ok "scroll mode: the position in the history" || fail "scroll position" "$(tui_screen | tail -1)"
-check "scroll mode: the keys it takes" tui_has 'q leaves'
+tui_wait 'line [0-9]+ of [0-9]+' 5 && ok "copy mode: the cursor's place in the history" || fail "scroll position" "$(tui_screen | tail -1)"
+check "copy mode: the keys it takes" tui_has 'q leaves'
 tui_keys /
 tui_type 'needle-3'
 tui_keys Enter

@@ -262,7 +262,8 @@ static void check_invariants(void)
 	CHECK(!fx.latest || fx.latest->state != S_ENDED);
 }
 
-/* Every history row as search_back() reads it: nothing written past cap. */
+/* Every history row as copy mode's search reads it: nothing written past
+ * cap; copy mode's moves stay inside the history. */
 static void check_rows(struct session *s)
 {
 	static char guard[ROW_GUARD];
@@ -276,9 +277,17 @@ static void check_rows(struct session *s)
 	copy_str(app.search, sizeof(app.search), "\x01");	/* never matches: all rows */
 	app.search_len = 1;
 	s->scroll = 0;
-	search_back(s);
-	scroll_by(s, 1 << 20);
-	scroll_by(s, -(1 << 21));
+	app.copy = (struct copy){ s, history_rows(s) - 1, s->cols - 1, SEL_NONE, 0, 0, 0 };
+	copy_search(&app.copy, 0);
+	copy_word(&app.copy, -1);
+	copy_rows(&app.copy, -(1 << 20));
+	copy_word(&app.copy, +1);
+	copy_line_edge(&app.copy, 1);
+	copy_rows(&app.copy, 1 << 21);
+	copy_word(&app.copy, 0);
+	CHECK(app.copy.row >= 0 && app.copy.row < history_rows(s) && app.copy.col >= 0 && app.copy.col < s->cols);
+	CHECK(s->scroll >= 0 && s->scroll <= s->sb_count);
+	app.copy.s = NULL;
 }
 
 /* The recording is what asciinema plays: UTF-8, one JSON event per line. */
@@ -307,6 +316,23 @@ static void check_recording(int i)
 	free(p);
 }
 
+/* Copy mode over the history: the copied text is valid UTF-8 and no longer
+ * than what the selected rows hold. */
+static void check_copy(struct session *s, uint32_t h)
+{
+	int rows = history_rows(s);
+	struct buf text = { 0 };
+
+	app.copy = (struct copy){ s, (int)(h >> 9) % rows, (int)(h >> 17) % s->cols, (enum sel)(h >> 24 & 3),
+				  (int)(h >> 12) % rows, (int)(h >> 20) % s->cols, 0 };
+	buf_append(&text, "", 0);
+	selection_text(s, &app.copy, &text);
+	if (!utf8_valid(text.p, text.len))
+		fail(__LINE__, "copied text is not valid UTF-8");
+	CHECK(text.len <= (size_t)(abs(app.copy.row - app.copy.arow) + 1) * ((size_t)s->cols * 4 + 1));
+	buf_free(&text);
+}
+
 /* The screen as curses would show it, one session (chosen by h) selected. */
 static void draw_one(uint32_t h)
 {
@@ -315,9 +341,12 @@ static void draw_one(uint32_t h)
 	app.zoom = h >> 6 & 1;
 	app.sel_session = s;
 	s->scroll = (int)(h >> 7) % (s->sb_count + 1);
-	app.mode = s->scroll ? M_SCROLL : M_NORMAL;
+	app.mode = s->scroll ? M_COPY : M_NORMAL;
+	if (s->scroll)	/* copy mode: a cursor and a selection anywhere */
+		check_copy(s, h);
 	draw();
 	app.mode = M_NORMAL;
+	app.copy.s = NULL;
 }
 
 /*

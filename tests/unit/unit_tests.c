@@ -896,6 +896,92 @@ static void test_filter(void)
 	expect(1, "filter: the same bytes however the input is split", "");
 }
 
+/* The text a selection copies, as tmux copies it. */
+static int copied_is(const struct session *s, struct copy cp, const char *want, char *got, size_t cap)
+{
+	struct buf b = { 0 };
+	int same;
+
+	buf_append(&b, "", 0);
+	selection_text(s, &cp, &b);
+	snprintf(got, cap, "%s", b.p);
+	same = !strcmp(b.p, want);
+	buf_free(&b);
+	return same;
+}
+
+static void test_copy(void)
+{
+	struct session *s = term_open(10, 4);
+	char got[256];
+	int r;
+
+	setlocale(LC_CTYPE, "C.UTF-8");
+	feed(s, "abcdefghijklmno\r\n漢字 x    \r\nRECT-aa11\r\nRECT-bb22");
+	r = history_rows(s) - 5;	/* the wrapped line's first row */
+	expect(row_continues(s, r + 1) && !row_continues(s, r + 2),
+	       "copy: a row the terminal wrapped onto is marked, a new line is not", "");
+	expect(copied_is(s, (struct copy){ s, r + 1, 0, SEL_LINE, r, 3, 0 }, "abcdefghijklmno", got, sizeof(got)),
+	       "copy: a wrapped line copies as one line", "[%s]", got);
+	expect(copied_is(s, (struct copy){ s, r + 2, 9, SEL_CHAR, r + 2, 0, 0 }, "漢字 x", got, sizeof(got)),
+	       "copy: wide characters whole; the blanks after the text go", "[%s]", got);
+	expect(copied_is(s, (struct copy){ s, r + 2, 3, SEL_CHAR, r + 2, 1, 0 }, "漢字", got, sizeof(got)),
+	       "copy: a selection from a wide character's right half takes the character", "[%s]", got);
+	expect(copied_is(s, (struct copy){ s, r + 4, 8, SEL_RECT, r + 3, 5, 0 }, "aa11\nbb22", got, sizeof(got)),
+	       "copy: a rectangle, row by row", "[%s]", got);
+	expect(copied_is(s, (struct copy){ s, r + 3, 1, SEL_CHAR, r + 2, 5, 0 }, "x\nRE", got, sizeof(got)),
+	       "copy: characters across rows: from the first point to the last", "[%s]", got);
+	term_close(s);
+}
+
+static void test_clipboard_and_mouse(void)
+{
+	struct session *s = term_open(20, 3);
+	struct tunnel t = { 0 };
+	struct buf b = { 0 };
+	struct mouse m;
+	char big[OSC_MAX + 64];
+
+	copy_str(t.cfg.name, sizeof(t.cfg.name), "north");
+	s->tunnel = &t;
+
+	expect(base64_decode("aGVsbG8=", 8, &b) == 0 && b.len == 5 && !memcmp(b.p, "hello", 5) &&
+	       base64_decode("aGk", 3, &b) == 0 && b.len == 7 && !memcmp(b.p + 5, "hi", 2),
+	       "base64: padded and unpadded", "%zu", b.len);
+	expect(base64_decode("aG$k", 4, &b) < 0 && base64_decode("aG=k", 4, &b) < 0 && b.len == 7,
+	       "base64: a stray byte is an error and adds nothing", "%zu", b.len);
+	buf_free(&b);
+	app.remote_clipboard = CLIP_ASK;
+	feed(s, "x\033]52;c;aGVs");
+	feed(s, "bG8=\007y");
+	expect(app.offer.waiting && app.offer.data.len == 5 && !memcmp(app.offer.data.p, "hello", 5) &&
+	       s->grid->row[0][0].ch == 'x' && s->grid->row[0][1].ch == 'y',
+	       "OSC 52: a clipboard write split across messages is held for the user, not shown", "");
+	app.offer.waiting = 0;
+	feed(s, "\033]52;c;?\033\\");
+	expect(!app.offer.waiting && !s->clip_offer.len, "OSC 52: a clipboard read is not an offer", "");
+	memset(big, 'A', sizeof(big));
+	memcpy(big, "\033]52;c;", 7);
+	strcpy(big + sizeof(big) - 2, "\a");
+	feed(s, big);
+	expect(!app.offer.waiting, "OSC 52: one longer than OSC_MAX is dropped", "");
+	app.remote_clipboard = CLIP_DENY;
+	feed(s, "\033]52;c;aGk=\a");
+	expect(!app.offer.waiting && !app.clip.len, "OSC 52: remote_clipboard = deny refuses it", "");
+	buf_free(&app.offer.data);
+	expect(mouse_parse_sgr("0;5;7M", &m) && m.button == 0 && m.x == 4 && m.y == 6 && m.press && !m.mods,
+	       "mouse: an SGR press, 0-based", "");
+	expect(mouse_parse_sgr("0;5;7m", &m) && !m.press && mouse_parse_sgr("65;1;1M", &m) &&
+	       m.button == (MB_WHEEL | 1) && mouse_parse_sgr("36;2;2M", &m) && m.button == MB_MOTION && m.mods == 4,
+	       "mouse: SGR release, wheel, a drag with Shift", "");
+	expect(!mouse_parse_sgr("0;5M", &m) && !mouse_parse_sgr("0;0;1M", &m) && !mouse_parse_sgr("0;5;7Mx", &m),
+	       "mouse: broken SGR reports are refused", "");
+	expect(mouse_parse_x10((const unsigned char *)" %'", &m) && m.button == 0 && m.x == 4 && m.y == 6 &&
+	       mouse_parse_x10((const unsigned char *)"#%'", &m) && !m.press,
+	       "mouse: X10 press and release", "");
+	term_close(s);
+}
+
 int main(void)
 {
 	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
@@ -924,6 +1010,8 @@ int main(void)
 	test_prediction();
 	test_login_fields();
 	test_filter();
+	test_copy();
+	test_clipboard_and_mouse();
 	free(token_sources);
 	return failures != 0;
 }
