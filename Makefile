@@ -7,7 +7,7 @@ DESTDIR ?=
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN     = -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE
-PKGS     = libwebsockets libcjson vterm ncursesw openssl
+PKGS     = libwebsockets libcjson ncursesw openssl
 SBPKGS   = libwebsockets libcjson libssh openssl
 PKGCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKGLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lutil
@@ -17,7 +17,9 @@ B        = build
 
 SANDBOX  = tests/sandbox/tunnel-platform tests/sandbox/tunnel-device tests/sandbox/tunnel-client \
 	   tests/sandbox/linkem
-TESTBINS = $(B)/unit_tests $(B)/sign $(B)/hostile-relay $(B)/freecheck.so
+TESTBINS = $(B)/unit_tests $(B)/sign $(B)/hostile-relay $(B)/freecheck.so $(B)/vtdiff
+VTCFLAGS = $(shell pkg-config --cflags vterm 2>/dev/null)
+VTLIBS   = $(shell pkg-config --libs vterm 2>/dev/null)
 
 .PHONY: all deps demo test test-asan asan bench fuzz install uninstall clean certs
 
@@ -34,6 +36,10 @@ tests/sandbox/tunnel-device: tests/sandbox/tunnel-device.c tests/sandbox/sandbox
 
 $(B)/unit_tests: tests/unit/unit_tests.c tunnel_tui.c | $(B)
 	$(CC) $(CFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+# The emulator against libvterm (the tests' judge, not the console's).
+$(B)/vtdiff: tests/unit/vtdiff.c tunnel_tui.c | $(B)
+	$(CC) $(CFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) $(VTCFLAGS) -o $@ $< $(PKGLIBS) $(VTLIBS) -lm
 
 $(B)/sign: tests/unit/sign.c tunnel_tui.c | $(B)
 	$(CC) $(CFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
@@ -80,7 +86,7 @@ A        = $(B)/asan
 ASANCC   = clang
 ASANFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASANBINS = $(A)/tunnel_tui $(A)/unit_tests $(A)/sign $(A)/tunnel-platform $(A)/tunnel-device \
-	   $(A)/tunnel-client $(A)/hostile-relay $(A)/linkem
+	   $(A)/tunnel-client $(A)/hostile-relay $(A)/linkem $(A)/vtdiff
 asan: $(ASANBINS)
 
 $(A)/tunnel_tui: tunnel_tui.c | $(A)
@@ -88,6 +94,9 @@ $(A)/tunnel_tui: tunnel_tui.c | $(A)
 
 $(A)/unit_tests: tests/unit/unit_tests.c tunnel_tui.c | $(A)
 	$(ASANCC) $(ASANFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+
+$(A)/vtdiff: tests/unit/vtdiff.c tunnel_tui.c | $(A)
+	$(ASANCC) $(ASANFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) $(VTCFLAGS) -o $@ $< $(PKGLIBS) $(VTLIBS) -lm
 
 $(A)/sign: tests/unit/sign.c tunnel_tui.c | $(A)
 	$(ASANCC) $(ASANFLAGS) $(WARN) -DTUNNEL_TUI_NO_MAIN $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
@@ -121,13 +130,13 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/tunnel_tui $(DESTDIR)$(PREFIX)/share/man/man1/tunnel_tui.1
 
 clean:
-	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/sign $(B)/freecheck.so $(B)/hostile-relay $(A) $(B)/fuzz
+	rm -rf tunnel_tui $(SANDBOX) $(B)/*_tests $(B)/sign $(B)/vtdiff $(B)/freecheck.so $(B)/hostile-relay $(A) $(B)/fuzz
 
 # The benchmarks' pty driver and load generator, and the terminal layer's
 # own benchmark (tests/bench/; make bench builds them).
 .PHONY: bench-harness
 bench-harness: $(B)/ptyharness $(B)/vtbench
 $(B)/vtbench: tests/bench/vtbench.c tunnel_tui.c | $(B)
-	$(CC) $(CFLAGS) $(WARN) $(PKGCFLAGS) -o $@ $< $(PKGLIBS) -lm
+	$(CC) $(CFLAGS) $(WARN) $(PKGCFLAGS) $(VTCFLAGS) -o $@ $< $(PKGLIBS) $(VTLIBS) -lm
 $(B)/ptyharness: tests/bench/ptyharness.c | $(B)
 	$(CC) $(CFLAGS) $(WARN) $(shell pkg-config --cflags vterm) -o $@ $< $(shell pkg-config --libs vterm) -lutil -lm

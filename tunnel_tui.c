@@ -19,7 +19,7 @@
  *   4. protocol          encode, decode, route, chunk, AK/SK signing:
  *                        pure, unit-tested
  *   5. configuration     the devices file, --tunnel-json, tokens
- *   6. terminal          VTerm glue, scrollback, recording
+ *   6. terminal          recording, grids, scrollback, the emulator
  *   7. sessions          open, end, reopen, input
  *   8. network           the lws callback, send lanes, heartbeat, reconnect
  *   9. IoTDA API         create, watch and close tunnels by device ID
@@ -33,7 +33,6 @@
 #endif
 #include <libwebsockets.h>
 #include <cJSON.h>
-#include <vterm.h>
 #include <curses.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
@@ -76,6 +75,7 @@
 #define RX_LIMIT            (1 << 20)	/* larger inbound frames are dropped */
 #define BULK_QUEUE_CAP      (4 << 20)	/* pasted bytes waiting to be sent */
 #define SCROLLBACK_LINES    5000
+#define ROWS_MAX            1000	/* a PTY's rows that are drawn row by row (more: in full) */
 #define LIST_WIDTH          26		/* the device list's columns */
 #define HEARTBEAT_S         20		/* JSON and WebSocket pings (§4.8) */
 #define DEAD_LINK_BEATS     3		/* silent heartbeats before the link is dead */
@@ -274,15 +274,51 @@ enum { ATTR_BOLD = 1, ATTR_UNDERLINE = 2, ATTR_ITALIC = 4, ATTR_BLINK = 8,
        ATTR_WRAPPED = 128 };	/* on a row's first cell: it continues the row above (autowrap) */
 
 struct grid {		/* a screen's cells: row pointers, rotated when it scrolls */
-	struct cell *cells;		/* rows * cols, one block */
-	struct cell **row;		/* row[r]: somewhere in cells */
+	struct cell *cells;		/* rows * (1 + cols), one block */
+	struct cell **row;		/* row[r]: somewhere in cells; row[r][-1] is its header */
 	int rows, cols;
 };
 
-struct sbline {		/* one scrollback line, trailing blanks trimmed */
-	int cols;
-	int room;			/* cells allocated: a reused slot keeps its memory */
-	struct cell cells[];
+struct sbline {		/* one scrollback line, packed (see sb_push), trailing blanks trimmed */
+	uint16_t cols;			/* cells */
+	uint16_t nruns;			/* struct sbrun in data, then the text */
+	uint32_t room;			/* bytes of data allocated: a reused slot keeps its memory */
+	uint32_t packed : 31;		/* a number of its own: unpacked copies know it */
+	uint32_t wrapped : 1;		/* it continues the line above (autowrap) */
+	unsigned char data[];
+};
+
+enum { VT_AUTOWRAP = 1, VT_INSERT = 2, VT_ORIGIN = 4, VT_NEWLINE = 8, VT_APPCURSOR = 16,
+       VT_APPKEYPAD = 32, VT_PASTE = 64, VT_FOCUS = 128 };	/* struct vt's modes */
+enum vt_parse { VP_GROUND, VP_ESC, VP_CSI, VP_CSI_IGNORE, VP_OSC, VP_STRING };
+enum { MOUSE_NONE, MOUSE_CLICK, MOUSE_DRAG, MOUSE_MOVE };	/* what the remote asked to be told */
+enum mouse_enc { MOUSE_X10, MOUSE_UTF8, MOUSE_SGR, MOUSE_URXVT };
+#define VT_PARAMS 16		/* CSI parameters kept; a sequence with more is dropped */
+
+struct pos { int row, col; };
+
+struct vt {		/* a terminal's state besides its cells */
+	int row, col;			/* the cursor */
+	int phantom;			/* a glyph reached the margin: the next one wraps first */
+	int top, bottom;		/* the scroll region: rows [top, bottom); bottom -1: the last row */
+	unsigned modes;			/* VT_* */
+	struct cell pen;		/* what printing and erasing leave */
+	uint32_t last;			/* the last glyph, for REP */
+	int last_width;
+	uint8_t g[2], gl;		/* charsets G0 G1 ('B' ASCII, '0' line drawing, 'A' UK); GL's */
+	struct { int row, col, visible; struct cell pen; } saved;	/* DECSC */
+	uint8_t *tabs;			/* a bit per column */
+	int mouse;			/* MOUSE_*: which reports the remote wants */
+	enum mouse_enc mouse_enc;
+	/* the parser */
+	enum vt_parse state;
+	int ended;			/* the string (VP_OSC …) an ESC ended: "\\" after it is ST */
+	int param[VT_PARAMS];		/* -1: missing */
+	uint16_t more;			/* bit i: a ':' followed parameter i (a sub-parameter) */
+	int nparam;
+	char leader, inter, final;
+	uint32_t cp;			/* UTF-8: the character so far, */
+	int need, total;		/* its bytes still to come, and all of them */
 };
 
 enum predict { PREDICT_AUTO, PREDICT_ALWAYS, PREDICT_NEVER };	/* predict = … */
@@ -316,16 +352,16 @@ struct session {	/* one SSH session: one request_id */
 	enum session_state state;
 	char note[160];			/* connect_response text or end reason */
 	int rows, cols;			/* the remote PTY's size */
-	VTerm *vt;			/* libvterm's parser and state; the cells are ours */
+	struct vt vt;			/* the emulator's state */
 	struct grid primary, alt;	/* alt: made when a program first asks for it */
 	struct grid *grid;		/* the one shown */
-	struct cell pen;		/* what printing and erasing leave */
+	uint64_t dirty[ROWS_MAX / 64 + 1];	/* screen rows changed since drawn */
+	int dirty_all;			/* every row: a switch of screens, a resize */
 	struct sbline **sb;		/* ring of SCROLLBACK_LINES */
 	int sb_head, sb_count;
 	int scroll;			/* lines scrolled back in copy mode */
 	int altscreen, cursor_visible;
 	int reverse_video;		/* DECSCNM: a visual bell flashes with it */
-	int mouse_mode;			/* the remote asked for mouse reports (VTERM_PROP_MOUSE_*) */
 	struct buf keys;		/* typed input not yet sent */
 	int bulk_frames;		/* its frames waiting in the bulk lane */
 	char *password;			/* remember_password = session only: locked */
@@ -335,7 +371,6 @@ struct session {	/* one SSH session: one request_id */
 	int marked;			/* receives broadcast keystrokes */
 	struct recording *rec;		/* asciicast output, or NULL */
 	struct batch_job *job;		/* --exec: what this session runs */
-	struct buf *capture;		/* VTerm output goes here during a paste */
 	int unseen;			/* output since last shown */
 	int got_output;			/* since its connect: a late 408 is not its own */
 	size_t unanswered;		/* typed bytes sent since the tunnel last heard anything */
@@ -346,13 +381,9 @@ struct session {	/* one SSH session: one request_id */
 	int64_t exit_typed_us;		/* when exit, logout or ^D was sent */
 	int login_tries;		/* refused logins in a row (ssh asks 3 times) */
 	lws_sorted_usec_list_t sul_login;	/* no output after connect_response: wedged */
-	int vtf_state, vtf_seps;	/* vt_filter(): inside which sequence */
 	struct buf osc;			/* the OSC being read: a clipboard set is ours */
 	int osc_over;			/* longer than OSC_MAX: dropped */
 	struct buf clip_offer;		/* a complete OSC 52 "c;BASE64", not yet asked about */
-	int at_margin;			/* the last glyph reached the right margin */
-	char partial[4];		/* a UTF-8 sequence cut off by a message's end */
-	size_t partial_len;
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
@@ -474,6 +505,15 @@ static struct app {	/* the whole program's state */
 	lws_sorted_usec_list_t sul_draw, sul_tick, sul_close;
 	int closing;			/* WebSockets saying close 1000 (on_closing) */
 	int64_t last_draw_us;
+	struct shown {			/* what the last frame showed: the same, and only */
+		const struct session *s;	/* the changed rows of the pane are drawn */
+		int x0, w, h, top, left, lines, cols, mode, overlay, predicted;
+	} shown;
+	int redraw;			/* the next frame draws everything (Ctrl-g l, resize) */
+	int frame_full;			/* this frame does */
+	int dry;			/* drawing only hashes what it would draw (see draw_list_if_changed) */
+	uint64_t drawn_hash, list_hash;
+	int cursor_wanted, cursor_shown;	/* the terminal's cursor: see show_cursor */
 	int quit;
 	int exit_code;
 	/* devices and selection */
@@ -2175,7 +2215,7 @@ static int config_tunnel_json(struct config *c, const char *path, char *err, siz
 }
 
 /************************************************************************
- *** 6. terminal: VTerm glue, scrollback, recording
+ *** 6. terminal: recording, grids, scrollback, the emulator
  ************************************************************************/
 
 static void session_touched(struct session *s);
@@ -2341,212 +2381,9 @@ static void rec_start(struct session *s)
 	buf_free(&head);
 }
 
-/*
- * libvterm 0.1.4 (Debian 12) corrupts memory on a CSI with more than 16
- * arguments and crashes on U+0080..U+009F printed in insert mode (both
- * found by fuzzing).  The filter cuts CSI arguments at 16 and drops those
- * C1 characters, which no terminal prints anyway.  It keeps its state
- * across messages: sequences arrive split (§4.6).
- */
-enum { VTF_TEXT, VTF_ESC, VTF_CSI, VTF_STRING, VTF_C2, VTF_OSC };
-
-static int vtf_text(struct session *s, unsigned char c)	/* 1: keep c */
-{
-	if (c != 0xc2)
-		return 1;
-	s->vtf_state = VTF_C2;	/* hold it: a C1 character may follow */
-	return 0;
-}
-
-static int vtf_esc(struct session *s, unsigned char c)	/* after ESC */
-{
-	if (c < 0x30 || c > 0x7e)	/* C0, intermediates, high bytes: libvterm waits */
-		return 1;
-	s->vtf_state = c == '[' ? VTF_CSI : c == ']' ? VTF_OSC : strchr("PX^_", c) ? VTF_STRING : VTF_TEXT;
-	s->vtf_seps = 0;
-	s->osc.len = 0;
-	s->osc_over = 0;
-	return 1;
-}
-
-static int vtf_csi(struct session *s, unsigned char c)	/* the final (arguments: vtf_params) */
-{
-	if (c >= 0x40 && c <= 0x7e)
-		s->vtf_state = VTF_TEXT;
-	return 1;
-}
-
-static int vtf_string(struct session *s, unsigned char c)	/* OSC, DCS …: BEL ends */
-{
-	if (c == 0x07)
-		s->vtf_state = VTF_TEXT;
-	return 1;
-}
-
-/* An OSC has ended (BEL, or the ESC of ST): a clipboard set (52) is kept
- * for the user to allow; libvterm ignores it.  Titles are libvterm's. */
-static void osc_end(struct session *s)
-{
-	if (!s->osc_over && s->osc.len > 3 && !memcmp(s->osc.p, "52;", 3)) {
-		buf_free(&s->clip_offer);
-		buf_append(&s->clip_offer, s->osc.p + 3, s->osc.len - 3);
-	}
-	s->osc.len = 0;
-	s->vtf_state = VTF_TEXT;
-}
-
-static int vtf_osc(struct session *s, unsigned char c)	/* collected up to OSC_MAX */
-{
-	if (c == 0x07)
-		osc_end(s);
-	else if (s->osc.len >= OSC_MAX)
-		s->osc_over = 1;
-	else
-		buf_append(&s->osc, (const char *)&c, 1);
-	return 1;
-}
-
-static int (*const vtf_step[])(struct session *, unsigned char) = {
-	[VTF_TEXT] = vtf_text, [VTF_ESC] = vtf_esc, [VTF_CSI] = vtf_csi,
-	[VTF_STRING] = vtf_string, [VTF_OSC] = vtf_osc,
-};
-
-/* Bytes that end a run of plain text: CAN, SUB, ESC, and 0xc2 (C1's lead). */
-static const uint8_t vtf_stop[256] = { [0x18] = 1, [0x1a] = 1, [0x1b] = 1, [0xc2] = 1 };
-
-/* One byte outside plain text; returns how many bytes it put in out (0-2). */
-static size_t vtf_byte(struct session *s, unsigned char c, char *out)
-{
-	size_t o = 0;
-
-	if (s->vtf_state == VTF_C2) {	/* the held 0xc2: a C1 character goes */
-		s->vtf_state = VTF_TEXT;
-		if (c >= 0x80 && c <= 0x9f)
-			return 0;
-		out[o++] = (char)0xc2;
-	}
-	if (c == 0x1b && s->vtf_state == VTF_OSC)	/* ST ends an OSC */
-		osc_end(s);
-	if (c == 0x18 || c == 0x1a || c == 0x1b)	/* CAN, SUB end; ESC starts */
-		s->vtf_state = c == 0x1b ? VTF_ESC : VTF_TEXT;
-	else if (!vtf_step[s->vtf_state](s, c))
-		return o;
-	out[o++] = (char)c;
-	return o;
-}
-
-/* A CSI's parameter bytes (0-9 : ; < = > ?) up to the 16th argument;
- * returns how many of p it took.  A run: CSIs are most escapes. */
-static size_t vtf_params(struct session *s, const char *p, size_t n, char *out, size_t *o)
-{
-	size_t i = 0;
-
-	for (; i < n && (unsigned char)p[i] - 0x30u < 0x10u; i++) {
-		if (p[i] == ';' || p[i] == ':')
-			s->vtf_seps++;
-		if (s->vtf_seps <= 15)
-			out[(*o)++] = p[i];
-	}
-	return i;
-}
-
-/* Copies the bytes libvterm can take safely into out (room for n + 1).
- * Text and CSI parameters go in runs: stepping each byte showed in profiles. */
-static size_t vt_filter(struct session *s, const char *p, size_t n, char *out)
-{
-	size_t o = 0, i = 0, k;
-
-	while (i < n) {
-		if (s->vtf_state == VTF_TEXT) {
-			for (k = i; k < n && !vtf_stop[(unsigned char)p[k]]; k++)
-				;
-			memcpy(out + o, p + i, k - i);
-			o += k - i;
-			i = k;
-		} else if (s->vtf_state == VTF_CSI) {
-			i += vtf_params(s, p + i, n - i, out, &o);
-		}
-		if (i < n)
-			o += vtf_byte(s, (unsigned char)p[i++], out + o);
-	}
-	return o;
-}
-
-static void vt_write(struct session *s, const char *p, size_t n)	/* filtered, into VTerm */
-{
-	char safe[16384 + 1];	/* a message at a time, mostly: no malloc */
-
-	for (size_t i = 0, k; i < n; i += k) {
-		k = n - i < sizeof(safe) - 1 ? n - i : sizeof(safe) - 1;
-		vterm_input_write(s->vt, safe, vt_filter(s, p + i, k, safe));
-	}
-}
-
-static size_t utf8_open_tail(const char *p, size_t n)	/* bytes of a sequence cut off at the end */
-{
-	size_t k = 0;
-	int need;
-
-	while (k < n && k < 3 && ((unsigned char)p[n - 1 - k] & 0xc0) == 0x80)
-		k++;
-	if (k == n)
-		return 0;
-	need = utf8_seq_len((unsigned char)p[n - 1 - k]);
-	return need > 1 && (size_t)need > k + 1 ? k + 1 : 0;
-}
-
-/*
- * libvterm 0.1.4 does not carry a UTF-8 sequence across writes, and devices
- * cut their output anywhere (the official SDK sends raw 2048-byte reads): a
- * sequence cut off at the end of a message waits in partial[] for its rest.
- * Returns how many bytes of p went to complete it.
- */
-static size_t utf8_complete_partial(struct session *s, const char *p, size_t n)
-{
-	size_t need = (size_t)utf8_seq_len((unsigned char)s->partial[0]), used = 0;
-
-	while (s->partial_len < need && used < n && ((unsigned char)p[used] & 0xc0) == 0x80)
-		s->partial[s->partial_len++] = p[used++];
-	if (s->partial_len < need && used == n)
-		return used;	/* still cut off: wait for more */
-	vt_write(s, s->partial, s->partial_len);
-	s->partial_len = 0;
-	return used;
-}
-
-/* What the terminal shows: into VTerm, and into the recording if any. */
-static void clip_offered(struct session *s);
-
-static void term_feed(struct session *s, const char *p, size_t n)
-{
-	size_t used = s->partial_len ? utf8_complete_partial(s, p, n) : 0, open;
-
-	if (!s->partial_len) {
-		open = utf8_open_tail(p + used, n - used);
-		vt_write(s, p + used, n - used - open);
-		memcpy(s->partial, p + n - open, open);
-		s->partial_len = open;
-	}
-	session_touched(s);
-	if (s->rec)
-		rec_output(s, p, n);
-	if (s->clip_offer.len)
-		clip_offered(s);
-}
-
 #define COLOR_DEFAULT 0xff000000u	/* packed colours: default */
 #define COLOR_INDEXED 0x01000000u	/* | index */
 #define COLOR_RGB     0x02000000u	/* | r << 16 | g << 8 | b */
-
-static uint32_t pack_color(const VTermColor *c, int fg)	/* VTermColor → 32 bits */
-{
-	if (fg ? VTERM_COLOR_IS_DEFAULT_FG(c) : VTERM_COLOR_IS_DEFAULT_BG(c))
-		return COLOR_DEFAULT;
-	if (VTERM_COLOR_IS_INDEXED(c))
-		return COLOR_INDEXED | c->indexed.idx;
-	return COLOR_RGB | (uint32_t)c->rgb.red << 16 | (uint32_t)c->rgb.green << 8 |
-	       c->rgb.blue;
-}
 
 static const struct cell blank_cell = { 0, COLOR_DEFAULT, COLOR_DEFAULT, 0, 1 };
 
@@ -2562,20 +2399,33 @@ static void cells_fill(struct cell *c, int n, struct cell v)	/* n copies of v */
 		c[i] = v;
 }
 
-/*
- * The screen layer is ours, on libvterm's state layer: libvterm 0.1.4's own
- * (VTermScreen) moves every cell of the screen for each line that scrolls,
- * and that capped output at a few MB/s.  Ours rotates row pointers.
- */
+/* A screen's cells, one block, behind row pointers: a scroll rotates the
+ * pointers instead of moving every cell of the screen.  Each row has a
+ * header cell before it that travels with it: how many of its columns may
+ * hold anything but a blank (past them, all are blank_cell), so a line
+ * scrolling away is packed and cleared without looking at its blank end. */
+static uint32_t *row_used(struct cell *row)	/* the row's columns in use, at most */
+{
+	return &row[-1].ch;
+}
+
+static void row_uses(struct cell *row, int to)	/* columns up to to may be written */
+{
+	if (*row_used(row) < (uint32_t)to)
+		*row_used(row) = (uint32_t)to;
+}
+
 static void grid_alloc(struct grid *g, int rows, int cols)	/* blank */
 {
 	g->rows = rows;
 	g->cols = cols;
-	g->cells = xrealloc(NULL, (size_t)rows * (size_t)cols * sizeof(struct cell));
+	g->cells = xrealloc(NULL, (size_t)rows * (size_t)(cols + 1) * sizeof(struct cell));
 	g->row = xrealloc(NULL, (size_t)rows * sizeof(*g->row));
-	cells_fill(g->cells, rows * cols, blank_cell);
-	for (int r = 0; r < rows; r++)
-		g->row[r] = g->cells + (size_t)r * (size_t)cols;
+	cells_fill(g->cells, rows * (cols + 1), blank_cell);
+	for (int r = 0; r < rows; r++) {
+		g->row[r] = g->cells + (size_t)r * (size_t)(cols + 1) + 1;
+		*row_used(g->row[r]) = 0;
+	}
 }
 
 static void grid_free(struct grid *g)
@@ -2592,8 +2442,12 @@ static void grid_resize(struct grid *g, int rows, int cols)	/* keeps the top-lef
 	if (!g->row)
 		return;
 	grid_alloc(&n, rows, cols);
-	for (int r = 0; r < rows && r < g->rows; r++)
+	for (int r = 0; r < rows && r < g->rows; r++) {
+		int used = (int)*row_used(g->row[r]);
+
 		memcpy(n.row[r], g->row[r], (size_t)(cols < g->cols ? cols : g->cols) * sizeof(struct cell));
+		*row_used(n.row[r]) = (uint32_t)(used < cols ? used : cols);
+	}
 	grid_free(g);
 	*g = n;
 }
@@ -2623,16 +2477,112 @@ static void rows_rotate(struct cell **r, int n, int k)	/* row k comes first */
 	rows_reverse(r, n);
 }
 
-/* A line leaves the top of the screen: keep it, trimmed, in the ring. */
-static void sb_push(struct session *s, const struct cell *cells, int cols)
+/*** scrollback: lines as text and runs of attributes ********************/
+
+/*
+ * A scrollback line is its characters as UTF-8 and the runs of colour and
+ * attributes over them: a 93-column line of coloured log output is ~150
+ * bytes instead of 1.5 KB of cells.  Lines are unpacked into cells only
+ * when drawn, searched or copied.
+ */
+struct sbrun {		/* colours and attributes from a column on */
+	uint16_t col;
+	uint8_t attrs;
+	uint32_t fg, bg;
+};
+
+static int vt_width(uint32_t ch);
+
+static size_t utf8_put(uint32_t c, char *out)	/* c as UTF-8: 1-4 bytes */
 {
+	if (c < 0x80) {
+		out[0] = (char)c;
+		return 1;
+	}
+	if (c < 0x800) {
+		out[0] = (char)(0xc0 | c >> 6);
+		out[1] = (char)(0x80 | (c & 0x3f));
+		return 2;
+	}
+	if (c < 0x10000) {
+		out[0] = (char)(0xe0 | c >> 12);
+		out[1] = (char)(0x80 | (c >> 6 & 0x3f));
+		out[2] = (char)(0x80 | (c & 0x3f));
+		return 3;
+	}
+	out[0] = (char)(0xf0 | c >> 18);
+	out[1] = (char)(0x80 | (c >> 12 & 0x3f));
+	out[2] = (char)(0x80 | (c >> 6 & 0x3f));
+	out[3] = (char)(0x80 | (c & 0x3f));
+	return 4;
+}
+
+static uint32_t utf8_get(const unsigned char **p)	/* one character of valid UTF-8 */
+{
+	const unsigned char *u = *p;
+	int n = u[0] < 0x80 ? 1 : u[0] < 0xe0 ? 2 : u[0] < 0xf0 ? 3 : 4;
+	uint32_t c = n == 1 ? u[0] : u[0] & (0x7f >> n);
+
+	for (int i = 1; i < n; i++)
+		c = c << 6 | (u[i] & 0x3f);
+	*p += n;
+	return c;
+}
+
+/* The packed size of cells[0..n): runs and text; a wide character's right
+ * half is implied by its width. */
+static size_t sb_measure(const struct cell *c, int n, int *nruns)
+{
+	size_t text = 0;
+	char mb[4];
+
+	*nruns = 0;
+	for (int i = 0; i < n; i++) {
+		if (i && c[i - 1].width == 2)
+			continue;
+		if (!i || c[i].fg != c[i - 1].fg || c[i].bg != c[i - 1].bg ||
+		    (c[i].attrs ^ c[i - 1].attrs) & ~ATTR_WRAPPED)
+			++*nruns;
+		text += c[i].ch < 0x80 ? 1 : utf8_put(c[i].ch, mb);
+	}
+	return (size_t)*nruns * sizeof(struct sbrun) + text;
+}
+
+static void sb_pack(struct sbline *l, const struct cell *c, int n)	/* cells into l's runs and text */
+{
+	struct sbrun *run = (struct sbrun *)(void *)l->data;
+	char *t = (char *)l->data + (size_t)l->nruns * sizeof(struct sbrun);
+	int r = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (i && c[i - 1].width == 2)
+			continue;
+		if (!i || c[i].fg != c[i - 1].fg || c[i].bg != c[i - 1].bg ||
+		    (c[i].attrs ^ c[i - 1].attrs) & ~ATTR_WRAPPED)
+			run[r++] = (struct sbrun){ (uint16_t)i, (uint8_t)(c[i].attrs & ~ATTR_WRAPPED), c[i].fg, c[i].bg };
+		if (c[i].ch < 0x80)
+			*t++ = c[i].ch ? (char)c[i].ch : ' ';
+		else
+			t += utf8_put(c[i].ch, t);
+	}
+}
+
+/* A line leaves the top of the screen: packed, trailing blanks trimmed,
+ * into the ring (a full ring reuses its oldest line's memory). */
+static void sb_push(struct session *s, const struct cell *cells, int cols)	/* cols: those in use */
+{
+	static uint32_t packed;	/* every line packed gets its own number: see sb_cells */
 	struct sbline *l;
-	int n = cols, slot;
+	int n = cols, nruns, slot;
+	size_t size;
 
 	while (n > 0 && cell_blank(&cells[n - 1]))
 		n--;
+	if (n && n < cols && cells[n - 1].width == 2)
+		n++;	/* a wide character keeps its right half */
+	size = sb_measure(cells, n, &nruns);
 	slot = (s->sb_head + s->sb_count) % SCROLLBACK_LINES;
-	if (s->sb_count == SCROLLBACK_LINES) {	/* full: the oldest line's memory is reused */
+	if (s->sb_count == SCROLLBACK_LINES) {
 		s->sb_head = (s->sb_head + 1) % SCROLLBACK_LINES;
 		if (app.copy.s == s) {	/* every history row moved up one */
 			app.copy.row -= app.copy.row > 0;
@@ -2642,12 +2592,13 @@ static void sb_push(struct session *s, const struct cell *cells, int cols)
 		s->sb_count++;
 	}
 	l = s->sb[slot];
-	if (!l || n > l->room || n < l->room / 2) {	/* realloc showed in profiles */
-		l = xrealloc(l, sizeof(*l) + (size_t)n * sizeof(struct cell));
-		l->room = n;
+	if (!l || size > l->room || size < l->room / 4) {	/* realloc showed in profiles */
+		l = xrealloc(l, sizeof(*l) + size);
+		l->room = (uint32_t)size;
 	}
-	l->cols = n;
-	memcpy(l->cells, cells, (size_t)n * sizeof(struct cell));
+	*l = (struct sbline){ (uint16_t)n, (uint16_t)nruns, l->room, ++packed,
+			      (uint8_t)(n && (cells[0].attrs & ATTR_WRAPPED)) };
+	sb_pack(l, cells, n);
 	s->sb[slot] = l;
 	if (s->scroll)	/* keep the user's view still while output arrives */
 		s->scroll = s->scroll < s->sb_count ? s->scroll + 1 : s->sb_count;
@@ -2658,19 +2609,54 @@ static const struct sbline *sb_line(const struct session *s, int i)	/* 0: oldest
 	return s->sb[(s->sb_head + i) % SCROLLBACK_LINES];
 }
 
+/* A scrollback line as cells, valid until the next call: the last one
+ * unpacked is kept, as callers walk a row cell by cell. */
+static const struct cell *sb_cells(const struct sbline *l)
+{
+	static struct { struct cell *c; int room; const struct sbline *l; uint32_t packed; } u;
+	const struct sbrun *run = (const struct sbrun *)(const void *)l->data;
+	const unsigned char *t = l->data + (size_t)l->nruns * sizeof(struct sbrun);
+	int r = 0;
+
+	if (u.l == l && u.packed == l->packed)
+		return u.c;
+	if (l->cols + 1 > u.room) {
+		u.room = l->cols + 1;
+		u.c = xrealloc(u.c, (size_t)u.room * sizeof(*u.c));
+	}
+	for (int col = 0; col < l->cols; col++) {
+		while (r + 1 < l->nruns && run[r + 1].col <= col)
+			r++;
+		u.c[col] = (struct cell){ utf8_get(&t), run[r].fg, run[r].bg, run[r].attrs, 1 };
+		if (u.c[col].ch >= 0x80 && vt_width(u.c[col].ch) == 2 && col + 1 < l->cols) {
+			u.c[col].width = 2;
+			u.c[col + 1] = u.c[col];
+			u.c[++col].ch = 0;
+			u.c[col].width = 1;
+		}
+	}
+	if (l->cols && l->wrapped)
+		u.c[0].attrs |= ATTR_WRAPPED;
+	u.l = l;
+	u.packed = l->packed;
+	return u.c;
+}
+
 static int history_rows(const struct session *s)	/* scrollback, then screen */
 {
 	return s->sb_count + s->grid->rows;
 }
 
-static const struct cell *history_cells(const struct session *s, int vr, int *n)	/* a history row */
+/* History row vr (scrollback, then screen) as cells; a scrollback row's
+ * are valid until the next call. */
+static const struct cell *history_cells(const struct session *s, int vr, int *n)
 {
 	const struct sbline *l;
 
 	if (vr < s->sb_count) {
 		l = sb_line(s, vr);
 		*n = l->cols;
-		return l->cells;
+		return sb_cells(l);
 	}
 	*n = s->grid->cols;
 	return s->grid->row[vr - s->sb_count];
@@ -2678,10 +2664,11 @@ static const struct cell *history_cells(const struct session *s, int vr, int *n)
 
 static int row_continues(const struct session *s, int vr)	/* autowrapped from row vr - 1 */
 {
-	int n;
-	const struct cell *c = vr > 0 && vr < history_rows(s) ? history_cells(s, vr, &n) : NULL;
-
-	return c && n > 0 && (c[0].attrs & ATTR_WRAPPED);
+	if (vr <= 0 || vr >= history_rows(s))
+		return 0;
+	if (vr < s->sb_count)
+		return sb_line(s, vr)->wrapped;
+	return !!(s->grid->row[vr - s->sb_count][0].attrs & ATTR_WRAPPED);
 }
 
 /* Columns from..to of a row as UTF-8; a wide character counts whole; the
@@ -2773,114 +2760,6 @@ static void row_text(const struct session *s, int vr, char *out, size_t cap)
 	row_text_cols(s, vr, out, cap, NULL);
 }
 
-static int vt_putglyph(VTermGlyphInfo *info, VTermPos pos, void *user)	/* printed */
-{
-	struct session *s = user;
-	const struct grid *g = s->grid;
-	struct cell *c;
-
-	if ((unsigned)pos.row >= (unsigned)g->rows || (unsigned)pos.col >= (unsigned)g->cols)
-		return 1;	/* the casts catch negatives too */
-	c = g->row[pos.row] + pos.col;
-	*c = s->pen;
-	c->ch = info->chars[0] == (uint32_t)-1 ? 0 : info->chars[0];
-	if (info->width == 2 && pos.col + 1 < g->cols) {
-		c->width = 2;
-		c[1] = s->pen;	/* its right half: skipped when drawn */
-	}
-	if (pos.col == 0 && s->at_margin)	/* autowrap: copy mode joins the two rows */
-		c->attrs |= ATTR_WRAPPED;
-	s->at_margin = pos.col + info->width >= g->cols;
-	return 1;
-}
-
-/* libvterm 0.1.4 keeps no "wrapped" flag: a glyph at column 0 right after
- * one at the margin, with no cursor motion between, is an autowrap.  The
- * cursor resting on the margin itself (its phantom column) is no motion. */
-static int vt_movecursor(VTermPos pos, VTermPos old, int visible, void *user)
-{
-	struct session *s = user;
-
-	(void)old;
-	(void)visible;
-	if (pos.col < s->grid->cols - 1)
-		s->at_margin = 0;
-	return 1;
-}
-
-static int vt_erase(VTermRect r, int selective, void *user)	/* ED, EL, ECH … */
-{
-	struct session *s = user;
-	struct cell e = blank_cell;
-
-	(void)selective;	/* DECSCA protection is not kept: nothing we reach uses it */
-	e.bg = s->pen.bg;	/* background colour erase, as xterm */
-	for (int row = r.start_row; row < r.end_row; row++)
-		cells_fill(s->grid->row[row] + r.start_col, r.end_col - r.start_col, e);
-	return 1;
-}
-
-static int vt_moverect(VTermRect dst, VTermRect src, void *user)	/* ICH, DCH, regions */
-{
-	struct grid *g = ((struct session *)user)->grid;
-	int h = src.end_row - src.start_row, w = src.end_col - src.start_col;
-	int down = dst.start_row > src.start_row;
-
-	for (int i = 0; i < h; i++) {
-		int k = down ? h - 1 - i : i;
-
-		memmove(g->row[dst.start_row + k] + dst.start_col,
-			g->row[src.start_row + k] + src.start_col, (size_t)w * sizeof(struct cell));
-	}
-	return 1;
-}
-
-/* Full-width scrolls rotate rows; lines leaving the top of the primary
- * screen go to the scrollback.  Anything else returns 0: libvterm then
- * does it with vt_moverect and vt_erase. */
-static int vt_scrollrect(VTermRect r, int down, int right, void *user)
-{
-	struct session *s = user;
-	struct grid *g = s->grid;
-	int h = r.end_row - r.start_row, n = abs(down) < h ? abs(down) : h;
-	VTermRect gone = { down > 0 ? r.end_row - n : r.start_row, 0, 0, g->cols };
-
-	if (right || r.start_col > 0 || r.end_col < g->cols || !n)
-		return 0;
-	for (int i = 0; down > 0 && r.start_row == 0 && g == &s->primary && i < n; i++)
-		sb_push(s, g->row[i], g->cols);
-	rows_rotate(g->row + r.start_row, h, down > 0 ? n : h - n);
-	gone.end_row = gone.start_row + n;
-	return vt_erase(gone, 0, s);
-}
-
-static int vt_setpenattr(VTermAttr attr, VTermValue *val, void *user)	/* SGR */
-{
-	static const uint8_t bit[] = {
-		[VTERM_ATTR_BOLD] = ATTR_BOLD, [VTERM_ATTR_UNDERLINE] = ATTR_UNDERLINE,
-		[VTERM_ATTR_ITALIC] = ATTR_ITALIC, [VTERM_ATTR_BLINK] = ATTR_BLINK,
-		[VTERM_ATTR_REVERSE] = ATTR_REVERSE,
-	};
-	struct cell *pen = &((struct session *)user)->pen;
-
-	if (attr == VTERM_ATTR_FOREGROUND)
-		pen->fg = pack_color(&val->color, 1);
-	else if (attr == VTERM_ATTR_BACKGROUND)
-		pen->bg = pack_color(&val->color, 0);
-	else if ((size_t)attr < sizeof(bit) && bit[attr])
-		pen->attrs = (uint8_t)((attr == VTERM_ATTR_UNDERLINE ? val->number : val->boolean) ?
-				       pen->attrs | bit[attr] : pen->attrs & ~bit[attr]);
-	return 1;
-}
-
-/* The alternate screen costs a second grid: made when first asked for. */
-static void vt_altscreen(struct session *s, int on)
-{
-	if (on && !s->alt.row)
-		grid_alloc(&s->alt, s->rows, s->cols);
-	s->grid = on ? &s->alt : &s->primary;
-	s->altscreen = on;
-}
 
 static void vt_title(struct session *s, const char *title)	/* OSC 0/2 names the session */
 {
@@ -2893,85 +2772,1040 @@ static void vt_title(struct session *s, const char *title)	/* OSC 0/2 names the 
 	}
 }
 
-static int vt_settermprop(VTermProp prop, VTermValue *val, void *user)
-{	/* the modes the pane shows */
-	struct session *s = user;
+/*** the emulator: remote output into the grid ***************************/
 
-	if (prop == VTERM_PROP_ALTSCREEN)
-		vt_altscreen(s, val->boolean);
-	else if (prop == VTERM_PROP_CURSORVISIBLE)
-		s->cursor_visible = val->boolean;
-	else if (prop == VTERM_PROP_REVERSE)
-		s->reverse_video = val->boolean;
-	else if (prop == VTERM_PROP_MOUSE)
-		s->mouse_mode = val->number;
-	else if (prop == VTERM_PROP_TITLE && val->string)	/* peer text: cleaned */
-		vt_title(s, val->string);
-	return 1;
-}
-
-static void vt_output(const char *p, size_t n, void *user)	/* keys and replies */
+/*
+ * The console's own terminal emulator: an xterm subset, as libvterm's
+ * state layer implements it, writing runs of text straight into the grid.
+ * libvterm 0.1.4 took a third of the console's CPU under streaming output
+ * (a callback per glyph) and needed a filter for two of its bugs (memory
+ * corrupted by a CSI with more than 16 arguments, a crash on U+0080-U+009F
+ * in insert mode); tests/unit/vtdiff.c holds this one to libvterm's
+ * screen, cell by cell, on random streams and on real programs' output.
+ * Where xterm and libvterm differ, it follows xterm (CSI s and u save and
+ * restore the cursor; ?47 switches screens; every parameter of SM/RM).
+ */
+static int vt_width(uint32_t ch)	/* columns a character takes: 0, 1 or 2 */
 {
-	struct session *s = user;
+	int w;
 
-	if (s->capture)
-		buf_append(s->capture, p, n);
-	else
-		session_queue_keys(s, p, n);
+	if (ch < 0x300)
+		return 1;
+	w = wcwidth((wchar_t)ch);
+	return w < 0 ? 1 : w;
 }
 
-static const VTermStateCallbacks vt_callbacks = {
-	.putglyph = vt_putglyph, .movecursor = vt_movecursor, .scrollrect = vt_scrollrect, .moverect = vt_moverect,
-	.erase = vt_erase, .setpenattr = vt_setpenattr, .settermprop = vt_settermprop,
+static int vt_bottom(const struct session *s)	/* the scroll region's end (exclusive) */
+{
+	return s->vt.bottom < 0 ? s->rows : s->vt.bottom;
+}
+
+static void vt_reply(struct session *s, const char *fmt, ...)	/* an answer to a query */
+	__attribute__((format(printf, 2, 3)));
+
+static void vt_touch(struct session *s, int from, int to)	/* rows [from, to) changed: to draw */
+{
+	for (int r = from; r < to && r < ROWS_MAX; r++)
+		s->dirty[r / 64] |= 1ull << (r % 64);
+}
+
+static void vt_fill(struct session *s, int row, int from, int to)	/* blanks with the pen's background */
+{
+	struct cell e = blank_cell, *c = s->grid->row[row];
+	uint32_t *used = row_used(c);
+
+	e.bg = s->vt.pen.bg;
+	vt_touch(s, row, row + 1);
+	if (e.bg != COLOR_DEFAULT) {
+		row_uses(c, to);
+	} else if ((uint32_t)to >= *used) {	/* past used, all is blank already */
+		to = (int)*used;
+		*used = from < to ? (uint32_t)from : *used;
+	}
+	if (from < to)
+		cells_fill(c + from, to - from, e);
+}
+
+static void vt_blank(struct session *s, int row, int from, int to)	/* erases: a wide character whole */
+{
+	const struct cell *c;
+
+	from = from < 0 ? 0 : from;
+	to = to > s->cols ? s->cols : to;
+	if (row < 0 || row >= s->rows || from >= to)
+		return;
+	c = s->grid->row[row];
+	if (from && c[from - 1].width == 2)
+		from--;
+	if (to < s->cols && c[to - 1].width == 2)
+		to++;
+	vt_fill(s, row, from, to);
+}
+
+/* Rows [top, bottom) move up n rows (down if n < 0); the rows they leave
+ * are blanked.  Lines leaving the top of the whole primary screen go to
+ * the scrollback. */
+static void vt_scroll(struct session *s, int top, int bottom, int n)
+{
+	struct grid *g = s->grid;
+	int h = bottom - top, k = abs(n) < h ? abs(n) : h;
+
+	if (k <= 0)
+		return;
+	for (int i = 0; n > 0 && top == 0 && g == &s->primary && i < k; i++)
+		sb_push(s, g->row[i], (int)*row_used(g->row[i]));
+	rows_rotate(g->row + top, h, n > 0 ? k : h - k);
+	vt_touch(s, top, bottom);
+	for (int r = n > 0 ? bottom - k : top, i = 0; i < k; i++)
+		vt_fill(s, r + i, 0, s->cols);
+}
+
+static void vt_shift(struct session *s, int n)	/* the cursor's row from the cursor: right n (left if n < 0) */
+{
+	struct cell *row = s->grid->row[s->vt.row];
+	int col = s->vt.col, w = s->cols - col, k = abs(n) < w ? abs(n) : w;
+
+	vt_touch(s, s->vt.row, s->vt.row + 1);
+	if (col && row[col - 1].width == 2)	/* a wide character split: it goes */
+		row[col - 1] = row[col] = blank_cell;
+	if (n > 0) {
+		memmove(row + col + k, row + col, (size_t)(w - k) * sizeof(*row));
+		row_uses(row, (int)*row_used(row) + k < s->cols ? (int)*row_used(row) + k : s->cols);
+	} else
+		memmove(row + col, row + col + k, (size_t)(w - k) * sizeof(*row));
+	vt_fill(s, s->vt.row, n > 0 ? col : s->cols - k, n > 0 ? col + k : s->cols);
+	if (row[s->cols - 1].width == 2)	/* pushed half off the edge */
+		row[s->cols - 1] = blank_cell;
+}
+
+static void vt_linefeed(struct session *s)
+{
+	struct vt *v = &s->vt;
+
+	if (v->row == vt_bottom(s) - 1)
+		vt_scroll(s, v->top, vt_bottom(s), 1);
+	else if (v->row < s->rows - 1)
+		v->row++;
+}
+
+static uint32_t vt_charset(const struct vt *v, uint32_t ch)	/* DEC line drawing for G0/G1 = '0' */
+{
+	static const uint16_t dec[0x7f - 0x60] = {
+		0x25c6, 0x2592, 0x2409, 0x240c, 0x240d, 0x240a, 0x00b0, 0x00b1, 0x2424, 0x240b,
+		0x2518, 0x2510, 0x250c, 0x2514, 0x253c, 0x23ba, 0x23bb, 0x2500, 0x23bc, 0x23bd,
+		0x251c, 0x2524, 0x2534, 0x252c, 0x2502, 0x2264, 0x2265, 0x03c0, 0x2260, 0x00a3,
+		0x00b7,
+	};
+	uint8_t set = v->g[v->gl];
+
+	if (set == '0' && ch >= 0x60 && ch < 0x7f)
+		return dec[ch - 0x60];
+	return set == 'A' && ch == '#' ? 0xa3 : ch;
+}
+
+/* One character at the cursor: a pending wrap first, then the glyph, its
+ * right half if wide, and the cursor after it (or the wrap pending). */
+static void vt_glyph(struct session *s, uint32_t ch, int width)
+{
+	struct vt *v = &s->vt;
+	int wrapped = 0;
+	struct cell *c;
+
+	if (v->phantom || v->col + width > s->cols) {
+		vt_linefeed(s);
+		v->col = 0;
+		v->phantom = 0;
+		wrapped = 1;
+	}
+	if (v->modes & VT_INSERT)
+		vt_shift(s, width);
+	c = s->grid->row[v->row] + v->col;
+	if (v->col && c[-1].width == 2)	/* over a wide character's right half: its left goes, as in xterm */
+		c[-1] = (struct cell){ ' ', c[-1].fg, c[-1].bg, c[-1].attrs, 1 };
+	if (v->col + width < s->cols && c[width - 1].width == 2)
+		c[width] = blank_cell;	/* over a left half: its right half goes */
+	*c = v->pen;
+	c->ch = ch;
+	c->attrs |= wrapped ? ATTR_WRAPPED : 0;
+	if (width == 2 && v->col + 1 < s->cols) {
+		c->width = 2;
+		c[1] = v->pen;
+	}
+	row_uses(s->grid->row[v->row], v->col + width < s->cols ? v->col + width : s->cols);
+	vt_touch(s, v->row, v->row + 1);
+	v->last = ch;
+	v->last_width = width;
+	if (v->col + width >= s->cols)
+		v->phantom = !!(v->modes & VT_AUTOWRAP);
+	else
+		v->col += width;
+}
+
+/* Printable ASCII from p: as many as fit on the row go in one loop (the
+ * common case: most output is plain text), the rest through vt_glyph. */
+static const unsigned char *vt_text(struct session *s, const unsigned char *p, const unsigned char *end)
+{
+	struct vt *v = &s->vt;
+
+	while (p < end && *p >= 0x20 && *p < 0x7f) {
+		struct cell *row = s->grid->row[v->row];
+		int k = 0, room = s->cols - v->col;
+
+		if (v->phantom || room <= 1 || (v->modes & VT_INSERT) || v->g[v->gl] != 'B' ||
+		    (v->col && row[v->col - 1].width == 2)) {
+			vt_glyph(s, vt_charset(v, *p), 1);
+			p++;
+			continue;
+		}
+		while (k < room - 1 && p + k < end && p[k] >= 0x20 && p[k] < 0x7f)
+			k++;
+		if (row[v->col + k - 1].width == 2)
+			row[v->col + k] = blank_cell;	/* over a left half: its right half goes */
+		for (int i = 0; i < k; i++) {
+			row[v->col + i] = v->pen;
+			row[v->col + i].ch = p[i];
+		}
+		row_uses(row, v->col + k);
+		vt_touch(s, v->row, v->row + 1);
+		v->col += k;
+		v->last = p[k - 1];
+		v->last_width = 1;
+		p += k;
+	}
+	return p;
+}
+
+/* UTF-8 from the ground state; a bad sequence shows as U+FFFD.  The
+ * decoder keeps its state across messages: devices cut anywhere. */
+static void vt_utf8(struct session *s, unsigned char c)
+{
+	static const uint32_t least[] = { 0, 0, 0x80, 0x800, 0x10000 };
+	struct vt *v = &s->vt;
+	uint32_t ch;
+
+	if (c >= 0x80 && c < 0xc0 && v->need) {
+		v->cp = v->cp << 6 | (c & 0x3f);
+		if (--v->need)
+			return;
+		ch = v->cp < least[v->total] || (v->cp >= 0xd800 && v->cp <= 0xdfff) || v->cp > 0x10ffff ||
+		     v->cp == 0xfffe || v->cp == 0xffff ? 0xfffd : v->cp;
+	} else {
+		if (v->need)
+			vt_glyph(s, 0xfffd, 1);
+		v->need = 0;
+		if (c < 0x80) {
+			vt_text(s, &c, &c + 1);
+			return;
+		}
+		v->total = c >= 0xc0 && c < 0xe0 ? 2 : c >= 0xe0 && c < 0xf0 ? 3 : c >= 0xf0 && c < 0xf8 ? 4 : 0;
+		v->need = v->total ? v->total - 1 : 0;
+		v->cp = c & (0x3f >> (v->total ? v->total - 1 : 0));
+		if (v->total)
+			return;
+		ch = 0xfffd;
+	}
+	if (ch >= 0x80 && ch < 0xa0)	/* C1 as UTF-8: no terminal prints it */
+		return;
+	int w = vt_width(ch);
+
+	if (w)	/* a combining character (width 0): the cell keeps its base */
+		vt_glyph(s, ch, w);
+}
+
+/*** the emulator: controls and escape sequences ***/
+
+static void vt_tab(struct session *s, int n, int dir)	/* n tab stops on (back if dir < 0) */
+{
+	struct vt *v = &s->vt;
+
+	while (n > 0) {
+		if ((dir > 0 && v->col >= s->cols - 1) || (dir < 0 && v->col < 1))
+			return;
+		v->col += dir;
+		if (v->tabs[v->col / 8] & (1 << (v->col % 8)))
+			n--;
+	}
+}
+
+static void ctl_bs(struct session *s)	{ s->vt.col -= s->vt.col > 0; }
+static void ctl_ht(struct session *s)	{ vt_tab(s, 1, +1); }
+static void ctl_cr(struct session *s)	{ s->vt.col = 0; }
+static void ctl_so(struct session *s)	{ s->vt.gl = 1; }
+static void ctl_si(struct session *s)	{ s->vt.gl = 0; }
+static void ctl_ind(struct session *s)	{ vt_linefeed(s); }
+static void ctl_hts(struct session *s)	{ s->vt.tabs[s->vt.col / 8] |= (uint8_t)(1 << (s->vt.col % 8)); }
+
+static void ctl_lf(struct session *s)	/* LF, VT, FF */
+{
+	vt_linefeed(s);
+	if (s->vt.modes & VT_NEWLINE)
+		s->vt.col = 0;
+}
+
+static void ctl_nel(struct session *s)
+{
+	vt_linefeed(s);
+	s->vt.col = 0;
+}
+
+static void ctl_ri(struct session *s)	/* reverse index: up, scrolling down at the top */
+{
+	if (s->vt.row == s->vt.top)
+		vt_scroll(s, s->vt.top, vt_bottom(s), -1);
+	else if (s->vt.row > 0)
+		s->vt.row--;
+}
+
+/* C0 controls, and the C1 ones ESC Fe stands for (IND, NEL, HTS, RI). */
+static void (*const vt_controls[0xa0])(struct session *) = {
+	[0x08] = ctl_bs, [0x09] = ctl_ht, [0x0a] = ctl_lf, [0x0b] = ctl_lf, [0x0c] = ctl_lf,
+	[0x0d] = ctl_cr, [0x0e] = ctl_so, [0x0f] = ctl_si,
+	[0x84] = ctl_ind, [0x85] = ctl_nel, [0x88] = ctl_hts, [0x8d] = ctl_ri,
 };
 
-static void vt_open(struct session *s)	/* a VTerm the size of the remote PTY */
+static void vt_control(struct session *s, unsigned char c)	/* a move cancels a pending wrap */
 {
-	VTermState *state;
+	int row = s->vt.row, col = s->vt.col;
 
-	s->vt = vterm_new(s->rows, s->cols);
-	vterm_set_utf8(s->vt, 1);
-	vterm_output_set_callback(s->vt, vt_output, s);
+	if (!vt_controls[c])
+		return;
+	vt_controls[c](s);
+	if (row != s->vt.row || col != s->vt.col)
+		s->vt.phantom = 0;
+}
+
+static void vt_tabs_reset(struct session *s)	/* a stop every 8 columns */
+{
+	for (int col = 0; col < s->cols; col++)
+		if (col % 8)
+			s->vt.tabs[col / 8] &= (uint8_t)~(1 << (col % 8));
+		else
+			s->vt.tabs[col / 8] |= (uint8_t)(1 << (col % 8));
+}
+
+static void vt_save(struct session *s, int save)	/* DECSC, DECRC */
+{
+	struct vt *v = &s->vt;
+
+	if (save) {
+		v->saved.row = v->row;
+		v->saved.col = v->col;
+		v->saved.visible = s->cursor_visible;
+		v->saved.pen = v->pen;
+		return;
+	}
+	if (v->row != v->saved.row || v->col != v->saved.col)
+		v->phantom = 0;
+	v->row = v->saved.row < s->rows ? v->saved.row : s->rows - 1;
+	v->col = v->saved.col < s->cols ? v->saved.col : s->cols - 1;
+	s->cursor_visible = v->saved.visible;
+	v->pen = v->saved.pen;
+}
+
+static void vt_altscreen(struct session *s, int on)	/* made when first asked for; entered blank */
+{
+	if (on && !s->alt.row)
+		grid_alloc(&s->alt, s->rows, s->cols);
+	s->grid = on ? &s->alt : &s->primary;
+	s->altscreen = on;
+	s->dirty_all = 1;
+	for (int r = 0; on && r < s->rows; r++)
+		vt_blank(s, r, 0, s->cols);
+}
+
+static void vt_reset(struct session *s, int hard)	/* RIS (hard), DECSTR (soft) */
+{
+	struct vt *v = &s->vt;
+
+	v->top = 0;
+	v->bottom = -1;
+	v->modes = VT_AUTOWRAP;
+	v->pen = blank_cell;
+	v->g[0] = v->g[1] = 'B';
+	v->gl = 0;
+	v->mouse_enc = MOUSE_X10;
+	s->cursor_visible = 1;
+	vt_tabs_reset(s);
+	if (!hard)
+		return;
+	if (s->altscreen)
+		vt_altscreen(s, 0);
+	s->vt.mouse = 0;
+	s->reverse_video = 0;
+	v->row = v->col = v->phantom = 0;
+	for (int r = 0; r < s->rows; r++)
+		vt_blank(s, r, 0, s->cols);
+}
+
+static void vt_decaln(struct session *s)	/* ESC # 8: the screen full of E */
+{
+	for (int r = 0; r < s->rows; r++) {
+		for (int c = 0; c < s->cols; c++) {
+			s->grid->row[r][c] = s->vt.pen;
+			s->grid->row[r][c].ch = 'E';
+		}
+		row_uses(s->grid->row[r], s->cols);
+	}
+	s->dirty_all = 1;
+}
+
+/* ESC with an intermediate byte or none, and its final byte. */
+static void vt_escape(struct session *s, char inter, unsigned char final)
+{
+	struct vt *v = &s->vt;
+
+	if ((inter == '(' || inter == ')') && final >= 0x30)
+		v->g[inter - '('] = final == '0' || final == 'A' ? final : 'B';
+	else if (inter == '#' && final == '8')
+		vt_decaln(s);
+	else if (!inter && (final == '7' || final == '8'))
+		vt_save(s, final == '7');
+	else if (!inter && (final == '=' || final == '>'))
+		v->modes = final == '=' ? v->modes | VT_APPKEYPAD : v->modes & ~VT_APPKEYPAD;
+	else if (!inter && final == 'c')
+		vt_reset(s, 1);
+}
+
+/*** the emulator: control sequences (CSI) ***/
+
+static int csi_arg(const struct vt *v, int i, int missing)	/* parameter i, or missing's value */
+{
+	return i < v->nparam && v->param[i] >= 0 ? v->param[i] : missing;
+}
+
+static int csi_count(const struct vt *v)	/* the first parameter as a count: 0 is 1 */
+{
+	int n = csi_arg(v, 0, 1);
+
+	return n ? n : 1;
+}
+
+static int vt_in_region(const struct session *s)	/* the cursor is inside the scroll region */
+{
+	return s->vt.row >= s->vt.top && s->vt.row < vt_bottom(s);
+}
+
+static void csi_cuu(struct session *s)	{ s->vt.row -= csi_count(&s->vt); }
+static void csi_cud(struct session *s)	{ s->vt.row += csi_count(&s->vt); }
+static void csi_cuf(struct session *s)	{ s->vt.col += csi_count(&s->vt); }
+static void csi_cub(struct session *s)	{ s->vt.col -= csi_count(&s->vt); }
+static void csi_cha(struct session *s)	{ s->vt.col = csi_arg(&s->vt, 0, 1) - 1; }
+static void csi_cht(struct session *s)	{ vt_tab(s, csi_count(&s->vt), +1); }
+static void csi_cbt(struct session *s)	{ vt_tab(s, csi_count(&s->vt), -1); }
+static void csi_su(struct session *s)	{ vt_scroll(s, s->vt.top, vt_bottom(s), csi_count(&s->vt)); }
+static void csi_sd(struct session *s)	{ vt_scroll(s, s->vt.top, vt_bottom(s), -csi_count(&s->vt)); }
+
+static void csi_cnl(struct session *s)	/* E, F: lines down or up, column 1 */
+{
+	s->vt.row += s->vt.final == 'E' ? csi_count(&s->vt) : -csi_count(&s->vt);
+	s->vt.col = 0;
+}
+
+static void csi_cup(struct session *s)	/* H, f: row;col, in the region with DECOM */
+{
+	struct vt *v = &s->vt;
+
+	v->row = csi_arg(v, 0, 1) - 1 + (v->modes & VT_ORIGIN ? v->top : 0);
+	v->col = csi_arg(v, 1, 1) - 1;
+}
+
+static void csi_vpa(struct session *s)	/* d: row, in the region with DECOM */
+{
+	s->vt.row = csi_arg(&s->vt, 0, 1) - 1 + (s->vt.modes & VT_ORIGIN ? s->vt.top : 0);
+}
+
+static void csi_ed(struct session *s)	/* J: below, above, all */
+{
+	struct vt *v = &s->vt;
+	int how = csi_arg(v, 0, 0);
+
+	if (how == 0) {
+		vt_blank(s, v->row, v->col, s->cols);
+		for (int r = v->row + 1; r < s->rows; r++)
+			vt_blank(s, r, 0, s->cols);
+	} else if (how == 1) {
+		for (int r = 0; r < v->row; r++)
+			vt_blank(s, r, 0, s->cols);
+		vt_blank(s, v->row, 0, v->col + 1);
+	} else if (how == 2) {
+		for (int r = 0; r < s->rows; r++)
+			vt_blank(s, r, 0, s->cols);
+	}
+}
+
+static void csi_el(struct session *s)	/* K: right, left, all of the row */
+{
+	struct vt *v = &s->vt;
+	int how = csi_arg(v, 0, 0);
+
+	if (how >= 0 && how <= 2)
+		vt_blank(s, v->row, how == 0 ? v->col : 0, how == 1 ? v->col + 1 : s->cols);
+	else
+		v->final = 0;	/* not a sequence: no effect at all */
+}
+
+static void csi_il(struct session *s)	/* L, M: insert or delete lines at the cursor */
+{
+	if (vt_in_region(s))
+		vt_scroll(s, s->vt.row, vt_bottom(s), s->vt.final == 'L' ? -csi_count(&s->vt) : csi_count(&s->vt));
+}
+
+static void csi_ich(struct session *s)	/* @, P: insert or delete characters */
+{
+	if (vt_in_region(s))
+		vt_shift(s, s->vt.final == '@' ? csi_count(&s->vt) : -csi_count(&s->vt));
+}
+
+static void csi_ech(struct session *s)	/* X: erase characters */
+{
+	vt_blank(s, s->vt.row, s->vt.col, s->vt.col + csi_count(&s->vt));
+}
+
+static void csi_rep(struct session *s)	/* b: the last glyph again to the margin at most (no wrap, no insert, as libvterm) */
+{
+	struct vt *v = &s->vt;
+	int end = v->col + csi_count(v);
+	struct cell *c;
+
+	end = end < s->cols ? end : s->cols;
+	for (; v->last_width && v->col < end; v->col += v->last_width) {
+		c = s->grid->row[v->row] + v->col;
+		*c = v->pen;
+		c->ch = v->last;
+		if (v->last_width == 2 && v->col + 1 < s->cols) {
+			c->width = 2;
+			c[1] = v->pen;
+		}
+		row_uses(s->grid->row[v->row], v->col + v->last_width < s->cols ? v->col + v->last_width : s->cols);
+		vt_touch(s, v->row, v->row + 1);
+	}
+	if (v->col + v->last_width >= s->cols && (v->modes & VT_AUTOWRAP))
+		v->phantom = 1;
+}
+
+static void csi_tbc(struct session *s)	/* g: clear a tab stop, or all */
+{
+	int how = csi_arg(&s->vt, 0, 0);
+
+	if (how == 0)
+		s->vt.tabs[s->vt.col / 8] &= (uint8_t)~(1 << (s->vt.col % 8));
+	else if (how == 3 || how == 5)
+		memset(s->vt.tabs, 0, (size_t)(s->cols + 7) / 8);
+	else if (how != 1 && how != 2 && how != 4)
+		s->vt.final = 0;	/* not a sequence: no effect at all */
+}
+
+static void csi_stbm(struct session *s)	/* r: the scroll region; the cursor home */
+{
+	struct vt *v = &s->vt;
+	int top = csi_arg(v, 0, 1) - 1, bottom = csi_arg(v, 1, -1);
+
+	top = top < 0 ? 0 : top > s->rows ? s->rows : top;
+	bottom = bottom < -1 ? -1 : bottom > s->rows ? s->rows : bottom;
+	if (top == 0 && bottom == s->rows)
+		bottom = -1;
+	if ((bottom < 0 ? s->rows : bottom) <= top)
+		top = 0, bottom = -1;
+	v->top = top;
+	v->bottom = bottom;
+	v->row = v->modes & VT_ORIGIN ? top : 0;
+	v->col = 0;
+}
+
+static void csi_scosc(struct session *s)	{ vt_save(s, s->vt.final == 's'); }	/* s, u: as xterm */
+
+static void csi_da(struct session *s)	/* c: what terminal this is (a VT100 with AVO, as libvterm) */
+{
+	if (s->vt.leader == '>')
+		vt_reply(s, "\033[>0;100;0c");
+	else if (csi_arg(&s->vt, 0, 0) == 0)
+		vt_reply(s, "\033[?1;2c");
+}
+
+static void csi_dsr(struct session *s)	/* n: status, the cursor's position */
+{
+	const char *q = s->vt.leader == '?' ? "?" : "";
+	int what = csi_arg(&s->vt, 0, 0);
+
+	if (what == 5)
+		vt_reply(s, "\033[%s0n", q);
+	else if (what == 6)
+		vt_reply(s, "\033[%s%d;%dR", q, s->vt.row + 1, s->vt.col + 1);
+}
+
+static void csi_decstr(struct session *s)	{ vt_reset(s, 0); }
+
+/* The modes SM/RM set: ANSI ones (no leader) and DEC private ones (?). */
+static const struct vt_mode_bit { int num, dec; unsigned bit; } vt_mode_bits[] = {
+	{ 4, 0, VT_INSERT }, { 20, 0, VT_NEWLINE }, { 1, 1, VT_APPCURSOR }, { 6, 1, VT_ORIGIN },
+	{ 7, 1, VT_AUTOWRAP }, { 1004, 1, VT_FOCUS }, { 2004, 1, VT_PASTE },
+};
+
+static void vt_mode(struct session *s, int num, int dec, int on)	/* one mode of SM/RM */
+{
+	struct vt *v = &s->vt;
+
+	for (size_t i = 0; i < sizeof(vt_mode_bits) / sizeof(*vt_mode_bits); i++)
+		if (vt_mode_bits[i].num == num && vt_mode_bits[i].dec == dec)
+			v->modes = on ? v->modes | vt_mode_bits[i].bit : v->modes & ~vt_mode_bits[i].bit;
+	if (!dec)
+		return;
+	if (num == 6) {	/* DECOM homes the cursor */
+		v->row = on ? v->top : 0;
+		v->col = 0;
+	} else if (num == 5) {
+		s->reverse_video = on;
+		s->dirty_all = 1;
+	} else if (num == 25) {
+		s->cursor_visible = on;
+	} else if (num == 9 || num == 1000 || num == 1002 || num == 1003) {
+		v->mouse = !on ? 0 : num == 1003 ? MOUSE_MOVE : num == 1002 ? MOUSE_DRAG : MOUSE_CLICK;
+	} else if (num == 1005 || num == 1006 || num == 1015) {
+		v->mouse_enc = !on ? MOUSE_X10 : num == 1005 ? MOUSE_UTF8 : num == 1006 ? MOUSE_SGR : MOUSE_URXVT;
+	} else if (num == 47 || num == 1047 || num == 1049) {
+		if (num == 1049 && on)
+			vt_save(s, 1);
+		if (on || s->altscreen)	/* entered blank, even from itself */
+			vt_altscreen(s, on);
+		if (num == 1049 && !on)
+			vt_save(s, 0);
+	} else if (num == 1048) {
+		vt_save(s, on);
+	}
+}
+
+static void csi_mode(struct session *s)	/* h, l: every parameter */
+{
+	for (int i = 0; i < s->vt.nparam; i++)
+		if (s->vt.param[i] >= 0)
+			vt_mode(s, s->vt.param[i], s->vt.leader == '?', s->vt.final == 'h');
+}
+
+static void csi_decrqm(struct session *s)	/* ? Ps $ p: is a DEC mode set (1), reset (2), unknown (0) */
+{
+	int num = csi_arg(&s->vt, 0, 0), state = 0;
+
+	for (size_t i = 0; i < sizeof(vt_mode_bits) / sizeof(*vt_mode_bits); i++)
+		if (vt_mode_bits[i].num == num && vt_mode_bits[i].dec)
+			state = s->vt.modes & vt_mode_bits[i].bit ? 1 : 2;
+	if (num == 25 || num == 1049 || num == 1047)
+		state = (num == 25 ? s->cursor_visible : s->altscreen) ? 1 : 2;
+	vt_reply(s, "\033[?%d;%d$y", num, state);
+}
+
+static uint32_t sgr_color(const struct vt *v, int *i)	/* 38/48 ;5;N or ;2;R;G;B (or with colons) */
+{
+	int kind = csi_arg(v, *i + 1, -1), k = *i + 2;
+	uint32_t c = 0;
+
+	if (kind == 5 && k < v->nparam && v->param[k] >= 0) {
+		c = COLOR_INDEXED | (uint32_t)(v->param[k] & 0xff);
+		*i = k;
+	} else if (kind == 2 && k + 2 < v->nparam) {
+		c = COLOR_RGB | (uint32_t)(csi_arg(v, k, 0) & 0xff) << 16 |
+		    (uint32_t)(csi_arg(v, k + 1, 0) & 0xff) << 8 | (uint32_t)(csi_arg(v, k + 2, 0) & 0xff);
+		*i = k + 2;
+	} else {
+		*i = kind == 2 ? v->nparam : kind == 5 ? k : *i + 1;
+	}
+	return c;
+}
+
+/* SGR: attributes and colours; every parameter, sub-parameters (4:0,
+ * 38:2:R:G:B) skipped as one. */
+static void csi_sgr(struct session *s)
+{
+	static const uint8_t on[108] = { [1] = ATTR_BOLD, [3] = ATTR_ITALIC, [4] = ATTR_UNDERLINE,
+		[5] = ATTR_BLINK, [7] = ATTR_REVERSE, [21] = ATTR_UNDERLINE };
+	static const uint8_t off[108] = { [22] = ATTR_BOLD, [23] = ATTR_ITALIC, [24] = ATTR_UNDERLINE,
+		[25] = ATTR_BLINK, [27] = ATTR_REVERSE };
+	struct vt *v = &s->vt;
+	struct cell *pen = &v->pen;
+
+	for (int i = 0; i < v->nparam; i++) {
+		int a = v->param[i] < 0 ? 0 : v->param[i], first = i;
+		uint32_t c;
+
+		if (a == 0)
+			*pen = blank_cell;
+		else if (a == 4 && (v->more >> i & 1) && csi_arg(v, i + 1, 1) == 0)
+			pen->attrs &= (uint8_t)~ATTR_UNDERLINE;
+		else if (a < 108 && on[a])
+			pen->attrs |= on[a];
+		else if (a < 108 && off[a])
+			pen->attrs &= (uint8_t)~off[a];
+		else if ((a >= 30 && a <= 37) || (a >= 90 && a <= 97))
+			pen->fg = COLOR_INDEXED | (uint32_t)(a >= 90 ? a - 90 + 8 : a - 30);
+		else if ((a >= 40 && a <= 47) || (a >= 100 && a <= 107))
+			pen->bg = COLOR_INDEXED | (uint32_t)(a >= 100 ? a - 100 + 8 : a - 40);
+		else if (a == 39 || a == 49)
+			*(a == 39 ? &pen->fg : &pen->bg) = COLOR_DEFAULT;
+		else if ((a == 38 || a == 48) && (c = sgr_color(v, &i)))
+			*(a == 38 ? &pen->fg : &pen->bg) = c;
+		for (i = i > first ? i : first; i < v->nparam - 1 && (v->more >> i & 1); i++)
+			;
+	}
+}
+
+/* The CSI sequences: final byte, leader ('?', '>'), intermediate byte;
+ * "moves": it places the cursor, which cancels a pending wrap even when
+ * the cursor stays where it was (as libvterm). */
+static const struct csi_op { char final, leader, inter, moves; void (*fn)(struct session *); } csi_ops[] = {
+	{ '@', 0, 0, 0, csi_ich }, { 'A', 0, 0, 1, csi_cuu }, { 'B', 0, 0, 1, csi_cud },
+	{ 'C', 0, 0, 1, csi_cuf }, { 'D', 0, 0, 1, csi_cub }, { 'E', 0, 0, 1, csi_cnl },
+	{ 'F', 0, 0, 1, csi_cnl }, { 'G', 0, 0, 1, csi_cha }, { 'H', 0, 0, 1, csi_cup },
+	{ 'I', 0, 0, 0, csi_cht }, { 'J', 0, 0, 0, csi_ed }, { 'J', '?', 0, 0, csi_ed },
+	{ 'K', 0, 0, 0, csi_el }, { 'K', '?', 0, 0, csi_el }, { 'L', 0, 0, 0, csi_il },
+	{ 'M', 0, 0, 0, csi_il }, { 'P', 0, 0, 0, csi_ich }, { 'S', 0, 0, 0, csi_su },
+	{ 'T', 0, 0, 0, csi_sd }, { 'X', 0, 0, 0, csi_ech }, { 'Z', 0, 0, 0, csi_cbt },
+	{ '`', 0, 0, 1, csi_cha }, { 'a', 0, 0, 1, csi_cuf }, { 'b', 0, 0, 0, csi_rep },
+	{ 'c', 0, 0, 0, csi_da }, { 'c', '>', 0, 0, csi_da }, { 'd', 0, 0, 1, csi_vpa },
+	{ 'e', 0, 0, 1, csi_cud }, { 'f', 0, 0, 1, csi_cup }, { 'g', 0, 0, 0, csi_tbc },
+	{ 'h', 0, 0, 0, csi_mode }, { 'h', '?', 0, 0, csi_mode }, { 'j', 0, 0, 1, csi_cub },
+	{ 'k', 0, 0, 1, csi_cuu }, { 'l', 0, 0, 0, csi_mode }, { 'l', '?', 0, 0, csi_mode },
+	{ 'm', 0, 0, 0, csi_sgr }, { 'n', 0, 0, 0, csi_dsr }, { 'n', '?', 0, 0, csi_dsr },
+	{ 'p', 0, '!', 0, csi_decstr }, { 'p', '?', '$', 0, csi_decrqm }, { 'r', 0, 0, 0, csi_stbm },
+	{ 's', 0, 0, 0, csi_scosc }, { 'u', 0, 0, 0, csi_scosc },
+};
+
+/* Runs a complete CSI; the cursor ends inside the screen (the region with
+ * DECOM), and a move cancels a pending wrap (REP keeps its own).  One a
+ * handler finds invalid (it clears final) has no effect at all. */
+static void csi_dispatch(struct session *s, unsigned char final)
+{
+	struct vt *v = &s->vt;
+	int row = v->row, col = v->col, lo, hi;
+
+	v->final = (char)final;
+	for (size_t i = 0; i < sizeof(csi_ops) / sizeof(*csi_ops); i++) {
+		const struct csi_op *op = &csi_ops[i];
+
+		if (op->final != (char)final || op->leader != v->leader || op->inter != v->inter)
+			continue;
+		op->fn(s);
+		if (!v->final)	/* the handler found it invalid */
+			return;
+		lo = v->modes & VT_ORIGIN ? v->top : 0;
+		hi = v->modes & VT_ORIGIN ? vt_bottom(s) - 1 : s->rows - 1;
+		v->row = v->row < lo ? lo : v->row > hi ? hi : v->row;
+		v->col = v->col < 0 ? 0 : v->col > s->cols - 1 ? s->cols - 1 : v->col;
+		if (final != 'b' && (row != v->row || col != v->col || op->moves))
+			v->phantom = 0;
+		return;
+	}
+}
+
+/*** the emulator: the parser ***/
+
+/* An OSC has ended: titles (0, 2) name the session; a clipboard write
+ * (52) waits for the user (clip_offered); the rest are ignored. */
+static void osc_end(struct session *s)
+{
+	const char *p = s->osc.p ? s->osc.p : "";
+
+	if (!s->osc_over && (!strncmp(p, "0;", 2) || !strncmp(p, "2;", 2)))
+		vt_title(s, p + 2);
+	if (!s->osc_over && s->osc.len > 3 && !memcmp(p, "52;", 3)) {
+		buf_free(&s->clip_offer);
+		buf_append(&s->clip_offer, p + 3, s->osc.len - 3);
+	}
+	s->osc.len = 0;
+	s->osc_over = 0;
+}
+
+static void vt_csi_byte(struct session *s, unsigned char c)	/* parameters, leader, intermediate, final */
+{
+	struct vt *v = &s->vt;
+
+	if (c >= '0' && c <= '9' && !v->inter) {
+		int *p = &v->param[v->nparam - 1];
+
+		*p = *p < 0 ? c - '0' : *p < 100000 ? *p * 10 + c - '0' : *p;
+	} else if ((c == ';' || c == ':') && !v->inter) {
+		v->more |= (uint16_t)(c == ':') << (v->nparam - 1);
+		if (v->nparam < VT_PARAMS)
+			v->param[v->nparam++] = -1;
+		else
+			v->state = VP_CSI_IGNORE;	/* too many: the whole sequence goes */
+	} else if (c >= 0x3c && c <= 0x3f && v->nparam == 1 && v->param[0] < 0 && !v->leader) {
+		v->leader = (char)c;
+	} else if (c >= 0x20 && c <= 0x2f) {
+		v->state = v->inter ? VP_CSI_IGNORE : v->state;
+		v->inter = (char)c;
+	} else {
+		v->state = VP_GROUND;
+		if (c >= 0x40 && c <= 0x7e)
+			csi_dispatch(s, c);
+	}
+}
+
+static void vt_esc_byte(struct session *s, unsigned char c)	/* after ESC */
+{
+	struct vt *v = &s->vt;
+
+	if (c >= 0x20 && c <= 0x2f) {
+		v->inter = (char)c;
+		return;
+	}
+	v->state = VP_GROUND;
+	if (!v->inter && c == '[') {
+		v->state = VP_CSI;
+		v->nparam = 1;
+		v->param[0] = -1;
+		v->more = 0;
+		v->leader = 0;
+	} else if (!v->inter && c == ']') {
+		v->state = VP_OSC;
+		s->osc.len = 0;
+		s->osc_over = 0;
+	} else if (!v->inter && (c == 'P' || c == 'X' || c == '^' || c == '_')) {
+		v->state = VP_STRING;	/* DCS, SOS, PM, APC: read and ignored */
+	} else if (!v->inter && c >= 0x40 && c < 0x60) {
+		vt_control(s, (unsigned char)(c + 0x40));
+	} else if (c >= 0x30 && c < 0x7f) {
+		vt_escape(s, v->inter, c);
+	}
+}
+
+static void vt_string_byte(struct session *s, unsigned char c)	/* OSC kept (up to OSC_MAX), others not */
+{
+	if (s->vt.state != VP_OSC)
+		return;
+	if (s->osc.len >= OSC_MAX)
+		s->osc_over = 1;
+	else
+		buf_append(&s->osc, (const char *)&c, 1);
+}
+
+/* One byte that is not printable ASCII in the ground state: controls act
+ * in any state (as in libvterm and xterm), CAN and SUB cancel, ESC starts
+ * a sequence or (in a string) may end it. */
+static void vt_byte(struct session *s, unsigned char c)
+{
+	struct vt *v = &s->vt;
+	int in_string = v->state == VP_OSC || v->state == VP_STRING;
+
+	if (c == 0x18 || c == 0x1a) {
+		v->state = VP_GROUND;
+	} else if (c == 0 || c == 0x7f) {
+		return;
+	} else if (c == 0x1b) {
+		v->ended = in_string ? v->state : 0;
+		v->state = VP_ESC;
+		v->inter = 0;
+	} else if (c == 0x07 && in_string) {
+		if (v->state == VP_OSC)
+			osc_end(s);
+		v->state = VP_GROUND;
+	} else if (c < 0x20) {
+		vt_control(s, c);
+	} else if (v->state == VP_ESC && v->ended && c == '\\') {	/* ST */
+		if (v->ended == VP_OSC)
+			osc_end(s);
+		v->state = VP_GROUND;
+	} else if (v->state == VP_ESC) {
+		vt_esc_byte(s, c);
+	} else if (v->state == VP_CSI) {
+		vt_csi_byte(s, c);
+	} else if (v->state == VP_CSI_IGNORE) {
+		v->state = c >= 0x40 && c <= 0x7e ? VP_GROUND : v->state;
+	} else if (in_string) {
+		vt_string_byte(s, c);
+	} else {
+		vt_utf8(s, c);
+	}
+}
+
+/* Remote output, parsed: text runs go in a loop of their own. */
+static void vt_write(struct session *s, const char *p, size_t n)
+{
+	const unsigned char *b = (const unsigned char *)p, *end = b + n;
+
+	while (b < end) {
+		if (s->vt.state == VP_GROUND && *b >= 0x20 && *b < 0x7f && !s->vt.need)
+			b = vt_text(s, b, end);
+		else
+			vt_byte(s, *b++);
+	}
+}
+
+/*** the emulator: keys, mouse and paste, as the remote asked for them ***/
+
+static void vt_output(struct session *s, const char *p, size_t n)	/* keys and replies */
+{
+	session_queue_keys(s, p, n);
+}
+
+static void vt_reply(struct session *s, const char *fmt, ...)
+{
+	char out[64];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(out, sizeof(out), fmt, ap);
+	va_end(ap);
+	if (n > 0 && (size_t)n < sizeof(out))
+		vt_output(s, out, (size_t)n);
+}
+
+/* Function keys as xterm sends them: cursor keys (SS3 in application
+ * mode), keys with a number (Delete is 3~), F1-F4 (SS3); modifiers as
+ * ";N" (Shift 2).  F13-F24 are curses's shifted F1-F12. */
+static const struct fkey { int curses; char final; int num, mod; } fkeys[] = {
+	{ KEY_UP, 'A', 0, 0 }, { KEY_DOWN, 'B', 0, 0 }, { KEY_RIGHT, 'C', 0, 0 }, { KEY_LEFT, 'D', 0, 0 },
+	{ KEY_HOME, 'H', 0, 0 }, { KEY_END, 'F', 0, 0 },
+	{ KEY_SR, 'A', 0, 2 }, { KEY_SF, 'B', 0, 2 }, { KEY_SRIGHT, 'C', 0, 2 }, { KEY_SLEFT, 'D', 0, 2 },
+	{ KEY_SHOME, 'H', 0, 2 }, { KEY_SEND, 'F', 0, 2 },
+	{ KEY_IC, '~', 2, 0 }, { KEY_DC, '~', 3, 0 }, { KEY_SDC, '~', 3, 2 },
+	{ KEY_PPAGE, '~', 5, 0 }, { KEY_NPAGE, '~', 6, 0 },
+	{ KEY_F(1), 'P', 0, 0 }, { KEY_F(2), 'Q', 0, 0 }, { KEY_F(3), 'R', 0, 0 }, { KEY_F(4), 'S', 0, 0 },
+	{ KEY_F(5), '~', 15, 0 }, { KEY_F(6), '~', 17, 0 }, { KEY_F(7), '~', 18, 0 }, { KEY_F(8), '~', 19, 0 },
+	{ KEY_F(9), '~', 20, 0 }, { KEY_F(10), '~', 21, 0 }, { KEY_F(11), '~', 23, 0 }, { KEY_F(12), '~', 24, 0 },
+};
+
+/* A key from curses (fn: a KEY_ code) as the remote's terminal sends it;
+ * returns its length (0: nothing to send).  out holds 32 bytes. */
+static int key_encode(const struct session *s, int ch, int fn, char *out)
+{
+	int mod = 0, app = s->vt.modes & VT_APPCURSOR;
+
+	if (!fn) {
+		if (ch == '\r' || ch == '\n')
+			return s->vt.modes & VT_NEWLINE ? (memcpy(out, "\r\n", 2), 2) : (out[0] = '\r', 1);
+		if (ch == 8 || ch == 127)
+			return out[0] = 0x7f, 1;
+		return ch >= 0 && ch < 0x110000 ? (int)utf8_put((uint32_t)ch, out) : 0;
+	}
+	if (ch == KEY_BACKSPACE || ch == KEY_ENTER)
+		return key_encode(s, ch == KEY_ENTER ? '\r' : 127, 0, out);
+	if (ch == KEY_BTAB)
+		return (int)(memcpy(out, "\033[Z", 3), 3);
+	if (ch >= KEY_F(13) && ch <= KEY_F(24)) {
+		ch -= 12;
+		mod = 2;
+	}
+	for (size_t i = 0; i < sizeof(fkeys) / sizeof(*fkeys); i++) {
+		const struct fkey *k = &fkeys[i];
+
+		mod = k->curses == ch && k->mod ? k->mod : mod;
+		if (k->curses != ch)
+			continue;
+		if (k->num)
+			return snprintf(out, 32, mod ? "\033[%d;%d~" : "\033[%d~", k->num, mod);
+		if (mod)
+			return snprintf(out, 32, "\033[1;%d%c", mod, k->final);
+		return snprintf(out, 32, "\033%c%c", app || strchr("PQRS", k->final) ? 'O' : '[', k->final);
+	}
+	return 0;
+}
+
+/* A mouse report in the encoding the remote chose; code as X10's (0-2
+ * buttons, 3 release, +32 motion, +64 wheel, +4/8/16 modifiers). */
+static void vt_mouse_report(struct session *s, int code, int press, int row, int col)
+{
+	char out[32], *p = out;
+	int n;
+
+	if (s->vt.mouse_enc == MOUSE_SGR) {
+		n = snprintf(out, sizeof(out), "\033[<%d;%d;%d%c", code, col + 1, row + 1, press ? 'M' : 'm');
+	} else if (s->vt.mouse_enc == MOUSE_URXVT) {
+		n = snprintf(out, sizeof(out), "\033[%d;%d;%dM", press || (code & 64) ? code : (code & ~3) | 3,
+			     col + 1, row + 1);
+	} else {
+		code = press || (code & 64) ? code : (code & ~3) | 3;
+		p += sprintf(p, "\033[M");
+		if (s->vt.mouse_enc == MOUSE_UTF8) {
+			p += utf8_put((uint32_t)(code + 32), p);
+			p += utf8_put((uint32_t)(col + 33), p);
+			p += utf8_put((uint32_t)(row + 33), p);
+		} else {
+			*p++ = (char)(code + 32);
+			*p++ = (char)(col + 33 > 255 ? 255 : col + 33);
+			*p++ = (char)(row + 33 > 255 ? 255 : row + 33);
+		}
+		n = (int)(p - out);
+	}
+	vt_output(s, out, (size_t)n);
+}
+
+/*** the emulator: a session's terminal made, resized, freed ***/
+
+static void vt_open(struct session *s)	/* a blank terminal the size of the remote PTY */
+{
 	grid_alloc(&s->primary, s->rows, s->cols);
 	s->grid = &s->primary;
-	s->pen = blank_cell;
-	state = vterm_obtain_state(s->vt);
-	vterm_state_set_callbacks(state, &vt_callbacks, s);
-	vterm_state_reset(state, 1);
-	vterm_input_write(s->vt, " \r", 2);	/* 0.1.4 loops on REP with no glyph before */
-	s->cursor_visible = 1;
-	s->mouse_mode = 0;
 	s->sb = xcalloc(SCROLLBACK_LINES * sizeof(*s->sb));
+	s->vt = (struct vt){ .bottom = -1, .saved = { 0, 0, 1, blank_cell } };
+	s->vt.tabs = xcalloc((size_t)(s->cols + 7) / 8);
+	vt_reset(s, 1);
 	s->pred.row = -1;	/* no prediction yet: the first epoch is unproven */
 	s->pred.epoch = 1;
 }
 
-static void vt_close(struct session *s)	/* frees the VTerm, grids and scrollback */
+static void vt_resize(struct session *s, int rows, int cols)	/* the grids keep their top-left */
+{
+	struct vt *v = &s->vt;
+
+	v->tabs = xrealloc(v->tabs, (size_t)(cols + 7) / 8);
+	for (int col = s->cols; col < cols; col++)
+		if (col % 8)
+			v->tabs[col / 8] &= (uint8_t)~(1 << (col % 8));
+		else
+			v->tabs[col / 8] |= (uint8_t)(1 << (col % 8));
+	grid_resize(&s->primary, rows, cols);
+	grid_resize(&s->alt, rows, cols);
+	s->rows = rows;
+	s->cols = cols;
+	v->bottom = v->bottom > rows ? rows : v->bottom;
+	v->top = v->top >= vt_bottom(s) ? 0 : v->top;
+	if (v->phantom && v->col < cols - 1) {
+		v->phantom = 0;
+		v->col++;
+	}
+	v->row = v->row < rows ? v->row : rows - 1;
+	v->col = v->col < cols ? v->col : cols - 1;
+	s->dirty_all = 1;
+}
+
+static void vt_close(struct session *s)	/* frees the grids, the scrollback, the tab stops */
 {
 	for (int i = 0; i < s->sb_count; i++)
 		free(s->sb[(s->sb_head + i) % SCROLLBACK_LINES]);
 	free(s->sb);
 	grid_free(&s->primary);
 	grid_free(&s->alt);
-	if (s->vt)
-		vterm_free(s->vt);
+	free(s->vt.tabs);
 	buf_free(&s->osc);
 	buf_free(&s->clip_offer);
 }
 
 /* Writes a console line into the session's terminal, distinct from remote
  * output: leaves the alternate screen first so it stays in the scrollback. */
+static void term_feed(struct session *s, const char *p, size_t n);
+
 static void vt_notice(struct session *s, const char *sgr, const char *text)
 {
-	VTermPos cur;
 	struct buf b = { 0 };
 
 	if (s->altscreen)
 		buf_append(&b, "\033[?1049l", 8);
-	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
-	buf_printf(&b, "\033[0m%s%s── %s ──%s\r\n", cur.col ? "\r\n" : "", sgr, text, END_LINE_OFF);
+	buf_printf(&b, "\033[0m%s%s── %s ──%s\r\n", s->vt.col || s->vt.phantom ? "\r\n" : "", sgr, text, END_LINE_OFF);
 	term_feed(s, b.p, b.len);
 	buf_free(&b);
+}
+
+/* What the terminal shows: into the emulator, and into the recording if any. */
+static void clip_offered(struct session *s);
+
+static void term_feed(struct session *s, const char *p, size_t n)
+{
+	vt_write(s, p, n);
+	session_touched(s);
+	if (s->rec)
+		rec_output(s, p, n);
+	if (s->clip_offer.len)
+		clip_offered(s);
 }
 
 /************************************************************************
@@ -3055,9 +3889,7 @@ static void session_resize(struct session *s, int cols, int rows)	/* to the remo
 		return;
 	s->cols = cols;
 	s->rows = rows;
-	grid_resize(&s->primary, rows, cols);
-	grid_resize(&s->alt, rows, cols);
-	vterm_set_size(s->vt, rows, cols);
+	vt_resize(s, rows, cols);
 	ui_dirty();
 }
 
@@ -3249,14 +4081,14 @@ static void predict_push(struct session *s, uint32_t ch)	/* one cell, at the pre
  * other key starts a new epoch. */
 static void predict_key(struct session *s, int ch, int fn)
 {
-	VTermPos cur;
+	struct pos cur;
 
 	if (!predicting(s)) {
 		predict_forget(s);
 		return;
 	}
 	if (s->pred.row < 0) {
-		vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+		cur = (struct pos){ s->vt.row, s->vt.col };
 		s->pred.row = cur.row;
 		s->pred.col = cur.col;
 	}
@@ -3274,7 +4106,7 @@ static void predict_key(struct session *s, int ch, int fn)
 	}
 }
 
-static int prediction_passed(const struct prediction *p, VTermPos cur)	/* the echo went by */
+static int prediction_passed(const struct prediction *p, struct pos cur)	/* the echo went by */
 {
 	if (!p->ch)	/* an erase: the cursor came back over it */
 		return cur.row != p->row || cur.col <= p->col;
@@ -3296,10 +4128,10 @@ static int prediction_right(const struct session *s, const struct prediction *p)
  * again); one waiting longer than an echo takes is given up on. */
 static void predict_check(struct session *s)
 {
-	VTermPos cur;
+	struct pos cur;
 	int kept = 0;
 
-	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	cur = (struct pos){ s->vt.row, s->vt.col };
 	for (int i = 0; i < s->pred.n; i++) {
 		struct prediction *p = &s->pred.p[i];
 
@@ -3340,7 +4172,7 @@ static int is_interrupt(const char *p, size_t n)	/* ^C, ^\, ^Z only */
 
 static int session_paste(struct session *s, const char *p, size_t n);
 
-/* Keystrokes (already encoded by VTerm) wait in the session's buffer and go
+/* Keystrokes (already encoded: key_encode) wait in the session's buffer and go
  * out, coalesced, ahead of bulk sends when the socket is writable; while a
  * paste of this session is still queued, only interrupts overtake it, so
  * what is typed after a paste (Enter, Ctrl-D) arrives after it. */
@@ -5119,6 +5951,14 @@ static void draw(void);
 static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, ...)
 	__attribute__((format(printf, 6, 7)));
 
+/* The terminal's cursor: shown only where a field or the session wants
+ * it, and switched only when that changes (each switch is bytes to the
+ * terminal on every frame otherwise). */
+static void show_cursor(int on)
+{
+	app.cursor_wanted = on;
+}
+
 static void offer_ask(void);
 
 static void on_draw_timer(lws_sorted_usec_list_t *sul)	/* coalesced redraw */
@@ -5313,31 +6153,36 @@ static void predicted_cell(const struct session *s, int row, int col, struct cel
 	}
 }
 
+/* One row of the pane, cleared first: only the changed rows are drawn
+ * when nothing else changed (the frame is then not erased). */
 static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, int w)
 {
 	static const struct cell blank = { 0, COLOR_DEFAULT, COLOR_DEFAULT, 0, 1 };
-	const struct sbline *l = vr < s->sb_count ? sb_line(s, vr) : NULL;
-	int srow = vr - s->sb_count;
+	int srow = vr - s->sb_count, n = 0;
+	const struct cell *cells = vr < history_rows(s) ? history_cells(s, vr, &n) : NULL;
 	uint8_t marks[(1000 + 7) / 8];
+
+	if (!app.frame_full) {
+		attr_set(A_NORMAL, 0, NULL);
+		mvhline(y, x0, ' ', w);
+	}
 
 	row_matches(s, vr, marks, 1000);
 	for (int x = 0; x < w;) {
 		int col = off_x + x;
 		struct cell c = blank;
 
-		if (l && col < l->cols)
-			c = l->cells[col];
-		else if (!l && srow < s->rows && col < s->cols) {
-			c = s->grid->row[srow][col];
+		if (cells && col < n)
+			c = cells[col];
+		if (cells && col < n && srow >= 0)
 			c.attrs ^= s->reverse_video ? ATTR_REVERSE : 0;
-		}
 		if (c.width == 2 && x + 1 >= w)
 			c = blank;	/* half a wide character does not fit */
 		if (col < 1000 && marks[col / 8] & (1 << (col % 8)))
 			c.attrs |= ATTR_REVERSE | ATTR_BOLD;	/* a search match */
 		if (in_selection(s, vr, col))
 			c.attrs ^= ATTR_REVERSE;
-		if (!l && srow < s->rows)
+		if (srow >= 0 && srow < s->rows)
 			predicted_cell(s, srow, col, &c);
 		if (!cell_blank(&c))	/* erase() left blanks: most of a pane, usually */
 			draw_cell(y, x0 + x, &c);
@@ -5349,10 +6194,10 @@ static void draw_row(const struct session *s, int vr, int y, int x0, int off_x, 
  * the remote PTY is larger than the pane (§5); copy mode looks back. */
 static void pane_origin(const struct session *s, int w, int h, int *top, int *left)
 {
-	VTermPos cur;
+	struct pos cur;
 	int oy = 0, ox = 0;
 
-	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	cur = (struct pos){ s->vt.row, s->vt.col };
 	if (s->rows > h && cur.row >= h)
 		oy = cur.row - h + 1 > s->rows - h ? s->rows - h : cur.row - h + 1;
 	if (s->cols > w && cur.col >= w)
@@ -5364,18 +6209,27 @@ static void pane_origin(const struct session *s, int w, int h, int *top, int *le
 }
 
 /* Draws the terminal; returns where its cursor shows on screen, or -1. */
-static int draw_pane(const struct session *s, int x0, int w, int h, int *cx)
+static int pane_row_changed(const struct session *s, int row)	/* a screen row to draw this frame */
+{
+	return app.frame_full || s->dirty_all || row < 0 || row >= ROWS_MAX ||
+	       (s->dirty[row / 64] >> (row % 64) & 1);
+}
+
+static int draw_pane(struct session *s, int x0, int w, int h, int *cx)
 {
 	int top, left;
-	VTermPos cur;
+	struct pos cur;
 
 	pane_origin(s, w, h, &top, &left);
 	for (int y = 0; y < h; y++)
-		draw_row(s, top + y, y, x0, left, w);
+		if (pane_row_changed(s, top + y - s->sb_count))
+			draw_row(s, top + y, y, x0, left, w);
+	memset(s->dirty, 0, sizeof(s->dirty));
+	s->dirty_all = 0;
 	if (s->cols < w)	/* the PTY's edge, where the remote's lines wrap */
 		for (int y = 0; y < h && y < s->rows; y++)
 			put(y, x0 + s->cols, 1, C_DIM, 0, "┊");
-	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	cur = (struct pos){ s->vt.row, s->vt.col };
 	if (s->pred.row >= 0 && s->pred.epoch <= s->pred.proven) {	/* ahead of the echo */
 		cur.row = s->pred.row;
 		cur.col = s->pred.col;
@@ -5405,6 +6259,19 @@ static int text_cols(const char *text)	/* columns a UTF-8 string takes */
 }
 
 /* Text at (y, x), at most w columns, in a chrome colour and attributes. */
+static void draw_hash(const void *p, size_t n)	/* what a frame draws, hashed (FNV-1a) */
+{
+	for (size_t i = 0; i < n; i++)
+		app.drawn_hash = (app.drawn_hash ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+}
+
+static void draw_hash_at(int y, int x, int w, int c, attr_t a)	/* where and how */
+{
+	int where[5] = { y, x, w, c, (int)a };
+
+	draw_hash(where, sizeof(where));
+}
+
 static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, ...)
 {
 	char raw[512], text[512];
@@ -5426,6 +6293,10 @@ static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, .
 			break;
 		cols += cw > 0 ? cw : 0;
 	}
+	draw_hash_at(y, x, w, c, a);
+	draw_hash(wide, (size_t)i * sizeof(*wide));
+	if (app.dry)
+		return;
 	attr_set(a | chrome_attr(c), 0, &(int){ chrome(c) });
 	mvaddnwstr(y, x, wide, i);
 	attr_set(A_NORMAL, 0, &(int){ 0 });
@@ -5433,6 +6304,9 @@ static void put(int y, int x, int w, enum chrome c, attr_t a, const char *fmt, .
 
 static void fill(int y, int x, int w, enum chrome c)	/* a blank run in colour c */
 {
+	draw_hash_at(y, x, w, c, 0);
+	if (app.dry)
+		return;
 	attr_set(chrome_attr(c), 0, &(int){ chrome(c) });
 	mvhline(y, x, ' ', w);
 	attr_set(A_NORMAL, 0, &(int){ 0 });
@@ -5470,9 +6344,13 @@ static void draw_wrapped(int y, int x, int w, int lines, enum chrome c, const ch
 	for (int line = 0; line < lines && n > 0 && i < n; line++) {
 		int k = wrap_at(wide + i, n - i, w);
 
-		attr_set(chrome_attr(c), 0, &(int){ chrome(c) });
-		mvaddnwstr(y + line, x, wide + i, k);
-		attr_set(A_NORMAL, 0, &(int){ 0 });
+		draw_hash_at(y + line, x, w, c, 0);
+		draw_hash(wide + i, (size_t)k * sizeof(*wide));
+		if (!app.dry) {
+			attr_set(chrome_attr(c), 0, &(int){ chrome(c) });
+			mvaddnwstr(y + line, x, wide + i, k);
+			attr_set(A_NORMAL, 0, &(int){ 0 });
+		}
 		i += k ? k : n;
 	}
 }
@@ -5715,6 +6593,9 @@ static void draw_list(void)	/* the left column: scrolled to the selection */
 	int n, sel, avail = LINES - 1, y, i;
 	struct row *rows = list_snapshot(&n, &sel);
 
+	for (y = 0; !app.frame_full && y < avail; y++)	/* the frame was not erased */
+		fill(y, 0, app.list_w, C_NORMAL);
+
 	list_scroll(rows, n, sel, avail);
 	if (app.list_top >= n)
 		app.list_top = 0;
@@ -5728,10 +6609,28 @@ static void draw_list(void)	/* the left column: scrolled to the selection */
 	if (!n && app.filter_len)
 		put(0, 1, app.list_w - 1, C_DIM, 0, "nothing matches");
 	free(rows);
+	draw_hash_at(app.broadcast, broadcasting(), 0, 0, 0);
+	if (app.dry)
+		return;
 	attr_set(app.broadcast ? A_BOLD : A_NORMAL, 0,
 		 &(int){ chrome(broadcasting() ? C_ALERT : C_BORDER) });
 	mvvline(0, app.list_w, broadcasting() ? '#' | A_BOLD : ACS_VLINE, LINES - 1);
 	attr_set(A_NORMAL, 0, &(int){ 0 });
+}
+
+/* The list, drawn only if what it shows changed since the last frame (a
+ * dry pass hashes it: formatting costs less than drawing and refreshing). */
+static void draw_list_if_changed(void)
+{
+	app.drawn_hash = 0xcbf29ce484222325ull;
+	app.dry = !app.frame_full;
+	draw_list();
+	app.dry = 0;
+	if (!app.frame_full && app.drawn_hash == app.list_hash)
+		return;
+	app.list_hash = app.drawn_hash;
+	if (!app.frame_full)
+		draw_list();
 }
 
 static void expiry_text(const struct tunnel *t, char *out, size_t cap)	/* "token 3h12m" */
@@ -5914,7 +6813,7 @@ static void draw_login(void)
 		put(y + 4, x + 2, w - 4, C_ALERT, A_BOLD, "%s", d->notice);
 	put(y + h - 2, x + 2, w - 4, C_STATUS, A_DIM, "%s", hint);
 	move(y + 2 + d->field, x + 11 + (d->field == 0 ? text_cols(d->user) : d->password_len ? d->mask : 0));
-	curs_set(1);
+	show_cursor(1);
 }
 
 static void draw_confirm(void)	/* a yes/no question, wrapped to the screen */
@@ -6015,7 +6914,7 @@ static void draw_search_prompt(void)	/* "/text" over the status bar */
 	fill(LINES - 1, 0, COLS, C_STATUS);
 	put(LINES - 1, 0, COLS, C_STATUS, A_BOLD, "search back: %s", app.search);
 	move(LINES - 1, 13 + (int)app.search_len);
-	curs_set(1);
+	show_cursor(1);
 }
 
 static void draw_filter_prompt(void)	/* the filter being typed, over the status bar */
@@ -6029,7 +6928,7 @@ static void draw_filter_prompt(void)	/* the filter being typed, over the status 
 	    "%d device%s · Up/Down choose · Enter jumps · Esc back", devices_in(rows, 0, n),
 	    devices_in(rows, 0, n) == 1 ? "" : "s");
 	move(LINES - 1, 8 + text_cols(app.filter));
-	curs_set(1);
+	show_cursor(1);
 	free(rows);
 }
 
@@ -6039,7 +6938,7 @@ static void draw_rename_prompt(void)	/* the session's new name, over the status 
 	put(LINES - 1, 8 + text_cols(app.rename), COLS, C_STATUS, 0,
 	    "Enter names the session · empty: the remote's title again · Esc back");
 	move(LINES - 1, 6 + text_cols(app.rename));
-	curs_set(1);
+	show_cursor(1);
 }
 
 static int pick_hit(const struct pick *p)	/* the picker's filter: name, id, product, status */
@@ -6103,7 +7002,7 @@ static void draw_picker(void)
 	put(y + h - 1, x + 2, w - 4, C_STATUS, A_DIM, " type to filter · ↑↓ PgUp PgDn · Enter opens · "
 	    "^R reloads · Esc closes ");
 	move(y + 2, x + 10 + text_cols(picker.filter));
-	curs_set(1);
+	show_cursor(1);
 }
 
 static void draw_overlay(void)	/* whatever the mode puts on top */
@@ -6124,23 +7023,46 @@ static void draw_overlay(void)	/* whatever the mode puts on top */
 		draw_rename_prompt();
 }
 
-static void draw(void)	/* the whole screen, sent in one update */
+/* Whether this frame must draw everything: anything but the pane's rows
+ * changed (the session, the layout, a mode or dialog, predictions). */
+static int frame_changed(int x0, int w, int h)
+{
+	const struct session *s = app.sel_session;
+	struct shown f = { s, x0, w, h, 0, 0, LINES, COLS, app.mode, app.offer.waiting, s && s->pred.n };
+
+	if (s)
+		pane_origin(s, w, h, &f.top, &f.left);
+	const struct shown *o = &app.shown;
+
+	if (f.s == o->s && f.x0 == o->x0 && f.w == o->w && f.h == o->h && f.top == o->top && f.left == o->left &&
+	    f.lines == o->lines && f.cols == o->cols && f.mode == o->mode && f.overlay == o->overlay &&
+	    !app.redraw && s && app.mode == M_NORMAL && !f.predicted && !o->predicted)
+		return 0;
+	app.shown = f;
+	app.redraw = 0;
+	return 1;
+}
+
+static void draw(void)	/* the screen, sent in one update: what changed, mostly */
 {
 	int x0 = list_width(), w, h, cy = -1, cx = 0;
 
 	app.dirty = 0;
 	app.last_draw_us = now_us();
-	erase();
-	curs_set(0);
+	pane_size(&w, &h);
+	app.frame_full = frame_changed(x0, w, h);
+	if (app.frame_full)
+		erase();
+	show_cursor(0);
 	if (COLS < 30 || LINES < 6) {
 		put(0, 0, COLS, C_ALERT, A_BOLD, "too small: %dx%d", COLS, LINES);
 		put(1, 0, COLS, C_NORMAL, 0, "needs 30x6");
 		refresh();
+		app.redraw = 1;
 		return;
 	}
-	pane_size(&w, &h);
 	if (!app.zoom)
-		draw_list();
+		draw_list_if_changed();
 	if (app.sel_session)
 		cy = draw_pane(app.sel_session, x0, w, h, &cx);
 	else
@@ -6149,9 +7071,11 @@ static void draw(void)	/* the whole screen, sent in one update */
 		draw_status();
 	if (cy >= 0) {
 		move(cy, cx);
-		curs_set(1);
+		show_cursor(1);
 	}
 	draw_overlay();
+	if (app.cursor_wanted != app.cursor_shown)
+		curs_set(app.cursor_shown = app.cursor_wanted);
 	refresh();
 }
 
@@ -6170,61 +7094,18 @@ static void flash_msg(const char *fmt, ...)	/* a short message in the status bar
 	ui_dirty();
 }
 
-/* curses function keys to VTerm keys; VTerm encodes them for the remote
- * terminal's modes (cursor-key mode, keypad). */
-static const struct { int curses; VTermKey key; VTermModifier mod; } key_map[] = {
-	{ KEY_UP, VTERM_KEY_UP, 0 },		{ KEY_DOWN, VTERM_KEY_DOWN, 0 },
-	{ KEY_LEFT, VTERM_KEY_LEFT, 0 },	{ KEY_RIGHT, VTERM_KEY_RIGHT, 0 },
-	{ KEY_SR, VTERM_KEY_UP, VTERM_MOD_SHIFT },
-	{ KEY_SF, VTERM_KEY_DOWN, VTERM_MOD_SHIFT },
-	{ KEY_SLEFT, VTERM_KEY_LEFT, VTERM_MOD_SHIFT },
-	{ KEY_SRIGHT, VTERM_KEY_RIGHT, VTERM_MOD_SHIFT },
-	{ KEY_HOME, VTERM_KEY_HOME, 0 },	{ KEY_END, VTERM_KEY_END, 0 },
-	{ KEY_IC, VTERM_KEY_INS, 0 },		{ KEY_DC, VTERM_KEY_DEL, 0 },
-	{ KEY_PPAGE, VTERM_KEY_PAGEUP, 0 },	{ KEY_NPAGE, VTERM_KEY_PAGEDOWN, 0 },
-	{ KEY_BACKSPACE, VTERM_KEY_BACKSPACE, 0 }, { KEY_ENTER, VTERM_KEY_ENTER, 0 },
-	{ KEY_BTAB, VTERM_KEY_TAB, VTERM_MOD_SHIFT },
-	{ KEY_SHOME, VTERM_KEY_HOME, VTERM_MOD_SHIFT },
-	{ KEY_SEND, VTERM_KEY_END, VTERM_MOD_SHIFT },
-	{ KEY_SDC, VTERM_KEY_DEL, VTERM_MOD_SHIFT },
-};
-
-/* Maps one key read by curses (fn: a KEY_ code) to what VTerm takes: 1 and
- * key, mod for a special key; 0 and uc for a character; -1 to ignore. */
-static int map_key(int ch, int fn, VTermKey *key, VTermModifier *mod, uint32_t *uc)
-{
-	*mod = VTERM_MOD_NONE;
-	if (fn && ch >= KEY_F(1) && ch <= KEY_F(24)) {
-		*key = VTERM_KEY_FUNCTION(ch - KEY_F(0));
-		return 1;
-	}
-	for (size_t i = 0; fn && i < sizeof(key_map) / sizeof(*key_map); i++)
-		if (key_map[i].curses == ch) {
-			*key = key_map[i].key;
-			*mod = key_map[i].mod;
-			return 1;
-		}
-	if (fn)
-		return -1;
-	*key = ch == '\r' || ch == '\n' ? VTERM_KEY_ENTER : ch == '\t' ? VTERM_KEY_TAB :
-	       ch == 127 || ch == 8 ? VTERM_KEY_BACKSPACE : ch == 27 ? VTERM_KEY_ESCAPE :
-	       VTERM_KEY_NONE;
-	*uc = (uint32_t)ch;
-	return *key != VTERM_KEY_NONE;
-}
-
 /* Is the line at the cursor a prompt with "exit" or "logout" after it, or
  * nothing (for ^D)?  The remote's echo says what was typed, whatever
  * keys full-screen programs took before. */
 static int at_exit_prompt(const struct session *s, int eof)
 {
 	char line[512], *end;
-	VTermPos cur;
+	struct pos cur;
 	size_t n;
 
 	if (s->altscreen)
 		return 0;
-	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	cur = (struct pos){ s->vt.row, s->vt.col };
 	row_text(s, s->sb_count + cur.row, line, sizeof(line));
 	n = strlen(line);
 	while (n && line[n - 1] == ' ')
@@ -6252,17 +7133,13 @@ static void follow_typing(struct session *s, int ch, int fn)
 
 static void type_key(struct session *s, int ch, int fn)	/* one key to the remote */
 {
-	VTermKey key;
-	VTermModifier mod;
-	uint32_t uc = 0;
-	int r = map_key(ch, fn, &key, &mod, &uc);
+	char out[32];
+	int n = key_encode(s, ch, fn, out);
 
 	follow_typing(s, ch, fn);
 	predict_key(s, ch, fn);
-	if (r > 0)
-		vterm_keyboard_key(s->vt, key, mod);
-	else if (r == 0)
-		vterm_keyboard_unichar(s->vt, uc, mod);
+	if (n > 0)
+		vt_output(s, out, (size_t)n);
 }
 
 static void open_login(struct tunnel *t, struct session *reopen)	/* the dialog */
@@ -6733,6 +7610,7 @@ static void act_redraw(const union arg *arg)	/* l */
 {
 	(void)arg;
 	clearok(curscr, TRUE);
+	app.redraw = 1;
 	ui_dirty();
 }
 
@@ -6976,9 +7854,9 @@ static void copy_follow(struct copy *cp)
 
 static void copy_enter(struct session *s)	/* the cursor where the terminal's is */
 {
-	VTermPos cur;
+	struct pos cur;
 
-	vterm_state_get_cursorpos(vterm_obtain_state(s->vt), &cur);
+	cur = (struct pos){ s->vt.row, s->vt.col };
 	app.copy = (struct copy){ s, s->sb_count + cur.row, cur.col, SEL_NONE, 0, 0, 0 };
 	app.mode = M_COPY;
 	ui_dirty();
@@ -7287,19 +8165,15 @@ static void mouse_list(const struct mouse *m)	/* click selects, the wheel moves 
  * (libvterm speaks X10, UTF-8, SGR and urxvt).  Shift keeps it here. */
 static int mouse_remote(struct session *s, const struct mouse *m, int vr, int col)
 {
-	VTermModifier mod = (m->mods & 4 ? VTERM_MOD_SHIFT : 0) | (m->mods & 8 ? VTERM_MOD_ALT : 0) |
-			    (m->mods & 16 ? VTERM_MOD_CTRL : 0);
-	int row = vr - s->sb_count;
+	int row = vr - s->sb_count, code = m->button, motion = m->button & MB_MOTION;
 
-	if (!s->mouse_mode || app.mode != M_NORMAL || (m->mods & 4) || s->scroll || !session_accepts_input(s) ||
+	if (!s->vt.mouse || app.mode != M_NORMAL || (m->mods & 4) || s->scroll || !session_accepts_input(s) ||
 	    row < 0 || row >= s->rows || col >= s->cols)
 		return 0;
-	vterm_mouse_move(s->vt, row, col, mod);
-	if (m->button & MB_WHEEL)
-		vterm_mouse_button(s->vt, 4 + (m->button & 1), 1, mod);
-	else if (!(m->button & MB_MOTION))
-		vterm_mouse_button(s->vt, ((m->button & 3) == 3 ? app.click.button : m->button & 3) + 1,
-				   m->press, mod);
+	if ((code & 3) == 3 && !(code & MB_WHEEL) && !motion)
+		code = (code & ~3) | app.click.button;	/* X10 reports say release, not which */
+	if (!motion || s->vt.mouse == MOUSE_MOVE || (s->vt.mouse == MOUSE_DRAG && app.click.s == s))
+		vt_mouse_report(s, code | m->mods, m->press || (code & MB_WHEEL), row, col);
 	return 1;
 }
 
@@ -7564,8 +8438,7 @@ static void paste_broadcast(const char *p, size_t n)
 }
 
 /* A bracketed paste from the outer terminal, delivered whole: into the
- * session through VTerm (it adds the remote's bracketed-paste markers), or
- * into the focused dialog field. */
+ * session (bracketed if the remote asked), or into the focused field. */
 static void paste_done(const char *p, size_t n)
 {
 	if (app.mode == M_LOGIN || app.mode == M_SEARCH) {
@@ -7589,13 +8462,12 @@ static void paste_done(const char *p, size_t n)
 static void paste_into(struct session *s, const char *p, size_t n)
 {
 	struct buf body = { 0 };
+	int bracketed = !!(s->vt.modes & VT_PASTE);
 
-	s->capture = &body;
-	vterm_keyboard_start_paste(s->vt);
+	buf_append(&body, "\033[200~", bracketed ? 6 : 0);
 	for (size_t i = 0; i < n; i++)	/* as xterm pastes: newlines become CR */
 		buf_append(&body, p[i] == '\n' ? "\r" : &p[i], 1);
-	vterm_keyboard_end_paste(s->vt);
-	s->capture = NULL;
+	buf_append(&body, "\033[201~", bracketed ? 6 : 0);
 	if (session_paste(s, body.p, body.len) < 0)
 		flash_msg("paste of %zu bytes to %s refused: too much is waiting to be sent",
 			  n, tunnel_name(s));
@@ -7995,7 +8867,9 @@ static void ui_start(void)	/* curses on; the crash path restores the tty */
 	nonl();
 	keypad(stdscr, TRUE);
 	nodelay(stdscr, TRUE);
+	typeahead(-1);	/* no poll of the keyboard in every refresh: keys are read by the loop */
 	set_escdelay(25);
+	app.cursor_shown = 1;	/* as curses starts */
 	fputs("\033[?2004h", stdout);	/* bracketed paste from the outer terminal */
 	fputs(app.mouse_off ? "" : MOUSE_ON, stdout);
 	fflush(stdout);
@@ -8022,6 +8896,7 @@ static void on_resize(void)	/* SIGWINCH: follow the outer terminal's size */
 		resizeterm(ws.ws_row, ws.ws_col);
 	list_fit();
 	clearok(curscr, TRUE);
+	app.redraw = 1;
 	ui_dirty();
 }
 

@@ -45,6 +45,7 @@ for pass in $passes; do
 		export ASAN=1 TT_CONSOLE=$top/build/asan/tunnel_tui TT_PLATFORM=$top/build/asan/tunnel-platform \
 			TT_DEVICE=$top/build/asan/tunnel-device TT_CLIENT=$top/build/asan/tunnel-client \
 			TT_HOSTILE=$top/build/asan/hostile-relay TT_SIGN=$top/build/asan/sign \
+			TT_VTDIFF=$top/build/asan/vtdiff TT_LINKEM=$top/build/asan/linkem \
 			ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
 		unit=build/asan/unit_tests
 	fi

@@ -4,8 +4,8 @@
  *
  * Feeds FILE, in message-sized writes, through
  *   console  tunnel_tui's own terminal layer: term_feed() into a session as
- *            vt_open() sets it up (libvterm's parser and state, the console's
- *            row-pointer grid, the 5000-line scrollback ring);
+ *            vt_open() sets it up (the console's emulator, its row-pointer
+ *            grid, the 5000-line packed scrollback ring);
  *   screen   libvterm's screen layer (VTermScreen) with a scrollback callback
  *            that keeps the same ring: what the console used before it had a
  *            screen layer of its own, and what most libvterm programs use;
@@ -18,12 +18,22 @@
 #pragma GCC diagnostic ignored "-Wunused-function"	/* main's helpers */
 #include "../../tunnel_tui.c"
 #include <malloc.h>
+#include <vterm.h>
 
 #define WRITE_SIZE 8000		/* about one relayed message */
 
 static size_t heap_used(void)
 {
 	return mallinfo2().uordblks;
+}
+
+static uint32_t pack_color(const VTermColor *c, int fg)	/* as the console packs colours */
+{
+	if (fg ? VTERM_COLOR_IS_DEFAULT_FG(c) : VTERM_COLOR_IS_DEFAULT_BG(c))
+		return COLOR_DEFAULT;
+	if (VTERM_COLOR_IS_INDEXED(c))
+		return COLOR_INDEXED | c->indexed.idx;
+	return COLOR_RGB | (uint32_t)c->rgb.red << 16 | (uint32_t)c->rgb.green << 8 | c->rgb.blue;
 }
 
 static int ring_push(int cols, const VTermScreenCell *cells, void *user)	/* as the console keeps it */
@@ -49,7 +59,8 @@ static int no_damage(VTermRect r, void *user)
 
 static double run_console(const struct buf *in, int cols, int rows, size_t *bytes)
 {
-	struct session s = { .rows = rows, .cols = cols };
+	static struct tunnel t = { .cfg.name = "vtbench" };
+	struct session s = { .rows = rows, .cols = cols, .tunnel = &t };
 	size_t h0 = heap_used();
 	double t0;
 
@@ -89,8 +100,9 @@ static double run_screen(const struct buf *in, int cols, int rows, size_t *bytes
 	}
 	t0 = now_us() / 1e3 - t0;
 	vterm_free(vt);
-	ring.vt = NULL;
-	vt_close(&ring);
+	for (int i = 0; i < ring.sb_count; i++)
+		free(ring.sb[(ring.sb_head + i) % SCROLLBACK_LINES]);
+	free(ring.sb);
 	return t0;
 }
 

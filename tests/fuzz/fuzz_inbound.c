@@ -6,7 +6,7 @@
  * the scrollback ring, the asciicast recorder and the screen.
  *
  * The console's own code runs: tunnel_message() (section 8 of tunnel_tui.c)
- * decodes, routes and feeds libvterm, ends sessions on disconnect, handles
+ * decodes, routes and feeds the terminal emulator, ends sessions on disconnect, handles
  * connect_tunnel (and reopening) and pong, without curses input or an lws
  * context (t->wsi is NULL, app.ui_up is 0).
  *
@@ -229,10 +229,13 @@ static void check_grid(const struct grid *g, const struct session *s)
 	CHECK(g->row && g->rows == s->rows && g->cols == s->cols && g->rows <= (int)sizeof(seen));
 	memset(seen, 0, (size_t)g->rows);
 	for (int r = 0; r < g->rows; r++) {
-		ptrdiff_t k = g->row[r] - g->cells;
+		ptrdiff_t k = g->row[r] - 1 - g->cells, stride = g->cols + 1;
 
-		CHECK(k >= 0 && k % g->cols == 0 && k / g->cols < g->rows && !seen[k / g->cols]);
-		seen[k / g->cols] = 1;
+		CHECK(k >= 0 && k % stride == 0 && k / stride < g->rows && !seen[k / stride]);
+		seen[k / stride] = 1;
+		for (int c = (int)*row_used(g->row[r]); c < g->cols; c++)	/* past "used": blank */
+			CHECK(!g->row[r][c].ch && g->row[r][c].fg == COLOR_DEFAULT && g->row[r][c].bg == COLOR_DEFAULT &&
+			      !g->row[r][c].attrs && g->row[r][c].width == 1);
 	}
 }
 
@@ -251,7 +254,8 @@ static void check_invariants(void)
 		for (int i = 0; i < s->sb_count; i++) {
 			const struct sbline *l = sb_line(s, i);
 
-			CHECK(l && l->cols >= 0 && l->cols <= s->cols && l->cols <= l->room);
+			CHECK(l && l->cols <= s->cols && l->nruns <= l->cols &&
+			      l->nruns * sizeof(struct sbrun) + l->cols <= l->room);
 		}
 		check_grid(&s->primary, s);
 		if (s->alt.row)
