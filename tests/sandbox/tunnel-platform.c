@@ -62,8 +62,15 @@
 #define DEFAULT_REGION		"cn-north-4"	/* a derived signature's scope */
 #define REGION_MAX		63		/* --region at most */
 #define DEFAULT_EXPIRES_IN	86400		/* seconds a tunnel's tokens live */
-#define QUEUE_HIGH		(256 * 1024)	/* backlog that pauses the sources */
-#define QUEUE_LOW		(QUEUE_HIGH / 2) /* backlog that resumes them */
+/* Backlog toward a peer that pauses reading whoever feeds it, and resumes
+ * it.  Small, as a real platform's: what a device's shell has written then
+ * waits in socket buffers (where TCP paces the device) rather than here,
+ * so a Ctrl-C's effect reaches the console after little stale output.  The
+ * high mark is two of the largest device messages (16 KB); the low one
+ * leaves a message's worth queued, so the connection never idles while
+ * the source is read again. */
+#define QUEUE_HIGH		(32 * 1024)
+#define QUEUE_LOW		(16 * 1024)
 #define TOKEN_MAX		256		/* PROTOCOL.md §1 */
 #define ID_MAX			128		/* tunnel, project and device ids */
 #define TOKEN_BYTES		24		/* random bytes: 32 base64 chars */
