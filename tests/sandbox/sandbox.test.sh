@@ -327,7 +327,9 @@ R=$MAIN_URL
 # device sends then fills the sockets toward the app, and the relay must
 # stop reading the device with at most its high mark (32 KiB) and one
 # message (16 KiB) held toward the app, not let it grow; once the link is
-# back, every message arrives, in order.  SIGUSR2 reports the queues.
+# back, every message arrives, in order.  SIGUSR2 reports the queues.  Nor
+# may the relay's socket toward the app hold megabytes (a send buffer left
+# to autotuning on loopback would).
 FLOW_N=600 FLOW_SIZE=10000	# 6 MB: more than every socket buffer on the way (4 MB at most)
 start_linkem flowlk --to "127.0.0.1:${MAIN_URL##*:}" --buffer 16384 --control "$WORK/flowlk.ctl" ||
 	fail "linkem in front of the main relay starts"
@@ -353,6 +355,10 @@ q=$(queues_of flow)
 held=$(sed -n 's/.*queued to app \([0-9]*\) (peak \([0-9]*\)).*/\1 \2/p' <<<"$q")
 check "flow: the relay holds a backlog toward the app (${held% *} bytes)" [ "${held% *}" -gt 0 ]
 check "flow: at most 48 KiB of it, ever (now ${held% *}, peak ${held#* })" [ "${held#* }" -le $((48 << 10)) ]
+# the relay's sockets: toward linkem (the stalled app) and from the device
+sendq=$(ss -Htn state established "( sport = :${MAIN_URL##*:} )" | awk '$2 > m { m = $2 } END { print m + 0 }')
+check "flow: the relay's socket toward the app is full ($sendq bytes unsent)" [ "$sendq" -gt 0 ]
+check "flow: ... but holds at most 256 KiB" [ "$sendq" -le $((256 << 10)) ]
 echo 'blackhole off' >"$WORK/flowlk.ctl"
 await "flow: the link is back" "$WORK/flowlk.log" 'linkem: blackhole off$'
 await "flow: every message reaches the app" "$WORK/flapp.out" '^recv command fl-' "$FLOW_N"
