@@ -658,8 +658,13 @@ static int set_stats(struct link *l, const char *v)	/* stats: bytes forwarded an
 	return 0;
 }
 
-static int set_listen(struct link *l, const char *v) { return snprintf(l->listen, sizeof l->listen, "%s", v) < (int)sizeof l->listen ? 0 : -1; }	/* --listen ADDR:PORT */
-static int set_to(struct link *l, const char *v) { return snprintf(l->to, sizeof l->to, "%s", v) < (int)sizeof l->to ? 0 : -1; }	/* --to HOST:PORT */
+static int set_addr(char *dst, const char *v)	/* keeps HOST:PORT if it fits */
+{
+	return snprintf(dst, NAME_MAX_ADDR, "%s", v) < NAME_MAX_ADDR ? 0 : -1;
+}
+
+static int set_listen(struct link *l, const char *v) { return set_addr(l->listen, v); }	/* --listen ADDR:PORT */
+static int set_to(struct link *l, const char *v) { return set_addr(l->to, v); }	/* --to HOST:PORT */
 static int set_control(struct link *l, const char *v) { l->ctl_path = v; return 0; }	/* --control PATH */
 
 static int set_buffer(struct link *l, const char *v)	/* --buffer BYTES */

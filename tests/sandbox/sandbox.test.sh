@@ -10,7 +10,8 @@
 # TLS and fault injection.  Run: sh tests/run.sh sandbox
 #
 # Sections: helpers; relays and tunnels; arrival order; bad tokens; relay
-# mechanics (scripted device); oversize; full-profile sessions; multi-byte
+# mechanics (scripted device); oversize; flow control (a slow app, through
+# linkem); full-profile sessions; multi-byte
 # output; device loss and replacement; REST lifecycle; c-sdk profile; TLS;
 # fault injection; ssh backend.
 source "$(dirname "$0")/../lib.sh"
@@ -174,12 +175,12 @@ tunnels_json() {
 	done
 	printf ']\n'
 }
-tunnels_json order devfirst relay big sess csdk ssh tls auth cut stall expired:0 >"$WORK/tunnels.json"
+tunnels_json order devfirst relay big flow sess csdk ssh tls auth cut stall expired:0 >"$WORK/tunnels.json"
 printf '%s:%s\n' "$USER_OK" "$PASS_OK" >"$WORK/logins"
 printf 'api-secret\n' >"$WORK/api.tok"
 
 start_platform main --tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.tok" || { fail "main relay starts"; finish; }
-R=$PLATFORM_URL MAIN_URL=$PLATFORM_URL MAIN_PID=$PLATFORM_PID
+R=$PLATFORM_URL MAIN_URL=$PLATFORM_URL MAIN_PID=$PLATFORM_PID MAIN_LOG=$PLATFORM_LOG
 ok "main relay starts"
 
 #### arrival order #############################################################
@@ -319,6 +320,52 @@ R=$PLATFORM_URL
 oversize limits 2000 3000
 kill "$PLATFORM_PID"
 R=$MAIN_URL
+
+#### flow control: a slow app bounds the relay's backlog #######################
+
+# The app sits behind linkem, whose link dies (blackhole): what a scripted
+# device sends then fills the sockets toward the app, and the relay must
+# stop reading the device with at most its high mark (32 KiB) and one
+# message (16 KiB) held toward the app, not let it grow; once the link is
+# back, every message arrives, in order.  SIGUSR2 reports the queues.  Nor
+# may the relay's socket toward the app hold megabytes (a send buffer left
+# to autotuning on loopback would).
+FLOW_N=600 FLOW_SIZE=10000	# 6 MB: more than every socket buffer on the way (4 MB at most)
+start_linkem flowlk --to "127.0.0.1:${MAIN_URL##*:}" --buffer 16384 --control "$WORK/flowlk.ctl" ||
+	fail "linkem in front of the main relay starts"
+client flapp "ws://127.0.0.1:$LINKEM_PORT/v5/iot/tunnels/flow/source-connect" --token-file "$(tokfile flapp src-flow)"
+client fldev "$(dst flow)" --token-file "$(tokfile fldev dev-flow)"
+await "flow: the app behind linkem gets connect_tunnel" "$WORK/flapp.out" '^recv connect_tunnel '
+echo 'blackhole on' >"$WORK/flowlk.ctl"
+await "flow: the link toward the app dies (linkem's blackhole)" "$WORK/flowlk.log" 'linkem: blackhole on$'
+for ((i = 1; i <= FLOW_N; i++)); do say fldev "!big $FLOW_SIZE fl-$i"; done
+reported_since() { tail -n +"$(($1 + 1))" "$MAIN_LOG" | grep -q 'SIGUSR2: queues reported'; }	# reported_since LINE
+# queues_of TUNNEL: asks the relay (SIGUSR2) and prints the tunnel's report line
+queues_of() {
+	local m
+	m=$(wc -l <"$MAIN_LOG")
+	kill -USR2 "$MAIN_PID"
+	wait_for $T reported_since "$m" || return 1
+	tail -n +"$((m + 1))" "$MAIN_LOG" | grep "tunnel $1: queued" | tail -1
+}
+device_paused() { queues_of flow | grep -q 'device paused$'; }
+await_cmd() { if wait_for $T "${@:2}"; then ok "$1"; else fail "$1" "$(queues_of flow)"; fi; }	# await_cmd NAME CMD...
+await_cmd "flow: the relay stops reading the device" device_paused
+q=$(queues_of flow)
+held=$(sed -n 's/.*queued to app \([0-9]*\) (peak \([0-9]*\)).*/\1 \2/p' <<<"$q")
+check "flow: the relay holds a backlog toward the app (${held% *} bytes)" [ "${held% *}" -gt 0 ]
+check "flow: at most 48 KiB of it, ever (now ${held% *}, peak ${held#* })" [ "${held#* }" -le $((48 << 10)) ]
+# the relay's sockets: toward linkem (the stalled app) and from the device
+sendq=$(ss -Htn state established "( sport = :${MAIN_URL##*:} )" | awk '$2 > m { m = $2 } END { print m + 0 }')
+check "flow: the relay's socket toward the app is full ($sendq bytes unsent)" [ "$sendq" -gt 0 ]
+check "flow: ... but holds at most 256 KiB" [ "$sendq" -le $((256 << 10)) ]
+echo 'blackhole off' >"$WORK/flowlk.ctl"
+await "flow: the link is back" "$WORK/flowlk.log" 'linkem: blackhole off$'
+await "flow: every message reaches the app" "$WORK/flapp.out" '^recv command fl-' "$FLOW_N"
+check "flow: ... in order" [ "$(grep -o '^recv command fl-[0-9]*' "$WORK/flapp.out" | cut -d- -f2 | tr '\n' ' ')" = \
+	"$(seq -s ' ' 1 "$FLOW_N") " ]
+check "flow: ... and whole" [ "$(awk -v n=$((FLOW_SIZE - 100)) '/^recv command fl-/ && length($4) > n' "$WORK/flapp.out" | wc -l)" = "$FLOW_N" ]
+kill "$LINKEM_PID"
 
 #### full-profile sessions (pty backend) #######################################
 

@@ -62,8 +62,16 @@
 #define DEFAULT_REGION		"cn-north-4"	/* a derived signature's scope */
 #define REGION_MAX		63		/* --region at most */
 #define DEFAULT_EXPIRES_IN	86400		/* seconds a tunnel's tokens live */
-#define QUEUE_HIGH		(256 * 1024)	/* backlog that pauses the sources */
-#define QUEUE_LOW		(QUEUE_HIGH / 2) /* backlog that resumes them */
+/* Backlog toward a peer that pauses reading whoever feeds it, and resumes
+ * it.  Small, as a real platform's: what a device's shell has written then
+ * waits in socket buffers (where TCP paces the device) rather than here,
+ * so a Ctrl-C's effect reaches the console after little stale output.  The
+ * high mark is two of the largest device messages (16 KB); the low one
+ * leaves a message's worth queued, so the connection never idles while
+ * the source is read again. */
+#define QUEUE_HIGH		(32 * 1024)
+#define QUEUE_LOW		(16 * 1024)
+#define SOCK_SNDBUF		(64 * 1024)	/* a WebSocket's kernel send buffer (Linux doubles it) */
 #define TOKEN_MAX		256		/* PROTOCOL.md §1 */
 #define ID_MAX			128		/* tunnel, project and device ids */
 #define TOKEN_BYTES		24		/* random bytes: 32 base64 chars */
@@ -674,8 +682,23 @@ static void peer_closed(struct peer *p)	/* lws is freeing the connection */
 	sb_rx_free(&p->rx);
 }
 
+/* Left to autotuning, a send buffer on loopback grows to megabytes (the
+ * path looks infinitely fast) and holds a flood's output ahead of a
+ * Ctrl-C's effect; a real platform's is sized by its path to a cellular
+ * console, far smaller.  Only the send side: a receive buffer below the
+ * loopback MSS (64 KB) stalls TCP.  A fixed buffer caps a connection at
+ * about SOCK_SNDBUF per round trip, plenty for a sandbox. */
+static void peer_sndbuf(struct peer *p)	/* caps the kernel's send buffer of a connection */
+{
+	int n = SOCK_SNDBUF;
+
+	if (p->wsi && setsockopt(lws_get_socket_fd(p->wsi), SOL_SOCKET, SO_SNDBUF, &n, sizeof n))
+		sb_log("SO_SNDBUF: %s", strerror(errno));
+}
+
 static void ws_established(struct peer *p)	/* the upgrade is done: join, or close 1002 */
 {
+	peer_sndbuf(p);
 	if (p->refused) {
 		peer_close(p, 1002, "authentication failed");
 		return;
