@@ -22,9 +22,11 @@ conf_extra slow 'predict = auto'
 start_linkem mute --to "127.0.0.1:$PLATFORM_PORT" --blackhole on || fail "silent TCP server starts"
 MUTE_PORT=$LINKEM_PORT
 TLS_PORT=$(free_port)
-sleep 600 | openssl s_server -quiet -accept "$TLS_PORT" -cert "$CERTS/server.pem" -key "$CERTS/server.key" \
-	> /dev/null 2> "$WORK/s_server.log" &	# TLS, then reads forever and says nothing
+mkfifo "$WORK/s_server.in"	# its input: held open by this shell, so it reads forever and says nothing
+openssl s_server -quiet -accept "$TLS_PORT" -cert "$CERTS/server.pem" -key "$CERTS/server.key" \
+	< "$WORK/s_server.in" > /dev/null 2> "$WORK/s_server.log" &
 PIDS+=($!)
+exec 7> "$WORK/s_server.in"
 wait_for 10 bash -c "ss -Hltn 'sport = :$TLS_PORT' | grep -q ."
 for d in tcpmute:$MUTE_PORT tlsmute:$TLS_PORT; do
 	printf '[device %s]\nurl = wss://localhost:%s/v5/iot/tunnels/t-fast/source-connect\ntoken_file = %s\ncacert = %s\n\n' \
