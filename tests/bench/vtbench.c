@@ -11,9 +11,10 @@
  *            screen layer of its own, and what most libvterm programs use;
  *   parser   libvterm's parser and state with no callbacks: the ceiling of
  *            any screen layer on libvterm;
- * and prints "console MB/s screen MB/s console_kb screen_kb parser MB/s": the speeds, and
- * the heap one session's terminal takes (VTerm and screen buffers, no
- * scrollback lines yet) in each, both with the alternate screen made. */
+ * and prints "console MB/s screen MB/s console_kb screen_kb parser MB/s sb_kb": the
+ * speeds, the heap one session's terminal takes (grids and screen buffers,
+ * no scrollback lines yet) in each, both with the alternate screen made,
+ * and the heap the console's scrollback takes after FILE (sb_kb). */
 #define TUNNEL_TUI_NO_MAIN
 #pragma GCC diagnostic ignored "-Wunused-function"	/* main's helpers */
 #include "../../tunnel_tui.c"
@@ -55,6 +56,22 @@ static int no_damage(VTermRect r, void *user)
 {
 	(void)r, (void)user;
 	return 1;
+}
+
+/* The heap the scrollback takes once IN has gone through a session: the
+ * ring of 5000 lines as the console packs them. */
+static size_t scrollback_bytes(const struct buf *in, int cols, int rows)
+{
+	static struct tunnel t = { .cfg.name = "vtbench" };
+	struct session s = { .rows = rows, .cols = cols, .tunnel = &t };
+	size_t h0 = heap_used(), used;
+
+	vt_open(&s);
+	for (size_t i = 0; i < in->len; i += WRITE_SIZE)
+		term_feed(&s, in->p + i, in->len - i < WRITE_SIZE ? in->len - i : WRITE_SIZE);
+	used = heap_used() - h0;
+	vt_close(&s);
+	return used;
 }
 
 static double run_console(const struct buf *in, int cols, int rows, size_t *bytes)
@@ -139,8 +156,9 @@ int main(int argc, char **argv)
 	t_console = run_console(&in, atoi(argv[2]), atoi(argv[3]), &console_bytes);
 	t_screen = run_screen(&in, atoi(argv[2]), atoi(argv[3]), &screen_bytes);
 	t_parser = run_parser(&in, atoi(argv[2]), atoi(argv[3]));
-	printf("%.2f %.2f %.1f %.1f %.2f\n", in.len / 1e3 / t_console, in.len / 1e3 / t_screen,
-	       console_bytes / 1024.0, screen_bytes / 1024.0, in.len / 1e3 / t_parser);
+	printf("%.2f %.2f %.1f %.1f %.2f %.1f\n", in.len / 1e3 / t_console, in.len / 1e3 / t_screen,
+	       console_bytes / 1024.0, screen_bytes / 1024.0, in.len / 1e3 / t_parser,
+	       scrollback_bytes(&in, atoi(argv[2]), atoi(argv[3])) / 1024.0);
 	buf_free(&in);
 	return 0;
 }

@@ -901,6 +901,45 @@ static void test_parser_splits(void)
 	expect(1, "parser: the same screen however the input is split", "");
 }
 
+/* A line scrolled into the scrollback comes back as it was: characters,
+ * wide ones, colours, attributes, the wrapped mark; its blank end trimmed. */
+static void test_scrollback_packing(void)
+{
+	static const char *const bits[] = { "ab", "漢字", "\033[1;31m", "\033[38;5;200m", "\033[48;2;1;2;3m",
+					     "\033[7m", "\033[0m", " ", "é", "\033[4m", "x", "😀" };
+	unsigned seed = 99;
+	int bad = 0, lines = 0;
+
+	setlocale(LC_CTYPE, "C.UTF-8");
+	for (int round = 0; round < 300; round++) {
+		struct session *s = term_open(60, 2);	/* 12 bits take 48 columns at most: no wrap */
+		struct cell want[60];
+		const struct cell *got;
+		int n;
+
+		feed(s, "\r\n");	/* the cursor on the last row: the next line feed scrolls row 0 out */
+		for (int k = 0; k < 12; k++)
+			feed(s, bits[rand_r(&seed) % (sizeof(bits) / sizeof(*bits))]);
+		feed(s, "\033[0m");
+		memcpy(want, s->grid->row[0], sizeof(want));
+		feed(s, "\r\n");
+		got = history_cells(s, s->sb_count - 1, &n);
+		for (int c = 0; c < 60; c++) {
+			struct cell w = want[c], g = c < n ? got[c] : blank_cell;
+
+			if (c && want[c - 1].width == 2)
+				continue;	/* a right half: drawn with its left */
+			if (cell_blank(&w) && cell_blank(&g))
+				continue;
+			bad += (w.ch ? w.ch : ' ') != (g.ch ? g.ch : ' ') || w.fg != g.fg || w.bg != g.bg ||
+			       w.attrs != g.attrs || w.width != g.width;
+		}
+		lines += s->sb_count == 1;
+		term_close(s);
+	}
+	expect(!bad && lines == 300, "scrollback: 300 packed lines unpack to the cells they were", "%d cells differ", bad);
+}
+
 /* The text a selection copies, as tmux copies it. */
 static int copied_is(const struct session *s, struct copy cp, const char *want, char *got, size_t cap)
 {
@@ -1016,6 +1055,7 @@ int main(void)
 	test_login_fields();
 	test_parser_splits();
 	test_copy();
+	test_scrollback_packing();
 	test_clipboard_and_mouse();
 	free(token_sources);
 	return failures != 0;
