@@ -3,7 +3,7 @@
  * tunnel" (Huawei IoTDA).  The platform relays JSON messages over WebSocket
  * between this application and a device, which turns them into SSH sessions;
  * several sessions (request_ids) share one tunnel.  Left: devices and their
- * sessions.  Right: the selected session's live terminal (libvterm).
+ * sessions.  Right: the selected session's live terminal (an emulator of its own).
  *
  * The wire protocol is the README's "Protocol" section: §N in comments here
  * is its section N.  One thread: libwebsockets owns the loop (it does not
@@ -8162,7 +8162,7 @@ static void mouse_list(const struct mouse *m)	/* click selects, the wheel moves 
 }
 
 /* To a remote program that asked for the mouse, encoded as it asked
- * (libvterm speaks X10, UTF-8, SGR and urxvt).  Shift keeps it here. */
+ * (X10, UTF-8, SGR or urxvt coordinates).  Shift keeps it here. */
 static int mouse_remote(struct session *s, const struct mouse *m, int vr, int col)
 {
 	int row = vr - s->sb_count, code = m->button, motion = m->button & MB_MOTION;

@@ -1,7 +1,7 @@
 /*
  * fuzz_inbound: libFuzzer target for everything a device or the platform can
  * send the console.  Inbound frames are the console's widest attack surface:
- * they come from the network, PROTOCOL.md §2 says they may hold invalid UTF-8
+ * they come from the network, README Protocol §2 says they may hold invalid UTF-8
  * and any JSON shape, and their data goes straight into a terminal emulator,
  * the scrollback ring, the asciicast recorder and the screen.
  *

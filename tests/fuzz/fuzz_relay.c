@@ -1,7 +1,7 @@
 /*
  * fuzz_relay: libFuzzer target for the sandbox relay (tests/sandbox/
  * tunnel-platform.c): everything its peers can send it.  Every test and
- * demo talks to this relay, and they take PROTOCOL.md §7 on trust: whole
+ * demo talks to this relay, and they take README Protocol §7 on trust: whole
  * messages relayed byte for byte, a ping answered with a pong and never
  * forwarded, a message over the limit refused with disconnect "413" (at its
  * first chunk, never buffered), one connection per role, the REST API
@@ -121,7 +121,7 @@ static char *text_copy(const char *p, size_t n)
 	return t;
 }
 
-/* An id as PROTOCOL.md §7 and the REST API define it: 1-128 of [A-Za-z0-9_-]. */
+/* An id as README Protocol §7 and the REST API define it: 1-128 of [A-Za-z0-9_-]. */
 static int id_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -235,7 +235,7 @@ static int sent_to(const struct snap *s, const struct peer *p, struct frame *f)
 	return n;
 }
 
-/* A platform message (PROTOCOL.md §2): this operation, request_id rid (NULL:
+/* A platform message (README Protocol §2): this operation, request_id rid (NULL:
  * JSON null), data null or, with a status code, {status_code, status_msg}. */
 static void check_envelope(const struct frame *f, const char *op, const char *rid,
 			   const char *status)

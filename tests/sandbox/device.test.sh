@@ -603,7 +603,7 @@ check "--events: no device token, password or keystroke in the logs" \
 
 #### the c-sdk profile: what the official C device does ######################
 
-# PROTOCOL.md §4 (routing) and §8.  A relay of its own: a c-sdk message can
+# README Protocol §4 (routing) and §8.  A relay of its own: a c-sdk message can
 # be 12428 bytes, over the relay's default limit.  One tunnel per scenario.
 for t in c1 w1 w2 w3 f1 f2 b1 b2 r1 r2; do
 	printf '{"tunnel_id":"%s","device_id":"%s","source_token":"src-%s","device_token":"dev-%s","expires_in":3600}\n' "$t" "$t" "$t" "$t"

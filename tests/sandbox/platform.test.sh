@@ -75,7 +75,7 @@ canon_hash() {
 }
 hmac() { openssl dgst -sha256 -hmac "$1" -r | cut -d' ' -f1; }	# hmac KEY: hex(HMAC-SHA256(KEY, stdin))
 signature() { printf 'SDK-HMAC-SHA256\n%s\n%s' "$1" "$2" | hmac "$3"; }	# signature DATE HASH SK
-# The derived form (V11-HMAC-SHA256, PROTOCOL.md §9): scoped to a day, a
+# The derived form (V11-HMAC-SHA256, README Protocol §9): scoped to a day, a
 # region and the service, keyed with hex(HKDF-SHA256(ikm SK, salt AK, info scope)).
 REGION=cn-north-4
 derived_key() {	# derived_key SK AK SCOPE: the 64 hex characters

@@ -35,7 +35,7 @@ static inline void sb_lws_log(int level, const char *line)	/* lws errors into ou
 	fprintf(stderr, "%s: lws: %s", sb_prog, line);
 }
 
-/*** the envelope (PROTOCOL.md §2) ******************************************/
+/*** the envelope (README Protocol §2) ******************************************/
 
 /* Serialises one message; data is consumed (may be NULL for JSON null).
  * Returns a malloc'd, NUL-terminated string. */

@@ -1,6 +1,6 @@
 #!/bin/bash
 # tests/sandbox/sandbox.test.sh: drives the sandbox relay (tunnel-platform) and
-# the sandbox device agent (tunnel-device) through the behaviour PROTOCOL.md
+# the sandbox device agent (tunnel-device) through the behaviour the README's Protocol section
 # §7-8 asks of them, with tunnel-client as the application and, where the test
 # must see exactly what the relay forwards, as a scripted device too.
 #
@@ -49,7 +49,7 @@ client() {
 }
 say() { local n=$1; shift; printf '%s\n' "$@" >&"${CFD[$n]}"; }	# say NAME LINE...
 
-# The wire messages (PROTOCOL.md §2-3), one line each.
+# The wire messages (README Protocol §2-3), one line each.
 msg() { printf '{"operation_type":"%s","tunnel_service_type":"ssh","request_id":"%s","data":%s}' "$1" "$2" "$3"; }
 login() { msg connect "$1" "{\"username\":\"$2\",\"password\":\"$3\"${4:+,$4}}"; }	# REQID USER PASS [EXTRA-MEMBERS]
 typed() {	# typed REQID TEXT: the command message for TEXT then Enter
@@ -310,7 +310,7 @@ oversize() {
 	await "$n: ... and stays connected" "$WORK/${n}app2.out" "^recv pong p-$n "
 	absent "$n: the device's oversize message not relayed" "$WORK/${n}app2.out" "$n-dev-over"
 }
-# The defaults: 10240 for the app (PROTOCOL.md §1), 16384 for the device,
+# The defaults: 10240 for the app (README Protocol §1), 16384 for the device,
 # whose official SDK sends up to 12428 bytes.
 oversize big 10240 16384 12428
 # Each role's limit set on its own.

@@ -1,5 +1,5 @@
 /* tunnel-client: the protocol-level test client of the secure tunnel sandbox,
- * a tiny websocat for PROTOCOL.md.  It opens one WebSocket to the relay with
+ * a tiny websocat for the tunnel protocol (README: Protocol).  It opens one WebSocket to the relay with
  * the `tunnel_access_token` header, sends what stdin says and prints one line
  * per event on stdout, so shell tests can drive the relay and the device agent
  * and wait for lines.

@@ -1,6 +1,6 @@
 /* tunnel-device: the sandbox device agent of tunnel_tui.
  *
- * It plays the device side of the IoTDA-style secure tunnel (PROTOCOL.md §8):
+ * It plays the device side of the IoTDA-style secure tunnel (README Protocol §8):
  * one WebSocket to the platform's device-connect URL, JSON messages in and
  * out, and every `connect` turned into a shell session, either on a local
  * pseudo-terminal (--backend pty) or over SSH to a real sshd (--backend ssh).
@@ -64,7 +64,7 @@
 #define PING_SECS	20		/* WebSocket PING after this long idle */
 #define HANGUP_SECS	60		/* and hang up after this long without a PONG */
 #define SSH_TIMEOUT_S	10L		/* libssh connect/auth timeout */
-#define TOKEN_MAX	256		/* PROTOCOL.md §1 */
+#define TOKEN_MAX	256		/* README Protocol §1 */
 #define ID_MAX		128		/* a device id: 1-128 of A-Z a-z 0-9 _ - */
 #define EVENT_MAX	65536		/* largest tunnel_notify event (file or frame) */
 #define PTY_COLS	128		/* the official devices' fixed PTY */
@@ -77,7 +77,7 @@
 #define SHELL_PATH	"/usr/local/bin:/usr/bin:/bin"
 #define SYSTEM_CA	"/etc/ssl/certs/ca-certificates.crt"
 
-/* Reconnect delays (PROTOCOL.md §4.8): 1 s doubling to 30 s, 20 % jitter. */
+/* Reconnect delays (README Protocol §4.8): 1 s doubling to 30 s, 20 % jitter. */
 static const uint32_t backoff_ms[] = { 1000, 2000, 4000, 8000, 16000, 30000 };
 
 static const lws_retry_bo_t retry_policy = {
@@ -89,7 +89,7 @@ static const lws_retry_bo_t retry_policy = {
 	.jitter_percent = 20,
 };
 
-/* Ends after which a WebSocket must not come back (PROTOCOL.md §4.8): a
+/* Ends after which a WebSocket must not come back (README Protocol §4.8): a
  * close code, or an HTTP status refusing the upgrade.  status: the exit
  * status when the agent leaves on it. */
 static const struct final_end {
@@ -184,7 +184,7 @@ struct cred {				/* one line of --login-file */
 	char *user, *pass;
 };
 
-/* --wedge: how the official SDK gets stuck after a shell exit (PROTOCOL.md
+/* --wedge: how the official SDK gets stuck after a shell exit (README Protocol
  * §4, routing): its channel-close callback takes a lock its reader thread
  * holds.  Whether the 408 went out first is a race the modes pick. */
 struct wedge_mode {
@@ -403,7 +403,7 @@ static size_t json_esc_total(const unsigned char *p, size_t n)	/* escaped length
 }
 
 /* Escapes like cJSON: bytes >= 0x80 pass raw, so split or invalid UTF-8 from
- * a shell reaches the app as it was (PROTOCOL.md §1).  Returns the end. */
+ * a shell reaches the app as it was (README Protocol §1).  Returns the end. */
 static char *json_escape(char *d, const unsigned char *p, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -2046,7 +2046,7 @@ static int conn_event(struct lws *wsi, enum lws_callback_reasons reason, void *i
 
 /*** the tunnel **************************************************************/
 
-static void tunnel_lost(struct agent *a)	/* every session dies with the tunnel (DESIGN.md) */
+static void tunnel_lost(struct agent *a)	/* every session dies with the tunnel */
 {
 	if (a->wedge != W_NONE)	/* as restarting the SDK's tunnel would */
 		sb_log("wedge cleared: the tunnel connection ended");
@@ -2117,7 +2117,7 @@ static int cb_tunnel(struct lws *wsi, enum lws_callback_reasons reason, void *us
 /*** the events channel ******************************************************/
 
 /* IoTDA publishes tunnel_notify to the device over MQTT; here it is a text
- * frame on a WebSocket, or a file (--notify).  Members (PROTOCOL.md §8):
+ * frame on a WebSocket, or a file (--notify).  Members (README Protocol §8):
  * object_device_id, services[] {event_type "tunnel_notify", paras
  * {tunnel_uri (tunnel_url accepted too), tunnel_access_token}}. */
 struct notify {				/* one parsed event; strings owned */

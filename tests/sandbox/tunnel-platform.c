@@ -8,7 +8,7 @@
  * It also serves the IoTDA tunnel REST API (guarded by X-Auth-Token or by
  * Huawei Cloud's AK/SK request signing, basic or derived), stands in for
  * each device's MQTT connection with an events WebSocket that carries
- * tunnel_notify, and injects faults for tests.  The contract is PROTOCOL.md, sections 1-3 and 7.
+ * tunnel_notify, and injects faults for tests.  The contract is the README's Protocol section, §1-3 and §7.
  *
  * One thread, one lws event loop.  Every delay is an lws_sul timer; signals
  * arrive through a signalfd adopted into the loop.  No message content and no
@@ -57,7 +57,7 @@
 /*** tunables ***************************************************************/
 
 #define DEFAULT_LISTEN		"127.0.0.1:8443"
-#define DEFAULT_MAX_MESSAGE	10240		/* PROTOCOL.md §1: an app's 10 KB a message */
+#define DEFAULT_MAX_MESSAGE	10240		/* README Protocol §1: an app's 10 KB a message */
 #define DEFAULT_MAX_DEVICE_MESSAGE 16384	/* official devices send up to 12428 */
 #define DEFAULT_REGION		"cn-north-4"	/* a derived signature's scope */
 #define REGION_MAX		63		/* --region at most */
@@ -72,7 +72,7 @@
 #define QUEUE_HIGH		(32 * 1024)
 #define QUEUE_LOW		(16 * 1024)
 #define SOCK_SNDBUF		(64 * 1024)	/* a WebSocket's kernel send buffer (Linux doubles it) */
-#define TOKEN_MAX		256		/* PROTOCOL.md §1 */
+#define TOKEN_MAX		256		/* README Protocol §1 */
 #define ID_MAX			128		/* tunnel, project and device ids */
 #define TOKEN_BYTES		24		/* random bytes: 32 base64 chars */
 #define PATH_LEN		512		/* longest request path we route */
@@ -1152,7 +1152,7 @@ static int refuse_by_close(const struct relay *r, const struct ws_route *w)	/* 1
 }
 
 /* lws 4.1 only drops the socket when this callback refuses, so the status
- * line, headers and body are written here by hand (DESIGN.md). */
+ * line, headers and body are written here by hand. */
 static int ws_refuse_http(struct lws *wsi, const struct refusal *no)	/* answers 4xx, then -1 */
 {
 	unsigned char buf[LWS_PRE + 768], *start = buf + LWS_PRE, *q = start;
@@ -1202,7 +1202,7 @@ static int ws_filter(struct relay *r, struct peer *p, struct lws *wsi)	/* vets a
 /*** AK/SK signing **********************************************************/
 
 /* Huawei Cloud's request signing, checked the way its API gateway checks it
- * (the public API Request Signing Guide; PROTOCOL.md §9), in both forms:
+ * (the public API Request Signing Guide; README Protocol §9), in both forms:
  *   CanonicalRequest = METHOD \n CanonicalURI \n CanonicalQueryString \n
  *                      CanonicalHeaders \n SignedHeaders \n hex(sha256(body))
  * SDK-HMAC-SHA256, the basic form:
