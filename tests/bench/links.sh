@@ -55,7 +55,7 @@ login() {
 }
 
 # The remote side of figure 9: a key counter (no echo; "got N" after each key)
-COUNTER='stty -echo -icanon; n=0; printf "got 0"; while IFS= read -rsn1 c; do n=$((n+1)); printf "\\rgot %d" $n; done\r'
+COUNTER='clear; stty -echo -icanon; n=0; printf "got 0"; while IFS= read -rsn1 c; do n=$((n+1)); printf "\\rgot %d" $n; done\r'
 
 links_phase() {
 	local r ms x fifo=$WORK/lnk.ctl
@@ -96,32 +96,45 @@ links_phase() {
 
 	# 9. a link that goes silent while the user types a key every 300 ms,
 	# into a key counter: 6 s (it heals), then 15 s (dead at 10 s, reconnect)
-	phase "9. a blackholed link while typing"
-	h lk send "\\x071" && h lk wait 5000 "^ l1 │" && h lk waitcur 5000 "$PROMPT_RE" && h lk send "$COUNTER" && h lk wait 10000 'got 0$' || return 1
-	h lk trace "$OUT/trace-blackhole.txt" 27 && h lk autotype 300 && h lk drain 2000 || return 1
-	h lk ctl "$fifo" blackhole on && h lk waitm 10000 'NO ANSWER FOR' || return 1
-	R[stale_ms]=${REPLY#ok }
-	h lk untilm "$SHORT_HOLE" && h lk ctl "$fifo" blackhole off || return 1
-	h lk count 20000 || return 1
-	read -r R[recover_ms] R[recover_key_ms] _ _ <<< "${REPLY#ok }"
-	h lk autotype 0 && h lk drain 1500 && h lk count 1 && read -r _ _ R[keys_got] R[keys_typed] <<< "${REPLY#ok }"
-	log "   short ($SHORT_HOLE ms): notice after $(r stale_ms) ms; typing echoes $(r recover_ms) ms after the link heals" \
-		"(that key: $(r recover_key_ms) ms); $(r keys_got) of $(r keys_typed) keys arrived"
+	phase "9. a blackholed link while typing: $HOLE_REPS rounds of a ${SHORT_HOLE} ms and a ${LONG_HOLE} ms blackhole"
+	h lk trace "$OUT/trace-blackhole.txt" 27 || return 1
+	for r in $(seq 1 "$HOLE_REPS"); do
+		h lk send "\\x071" && h lk wait 5000 "^ l1 │" && h lk waitcur 15000 "$PROMPT_RE" && h lk send "$COUNTER" &&
+			h lk wait 10000 'got 0$' || return 1
+		h lk autotype 300 reset && h lk drain 2000 || return 1
+		h lk ctl "$fifo" blackhole on && h lk waitm 10000 'NO ANSWER FOR' || return 1
+		echo "${REPLY#ok }" >> "$WORK/stale.txt"
+		h lk untilm "$SHORT_HOLE" && h lk ctl "$fifo" blackhole off && h lk count 20000 || return 1
+		echo "${REPLY#ok }" >> "$WORK/recover.txt"	# MS_SINCE_HEAL MS_SINCE_THAT_KEY N TYPED
+		h lk autotype 0 && h lk drain 1500 && h lk count 1 || return 1
+		echo "${REPLY#ok }" | cut -d' ' -f3,4 >> "$WORK/keys-arrived.txt"
+		log "   short: notice after $(tail -1 "$WORK/stale.txt") ms; typing echoed $(cut -d' ' -f1 <<< "$(tail -1 "$WORK/recover.txt")") ms" \
+			"after the link heals (that key $(cut -d' ' -f2 <<< "$(tail -1 "$WORK/recover.txt")") ms after it was typed);" \
+			"keys counted / typed: $(tail -1 "$WORK/keys-arrived.txt")"
 
-	h lk autotype 300 && h lk drain 2000 || return 1
-	h lk ctl "$fifo" blackhole on && h lk waitm 10000 'NO ANSWER FOR' || return 1
-	R[stale2_ms]=${REPLY#ok }
-	h lk waitrow 30000 1 '^  (retry|connecting|reconnecting)' && R[dead_ms]=${REPLY#ok }
-	h lk autotype 0	# the session has ended: the user stops typing
-	h lk untilm "$LONG_HOLE" && h lk ctl "$fifo" blackhole off || return 1
-	h lk waitrow 60000 1 '^  online +│' && R[reconnect_ms]=${REPLY#ok }
-	h lk waitmcur 30000 "$PROMPT_RE" && R[reopen_ms]=${REPLY#ok } &&
-		h lk lat 1 0 0 "$WORK/lat-reopened.txt" "$PROMPT_RE" && R[reopen_echo_ms]=$(calc "${R[reopen_ms]} + $(cut -d' ' -f3 <<< "$REPLY")" 1)
+		h lk autotype 300 && h lk drain 2000 || return 1
+		h lk ctl "$fifo" blackhole on && h lk waitm 10000 'NO ANSWER FOR' || return 1
+		echo "${REPLY#ok }" >> "$WORK/stale.txt"
+		h lk waitrow 30000 1 '^  (retry|connecting|reconnecting)' || return 1
+		echo "${REPLY#ok }" >> "$WORK/dead.txt"
+		h lk autotype 0	# the session has ended: the user stops typing
+		h lk untilm "$LONG_HOLE" && h lk ctl "$fifo" blackhole off || return 1
+		h lk waitrow 60000 1 '^  online +│' || return 1
+		echo "${REPLY#ok }" >> "$WORK/reconnect.txt"
+		h lk waitmcur 30000 "$PROMPT_RE" && echo "${REPLY#ok }" >> "$WORK/reopen.txt" || return 1
+		log "   long: notice after $(tail -1 "$WORK/stale.txt") ms, dead after $(tail -1 "$WORK/dead.txt") ms;" \
+			"after the link heals: online in $(tail -1 "$WORK/reconnect.txt") ms, the session reopened" \
+			"(its prompt) in $(tail -1 "$WORK/reopen.txt") ms"
+	done
 	h lk trace off
-	R[stale_gone_ms]=$(after_mark "$OUT/trace-blackhole.txt" 1 '$2 == ROWS && !/NO ANSWER/')
-	log "   long ($LONG_HOLE ms): notice after $(r stale2_ms) ms, dead after $(r dead_ms) ms;" \
-		"after the link heals: online in $(r reconnect_ms) ms, the session reopened (prompt) in $(r reopen_ms) ms," \
-		"its first key echoed by $(r reopen_echo_ms) ms"
+	R[stale_ms]=$(median < "$WORK/stale.txt")
+	R[stale_max]=$(sort -n "$WORK/stale.txt" | tail -1)
+	R[recover_ms]=$(cut -d' ' -f1 "$WORK/recover.txt" | median)
+	R[dead_ms]=$(median < "$WORK/dead.txt")
+	R[reconnect_ms]=$(median < "$WORK/reconnect.txt")
+	R[reconnect_max]=$(sort -n "$WORK/reconnect.txt" | tail -1)
+	R[reopen_ms]=$(median < "$WORK/reopen.txt")
+	R[keys_lost]=$(awk '{ s += $2 - $1 } END { print s + 0 }' "$WORK/keys-arrived.txt")
 
 	# 8. 1 Mbit/s, 100 ms round trips: Ctrl-C once seq 200000 has run for 2 s
 	# the baseline: ssh to the private sshd through a link emulator of its own, alike
@@ -177,11 +190,6 @@ ctrlc_slow() {
 	h $x drain 1000 >/dev/null
 }
 
-# after_mark FILE N AWK-COND: in a trace, ms after the Nth mark of the first
-# line that meets the condition (ROWS: the status bar's row)
-after_mark() {
-	awk -v n="$2" -v ROWS=$(( ${CON_SIZE#*x} - 1 )) '/^# mark/ { m++; next } m == n && ('"$3"') { print $1; exit }' "$1"
-}
 
 # --- figure 10: a soak ---------------------------------------------------------
 # 10 devices, a session each, every one printing a ~110-byte coloured log line

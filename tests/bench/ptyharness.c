@@ -45,10 +45,11 @@
  *   waitrow MS ROW REGEX             until row ROW matches      -> ok MS_SINCE_MARK
  *   untilm MS                        reads until MS after the mark
  *   since                            -> ok MS_SINCE_MARK
- *   autotype GAP_MS                  from now on a key (a b c ... z a ...) every
- *                                    GAP_MS, whatever else runs; 0 stops -> ok TYPED
- *   count MS                         until a remote key counter ("got N" on a
- *                                    row) has the first key typed after the mark
+ *   autotype GAP_MS [reset]          from now on a key (a b c ... z a ...) every
+ *                                    GAP_MS, whatever else runs; 0 stops; reset:
+ *                                    the count of keys typed starts again -> ok TYPED
+ *   count MS                         until a remote key counter ("got N" on the
+ *                                    cursor's row) has the first key typed after the mark
  *                                    -> ok MS_SINCE_MARK MS_SINCE_THAT_KEY N TYPED
  *   trace FILE [COLS] | trace off     every change of the status bar and of the
  *                                    first COLS columns of the other rows, with
@@ -1073,26 +1074,23 @@ static void do_wait_mark(char *args, cond_fn *cond)
 	regfree(&re);
 }
 
-/* The count a remote key counter prints ("got N" at a row's end), the
- * largest on screen; -1: none. */
+/* The count a remote key counter prints ("got N" at the end of the
+ * cursor's row); -1: none. */
 static long remote_count(void)
 {
-	long best = -1;
+	const char *t, *g = NULL;
+	char *end;
+	long v;
 
-	for (int y = 0; y < scr.rows; y++) {
-		const char *t = row_text(y), *g = NULL;
-
-		for (const char *p = t; (p = strstr(p, "got ")); p += 4)
-			g = p;
-		if (g) {
-			char *end;
-			long v = strtol(g + 4, &end, 10);
-
-			if (end != g + 4 && !*end && v > best)
-				best = v;
-		}
-	}
-	return best;
+	if (scr.cur.row < 0 || scr.cur.row >= scr.rows)
+		return -1;
+	t = row_text(scr.cur.row);
+	for (const char *p = t; (p = strstr(p, "got ")); p += 4)
+		g = p;
+	if (!g)
+		return -1;
+	v = strtol(g + 4, &end, 10);
+	return end != g + 4 && !*end ? v : -1;
 }
 
 static int counted_after_mark(const void *arg)
@@ -1149,9 +1147,11 @@ static void do_trace(char *args)
  * in its cell (shown: drawn at all, a prediction or the echo) and until it
  * is there not underlined (echo: the console underlines predictions not yet
  * confirmed on a slow link; with prediction off the two are the same).
- * SETTLE ms after the last echo the line as drawn is kept; Enter; the line
- * as the shell had it is what echo printed.  Every cell where the two
- * differ is a wrong character left on screen. */
+ * A space changes no cell: it is shown when the cursor has passed it.
+ * SETTLE ms after the last echo the line as drawn is kept (and underlined
+ * characters anywhere on screen counted: predictions still unconfirmed);
+ * Enter; the line as the shell had it is what echo printed.  Every cell
+ * where the two differ is a wrong character left on screen. */
 struct tkey {
 	int row, col;
 	uint32_t c;
@@ -1264,8 +1264,10 @@ static void do_typist(char *args)
 			uint32_t v = scr.row[row][x];
 
 			drawn[nd++] = CH(v) < 0x80 && CH(v) ? (char)CH(v) : '?';
-			ul += (v & UL) && CH(v) != ' ';
 		}
+		for (int y = 0; y < scr.rows; y++)	/* unconfirmed predictions, anywhere */
+			for (int x = 0; x < scr.cols; x++)
+				ul += (scr.row[y][x] & UL) && CH(scr.row[y][x]) != ' ';
 		while (nd && drawn[nd - 1] == ' ')
 			nd--;
 		drawn[nd] = '\0';
@@ -1372,9 +1374,11 @@ static int command(char *line)	/* one stdin line; 0 after quit */
 		for (double end = mark_ms + atof(line); now_ms() < end;)
 			pump(end - now_ms());
 		printf("ok\n");
-	} else if (!strcmp(name, "autotype")) {
-		at.gap = atof(line);
+	} else if (!strcmp(name, "autotype")) {	/* GAP_MS [reset]: reset counts from 0 */
+		at.gap = atof(next_field(&line));
 		at.next = now_ms();
+		if (!strcmp(line, "reset"))
+			at.n = at.after_mark = 0;
 		printf("ok %lu\n", at.n);
 	} else if (!strcmp(name, "count")) {
 		do_count(line);
