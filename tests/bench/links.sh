@@ -23,16 +23,7 @@ lk() {
 	echo "$2" > "$WORK/$1.ctl"
 	wait_for 5 bash -c "tail -n +$((n0 + 1)) '$WORK/log/$1.log' | grep -q ."
 }
-# linkem_stats NAME: "UP_FORWARDED UP_HELD DOWN_FORWARDED DOWN_HELD" now
-linkem_stats() {
-	local n0; n0=$(grep -c 'stats:' "$WORK/log/$1.log")
-	echo stats > "$WORK/$1.ctl"
-	wait_for 5 bash -c "[ \$(grep -c 'stats:' '$WORK/log/$1.log') -gt $n0 ]"
-	grep 'stats:' "$WORK/log/$1.log" | tail -1 |
-		sed -E 's/.*up forwarded ([0-9]+) buffered ([0-9]+), down forwarded ([0-9]+) buffered ([0-9]+).*/\1 \2 \3 \4/'
-}
-
-# link_conf FILE PORT NAME[:KEY=VALUE,...]...: devices through the emulator at PORT
+# link_conf FILE PORT NAME[:"KEY=VALUE ..."]...: devices through the emulator at PORT
 link_conf() {
 	local f=$1 port=$2 d name kv; shift 2
 	: > "$f"
@@ -58,7 +49,7 @@ login() {
 COUNTER='clear; stty -echo -icanon; n=0; printf "got 0"; while IFS= read -rsn1 c; do n=$((n+1)); printf "\\rgot %d" $n; done\r'
 
 links_phase() {
-	local r ms x fifo=$WORK/lnk.ctl
+	local r x fifo=$WORK/lnk.ctl
 	phase "7.-9. cellular-grade links: the console through linkem to the relay"
 	fixture_quiet
 	# 300 ms round trips, +-10 ms each way: 150 ms one way, as a 3G/LTE link
@@ -68,9 +59,10 @@ links_phase() {
 		"l1:predict=auto reopen=auto remember_password=session" "l2:predict=never"
 	h_start lk --size $CON_SIZE -- "$CONSOLE" -c "$WORK/links.conf" --log "$WORK/log/links.log"
 	login lk 2 l2 && login lk 1 l1 || return 1
-	LK_CON_PID=$(h_pid lk)
 
-	# 7. a person typing commands at a shell prompt; the two devices take turns
+	# 7. a person typing commands at a shell prompt; the two devices take
+	# turns; the line as drawn is kept 300 ms (a round trip) after its last
+	# echo; the prompt "TTB> " is 5 columns
 	phase "7. predictive echo at 300 ms: $TYPE_LINES command lines with prediction on (l1) and off (l2)"
 	for r in $(seq 1 $((TYPE_LINES / 2))); do
 		for x in 1 2; do
