@@ -174,6 +174,7 @@ sshd_up() {
 	EOF
 	/usr/sbin/sshd -D -f "$d/sshd_config" -E "$WORK/log/sshd.log" &
 	PIDS+=($!)
+	SSHD_PORT=$p
 	SSH_CMD="ssh -tt -i $d/id -p $p -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o SendEnv=LANG $BUSER@127.0.0.1"
 	wait_for 10 bash -c "ss -Hltn 'sport = :$p' | grep -q ." || { log "sshd did not start"; return 1; }
 }

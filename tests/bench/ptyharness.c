@@ -34,10 +34,32 @@
  *   tput MS MARKER TEXT              type TEXT, time until MARKER is on screen
  *                                    (client: in the raw stream) -> ok MS BYTES
  *   ctrlc MS REGEX                   Ctrl-C, time until the cursor row matches
+ *   typist LINES SETTLE PLEN FILE REGEX   a person typing command lines at a
+ *                                    shell prompt (see do_typist) -> ok KEYS
+ *                                    WITHIN_20MS PCT SHOWN_P50 ECHO_P50 WRONG
+ *                                    UNDERLINED_LEFT NEVER_SHOWN LINES_DIFFERENT
+ *   ctl FIFO LINE                    LINE to a control FIFO (linkem's); sets the mark
+ *   mark                             sets the mark: the *m commands count from it
+ *   waitm / gonem / waitmcur MS REGEX   until a row matches / none does / the
+ *                                    cursor's row does    -> ok MS_SINCE_MARK
+ *   waitrow MS ROW REGEX             until row ROW matches      -> ok MS_SINCE_MARK
+ *   untilm MS                        reads until MS after the mark
+ *   since                            -> ok MS_SINCE_MARK
+ *   autotype GAP_MS [reset]          from now on a key (a b c ... z a ...) every
+ *                                    GAP_MS, whatever else runs; 0 stops; reset:
+ *                                    the count of keys typed starts again -> ok TYPED
+ *   count MS                         until a remote key counter ("got N" on the
+ *                                    cursor's row) has the first key typed after the mark
+ *                                    -> ok MS_SINCE_MARK MS_SINCE_THAT_KEY N TYPED
+ *   trace FILE [COLS] | trace off     every change of the status bar and of the
+ *                                    first COLS columns of the other rows, with
+ *                                    the ms since the mark, to FILE
+ *   rowtext OFFSET                   -> ok TEXT of the row OFFSET from the cursor's
  *   pid                              -> ok PID
  *   dump                             the screen to stderr       -> ok
  *   quit                             SIGTERM (then SIGKILL) the child, exit
- * A failed wait answers `timeout ...` and dumps the screen to stderr.
+ * A failed wait answers `timeout ...` and dumps the screen to stderr.  The
+ * screen model keeps, beside each character, whether it was drawn underlined.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -318,6 +340,11 @@ static int cmd_stream(int argc, char **argv)
 /*** drive: the screen model **************************************************/
 
 
+/* A cell: its character, and UL when it was drawn underlined (the console
+ * underlines predicted characters not yet confirmed by their echo). */
+#define UL	0x80000000u
+#define CH(c)	((c) & ~UL)
+
 static struct screen {
 	int rows, cols;
 	uint32_t **row;		/* row pointers: a full-width scroll rotates them */
@@ -336,10 +363,13 @@ static void row_clear(int r, int c0, int c1)
 
 static int cb_putglyph(VTermGlyphInfo *info, VTermPos pos, void *user)
 {
+	VTermValue ul;
+
 	(void)user;
 	if (pos.row < 0 || pos.row >= scr.rows || pos.col < 0 || pos.col >= scr.cols)
 		return 1;
-	scr.row[pos.row][pos.col] = info->chars[0] ? info->chars[0] : ' ';
+	vterm_state_get_penattr(scr.st, VTERM_ATTR_UNDERLINE, &ul);
+	scr.row[pos.row][pos.col] = (info->chars[0] ? info->chars[0] : ' ') | (ul.number ? UL : 0);
 	if (info->width == 2 && pos.col + 1 < scr.cols)
 		scr.row[pos.row][pos.col + 1] = 0;	/* the right half of a wide one */
 	scr.dirty[pos.row] = 1;
@@ -461,14 +491,14 @@ static void screen_reset(void)
 		row_clear(y, 0, scr.cols);
 }
 
-/* A row as UTF-8, trailing blanks removed. */
-static const char *row_text(int y)
+/* Columns c0 to c1 of a row as UTF-8, trailing blanks removed. */
+static const char *row_text_part(int y, int c0, int c1)
 {
 	static char buf[8192];
 	size_t n = 0, keep = 0;
 
-	for (int x = 0; x < scr.cols && n + 8 < sizeof(buf); x++) {
-		uint32_t c = scr.row[y][x];
+	for (int x = c0 < 0 ? 0 : c0; x < c1 && x < scr.cols && n + 8 < sizeof(buf); x++) {
+		uint32_t c = CH(scr.row[y][x]);
 
 		if (c == 0)
 			continue;
@@ -492,6 +522,11 @@ static const char *row_text(int y)
 	}
 	buf[keep] = '\0';
 	return buf;
+}
+
+static const char *row_text(int y)	/* a whole row */
+{
+	return row_text_part(y, 0, scr.cols);
 }
 
 static void screen_dump(const char *why)
@@ -594,6 +629,72 @@ static size_t raw_scan(const char *p, size_t n)
 	return end;
 }
 
+/*** drive: a hand that keeps typing, and a record of the screen *************/
+
+static double mark_ms;		/* set by ctl and mark; the *m commands count from it */
+
+/* autotype: a key every gap ms (a b c ... z a ...) while anything else runs,
+ * as a user goes on typing into a link that stalls. */
+static struct {
+	double gap, next;		/* ms; gap 0: off */
+	unsigned long n;		/* keys typed */
+	unsigned long after_mark;	/* the first key typed after the mark (1-based); 0: none yet */
+	double after_mark_t;		/* when it was typed */
+} at;
+
+static void autotype_tick(void)
+{
+	double t = now_ms();
+	char c;
+
+	if (at.gap <= 0 || t < at.next)
+		return;
+	c = (char)('a' + at.n % 26);
+	type_bytes(&c, 1);
+	at.n++;
+	if (!at.after_mark && mark_ms > 0) {
+		at.after_mark = at.n;
+		at.after_mark_t = t;
+	}
+	at.next = at.next + at.gap > t ? at.next + at.gap : t + at.gap;
+}
+
+static double autotype_wait(double timeout_ms)	/* shortened to the next key */
+{
+	double left;
+
+	if (at.gap <= 0)
+		return timeout_ms;
+	left = at.next - now_ms();
+	left = left < 0 ? 0 : left;
+	return timeout_ms < 0 || left < timeout_ms ? left : timeout_ms;
+}
+
+/* trace: every change of the status bar (the last row) and of the first
+ * cols columns of the other rows (the console's device list), with the time
+ * since the mark: what the console said, and when. */
+static struct {
+	FILE *f;
+	int cols;
+	char **last;
+} tr;
+
+static void trace_check(void)
+{
+	if (!tr.f)
+		return;
+	for (int y = 0; y < scr.rows; y++) {
+		const char *text = row_text_part(y, 0, y == scr.rows - 1 ? scr.cols : tr.cols);
+
+		if (tr.last[y] && !strcmp(tr.last[y], text))
+			continue;
+		free(tr.last[y]);
+		tr.last[y] = strdup(text);
+		fprintf(tr.f, "%.1f %d %s\n", now_ms() - mark_ms, y, text);
+	}
+	fflush(tr.f);
+}
+
 /* Reads what the child drew (waits at most timeout_ms); 0 on timeout. */
 static int pump(double timeout_ms)
 {
@@ -602,6 +703,8 @@ static int pump(double timeout_ms)
 	int r;
 	ssize_t n;
 
+	autotype_tick();
+	timeout_ms = autotype_wait(timeout_ms);
 	if (ch.eof) {
 		if (timeout_ms > 0)
 			usleep((useconds_t)(timeout_ms * 1000));	/* nothing can come */
@@ -629,6 +732,7 @@ static int pump(double timeout_ms)
 		return 1;
 	}
 	vterm_input_write(scr.vt, buf, (size_t)n);
+	trace_check();
 	return 1;
 }
 
@@ -683,14 +787,14 @@ static int cell_is(const void *arg)
 {
 	const struct cell_want *w = arg;
 
-	return scr.row[w->row][w->col] == w->c;
+	return CH(scr.row[w->row][w->col]) == w->c;
 }
 
 static int line_cleared(const void *arg)	/* after Ctrl-U: blank, cursor home */
 {
 	const struct cell_want *w = arg;
 
-	return scr.row[w->row][w->col] == ' ' && scr.cur.row == w->row && scr.cur.col == w->col;
+	return CH(scr.row[w->row][w->col]) == ' ' && scr.cur.row == w->row && scr.cur.col == w->col;
 }
 
 /*** drive: commands **********************************************************/
@@ -896,6 +1000,316 @@ static void do_ctrlc(char *args)
 	regfree(&re);
 }
 
+/* ctl FIFO LINE: a line to the link emulator's control FIFO; the mark is set
+ * the moment it is written. */
+static void do_ctl(char *args)
+{
+	const char *path = next_field(&args);
+	char line[512];
+	int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC), n;
+
+	n = snprintf(line, sizeof(line), "%s\n", args);
+	if (fd < 0 || write(fd, line, (size_t)n) != n) {
+		printf("err %s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	close(fd);
+	mark_ms = now_ms();
+	at.after_mark = 0;
+	if (tr.f)
+		fprintf(tr.f, "# mark: %s\n", args);
+	printf("ok\n");
+}
+
+static int no_row_matches(const void *arg)
+{
+	return !any_row_matches(arg);
+}
+
+struct row_re { int row; regex_t re; };
+
+static int row_matches(const void *arg)
+{
+	const struct row_re *r = arg;
+
+	return r->row >= 0 && r->row < scr.rows && regexec(&r->re, row_text(r->row), 0, NULL, 0) == 0;
+}
+
+/* waitrow MS ROW REGEX: until that row matches -> ok MS_SINCE_MARK */
+static void do_wait_row(char *args)
+{
+	double timeout = atof(next_field(&args));
+	struct row_re r;
+
+	r.row = atoi(next_field(&args));
+	if (compile(&r.re, args) < 0)
+		return;
+	if (wait_until(timeout, row_matches, &r) < 0) {
+		printf("timeout row %d %s\n", r.row, args);
+		screen_dump(args);
+	} else {
+		printf("ok %.1f\n", now_ms() - mark_ms);
+	}
+	regfree(&r.re);
+}
+
+/* waitm / gonem / waitmcur MS REGEX: until a row matches (none does, the
+ * cursor's row matches) -> ok MS_SINCE_MARK */
+static void do_wait_mark(char *args, cond_fn *cond)
+{
+	double timeout = atof(next_field(&args)), ms;
+	regex_t re;
+
+	if (compile(&re, args) < 0)
+		return;
+	ms = wait_until(timeout, cond, &re);
+	if (ms < 0) {
+		printf("timeout %s\n", args);
+		screen_dump(args);
+	} else {
+		printf("ok %.1f\n", now_ms() - mark_ms);
+	}
+	regfree(&re);
+}
+
+/* The count a remote key counter prints ("got N" at the end of the
+ * cursor's row); -1: none. */
+static long remote_count(void)
+{
+	const char *t, *g = NULL;
+	char *end;
+	long v;
+
+	if (scr.cur.row < 0 || scr.cur.row >= scr.rows)
+		return -1;
+	t = row_text(scr.cur.row);
+	for (const char *p = t; (p = strstr(p, "got ")); p += 4)
+		g = p;
+	if (!g)
+		return -1;
+	v = strtol(g + 4, &end, 10);
+	return end != g + 4 && !*end ? v : -1;
+}
+
+static int counted_after_mark(const void *arg)
+{
+	(void)arg;
+	return at.after_mark && remote_count() >= (long)at.after_mark;
+}
+
+/* count MS: until the remote counter has the first key typed after the
+ * mark -> ok MS_SINCE_MARK MS_SINCE_THAT_KEY COUNT TYPED */
+static void do_count(char *args)
+{
+	double ms = wait_until(atof(args), counted_after_mark, NULL), t = now_ms();
+
+	if (ms < 0) {
+		printf("timeout count %ld of %lu typed (first after the mark: %lu)\n", remote_count(),
+		       at.n, at.after_mark);
+		screen_dump("count");
+	} else {
+		printf("ok %.1f %.1f %ld %lu\n", t - mark_ms, t - at.after_mark_t, remote_count(), at.n);
+	}
+}
+
+static void do_trace(char *args)
+{
+	if (tr.f)
+		fclose(tr.f);
+	tr.f = NULL;
+	for (int y = 0; tr.last && y < scr.rows; y++) {
+		free(tr.last[y]);
+		tr.last[y] = NULL;
+	}
+	if (strcmp(args, "off")) {
+		const char *file = next_field(&args);
+
+		tr.cols = atoi(args) > 0 ? atoi(args) : 30;
+		tr.f = fopen(file, "a");
+		mark_ms = now_ms();	/* the timeline starts here, or at the next mark */
+		if (!tr.last)
+			tr.last = calloc((size_t)scr.rows, sizeof(*tr.last));
+		if (!tr.f) {
+			printf("err %s: %s\n", file, strerror(errno));
+			return;
+		}
+		trace_check();
+	}
+	printf("ok\n");
+}
+
+/* typist: a person at a shell prompt on a slow link.  Each line is a
+ * command `echo WORDS` (3-6 words of 4-10 random letters, a space between),
+ * typed at 30-70 ms a key once the prompt is there and 400-800 ms of
+ * reading have passed; every printable key is timed until its character is
+ * in its cell (shown: drawn at all, a prediction or the echo) and until it
+ * is there not underlined (echo: the console underlines predictions not yet
+ * confirmed on a slow link; with prediction off the two are the same).
+ * A space changes no cell: it is shown when the cursor has passed it.
+ * SETTLE ms after the last echo the line as drawn is kept (and underlined
+ * characters anywhere on screen counted: predictions still unconfirmed);
+ * Enter; the line as the shell had it is what echo printed.  Every cell
+ * where the two differ is a wrong character left on screen. */
+struct tkey {
+	int row, col;
+	uint32_t c;
+	double t, shown, echo;	/* when typed; when seen (0: not yet) */
+};
+
+/* A letter shows in its cell; a space changes no cell, it shows when the
+ * cursor has gone past it, and counts as echoed with the next letter. */
+static void tkeys_update(struct tkey *k, int n)
+{
+	double t = 0;
+
+	for (int i = n - 1; i >= 0; i--) {
+		uint32_t v;
+
+		if (k[i].echo)
+			continue;
+		if (k[i].c == ' ') {
+			if (!k[i].shown && scr.cur.row == k[i].row && scr.cur.col > k[i].col)
+				k[i].shown = t = t ? t : now_ms();
+			if (i + 1 < n && k[i + 1].echo)
+				k[i].echo = k[i + 1].echo;
+			continue;
+		}
+		v = scr.row[k[i].row][k[i].col];
+		if (CH(v) != k[i].c)
+			continue;
+		t = t ? t : now_ms();
+		if (!k[i].shown)
+			k[i].shown = t;
+		if (!(v & UL))
+			k[i].echo = t;
+	}
+}
+
+static void tkeys_pump(struct tkey *k, int n, double until)	/* reads until then, watching */
+{
+	for (double left; (left = until - now_ms()) > 0;) {
+		pump(left);
+		tkeys_update(k, n);
+	}
+}
+
+static int tkeys_echoed(struct tkey *k, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (!k[i].echo)
+			return 0;
+	return 1;
+}
+
+static void do_typist(char *args)
+{
+	int lines = atoi(next_field(&args)), keys = 0, within = 0, missing = 0, wrong = 0, ul_left = 0,
+	    remote_diff = 0, plen, nechoes = 0;
+	double settle = atof(next_field(&args)), *shown_v, *echo_v;
+	const char *file;
+	regex_t re;
+	FILE *f;
+
+	plen = atoi(next_field(&args));
+	file = next_field(&args);
+	if (compile(&re, args) < 0)
+		return;
+	f = fopen(file, "a");
+	shown_v = calloc((size_t)lines * 80 + 1, sizeof(double));
+	echo_v = calloc((size_t)lines * 80 + 1, sizeof(double));
+	for (int line = 0; line < lines; line++) {
+		struct tkey k[96] = { { 0 } };
+		char text[96], drawn[128], shell[128];
+		int n = 0, row, col0, words = 3 + (int)(rnd() % 4), nd = 0, ns = 0, ul = 0;
+		double last_echo = 0, t;
+
+		if (wait_until(15000, cursor_row_matches, &re) < 0) {
+			printf("timeout prompt before line %d\n", line);
+			screen_dump("typist: no prompt");
+			goto out;
+		}
+		row = scr.cur.row;
+		col0 = scr.cur.col;
+		n = snprintf(text, sizeof(text), "echo");
+		for (int w = 0; w < words; w++) {
+			int len = 4 + (int)(rnd() % 7);
+
+			text[n++] = ' ';
+			for (int i = 0; i < len; i++)
+				text[n++] = (char)('a' + rnd() % 26);
+		}
+		text[n] = '\0';
+		if (col0 + n >= scr.cols - 1 || col0 < plen) {
+			printf("err no room to type\n");
+			goto out;
+		}
+		tkeys_pump(k, 0, now_ms() + 400 + rnd() % 401);	/* reading the last output */
+		for (int i = 0; i < n; i++) {
+			tkeys_pump(k, i, now_ms() + 30 + rnd() % 41);
+			k[i] = (struct tkey){ row, col0 + i, (uint32_t)(unsigned char)text[i], 0, 0, 0 };
+			k[i].t = now_ms();
+			type_bytes(text + i, 1);
+			tkeys_update(k, i + 1);
+		}
+		for (t = now_ms() + 5000; !tkeys_echoed(k, n) && now_ms() < t;) {
+			pump(t - now_ms());
+			tkeys_update(k, n);
+		}
+		for (int i = 0; i < n; i++)
+			last_echo = k[i].echo > last_echo ? k[i].echo : last_echo;
+		tkeys_pump(k, n, (tkeys_echoed(k, n) ? last_echo : now_ms()) + settle);
+		for (int x = col0; x < scr.cols && nd + 1 < (int)sizeof(drawn); x++) {	/* the line as drawn */
+			uint32_t v = scr.row[row][x];
+
+			drawn[nd++] = CH(v) < 0x80 && CH(v) ? (char)CH(v) : '?';
+		}
+		for (int y = 0; y < scr.rows; y++)	/* unconfirmed predictions, anywhere */
+			for (int x = 0; x < scr.cols; x++)
+				ul += (scr.row[y][x] & UL) && CH(scr.row[y][x]) != ' ';
+		while (nd && drawn[nd - 1] == ' ')
+			nd--;
+		drawn[nd] = '\0';
+		type_bytes("\r", 1);
+		if (wait_until(15000, cursor_row_matches, &re) < 0) {	/* the typed row never does */
+			printf("timeout prompt after line %d\n", line);
+			screen_dump("typist: no prompt after Enter");
+			goto out;
+		}
+		/* the output row is just above the new prompt: echo's words, as the shell had them */
+		ns = snprintf(shell, sizeof(shell), "echo %s", row_text_part(scr.cur.row - 1, col0 - plen, scr.cols));
+		for (int i = 0; i < nd || i < ns; i++)
+			wrong += i >= nd || i >= ns || drawn[i] != shell[i];
+		ul_left += ul;
+		remote_diff += strcmp(shell, text) != 0;
+		for (int i = 0; i < n; i++) {
+			keys++;
+			shown_v[keys - 1] = k[i].shown ? k[i].shown - k[i].t : 1e9;
+			missing += !k[i].shown;
+			within += shown_v[keys - 1] <= 20;
+			echo_v[nechoes++] = text[i] == ' ' ? 0 : k[i].echo ? k[i].echo - k[i].t : 1e9;
+			nechoes -= text[i] == ' ';
+			if (f)
+				fprintf(f, "%d %d %c %.3f %.3f\n", line, i, text[i] == ' ' ? '_' : text[i],
+					k[i].shown ? k[i].shown - k[i].t : -1, k[i].echo ? k[i].echo - k[i].t : -1);
+		}
+		if (f && (strcmp(drawn, shell) || ul))
+			fprintf(f, "# line %d: drawn \"%s\" (%d underlined), the shell's \"%s\"\n", line, drawn, ul, shell);
+	}
+	qsort(shown_v, (size_t)keys, sizeof(double), cmp_double);
+	qsort(echo_v, (size_t)nechoes, sizeof(double), cmp_double);
+	printf("ok %d %d %.1f %.1f %.1f %d %d %d %d\n", keys, within, keys ? 100.0 * within / keys : 0,
+	       keys ? pct(shown_v, keys, 0.5) : 0, nechoes ? pct(echo_v, nechoes, 0.5) : 0, wrong, ul_left,
+	       missing, remote_diff);
+out:
+	if (f)
+		fclose(f);
+	free(shown_v);
+	free(echo_v);
+	regfree(&re);
+}
+
 static void stop_child(void)
 {
 	int st;
@@ -938,6 +1352,38 @@ static int command(char *line)	/* one stdin line; 0 after quit */
 		do_tput(line);
 	} else if (!strcmp(name, "ctrlc")) {
 		do_ctrlc(line);
+	} else if (!strcmp(name, "typist")) {
+		do_typist(line);
+	} else if (!strcmp(name, "ctl")) {
+		do_ctl(line);
+	} else if (!strcmp(name, "mark")) {
+		mark_ms = now_ms();
+		at.after_mark = 0;
+		printf("ok\n");
+	} else if (!strcmp(name, "waitm") || !strcmp(name, "gonem") || !strcmp(name, "waitmcur")) {
+		do_wait_mark(line, name[0] == 'g' ? no_row_matches : name[5] ? cursor_row_matches : any_row_matches);
+	} else if (!strcmp(name, "rowtext")) {	/* the row OFFSET from the cursor's */
+		int y = scr.cur.row + atoi(line);
+
+		printf("ok %s\n", y >= 0 && y < scr.rows ? row_text(y) : "");
+	} else if (!strcmp(name, "since")) {
+		printf("ok %.1f\n", now_ms() - mark_ms);
+	} else if (!strcmp(name, "waitrow")) {
+		do_wait_row(line);
+	} else if (!strcmp(name, "untilm")) {	/* reads until MS after the mark */
+		for (double end = mark_ms + atof(line); now_ms() < end;)
+			pump(end - now_ms());
+		printf("ok\n");
+	} else if (!strcmp(name, "autotype")) {	/* GAP_MS [reset]: reset counts from 0 */
+		at.gap = atof(next_field(&line));
+		at.next = now_ms();
+		if (!strcmp(line, "reset"))
+			at.n = at.after_mark = 0;
+		printf("ok %lu\n", at.n);
+	} else if (!strcmp(name, "count")) {
+		do_count(line);
+	} else if (!strcmp(name, "trace")) {
+		do_trace(line);
 	} else if (!strcmp(name, "pid")) {
 		printf("ok %d\n", (int)ch.pid);
 	} else if (!strcmp(name, "dump")) {
@@ -1054,7 +1500,8 @@ static int cmd_drive(int argc, char **argv)
 		char *nl;
 		ssize_t n;
 
-		if (poll(pf, ch.eof ? 1 : 2, -1) < 0 && errno != EINTR)
+		autotype_tick();
+		if (poll(pf, ch.eof ? 1 : 2, (int)ceil(autotype_wait(-1))) < 0 && errno != EINTR)
 			die("poll: %s", strerror(errno));
 		if (!ch.eof && pf[1].revents)
 			pump(0);

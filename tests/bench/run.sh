@@ -5,8 +5,11 @@
 # assertion: a missed goal is reported, not failed.
 #
 #   BENCH_QUICK=1        a short run for development (smaller, fewer, shorter)
-#   BENCH_ONLY="paths startup scale"   the phases to run (default: all three;
-#                        paths = figures 1-3, startup = 6, scale = 4 and 5)
+#   BENCH_ONLY="paths startup scale links"   the phases to run (default: all
+#                        four; paths = figures 1-3, startup = 6, scale = 4 and 5,
+#                        links = 7-9: cellular-grade links through linkem)
+#   BENCH_SOAK=MINUTES   also the soak, figure 10 (BENCH_ONLY=soak: 30 minutes)
+#   BENCH_SHORT_HOLE=MS, BENCH_LONG_HOLE=MS   figure 9's blackholes (6000, 15000)
 #   BENCH_PERF=1         also perf-record the console during throughput and
 #                        the Ctrl-C flood (reports in build/bench/)
 #   KEEP_WORK=1          keep the scratch folder (logs, screens) for a look
@@ -22,9 +25,10 @@ export LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=xterm-256color
 unset TMUX TUNNEL_TUI_TOKEN
 make -s bench-harness || exit 1
 source "$TOP/tests/bench/fixture.sh"
+source "$TOP/tests/bench/links.sh"
 OUT=$TOP/build/bench
 mkdir -p "$OUT"
-rm -f "$OUT"/latency-*.txt "$OUT"/table.txt "$OUT"/bench.json "$OUT"/perf-*
+rm -f "$OUT"/latency-*.txt "$OUT"/table.txt "$OUT"/bench.json "$OUT"/perf-* "$OUT"/typing-*.txt "$OUT"/trace-*.txt "$OUT"/soak-*.txt
 
 if [ "${BENCH_QUICK:-0}" != 0 ]; then
 	QUICK=1 TPUT_BYTES=$((4 << 20)) TPUT_ROUNDS=1 LAT_KEYS=40 CTRLC_REPS=2
@@ -33,7 +37,15 @@ else
 	QUICK=0 TPUT_BYTES=$((20 << 20)) TPUT_ROUNDS=3 LAT_KEYS=400 CTRLC_REPS=5
 	NDEV=50 IDLE_S=60 STARTUP_REPS=5
 fi
-ONLY=" ${BENCH_ONLY:-paths startup scale} "
+LINK_BUFFER=65536	# linkem's queue each way (bytes): 0.5 s at 1 Mbit/s
+SHORT_HOLE=${BENCH_SHORT_HOLE:-6000} LONG_HOLE=${BENCH_LONG_HOLE:-15000}	# figure 9's blackholes, ms
+CTRLC_SLOW_REPS=3		# figure 8's rounds
+[ "$QUICK" = 1 ] && HOLE_REPS=1 || HOLE_REPS=3	# figure 9's rounds (a short and a long blackhole each)
+[ "$QUICK" = 1 ] && TYPE_LINES=4 || TYPE_LINES=12	# figure 7: command lines per device
+ONLY=" ${BENCH_ONLY:-paths startup scale links} "
+# the soak (figure 10) only when asked for: BENCH_SOAK=MINUTES, or soak in BENCH_ONLY (30 minutes)
+[[ ${BENCH_SOAK:-0} =~ ^[1-9][0-9]*$ ]] && SOAK_MIN=$BENCH_SOAK || SOAK_MIN=30
+[ -n "${BENCH_SOAK:-}" ] && [ "${BENCH_SOAK}" != 0 ] && ONLY+="soak "
 NSTREAM=20		# background sessions streaming during the loaded latency run
 STREAM_MS=10		# each prints a ~110-byte coloured log line every 10 ms
 GAP="30 70"		# think time between keystrokes, ms (uniform)
@@ -57,7 +69,7 @@ phase setup
 user_up || exit 1
 SCALE=()
 for i in $(seq 1 "$NDEV"); do SCALE+=("$(printf 's%02d' "$i")"); done
-sandbox_up c1 m1 "${SCALE[@]}" || exit 1
+sandbox_up c1 m1 l1 l2 "${SCALE[@]}" || exit 1
 sshd_up || exit 1
 devices_conf "$WORK/main.conf" c1
 devices_conf "$WORK/one.conf" s01
@@ -326,6 +338,8 @@ scale_phase() {
 [[ $ONLY == *" paths "* ]] && { paths_phase || log "   (figures 1-3 stopped early)"; }
 [[ $ONLY == *" startup "* ]] && { startup_phase || log "   (figure 6 stopped early)"; }
 [[ $ONLY == *" scale "* ]] && { scale_phase || log "   (figures 4-5 stopped early)"; }
+[[ $ONLY == *" links "* ]] && { links_phase || log "   (figures 7-9 stopped early)"; }
+[[ $ONLY == *" soak "* ]] && { soak_phase || log "   (figure 10 stopped early)"; }
 
 # --- the table and the JSON ----------------------------------------------------------
 ratio() {	# value / baseline; "-" when either is missing or the baseline is 0
@@ -370,6 +384,22 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	row "6. start-up to first frame, $NDEV devices, ms" "$(r startup_scale)" "$(r startup_tmux) tmux" \
 		"$(ratio startup_scale startup_tmux)" "≤ 50 ms" "$(met startup_scale "$(r startup_scale) <= 50")"
 	row "   (1 device configured)" "$(r startup_one)" "" "" "" ""
+	row "7. keys shown ≤ 20 ms, 300 ms RTT, %" "$(r predict_pct)" "$(r predict_off_pct) predict=never" "" "≥ 70 %" \
+		"$(met predict_pct "$(r predict_pct) >= 70")"
+	row "   wrong characters left on screen" "$(r predict_wrong)" "" "" "0" "$(met predict_wrong "$(r predict_wrong) == 0")"
+	row "   median key to shown, ms" "$(r type_shown50_1)" "$(r type_shown50_2) predict=never" "" "" ""
+	row "8. Ctrl-C to prompt, 1 Mbit/s, 100 ms RTT, ms" "$(r ctrlc_slow_lk)" "$(r ctrlc_slow_sh) ssh" \
+		"$(ratio ctrlc_slow_lk ctrlc_slow_sh)" "≤ 2000 ms" "$(met ctrlc_slow_lk "$(r ctrlc_slow_lk) <= 2000")"
+	row "   (median of $CTRLC_SLOW_REPS) KB through after Ctrl-C" "$(r ctrlc_slow_kb_lk)" "$(r ctrlc_slow_kb_sh) ssh" \
+		"$(ratio ctrlc_slow_kb_lk ctrlc_slow_kb_sh)" "" ""
+	row "9. blackhole to the stale notice, ms" "$(r stale_ms)" "" "" "≤ 5000 ms" "$(met stale_ms "$(r stale_ms) <= 5000")"
+	row "   link heals to typing echoed, $((SHORT_HOLE / 1000)) s hole, ms" "$(r recover_ms)" "" "" "" ""
+	row "   link heals to online, $((LONG_HOLE / 1000)) s hole (dead), ms" "$(r reconnect_ms)" "" "" "≤ 5000 ms" \
+		"$(met reconnect_ms "$(r reconnect_ms) <= 5000")"
+	row "   ... to the session's prompt (reopen = auto)" "$(r reopen_ms)" "" "" "" ""
+	has soak_start && row "10. soak RSS, MB, start -> end ($(r soak_min) min)" "$(r soak_start) -> $(r soak_end)" "" "" "" ""
+	has soak_start && row "   growth, first third / last third, MB" "$(r soak_first_third) / $(r soak_last_third)" "" "" \
+		"level" "$(met soak_last_third "$(r soak_last_third) <= 1")"
 	echo
 	echo "at Ctrl-C the socket queues between the shell and the console held $(r inflight_mb) MB (median); the console works it off before the prompt shows"
 	echo "CPU per echoed keystroke (ms, Ctrl-U redraws included): console $(r keycpu_con), minimal client $(r keycpu_min), tmux server+client $(r keycpu_tmx)"
@@ -381,12 +411,22 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	echo "5000 lines of this output in a session's scrollback cost the console $(r rss_con_sb) MB (RSS growth over the throughput runs)"
 	echo "one 93x39 terminal, both screens made: $(r vt_console_kb) KB in the console, $(r vt_screen_kb) KB with libvterm's screen layer; medians of" \
 		"$TPUT_ROUNDS throughput and $STARTUP_REPS start-up runs; latency over $LAT_KEYS keys"
+	has predict_pct && echo "links through tests/sandbox/linkem: 7 and 9 at 150 ms +- 10 ms each way, 8 at 50 ms each way and" \
+		"125000 B/s, 10 at 50 ms each way with 2 % of segments lost; linkem queues at most $LINK_BUFFER bytes each way." \
+		"7: $(r type_keys_1) keys typed with prediction (auto), $(r type_keys_2) without, as $TYPE_LINES command lines each;" \
+		"median key to echo $(r type_echo50_1) / $(r type_echo50_2) ms; underlined (unconfirmed) characters left $(r type_ul_1)." \
+		"9: $HOLE_REPS rounds; the stale notice at most $(r stale_max) ms after a blackhole began; the link declared dead" \
+		"after $(r dead_ms) ms (median); online again at most $(r reconnect_max) ms after it healed;" \
+		"keys typed into the short blackholes and never counted by the remote: $(r keys_lost)"
+	has soak_start && echo "10: RSS each minute, MB: $(r soak_series)(CPU $(r soak_cpu) % of a core; links declared dead: $(r soak_dead))"
 } | tee "$OUT/table.txt"
 j() { echo "${R[$1]:-null}"; }
-JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s%s}' \
+JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s,"predict_within_20ms_pct":%s,"predict_off_within_20ms_pct":%s,"predict_wrong_chars":%s,"ctrl_c_slow_link_ms":%s,"ctrl_c_slow_link_kb_after":%s,"ctrl_c_slow_link_ssh_ms":%s,"stale_notice_ms":%s,"recover_short_ms":%s,"reconnect_after_dead_ms":%s,"soak_rss_start_mb":%s,"soak_rss_end_mb":%s,"soak_rss_last_third_growth_mb":%s%s}' \
 	"$(j tput_con)" "$(ratio tput_con tput_min | sed 's/^-$/null/')" "$(ratio tput_con tput_tmx | sed 's/^-$/null/')" \
 	"$(j p50_con)" "$(j p99_con)" "$(j overhead)" "$(j ctrlc_con)" "$(j idle_cpu)" "$(j idle_wake)" \
 	"$(j rss_mb)" "$(j kb_sess)" "$(j p99_loaded)" "$(j startup_scale)" \
+	"$(j predict_pct)" "$(j predict_off_pct)" "$(j predict_wrong)" "$(j ctrlc_slow_lk)" "$(j ctrlc_slow_kb_lk)" "$(j ctrlc_slow_sh)" \
+	"$(j stale_ms)" "$(j recover_ms)" "$(j reconnect_ms)" "$(j soak_start)" "$(j soak_end)" "$(j soak_last_third)" \
 	"$([ $QUICK = 1 ] && echo ',"quick":true')")
 echo "$JSON" > "$OUT/bench.json"
 echo
