@@ -3074,9 +3074,9 @@ static void vt_control(struct session *s, unsigned char c)	/* a move cancels a p
 		s->vt.phantom = 0;
 }
 
-static void vt_tabs_reset(struct session *s)	/* a stop every 8 columns */
+static void vt_tabs_default(struct session *s, int from, int to)	/* a stop every 8 columns */
 {
-	for (int col = 0; col < s->cols; col++)
+	for (int col = from; col < to; col++)
 		if (col % 8)
 			s->vt.tabs[col / 8] &= (uint8_t)~(1 << (col % 8));
 		else
@@ -3125,7 +3125,7 @@ static void vt_reset(struct session *s, int hard)	/* RIS (hard), DECSTR (soft) *
 	v->gl = 0;
 	v->mouse_enc = MOUSE_X10;
 	s->cursor_visible = 1;
-	vt_tabs_reset(s);
+	vt_tabs_default(s, 0, s->cols);
 	if (!hard)
 		return;
 	if (s->altscreen)
@@ -3748,11 +3748,7 @@ static void vt_resize(struct session *s, int rows, int cols)	/* the grids keep t
 	struct vt *v = &s->vt;
 
 	v->tabs = xrealloc(v->tabs, (size_t)(cols + 7) / 8);
-	for (int col = s->cols; col < cols; col++)
-		if (col % 8)
-			v->tabs[col / 8] &= (uint8_t)~(1 << (col % 8));
-		else
-			v->tabs[col / 8] |= (uint8_t)(1 << (col % 8));
+	vt_tabs_default(s, s->cols, cols);
 	grid_resize(&s->primary, rows, cols);
 	grid_resize(&s->alt, rows, cols);
 	s->rows = rows;

@@ -3,6 +3,7 @@
 # console and the relay (each direction alike: --delay is one way).
 #   links: 7. predictive echo at 300 ms, 8. Ctrl-C at 1 Mbit/s,
 #          9. a blackholed link: the stale notice, recovery, reconnect
+#   deep:  3b. Ctrl-C with at least 8 MB of output queued toward the console
 #   soak (BENCH_SOAK=MINUTES): 10. RSS of 10 streaming sessions over a lossy link
 
 LINKEM=$TOP/tests/sandbox/linkem
@@ -182,6 +183,57 @@ ctrlc_slow() {
 	h $x drain 1000 >/dev/null
 }
 
+
+# --- figure 3b: Ctrl-C behind a deep queue ----------------------------------------
+# `yes` runs while linkem holds the console's link shut (a blackhole) and
+# its queue toward the console fills to DEEP_BYTES; then the link opens and
+# Ctrl-C goes at once: the console must work through it all (and whatever
+# the relay and the agent held) before the prompt shows.
+DEEP_BYTES=$((8 << 20))
+# deep_round H LINK: one round on harness H behind linkem LINK; appends
+# "MS HELD_BYTES" to ctrlc-deep-H.txt
+deep_round() {
+	local x=$1 ln=$2 held=0
+	h "$x" send 'yes\r' && h "$x" drain 300 >/dev/null || return 1	# typed before: no key waits in the hole
+	h "$x" ctl "$WORK/$ln.ctl" blackhole on || return 1
+	while [ "$held" -lt "$DEEP_BYTES" ]; do	# setup: until the queue is deep enough
+		h "$x" drain 200 >/dev/null && lk "$ln" stats || return 1
+		held=$(grep 'stats:' "$WORK/log/$ln.log" | tail -1 | sed -E 's/.*down forwarded [0-9]+ buffered ([0-9]+).*/\1/')
+	done
+	h "$x" ctl "$WORK/$ln.ctl" blackhole off && h "$x" ctrlc 120000 "$PROMPT_RE" || return 1
+	echo "${REPLY#ok } $held" >> "$WORK/ctrlc-deep-$x.txt"
+	log "   $x: ${REPLY#ok } ms, $(calc "$held / 1e6" 1) MB held in the link at Ctrl-C"
+	h "$x" drain 1000 >/dev/null
+}
+
+# the console and, as its baseline, the minimal client, each behind a link
+# emulator of its own that holds up to twice DEEP_BYTES
+deep_phase() {
+	local r x
+	phase "3b. Ctrl-C with $((DEEP_BYTES >> 20)) MB or more queued toward the app: $CTRLC_REPS rounds each"
+	fixture_quiet
+	linkem_up ldp --buffer $((DEEP_BYTES * 2)) || return 1
+	link_conf "$WORK/deep.conf" "$LK_PORT" l1
+	h_start dp --size $CON_SIZE -- "$CONSOLE" -c "$WORK/deep.conf" --log "$WORK/log/deep.log"
+	linkem_up ldm --buffer $((DEEP_BYTES * 2)) || return 1
+	h_start dm --size $PANE_SIZE --client $RID "$WORK/dm.fifo" field "$WORK/pass" -- \
+		"$CLIENT" --url "wss://localhost:$LK_PORT/v5/iot/tunnels/t-m1/source-connect" \
+		--token-file "$WORK/app/m1.app" --cacert "$CERTS/ca.pem" --discard --save $RID "$WORK/dm.fifo"
+	login dp 1 l1 && h dm waitcur 30000 "$PROMPT_RE" || return 1
+	for r in $(seq 1 "$CTRLC_REPS"); do
+		for x in dp:ldp dm:ldm; do
+			deep_round "${x%%:*}" "${x#*:}" || return 1
+		done
+	done
+	for x in dp dm; do
+		R[ctrlc_deep_$x]=$(cut -d' ' -f1 "$WORK/ctrlc-deep-$x.txt" | median)
+		R[ctrlc_deep_max_$x]=$(cut -d' ' -f1 "$WORK/ctrlc-deep-$x.txt" | sort -n | tail -1)
+		R[ctrlc_deep_mb_$x]=$(calc "$(cut -d' ' -f2 "$WORK/ctrlc-deep-$x.txt" | median) / 1e6" 1)
+	done
+	R[ctrlc_deep]=${R[ctrlc_deep_dp]}
+	h_stop dp
+	h_stop dm
+}
 
 # --- figure 10: a soak ---------------------------------------------------------
 # 10 devices, a session each, every one printing a ~110-byte coloured log line

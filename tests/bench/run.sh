@@ -7,7 +7,8 @@
 #   BENCH_QUICK=1        a short run for development (smaller, fewer, shorter)
 #   BENCH_ONLY="paths startup scale links"   the phases to run (default: all
 #                        four; paths = figures 1-3, startup = 6, scale = 4 and 5,
-#                        links = 7-9: cellular-grade links through linkem)
+#                        links = 7-9 and 3b: cellular-grade links and a deep
+#                        queue through linkem; deep = 3b alone)
 #   BENCH_SOAK=MINUTES   also the soak, figure 10 (BENCH_ONLY=soak: 30 minutes)
 #   BENCH_SHORT_HOLE=MS, BENCH_LONG_HOLE=MS   figure 9's blackholes (6000, 15000)
 #   BENCH_PERF=1         also perf-record the console during throughput and
@@ -148,8 +149,8 @@ paths_phase() {
 	# and the console's grid) vs libvterm's screen layer (input as a pty gives it)
 	sed 's/$/\r/' "$DATA" > "$WORK/output.crlf"
 	yes 2>/dev/null | head -c $((1 << 20)) | sed 's/$/\r/' > "$WORK/yes.crlf"
-	read -r R[vt_console] R[vt_screen] R[vt_console_kb] R[vt_screen_kb] R[vt_parser] < <("$VTBENCH" "$WORK/output.crlf" 93 39)
-	read -r R[vt_console_yes] R[vt_screen_yes] _ _ R[vt_parser_yes] < <("$VTBENCH" "$WORK/yes.crlf" 93 39)
+	read -r R[vt_console] R[vt_screen] R[vt_console_kb] R[vt_screen_kb] R[vt_parser] R[sb_colour_kb] < <("$VTBENCH" "$WORK/output.crlf" 93 39)
+	read -r R[vt_console_yes] R[vt_screen_yes] _ _ R[vt_parser_yes] _ < <("$VTBENCH" "$WORK/yes.crlf" 93 39)
 	log "   terminal layer alone: console $(r vt_console) MB/s, libvterm screen $(r vt_screen) MB/s;" \
 		"yes: $(r vt_console_yes) / $(r vt_screen_yes) MB/s"
 
@@ -339,6 +340,7 @@ scale_phase() {
 [[ $ONLY == *" startup "* ]] && { startup_phase || log "   (figure 6 stopped early)"; }
 [[ $ONLY == *" scale "* ]] && { scale_phase || log "   (figures 4-5 stopped early)"; }
 [[ $ONLY == *" links "* ]] && { links_phase || log "   (figures 7-9 stopped early)"; }
+[[ $ONLY == *" links "* || $ONLY == *" deep "* ]] && { deep_phase || log "   (figure 3b stopped early)"; }
 [[ $ONLY == *" soak "* ]] && { soak_phase || log "   (figure 10 stopped early)"; }
 
 # --- the table and the JSON ----------------------------------------------------------
@@ -365,10 +367,16 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	row "" "" "$(r p99_tmx) tmux+ssh" "$(ratio p99_con p99_tmx)" "" ""
 	row "   console overhead p99 (console - minimal)" "$(r overhead)" "" "" "≤ 1 ms" "$(met overhead "$(r overhead) <= 1")"
 	row "   console overhead p50" "$(r overhead50)" "" "" "" ""
+	row "   CPU per echoed keystroke, ms" "$(r keycpu_con)" "$(r keycpu_tmx) tmux+ssh" "$(ratio keycpu_con keycpu_tmx)" \
+		"≤ 1x" "$(met keycpu_con "$(r keycpu_con) <= $(r keycpu_tmx)")"
 	row "3. Ctrl-C under flood to prompt, ms" "$(r ctrlc_con)" "$(r ctrlc_min) minimal" \
 		"$(ratio ctrlc_con ctrlc_min)" "≤ 200 ms" "$(met ctrlc_con "$(r ctrlc_con) <= 200")"
 	row "   (median of $CTRLC_REPS; worst $(r ctrlc_max_con))" "" "$(r ctrlc_tmx) tmux+ssh" \
 		"$(ratio ctrlc_con ctrlc_tmx)" "" ""
+	has ctrlc_deep && row "3b. Ctrl-C, $(r ctrlc_deep_mb_dp) MB queued, to prompt, ms" "$(r ctrlc_deep)" \
+		"$(r ctrlc_deep_dm) minimal" "$(ratio ctrlc_deep ctrlc_deep_dm)" "≤ 200 ms" "$(met ctrlc_deep "$(r ctrlc_deep) <= 200")"
+	has ctrlc_deep && row "   (median of $CTRLC_REPS; worst $(r ctrlc_deep_max_dp))" "" \
+		"$(r ctrlc_deep_mb_dm) MB queued" "" "" ""
 	row "4. idle CPU, % of a core" "$(r idle_cpu)" "$(r idle_cpu_tmux) tmux" \
 		"$(ratio idle_cpu idle_cpu_tmux)" "≤ 0.2 %" "$(met idle_cpu "$(r idle_cpu) <= 0.2")"
 	row "   idle wakeups/s" "$(r idle_wake)" "$(r idle_wake_tmux) tmux" "$(ratio idle_wake idle_wake_tmux)" "" ""
@@ -379,6 +387,8 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	row "   KB per session of scrollback (seq 5000)" "$(r kb_sess_sb)" "$(r tmux_kb_win_sb) tmux" \
 		"$(ratio kb_sess_sb tmux_kb_win_sb)" "" ""
 	row "   KB per session, all" "$(r kb_sess_raw)" "" "" "" ""
+	has sb_colour_kb && row "   MB of scrollback, 5000 lines of this output" "$(calc "${R[sb_colour_kb]} / 1024" 2)" "" "" "≤ 1.5 MB" \
+		"$(met sb_colour_kb "${R[sb_colour_kb]} <= 1536")"
 	row "   p99 echo, $NSTREAM sessions streaming, ms" "$(r p99_loaded)" "$(r p99_con) unloaded" \
 		"$(ratio p99_loaded p99_con)" "" ""
 	row "6. start-up to first frame, $NDEV devices, ms" "$(r startup_scale)" "$(r startup_tmux) tmux" \
@@ -421,12 +431,14 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	has soak_start && echo "10: RSS each minute, MB: $(r soak_series)(CPU $(r soak_cpu) % of a core; links declared dead: $(r soak_dead))"
 } | tee "$OUT/table.txt"
 j() { echo "${R[$1]:-null}"; }
-JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s,"predict_within_20ms_pct":%s,"predict_off_within_20ms_pct":%s,"predict_wrong_chars":%s,"ctrl_c_slow_link_ms":%s,"ctrl_c_slow_link_kb_after":%s,"ctrl_c_slow_link_ssh_ms":%s,"stale_notice_ms":%s,"recover_short_ms":%s,"reconnect_after_dead_ms":%s,"soak_rss_start_mb":%s,"soak_rss_end_mb":%s,"soak_rss_last_third_growth_mb":%s%s}' \
+JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s,"predict_within_20ms_pct":%s,"predict_off_within_20ms_pct":%s,"predict_wrong_chars":%s,"ctrl_c_slow_link_ms":%s,"ctrl_c_slow_link_kb_after":%s,"ctrl_c_slow_link_ssh_ms":%s,"stale_notice_ms":%s,"recover_short_ms":%s,"reconnect_after_dead_ms":%s,"soak_rss_start_mb":%s,"soak_rss_end_mb":%s,"soak_rss_last_third_growth_mb":%s,"scrollback_mb_colour":%s,"cpu_per_key_ms":%s,"cpu_per_key_vs_tmux":%s,"ctrl_c_deep_ms":%s%s}' \
 	"$(j tput_con)" "$(ratio tput_con tput_min | sed 's/^-$/null/')" "$(ratio tput_con tput_tmx | sed 's/^-$/null/')" \
 	"$(j p50_con)" "$(j p99_con)" "$(j overhead)" "$(j ctrlc_con)" "$(j idle_cpu)" "$(j idle_wake)" \
 	"$(j rss_mb)" "$(j kb_sess)" "$(j p99_loaded)" "$(j startup_scale)" \
 	"$(j predict_pct)" "$(j predict_off_pct)" "$(j predict_wrong)" "$(j ctrlc_slow_lk)" "$(j ctrlc_slow_kb_lk)" "$(j ctrlc_slow_sh)" \
 	"$(j stale_ms)" "$(j recover_ms)" "$(j reconnect_ms)" "$(j soak_start)" "$(j soak_end)" "$(j soak_last_third)" \
+	"$(has sb_colour_kb && calc "${R[sb_colour_kb]} / 1024" 2 || echo null)" "$(j keycpu_con)" \
+	"$(ratio keycpu_con keycpu_tmx | sed 's/^-$/null/')" "$(j ctrlc_deep)" \
 	"$([ $QUICK = 1 ] && echo ',"quick":true')")
 echo "$JSON" > "$OUT/bench.json"
 echo
