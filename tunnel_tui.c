@@ -6856,7 +6856,8 @@ static void draw_help(void)
 	y = (LINES - 1 - h) / 2;
 	copy_str(prefix, sizeof(prefix), keyname(app.prefix_key));
 	draw_box(y, x, h, w, "keys");
-	put(y + 1, x + 2, w - 4, C_STATUS, 0, "Press %s, then:", prefix);
+	put(y + 1, x + 2, w - 4, C_STATUS, 0, "Press %s, then:%s", prefix, app.mouse_off ? "" :
+	    "   (mouse: a click selects, the wheel scrolls back, a drag copies)");
 	for (size_t i = 0; i < sizeof(bindings) / sizeof(*bindings); i++) {
 		const char *key = bindings[i].fn == act_send_prefix ? prefix : bindings[i].keyname;
 		int col = k / per, row = k % per;
