@@ -379,6 +379,8 @@ struct session {	/* one SSH session: one request_id */
 	char title[64];			/* the remote's window title (OSC 0/2), cleaned */
 	char name[64];			/* the user's (Ctrl-g ,): over the title */
 	int64_t exit_typed_us;		/* when exit, logout or ^D was sent */
+	char typed[8];			/* printable keys since the last Enter */
+	int typed_len;			/* its length, -1 once a control key came */
 	int login_tries;		/* refused logins in a row (ssh asks 3 times) */
 	lws_sorted_usec_list_t sul_login;	/* no output after connect_response: wedged */
 	struct buf osc;			/* the OSC being read: a clipboard set is ours */
@@ -7091,27 +7093,55 @@ static void flash_msg(const char *fmt, ...)	/* a short message in the status bar
 	ui_dirty();
 }
 
-/* Is the line at the cursor a prompt with "exit" or "logout" after it, or
- * nothing (for ^D)?  The remote's echo says what was typed, whatever
- * keys full-screen programs took before. */
+/* Does LINE[0..N) end with a prompt character, a space and the first K
+ * bytes of WORD (as far as the remote's echo has come)? */
+static int prompt_then(const char *line, size_t n, const char *word, size_t k)
+{
+	if (!k)
+		return n && strchr("$#>%", line[n - 1]);
+	return n >= k + 2 && !memcmp(line + n - k, word, k) && line[n - k - 1] == ' ' &&
+	       strchr("$#>%", line[n - k - 2]);
+}
+
+/* Is the line at the cursor a prompt with "exit" or "logout" after it (in the
+ * remote's echo, or typed and not yet echoed), or nothing (for ^D)?  The echo
+ * counts whatever keys full-screen programs or completion took before. */
 static int at_exit_prompt(const struct session *s, int eof)
 {
-	char line[512], *end;
-	struct pos cur;
-	size_t n;
+	char line[512];
+	const char *typed = s->typed_len >= 0 ? s->typed : "";
+	size_t n, k, tn = strlen(typed);
 
 	if (s->altscreen)
 		return 0;
-	cur = (struct pos){ s->vt.row, s->vt.col };
-	row_text(s, s->sb_count + cur.row, line, sizeof(line));
+	row_text(s, s->sb_count + s->vt.row, line, sizeof(line));
 	n = strlen(line);
 	while (n && line[n - 1] == ' ')
 		line[--n] = '\0';
 	if (eof)
-		return n && strchr("$#>%", line[n - 1]);
-	end = n >= 6 && !strcmp(line + n - 6, "logout") ? line + n - 6 :
-	      n >= 4 && !strcmp(line + n - 4, "exit") ? line + n - 4 : NULL;
-	return end && end - line >= 2 && end[-1] == ' ' && strchr("$#>%", end[-2]);
+		return prompt_then(line, n, "", 0);
+	if (prompt_then(line, n, "exit", 4) || prompt_then(line, n, "logout", 6))
+		return 1;
+	if (strcmp(typed, "exit") && strcmp(typed, "logout"))
+		return 0;
+	for (k = 0; k < tn; k++)	/* Enter came before the whole echo */
+		if (prompt_then(line, n, typed, k))
+			return 1;
+	return 0;
+}
+
+/* Keeps the word typed since the last Enter or control key: a fast
+ * "exit" and Enter reach here before the remote has echoed it. */
+static void track_typed(struct session *s, int ch, int fn)
+{
+	if (!fn && (ch == 127 || ch == 8) && s->typed_len > 0)
+		s->typed[--s->typed_len] = '\0';
+	else if (!fn && ch > ' ' && ch < 127 && s->typed_len >= 0 &&
+		 (size_t)s->typed_len + 1 < sizeof(s->typed)) {
+		s->typed[s->typed_len++] = (char)ch;
+		s->typed[s->typed_len] = '\0';
+	} else
+		s->typed_len = -1;	/* unknown until the next Enter */
 }
 
 /* Enter on "exit" or "logout" at a prompt, or ^D on an empty one: the
@@ -7126,6 +7156,11 @@ static void follow_typing(struct session *s, int ch, int fn)
 			flash_msg("%s: official devices wedge after a shell exit: %s c reconnects "
 				  "before the next login", s->tunnel->cfg.name, keyname(app.prefix_key));
 	}
+	if (enter) {
+		s->typed_len = 0;
+		s->typed[0] = '\0';
+	} else
+		track_typed(s, ch, fn);
 }
 
 static void type_key(struct session *s, int ch, int fn)	/* one key to the remote */

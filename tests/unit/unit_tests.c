@@ -784,6 +784,37 @@ static void test_prediction(void)
 	term_close(s);
 }
 
+static void test_exit_typed(void)	/* the user's exit is no fault, however fast it was typed */
+{
+	struct tunnel t = { 0 };
+	struct session *s = term_open(40, 3);
+	const char *k;
+
+	s->tunnel = &t;
+	feed(s, "user@box:~$ ");
+	for (k = "exit\r"; *k; k++)	/* Enter before any echo */
+		follow_typing(s, *k, 0);
+	expect(s->exit_typed_us > 0, "exit: typed faster than the echo still counts", "");
+	s->exit_typed_us = 0;
+	feed(s, "ex");	/* half of it echoed */
+	for (k = "exit\r"; *k; k++)
+		follow_typing(s, *k, 0);
+	expect(s->exit_typed_us > 0, "exit: with half of its echo on screen", "");
+	s->exit_typed_us = 0;
+	feed(s, "\r\nuser@box:~$ ");
+	for (k = "exitx\x7f\x7f\r"; *k; k++)	/* "exi" after two backspaces */
+		follow_typing(s, *k, 0);
+	expect(s->exit_typed_us == 0, "exit: \"exi\" is not exit", "");
+	feed(s, "\r\nsome output ");
+	for (k = "exit\r"; *k; k++)
+		follow_typing(s, *k, 0);
+	expect(s->exit_typed_us == 0, "exit: not after a prompt, not the user's exit", "");
+	feed(s, "\r\n$ ");
+	follow_typing(s, 4, 0);
+	expect(s->exit_typed_us > 0, "exit: ^D on an empty prompt", "");
+	term_close(s);
+}
+
 static void test_terminal(void)
 {
 	struct session *s = term_open(10, 3);
@@ -1051,6 +1082,7 @@ int main(void)
 	test_terminal();
 	test_split_utf8();
 	test_prediction();
+	test_exit_typed();
 	test_login_fields();
 	test_parser_splits();
 	test_copy();
