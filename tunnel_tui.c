@@ -7210,9 +7210,11 @@ static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
  *
  *   hello      W, the loop's directory (pwd), P and the tools it found
  *   stat       Q: what the remote path is, its size, the temporary file's
- *   download   g FIRST END GZ: each chunk as C i, its text (base64,
- *              hexdump or od; gzip'd first when that pays), H i, its hash,
- *              E i; D next when the run ends (or ^C stopped it)
+ *   download   g FIRST END GZ: C, each chunk's hash ("i hash" lines), H,
+ *              then the run's bytes as one text (base64, hexdump or od;
+ *              gzip'd first when that pays) cut into chunks by length, D.
+ *              The text goes through cat (encoders write a tty a line at a
+ *              time); the console decodes it as it streams
  *   upload     u I N GZ, then N bytes of text (base64 lines, or printf
  *              lines that sh runs): head -c N reads exactly those, dd
  *              writes chunk I in place; A I status, the hash of what the
@@ -7410,9 +7412,9 @@ static void b64_lines(struct buf *b, const unsigned char *p, size_t n)
 
 static int b64_value(unsigned char c)	/* 0-63, 64 for '=', -2 a blank, -1 anything else */
 {
-	const char *at = c ? strchr(b64_digits, c) : NULL;
-
-	return at ? (int)(at - b64_digits) : c == '=' ? 64 : c == '\r' || c == '\n' || c == ' ' ? -2 : -1;
+	return c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 :
+	       c >= '0' && c <= '9' ? c - '0' + 52 : c == '+' ? 62 : c == '/' ? 63 : c == '=' ? 64 :
+	       c == '\r' || c == '\n' || c == ' ' ? -2 : -1;
 }
 
 static int hex_value(unsigned char c)	/* 0-15, -2 a blank, -1 anything else */
@@ -7421,64 +7423,75 @@ static int hex_value(unsigned char c)	/* 0-15, -2 a blank, -1 anything else */
 	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : c == '\r' || c == '\n' || c == ' ' ? -2 : -1;
 }
 
-static int b64_decode(const char *s, size_t n, unsigned char *out, size_t *len)	/* 0, or -1 */
+static const signed char *b64_table(void)	/* b64_value of every byte, looked up */
 {
-	uint32_t v = 0;
-	int k = 0, pad = 0, d;
+	static signed char t[256];
+	static int made;
 
-	*len = 0;
-	for (size_t i = 0; i < n; i++) {
-		if ((d = b64_value((unsigned char)s[i])) == -2)
-			continue;
-		if (d < 0 || (pad && d != 64))
-			return -1;
-		pad += d == 64;
-		v = v << 6 | (d == 64 ? 0 : (uint32_t)d);
-		if (++k == 4) {
-			out[(*len)++] = (unsigned char)(v >> 16);
-			if (pad < 2)
-				out[(*len)++] = (unsigned char)(v >> 8);
-			if (pad < 1)
-				out[(*len)++] = (unsigned char)v;
-			k = 0;
-			v = 0;
-		}
-	}
-	return k || pad > 2 ? -1 : 0;
+	for (int c = 0; !made && c < 256; c++)
+		t[c] = (signed char)b64_value((unsigned char)c);
+	made = 1;
+	return t;
 }
 
-static int hex_decode(const char *s, size_t n, unsigned char *out, size_t *len)	/* 0, or -1 */
-{
-	int hi = -1, d;
+struct xdec {		/* download text to bytes, however the messages cut it */
+	int hex;			/* hex digits, else base64 */
+	uint32_t v;			/* the bits gathered */
+	int k, pad;			/* digits gathered; base64's '=' seen */
+	int bad;			/* a character the encoding does not have */
+};
 
-	*len = 0;
-	for (size_t i = 0; i < n; i++) {
+static size_t b64_feed(struct xdec *st, const char *s, size_t n, unsigned char *out)	/* bytes out */
+{
+	const signed char *t = b64_table();
+	size_t o = 0;
+	int d;
+
+	for (size_t i = 0; i < n && !st->bad; i++) {
+		if ((d = t[(unsigned char)s[i]]) == -2)
+			continue;
+		st->bad = d < 0 || (st->pad && d != 64);
+		st->pad += d == 64;
+		st->v = st->v << 6 | (d < 0 || d == 64 ? 0 : (uint32_t)d);
+		if (++st->k == 4) {
+			out[o++] = (unsigned char)(st->v >> 16);
+			if (st->pad < 2)
+				out[o++] = (unsigned char)(st->v >> 8);
+			if (st->pad < 1)
+				out[o++] = (unsigned char)st->v;
+			st->k = 0;
+			st->v = 0;
+		}
+	}
+	return st->bad ? 0 : o;
+}
+
+static size_t hex_feed(struct xdec *st, const char *s, size_t n, unsigned char *out)	/* bytes out */
+{
+	size_t o = 0;
+	int d;
+
+	for (size_t i = 0; i < n && !st->bad; i++) {
 		if ((d = hex_value((unsigned char)s[i])) == -2)
 			continue;
-		if (d < 0)
-			return -1;
-		if (hi < 0)
-			hi = d;
-		else {
-			out[(*len)++] = (unsigned char)(hi << 4 | d);
-			hi = -1;
+		st->bad = d < 0;
+		st->v = st->v << 4 | (uint32_t)(d & 15);
+		if (++st->k == 2) {
+			out[o++] = (unsigned char)st->v;
+			st->k = 0;
+			st->v = 0;
 		}
 	}
-	return hi < 0 ? 0 : -1;
+	return st->bad ? 0 : o;
 }
 
-/* Download text back to bytes, appended to out: -1 on any character the
- * encoding does not have (a damaged chunk). */
-static int text_decode(const char *s, size_t n, int hex, struct buf *out)
+/* Text in (any piece of it), bytes out: at most n of them.  0 and bad set
+ * on a character the encoding does not have. */
+static size_t xdec_feed(struct xdec *st, const char *s, size_t n, unsigned char *out)
 {
-	size_t len = 0;
-	int r;
-
-	buf_reserve(out, n);
-	r = (hex ? hex_decode : b64_decode)(s, n, (unsigned char *)out->p + out->len, &len);
-	out->len += len;
-	return r;
+	return (st->hex ? hex_feed : b64_feed)(st, s, n, out);
 }
+
 
 /* gzip's format (the device's gzip -dc reads it): 0, or -1. */
 static int gz_pack(const void *p, size_t n, struct buf *out)
@@ -7501,23 +7514,26 @@ static int gz_pack(const void *p, size_t n, struct buf *out)
 	return r == Z_STREAM_END ? 0 : -1;
 }
 
-/* gzip'd bytes back, exactly want of them: 0, or -1. */
-static int gz_unpack(const void *p, size_t n, size_t want, struct buf *out)
+typedef void bytes_fn(void *ctx, const unsigned char *p, size_t n);
+
+/* gzip'd bytes in (any piece of a stream), what they inflate to out
+ * through emit.  0, or -1 on damage or bytes after the stream's end. */
+static int gz_stream(z_stream *z, const void *p, size_t n, bytes_fn *emit, void *ctx)
 {
-	z_stream z = { 0 };
+	unsigned char out[65536];
 	int r;
 
-	if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
-		return -1;
-	buf_reserve(out, want + 1);
-	z.next_in = (Bytef *)p;
-	z.avail_in = (uInt)n;
-	z.next_out = (Bytef *)out->p + out->len;
-	z.avail_out = (uInt)want + 1;	/* one more: a longer chunk shows */
-	r = inflate(&z, Z_FINISH);
-	out->len += z.total_out;
-	inflateEnd(&z);
-	return r == Z_STREAM_END && z.total_out == want && !z.avail_in ? 0 : -1;
+	z->next_in = (Bytef *)p;
+	z->avail_in = (uInt)n;
+	do {
+		z->next_out = out;
+		z->avail_out = sizeof(out);
+		r = inflate(z, Z_NO_FLUSH);
+		emit(ctx, out, sizeof(out) - z->avail_out);
+		if ((r != Z_OK && r != Z_BUF_ERROR && r != Z_STREAM_END) || (r == Z_STREAM_END && z->avail_in))
+			return -1;
+	} while (r != Z_STREAM_END && !z->avail_out);
+	return 0;
 }
 
 /*** the command loop's lines (pure) *************************************/
@@ -7561,9 +7577,10 @@ static void xfer_setup_line(struct buf *b, const struct xplan *pl, int up)
 			   "2>/dev/null | h; m K $1; }; ");
 	} else {
 		buf_printf(b, "e0() { %s; }; e1() { gzip -1c | %s; }; ", c, c);
-		buf_printf(b, "g() { _i=$1; while [ $_i -lt $2 ] && [ -z \"$c\" ]; do m C $_i; dd if=\"$_f\" "
-			   "bs=$_B skip=$_i count=1 2>/dev/null | e$3; m H $_i; dd if=\"$_f\" bs=$_B skip=$_i "
-			   "count=1 2>/dev/null | h; m E $_i; _i=$((_i+1)); done; m D $_i; }; ");
+		buf_printf(b, "g() { m C $1; _i=$1; while [ $_i -lt $2 ] && [ -z \"$c\" ]; do printf '%%s ' $_i; "
+			   "dd if=\"$_f\" bs=$_B skip=$_i count=1 2>/dev/null | h; _i=$((_i+1)); done; m H; "
+			   "[ -z \"$c\" ] && dd if=\"$_f\" bs=$_B skip=$1 count=$(($2-$1)) 2>/dev/null | e$3 | cat; "
+			   "m D; }; ");
 	}
 }
 
@@ -7619,6 +7636,7 @@ struct xscan {
 	struct buf body;		/* since the last reply line */
 	size_t body_max;		/* more is dropped, and flagged */
 	int overflow;
+	void (*sink)(void *ctx, const char *p, size_t n);	/* set: bodies stream here instead */
 };
 
 struct xreply {		/* one reply line and the body before it */
@@ -7637,12 +7655,18 @@ static void xscan_init(struct xscan *sc, const char *nonce, size_t body_max)
 	sc->pend.len = sc->body.len = 0;
 	sc->body_max = body_max;
 	sc->overflow = 0;
+	sc->sink = NULL;
 }
 
-static void xscan_body(struct xscan *sc, const char *p, size_t n)	/* within its limit */
+static void xscan_body(struct xscan *sc, const char *p, size_t n, void *ctx)	/* kept, or to the sink */
 {
 	size_t room = sc->body_max > sc->body.len ? sc->body_max - sc->body.len : 0;
 
+	if (sc->sink) {
+		if (n)
+			sc->sink(ctx, p, n);
+		return;
+	}
 	sc->overflow |= n > room;
 	buf_append(&sc->body, p, n < room ? n : room);
 }
@@ -7681,7 +7705,7 @@ static int xscan_feed(struct xscan *sc, const char *p, size_t n, xreply_fn *fn, 
 		struct xreply r;
 		int stop;
 
-		xscan_body(sc, sc->pend.p, before);
+		xscan_body(sc, sc->pend.p, before, ctx);
 		buf_consume(&sc->pend, before);
 		if (!at)
 			return 0;
@@ -7689,7 +7713,7 @@ static int xscan_feed(struct xscan *sc, const char *p, size_t n, xreply_fn *fn, 
 		if (!nl && sc->pend.len < sc->mlen + sizeof(r.args))
 			return 0;	/* the rest of the line is still coming */
 		if (!nl) {	/* a marker without a line: not a reply */
-			xscan_body(sc, sc->pend.p, sc->mlen);
+			xscan_body(sc, sc->pend.p, sc->mlen, ctx);
 			buf_consume(&sc->pend, sc->mlen);
 			continue;
 		}
@@ -7891,6 +7915,15 @@ enum xphase {
 	XP_DONE,
 };
 
+struct xrun {		/* download: one run of chunks, streaming in */
+	uint32_t next, end;		/* the chunk being filled; the run's end */
+	struct buf bytes;		/* that chunk's bytes so far */
+	struct xdec dec;
+	z_stream z;
+	int gz;				/* z is in use: the run is gzip'd */
+	int broken;			/* its text went wrong: the rest of it is asked again */
+};
+
 struct xfer {		/* one file on its way, to or from one device */
 	struct tunnel *tunnel;
 	struct session *session;	/* where the loop runs */
@@ -7917,9 +7950,12 @@ struct xfer {		/* one file on its way, to or from one device */
 	uint8_t *state, *tries;		/* per chunk: XC_*, attempts */
 	int in_flight;			/* upload: chunks typed, not yet acknowledged */
 	int run_open;			/* download: a run is streaming */
+	int verify_sent;		/* download: it brings the whole file's hash as well */
 	int gz;				/* download: compressed runs */
-	int cur;			/* download: the chunk whose text is arriving; -1 */
-	struct buf text;		/* download: that chunk's text */
+	char (*sums)[65];		/* download: each chunk's hash, as the device sent it */
+	struct xrun run;		/* download: the run streaming in */
+	EVP_MD_CTX *whole;		/* the whole file's hash, over chunks verified in order */
+	uint32_t hashed;		/* chunks in it */
 	struct xplan plan;
 	struct xscan scan;
 	struct buf shown;		/* the host's output before the loop answered */
@@ -7964,23 +8000,20 @@ static void digest_hex(const EVP_MD *md, const void *p, size_t n, char *out)	/* 
 	hex_encode(d, len, out);
 }
 
-/* The first size bytes of a local file, hashed: 0, or -1 if it is shorter. */
-static int file_hash(int fd, uint64_t size, const EVP_MD *md, char *out)
+/* A hash over a local file's bytes [off, size), finished, as hex: 0, or
+ * -1 if the file is shorter. */
+static int file_hash_rest(int fd, uint64_t off, uint64_t size, EVP_MD_CTX *c, char *out)
 {
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
 	unsigned char buf[65536], d[EVP_MAX_MD_SIZE];
 	unsigned int len = 0;
-	uint64_t off = 0;
 	ssize_t r = 1;
 
-	EVP_DigestInit_ex(c, md, NULL);
 	while (off < size && (r = pread(fd, buf, size - off < sizeof(buf) ? size - off : sizeof(buf),
 					(off_t)off)) > 0) {
 		EVP_DigestUpdate(c, buf, (size_t)r);
 		off += (uint64_t)r;
 	}
 	EVP_DigestFinal_ex(c, d, &len);
-	EVP_MD_CTX_free(c);
 	hex_encode(d, len, out);
 	return off == size ? 0 : -1;
 }
@@ -8015,9 +8048,9 @@ static void random_hex(char *out, size_t bytes)	/* 2 * bytes hex digits */
 	hex_encode(r, bytes, out);
 }
 
-static size_t xfer_body_max(const struct xfer *x)	/* a chunk's text, at most: hex and line ends */
+static size_t xfer_body_max(const struct xfer *x)	/* a reply's body: a run's hash lines at most */
 {
-	return (size_t)(x->chunk ? x->chunk : XFER_DOWN_MAX) * 3 + 65536;
+	return (size_t)x->nchunks * 80 + 65536;
 }
 
 /* The loop is typed into the session: a new nonce, so nothing a previous
@@ -8032,7 +8065,6 @@ static void xfer_begin(struct xfer *x)
 	random_hex(x->nonce, 4);
 	xscan_init(&x->scan, x->nonce, xfer_body_max(x));
 	x->shown.len = 0;
-	x->cur = -1;
 	x->run_open = x->in_flight = x->syncs = 0;
 	x->phase = XP_BOOT;
 	x->waiting = 1;
@@ -8040,6 +8072,16 @@ static void xfer_begin(struct xfer *x)
 	xfer_hello_line(&b, !x->tunnel->xfer_probed);
 	xfer_send(x, &b);
 	xfer_arm(x, XFER_BOOT_S * LWS_US_PER_SEC);
+}
+
+static void xrun_close(struct xfer *x)	/* the streaming run is over: its state goes */
+{
+	if (x->run.gz)
+		inflateEnd(&x->run.z);
+	x->run.gz = 0;
+	x->run.broken = 1;	/* a piece still in hand is dropped */
+	x->run.bytes.len = 0;
+	x->scan.sink = NULL;
 }
 
 /* Verified chunks stay; those asked for or in flight are to do again. */
@@ -8050,7 +8092,8 @@ static void xfer_forget_flight(struct xfer *x)
 			x->state[i] = XC_TODO;
 	x->in_flight = 0;
 	x->run_open = 0;
-	x->cur = -1;
+	x->verify_sent = 0;
+	xrun_close(x);
 }
 
 static void xfer_chunks(struct xfer *x, uint64_t size)	/* the chunk table, all to do */
@@ -8060,12 +8103,31 @@ static void xfer_chunks(struct xfer *x, uint64_t size)	/* the chunk table, all t
 	x->nchunks = (uint32_t)((size + x->chunk - 1) / x->chunk);
 	x->state = xcalloc(x->nchunks);
 	x->tries = xcalloc(x->nchunks);
+	x->sums = x->up ? NULL : xcalloc(x->nchunks * sizeof(*x->sums));
 	x->done_bytes = 0;
 	x->scan.body_max = xfer_body_max(x);
 }
 
-static void xfer_progress(struct xfer *x, uint32_t i)	/* chunk i verified */
+static void x_run_text(void *ctx, const char *p, size_t n);
+
+static EVP_MD_CTX *xfer_whole(struct xfer *x)	/* the whole file's hash, begun */
 {
+	if (!x->whole) {
+		x->whole = EVP_MD_CTX_new();
+		EVP_DigestInit_ex(x->whole, x->plan.file->md(), NULL);
+		x->hashed = 0;
+	}
+	return x->whole;
+}
+
+/* The whole file's hash takes each chunk verified in order (the usual
+ * case); the rest is read back from the file when it is verified. */
+static void xfer_progress(struct xfer *x, uint32_t i, const void *bytes)	/* chunk i verified */
+{
+	if (i == x->hashed) {
+		EVP_DigestUpdate(xfer_whole(x), bytes, chunk_bytes(x, i));
+		x->hashed++;
+	}
 	x->state[i] = XC_DONE;
 	x->done_bytes += chunk_bytes(x, i);
 	x->resyncs = x->relogins = 0;
@@ -8233,77 +8295,113 @@ static int chunk_arg(const struct xfer *x, const char *args, uint32_t *i)	/* 0 i
 	return 0;
 }
 
-static int x_chunk_begin(struct xfer *x, const struct xreply *r)	/* C i */
+static int x_run_begin(struct xfer *x, const struct xreply *r)	/* C first: the run the device sends */
 {
-	uint32_t i;
-
-	x->cur = x->phase == XP_DATA && chunk_arg(x, r->args, &i) == 0 ? (int)i : -1;
+	if (x->phase == XP_DATA && x->run_open && strtoul(r->args, NULL, 10) != x->run.next)
+		x->run.broken = 1;	/* not the run asked for */
 	return 0;
 }
 
-static int x_chunk_text(struct xfer *x, const struct xreply *r)	/* H i: the text came */
+/* H: the run's chunk hashes ("i hash" lines); its text streams next. */
+static int x_run_sums(struct xfer *x, const struct xreply *r)
 {
-	uint32_t i;
+	const char *p = r->body, *end = r->body + r->body_len;
+	char *after;
 
-	if (x->cur < 0 || chunk_arg(x, r->args, &i) < 0 || (int)i != x->cur || r->overflow) {
-		x->cur = -1;
+	if (x->phase != XP_DATA || !x->run_open || x->run.broken)
 		return 0;
+	while (p < end) {
+		unsigned long i = strtoul(p, &after, 10);
+		const char *nl = memchr(after, '\n', (size_t)(end - after));
+		size_t n = (size_t)((nl ? nl : end) - after);
+
+		if (after > p && i >= x->run.next && i < x->run.end &&
+		    parse_hash(after, n, x->plan.chunk->hexlen, x->sums[i]) < 0)
+			x->sums[i][0] = '\0';
+		p = nl ? nl + 1 : end;
 	}
-	x->text.len = 0;
-	buf_append(&x->text, r->body, r->body_len);
+	x->run.dec = (struct xdec){ .hex = x->plan.codec->hex };
+	x->run.gz = x->gz && inflateInit2(&x->run.z, 16 + MAX_WBITS) == Z_OK;
+	x->run.broken = x->gz && !x->run.gz;
+	x->scan.sink = x_run_text;
 	return 0;
 }
 
-/* Chunk i's text decoded (and unpacked): its bytes, checked against the
- * length it must have and the hash the device sent, into the part file. */
-static void x_chunk_check(struct xfer *x, uint32_t i, const struct xreply *r)
+/* A whole chunk of the run: checked against its hash, into the part file. */
+static void x_chunk_whole(struct xfer *x, uint32_t i, const void *bytes)
 {
-	struct buf raw = { 0 }, plain = { 0 };
-	const struct buf *bytes = &raw;
-	size_t want = chunk_bytes(x, i);
-	char sum[65], got[65];
-	int ok = text_decode(x->text.p ? x->text.p : "", x->text.len, x->plan.codec->hex, &raw) == 0;
+	char sum[65];
 
-	if (ok && x->gz) {
-		ok = gz_unpack(raw.p, raw.len, want, &plain) == 0;
-		bytes = &plain;
-	}
-	ok = ok && bytes->len == want && parse_hash(r->body, r->body_len, x->plan.chunk->hexlen, got) == 0;
-	if (ok)
-		digest_hex(x->plan.chunk->md(), bytes->p ? bytes->p : "", want, sum);
-	if (ok && strcmp(sum, got))
-		ok = 0;
-	if (ok && pwrite(x->fd, bytes->p ? bytes->p : "", want, (off_t)i * x->chunk) != (ssize_t)want)
-		xfer_fail(x, "cannot write %s: %s", x->part, strerror(errno));
-	else if (ok)
-		xfer_progress(x, i);
-	else
+	digest_hex(x->plan.chunk->md(), bytes, chunk_bytes(x, i), sum);
+	if (strcmp(sum, x->sums[i]))
 		xfer_retry(x, i, "failed its check");
-	buf_free(&raw);
-	buf_free(&plain);
+	else if (pwrite(x->fd, bytes, chunk_bytes(x, i), (off_t)i * x->chunk) != (ssize_t)chunk_bytes(x, i))
+		xfer_fail(x, "cannot write %s: %s", x->part, strerror(errno));
+	else
+		xfer_progress(x, i, bytes);
 }
 
-static int x_chunk_end(struct xfer *x, const struct xreply *r)	/* E i: its hash */
+/* Bytes of the run into its chunks, each checked when whole; more than
+ * the run holds breaks it. */
+static void x_run_fill(struct xfer *x, const unsigned char *p, size_t n)
 {
-	uint32_t i;
+	struct xrun *run = &x->run;
 
-	if (x->cur >= 0 && chunk_arg(x, r->args, &i) == 0 && (int)i == x->cur &&
-	    x->state[i] == XC_ASKED && x->text.len)
-		x_chunk_check(x, i, r);
-	x->cur = -1;
-	x->text.len = 0;
-	return 0;
+	while (n && !run->broken && x->phase == XP_DATA) {
+		size_t want = run->next < run->end ? chunk_bytes(x, run->next) - run->bytes.len : 0;
+		size_t take = n < want ? n : want;
+
+		run->broken = !want;
+		buf_append(&run->bytes, p, take);
+		p += take;
+		n -= take;
+		if (want && take == want) {
+			x_chunk_whole(x, run->next++, run->bytes.p);
+			run->bytes.len = 0;
+		}
+	}
 }
 
-static int x_run_end(struct xfer *x, const struct xreply *r)	/* D: missing chunks go again */
+static void x_run_bytes(void *ctx, const unsigned char *p, size_t n)	/* bytes_fn: into chunks */
+{
+	x_run_fill(ctx, p, n);
+}
+
+static void x_run_unpack(struct xfer *x, const unsigned char *p, size_t n)	/* inflated first if gzip'd */
+{
+	if (!x->run.gz)
+		x_run_fill(x, p, n);
+	else if (gz_stream(&x->run.z, p, n, x_run_bytes, x) < 0)
+		x->run.broken = 1;
+}
+
+/* The run's text as it streams (the scanner's sink): decoded a piece at a time. */
+static void x_run_text(void *ctx, const char *p, size_t n)
+{
+	struct xfer *x = ctx;
+	unsigned char out[49152];	/* base64 gives 3 of 4, hex 1 of 2 */
+
+	while (n && !x->run.broken) {
+		size_t k = n < 65536 ? n : 65536, got = xdec_feed(&x->run.dec, p, k, out);
+
+		x->run.broken |= x->run.dec.bad;
+		x_run_unpack(x, out, got);
+		p += k;
+		n -= k;
+	}
+}
+
+static int x_run_end(struct xfer *x, const struct xreply *r)	/* D: what did not come goes again */
 {
 	(void)r;
-	if (x->phase != XP_DATA)
+	if (x->phase != XP_DATA || !x->run_open)
 		return 0;
 	x->run_open = 0;
+	xrun_close(x);
 	for (uint32_t i = 0; i < x->nchunks && !x->stopping; i++)
 		if (x->state[i] == XC_ASKED)
-			xfer_retry(x, i, "never came");
+			xfer_retry(x, i, "never came whole");
+	x->verify_sent &= x->done_bytes == x->size;	/* chunks to do again: a later hash counts */
 	xfer_step(x);
 	return 0;
 }
@@ -8339,7 +8437,7 @@ static int x_acked(struct xfer *x, const struct xreply *r)
 	else {
 		digest_hex(x->plan.chunk->md(), raw, want, sum);
 		if (parse_hash(r->body, r->body_len, x->plan.chunk->hexlen, got) == 0 && !strcmp(sum, got))
-			xfer_progress(x, i);
+			xfer_progress(x, i, raw);
 		else
 			xfer_retry(x, i, "arrived damaged");
 	}
@@ -8349,6 +8447,18 @@ static int x_acked(struct xfer *x, const struct xreply *r)
 }
 
 static void xfer_commit_local(struct xfer *x);
+
+/* The local file's whole hash: its chunks verified in order are in it
+ * already, the rest is read back.  0, or -1 if the file is short. */
+static int xfer_local_hash(struct xfer *x, char *out)
+{
+	uint64_t off = (uint64_t)x->hashed * x->chunk;	/* past the end: the last chunk is short */
+	int r = file_hash_rest(x->fd, off < x->size ? off : x->size, x->size, xfer_whole(x), out);
+
+	EVP_MD_CTX_free(x->whole);	/* finished: a later check starts again */
+	x->whole = NULL;
+	return r;
+}
 
 /* F size: the whole file's hash, against the local file's. */
 static int x_verified(struct xfer *x, const struct xreply *r)
@@ -8361,7 +8471,7 @@ static int x_verified(struct xfer *x, const struct xreply *r)
 	x->waiting = 0;
 	if (x->stopping)
 		xfer_step(x);
-	else if (file_hash(x->fd, x->size, x->plan.file->md(), mine) < 0)
+	else if (xfer_local_hash(x, mine) < 0)
 		xfer_fail(x, "cannot read %s: %s", x->up ? x->local : x->part, strerror(errno));
 	else if (parse_hash(r->body, r->body_len, x->plan.file->hexlen, got) < 0 || strcmp(got, mine) ||
 		 size != x->size)
@@ -8418,8 +8528,8 @@ static int x_exited(struct xfer *x, const struct xreply *r)	/* Z: the loop is ov
 static int xfer_reply(void *ctx, const struct xreply *r)
 {
 	static const struct { char kind; int (*fn)(struct xfer *, const struct xreply *); } kinds[] = {
-		{ 'P', x_hello }, { 'Q', x_stat }, { 'C', x_chunk_begin }, { 'H', x_chunk_text },
-		{ 'E', x_chunk_end }, { 'D', x_run_end }, { 'A', x_written }, { 'K', x_acked },
+		{ 'P', x_hello }, { 'Q', x_stat }, { 'C', x_run_begin }, { 'H', x_run_sums },
+		{ 'D', x_run_end }, { 'A', x_written }, { 'K', x_acked },
 		{ 'F', x_verified }, { 'R', x_renamed }, { 'S', x_synced }, { 'Z', x_exited },
 	};
 	struct xfer *x = ctx;
@@ -8469,14 +8579,25 @@ static void x_send_chunk(struct xfer *x, uint32_t i)
 	buf_free(&gz);
 }
 
-static void x_send_run(struct xfer *x, uint32_t a, uint32_t b)	/* download chunks [a, b) */
+/* Download chunks [a, b).  The run that should finish the file brings the
+ * whole file's hash too, made while the run streams (V after it, F). */
+static void x_send_run(struct xfer *x, uint32_t a, uint32_t b)
 {
 	struct buf line = { 0 };
+	uint32_t c, d;
 
-	buf_printf(&line, "_B=%u; g %u %u %d\n", x->chunk, a, b, x->gz);
+	x->verify_sent = !next_todo_run(x->state + b, x->nchunks - b, &c, &d);
+	if (x->verify_sent)
+		buf_printf(&line, "_B=%u; { H <\"$_f\"; } | { g %u %u %d; m V; cat; m F $(wc -c <\"$_f\"); }\n",
+			   x->chunk, a, b, x->gz);
+	else
+		buf_printf(&line, "_B=%u; g %u %u %d\n", x->chunk, a, b, x->gz);
 	xfer_send(x, &line);
 	memset(x->state + a, XC_ASKED, b - a);
 	x->run_open = 1;
+	x->run.next = a;
+	x->run.end = b;
+	x->run.broken = 0;
 }
 
 static void xfer_ask(struct xfer *x, enum xphase phase, void (*line)(struct buf *, const struct xfer *))
@@ -8527,7 +8648,12 @@ static void xfer_data_step(struct xfer *x)
 	} else if (!x->run_open && next_todo_run(x->state, x->nchunks, &a, &b)) {
 		x_send_run(x, a, b);
 	}
-	if (!x->stopping && !x->in_flight && !x->run_open && x->done_bytes == x->size)
+	if (x->stopping || x->in_flight || x->run_open || x->done_bytes != x->size)
+		return;
+	if (x->verify_sent) {	/* the hash is on its way already */
+		x->phase = XP_VERIFY;
+		x->waiting = 1;
+	} else
 		xfer_ask(x, XP_VERIFY, verify_line);
 }
 
@@ -8733,8 +8859,11 @@ static void xfer_free(struct xfer *x)	/* timers, local file, memory */
 		x->session->xfer = NULL;
 	free(x->state);
 	free(x->tries);
+	free(x->sums);
+	xrun_close(x);
+	buf_free(&x->run.bytes);
 	xscan_free(&x->scan);
-	buf_free(&x->text);
+	EVP_MD_CTX_free(x->whole);
 	buf_free(&x->shown);
 	secret_free(x->password);
 	free(x);

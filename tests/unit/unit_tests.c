@@ -936,6 +936,26 @@ static int ascii_lines(const struct buf *b, size_t max_line)	/* printable ASCII,
 
 static const char *const posix_shells[] = { "dash", "bash", "busybox ash" };
 
+/* Download text to bytes as the console takes it, in pieces of step
+ * characters: 0, or -1 if it is bad or ends inside a group. */
+static int decode_pieces(const char *s, size_t n, int hex, size_t step, struct buf *out)
+{
+	struct xdec st = { .hex = hex };
+
+	for (size_t i = 0; i < n; i += step) {
+		size_t k = n - i < step ? n - i : step;
+
+		buf_reserve(out, k);
+		out->len += xdec_feed(&st, s + i, k, (unsigned char *)out->p + out->len);
+	}
+	return st.bad || st.k ? -1 : 0;
+}
+
+static int decode_all(const char *s, size_t n, int hex, struct buf *out)	/* in one piece */
+{
+	return decode_pieces(s, n, hex, n ? n : 1, out);
+}
+
 static void test_xfer_base64(void)
 {
 	unsigned char bytes[768];
@@ -947,19 +967,26 @@ static void test_xfer_base64(void)
 	for (size_t n = 0; n <= sizeof(bytes) && ok; n += n < 10 ? 1 : 37) {
 		t.len = d.len = 0;
 		b64_lines(&t, bytes, n);
-		ok = text_decode(t.p ? t.p : "", t.len, 0, &d) == 0 && d.len == n && !memcmp(d.p ? d.p : "", bytes, n) &&
+		ok = decode_all(t.p ? t.p : "", t.len, 0, &d) == 0 && d.len == n && !memcmp(d.p ? d.p : "", bytes, n) &&
 		     ascii_lines(&t, XFER_LINE) && (!n || t.p[t.len - 1] == '\n');
 	}
 	expect(ok, "xfer: base64 lines decode back, any length, in short ASCII lines", "%.80s", t.p);
+	t.len = 0;
+	b64_lines(&t, bytes, sizeof(bytes));
+	for (size_t step = 1; step < 9 && ok; step++) {
+		d.len = 0;
+		ok = decode_pieces(t.p, t.len, 0, step, &d) == 0 && d.len == sizeof(bytes) && !memcmp(d.p, bytes, d.len);
+	}
+	expect(ok, "xfer: … the same however the messages cut the text", "");
 	d.len = 0;
-	expect(text_decode("QUJD\r\nREVG\r\n", 12, 0, &d) == 0 && d.len == 6 && !memcmp(d.p, "ABCDEF", 6),
+	expect(decode_all("QUJD\r\nREVG\r\n", 12, 0, &d) == 0 && d.len == 6 && !memcmp(d.p, "ABCDEF", 6),
 	       "xfer: base64 decoding skips line ends", "%zu", d.len);
-	expect(text_decode("QU*D", 4, 0, &d) < 0 && text_decode("QQ==QUJD", 8, 0, &d) < 0 &&
-	       text_decode("QUJ", 3, 0, &d) < 0,
+	expect(decode_all("QU*D", 4, 0, &d) < 0 && decode_all("QQ==QUJD", 8, 0, &d) < 0 &&
+	       decode_all("QUJ", 3, 0, &d) < 0,
 	       "xfer: base64 decoding refuses other characters, padding inside, a cut group", "");
 	d.len = 0;
-	expect(text_decode(" 00 ff 0a\r\n", 11, 1, &d) == 0 && d.len == 3 && !memcmp(d.p, "\0\xff\n", 3) &&
-	       text_decode("0g", 2, 1, &d) < 0 && text_decode("abc", 3, 1, &d) < 0,
+	expect(decode_pieces(" 00 ff 0a\r\n", 11, 1, 1, &d) == 0 && d.len == 3 && !memcmp(d.p, "\0\xff\n", 3) &&
+	       decode_all("0g", 2, 1, &d) < 0 && decode_all("abc", 3, 1, &d) < 0,
 	       "xfer: hex decoding (od's, hexdump's) skips blanks, refuses others and half bytes", "");
 	buf_free(&t);
 	buf_free(&d);
@@ -991,17 +1018,43 @@ static void test_xfer_printf(void)
 	buf_free(&t);
 }
 
+static void gather(void *ctx, const unsigned char *p, size_t n)	/* bytes_fn: into a buf */
+{
+	buf_append(ctx, p, n);
+}
+
+/* gz_pack's stream through gz_stream in pieces of step bytes: 0 or -1. */
+static int inflate_pieces(const struct buf *gz, size_t step, struct buf *out)
+{
+	z_stream z = { 0 };
+	int r = inflateInit2(&z, 16 + MAX_WBITS) == Z_OK ? 0 : -1;
+
+	for (size_t i = 0; i < gz->len && !r; i += step)
+		r = gz_stream(&z, gz->p + i, gz->len - i < step ? gz->len - i : step, gather, out);
+	inflateEnd(&z);
+	return r;
+}
+
 static void test_xfer_gzip(void)
 {
-	unsigned char bytes[4000];
+	unsigned char bytes[200000];
 	struct buf gz = { 0 }, un = { 0 }, bad = { 0 };
+	int ok = 1;
 
 	for (size_t i = 0; i < sizeof(bytes); i++)
 		bytes[i] = (unsigned char)(i % 13 * i);
-	expect(gz_pack(bytes, sizeof(bytes), &gz) == 0 && gz_unpack(gz.p, gz.len, sizeof(bytes), &un) == 0 &&
-	       un.len == sizeof(bytes) && !memcmp(un.p, bytes, un.len), "xfer: gzip round trip", "%zu", gz.len);
-	expect(gz_unpack(gz.p, gz.len, sizeof(bytes) - 1, &bad) < 0 && gz_unpack(gz.p, gz.len / 2, sizeof(bytes), &bad) < 0,
-	       "xfer: unpacking refuses a chunk longer than it must be, and a cut one", "");
+	expect(gz_pack(bytes, sizeof(bytes), &gz) == 0 && gz.len < sizeof(bytes) / 2, "xfer: gzip packs", "%zu", gz.len);
+	for (size_t step = 1; step < 100000 && ok; step = step * 7 + 1) {
+		un.len = 0;
+		ok = inflate_pieces(&gz, step, &un) == 0 && un.len == sizeof(bytes) && !memcmp(un.p, bytes, un.len);
+	}
+	expect(ok, "xfer: … and inflates back, however the stream is cut", "");
+	buf_append(&gz, "x", 1);	/* bytes after the end */
+	expect(inflate_pieces(&gz, gz.len, &bad) < 0, "xfer: bytes after a gzip stream's end are refused", "");
+	gz.p[gz.len / 2] ^= 0x55;
+	bad.len = 0;
+	expect(inflate_pieces(&gz, 4096, &bad) < 0 || bad.len != sizeof(bytes) || memcmp(bad.p, bytes, bad.len),
+	       "xfer: a damaged gzip stream does not inflate to the bytes", "");
 	buf_free(&gz);
 	buf_free(&un);
 	buf_free(&bad);
@@ -1093,12 +1146,24 @@ static int scan_record(void *ctx, const struct xreply *r)	/* appends "kind(args)
 	return ++l->n == l->stop_at;
 }
 
+static void scan_sink(void *ctx, const char *p, size_t n)	/* streams "<bytes>" into the log */
+{
+	struct scan_log *l = ctx;
+
+	if (l->len && l->text[l->len - 1] == '>')	/* one piece after another: join them */
+		l->len--;
+	else
+		l->text[l->len++] = '<';
+	l->len += (size_t)snprintf(l->text + l->len, sizeof(l->text) - l->len, "%.*s>", (int)n, p);
+}
+
 static void test_xfer_scan(void)
 {
 	static const char out[] = "m P$p\r\necho '=TTab' 'cd12='\r\n\r\n=TTabcd12= W\r\n/home/x\r\n\r\n=TTabcd12= P base64 md5sum\r\n"
 				  "junk =TTabcd12= C 0\r\nQUJD\r\n=TTabcd12= H 0\r\n";
 	struct xscan sc = { 0 };
 	struct scan_log whole = { .stop_at = -1 }, bytewise = { .stop_at = -1 }, stop = { .stop_at = 2 };
+	struct scan_log sunk = { .stop_at = -1 };
 
 	xscan_init(&sc, "abcd12", 1 << 20);
 	xscan_feed(&sc, out, sizeof(out) - 1, scan_record, &whole);
@@ -1117,6 +1182,13 @@ static void test_xfer_scan(void)
 	whole.stop_at = -1;
 	xscan_feed(&sc, "0123456789=TTabcd12= E 1\n", 25, scan_record, &whole);
 	expect(!strcmp(whole.text, "E(1)[0123]!"), "xfer: a body over its limit is cut and flagged", "%s", whole.text);
+	xscan_init(&sc, "abcd12", 4);
+	sc.sink = scan_sink;
+	for (size_t i = 0; i < sizeof(out) - 1; i++)
+		xscan_feed(&sc, out + i, 1, scan_record, &sunk);
+	expect(!strcmp(sunk.text, "<m P$p\r\necho '=TTab' 'cd12='\r\n\r\n>W()[]</home/x\r\n\r\n>P(base64 md5sum)[]"
+		       "<junk >C(0)[]<QUJD\r\n>H(0)[]"),
+	       "xfer: with a sink, bodies stream to it whole, however cut, and none is kept", "%s", sunk.text);
 	xscan_free(&sc);
 }
 
