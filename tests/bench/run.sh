@@ -5,8 +5,9 @@
 # assertion: a missed goal is reported, not failed.
 #
 #   BENCH_QUICK=1        a short run for development (smaller, fewer, shorter)
-#   BENCH_ONLY="paths startup scale"   the phases to run (default: all three;
-#                        paths = figures 1-3, startup = 6, scale = 4 and 5)
+#   BENCH_ONLY="paths startup scale xfer"   the phases to run (default: all
+#                        four; paths = figures 1-3, startup = 6, scale = 4 and 5,
+#                        xfer = 7)
 #   BENCH_PERF=1         also perf-record the console during throughput and
 #                        the Ctrl-C flood (reports in build/bench/)
 #   KEEP_WORK=1          keep the scratch folder (logs, screens) for a look
@@ -28,12 +29,12 @@ rm -f "$OUT"/latency-*.txt "$OUT"/table.txt "$OUT"/bench.json "$OUT"/perf-*
 
 if [ "${BENCH_QUICK:-0}" != 0 ]; then
 	QUICK=1 TPUT_BYTES=$((4 << 20)) TPUT_ROUNDS=1 LAT_KEYS=40 CTRLC_REPS=2
-	NDEV=10 IDLE_S=10 STARTUP_REPS=3
+	NDEV=10 IDLE_S=10 STARTUP_REPS=3 XFER_BYTES=$((4 << 20)) XFER_ROUNDS=1
 else
 	QUICK=0 TPUT_BYTES=$((20 << 20)) TPUT_ROUNDS=3 LAT_KEYS=400 CTRLC_REPS=5
-	NDEV=50 IDLE_S=60 STARTUP_REPS=5
+	NDEV=50 IDLE_S=60 STARTUP_REPS=5 XFER_BYTES=$((16 << 20)) XFER_ROUNDS=3
 fi
-ONLY=" ${BENCH_ONLY:-paths startup scale} "
+ONLY=" ${BENCH_ONLY:-paths startup scale xfer} "
 NSTREAM=20		# background sessions streaming during the loaded latency run
 STREAM_MS=10		# each prints a ~110-byte coloured log line every 10 ms
 GAP="30 70"		# think time between keystrokes, ms (uniform)
@@ -57,9 +58,16 @@ phase setup
 user_up || exit 1
 SCALE=()
 for i in $(seq 1 "$NDEV"); do SCALE+=("$(printf 's%02d' "$i")"); done
-sandbox_up c1 m1 "${SCALE[@]}" || exit 1
+BB=$WORK/bin/bb	# a busybox-only device's applets: no base64, od, xxd or stty
+mkdir -p "$BB"
+for a in sh ash sha256sum md5sum dd head gzip hexdump awk printf cat ls rm mv mkdir echo tr wc; do
+	ln -s "$(command -v busybox)" "$BB/$a"
+done
+AGENT_ARGS[xb]="--shell $BB/sh --path $BB"
+sandbox_up c1 m1 x1 xb "${SCALE[@]}" || exit 1
 sshd_up || exit 1
 devices_conf "$WORK/main.conf" c1
+devices_conf "$WORK/xfer.conf" x1 xb
 devices_conf "$WORK/one.conf" s01
 devices_conf "$WORK/scale.conf" "${SCALE[@]}"
 DATA=$WORK/output.txt
@@ -323,9 +331,58 @@ scale_phase() {
 	h_stop sc
 }
 
+# --- figure 7: files through the tunnel -------------------------------------------
+# Goodput is MB of file data a second: --get and --put of XFER_BYTES random
+# bytes on a GNU device (bash) and a busybox-only one, each less the time a
+# login takes (--exec true, the same run).  Beside it, the raw output
+# throughput of the same path: --exec cat of those bytes as base64 text, to
+# --outdir (no screen), the login taken off alike.  Rounds take turns.
+XD=$WORK/xfer
+btime() {	# btime DEVICE ARGS...: the ms one batch run takes; it must succeed
+	local t0 ms
+	t0=$(now_ms)
+	"$CONSOLE" -c "$WORK/xfer.conf" --password-file "$WORK/pass" --devices "$1" "${@:2}" \
+		> "$XD/out.txt" 2> /dev/null || { log "   # $*: $(tail -2 "$XD/out.txt")"; return 1; }
+	ms=$(( $(now_ms) - t0 ))
+	echo "$ms"
+}
+xfer_round() {	# one of each on DEVICE; the times appended to $XD/KIND-DEVICE
+	local d=$1
+	btime "$d" --exec true >> "$XD/login-$d" &&
+	btime "$d" --exec "cat $XD/data.b64" --outdir "$XD/raw-$d" >> "$XD/raw-$d.ms" &&
+	rm -rf "$XD/got" && btime "$d" --get "$XD/data.bin" "$XD/got" >> "$XD/get-$d" &&
+	cmp -s "$XD/data.bin" "$XD/got/$d/data.bin" &&
+	rm -f "$XD/up-$d/data.bin" && btime "$d" --put "$XD/data.bin" "$XD/up-$d/" >> "$XD/put-$d" &&
+	cmp -s "$XD/data.bin" "$XD/up-$d/data.bin"
+}
+xfer_phase() {
+	local d r login b64
+	phase "7. file transfer: $((XFER_BYTES >> 20)) MiB x $XFER_ROUNDS rounds, a GNU and a busybox device"
+	mkdir -p "$XD/up-x1" "$XD/up-xb"
+	chown "$BUSER:" "$XD/up-x1" "$XD/up-xb"
+	head -c "$XFER_BYTES" /dev/urandom > "$XD/data.bin"
+	base64 "$XD/data.bin" > "$XD/data.b64"
+	chmod 755 "$XD"
+	chmod 644 "$XD/data.bin" "$XD/data.b64"
+	b64=$(stat -c %s "$XD/data.b64")
+	fixture_quiet
+	for r in $(seq 1 "$XFER_ROUNDS"); do
+		for d in x1 xb; do xfer_round "$d" || return 1; done
+	done
+	for d in x1 xb; do
+		login=$(median < "$XD/login-$d")
+		R[raw_$d]=$(calc "$b64 / 1e6 / (($(median < "$XD/raw-$d.ms") - $login) / 1000)")
+		R[down_$d]=$(calc "$XFER_BYTES / 1e6 / (($(median < "$XD/get-$d") - $login) / 1000)")
+		R[up_$d]=$(calc "$XFER_BYTES / 1e6 / (($(median < "$XD/put-$d") - $login) / 1000)")
+		log "   $d: login $login ms; raw output $(r raw_$d) MB/s; download $(r down_$d), upload $(r up_$d)" \
+			"MB/s of file data (get $(tr '\n' ' ' < "$XD/get-$d")ms, put $(tr '\n' ' ' < "$XD/put-$d")ms)"
+	done
+}
+
 [[ $ONLY == *" paths "* ]] && { paths_phase || log "   (figures 1-3 stopped early)"; }
 [[ $ONLY == *" startup "* ]] && { startup_phase || log "   (figure 6 stopped early)"; }
 [[ $ONLY == *" scale "* ]] && { scale_phase || log "   (figures 4-5 stopped early)"; }
+[[ $ONLY == *" xfer "* ]] && { xfer_phase || log "   (figure 7 stopped early)"; }
 
 # --- the table and the JSON ----------------------------------------------------------
 ratio() {	# value / baseline; "-" when either is missing or the baseline is 0
@@ -370,6 +427,11 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	row "6. start-up to first frame, $NDEV devices, ms" "$(r startup_scale)" "$(r startup_tmux) tmux" \
 		"$(ratio startup_scale startup_tmux)" "≤ 50 ms" "$(met startup_scale "$(r startup_scale) <= 50")"
 	row "   (1 device configured)" "$(r startup_one)" "" "" "" ""
+	row "7. download, MB/s of file data (GNU)" "$(r down_x1)" "$(r raw_x1) raw output" \
+		"$(ratio down_x1 raw_x1)" "≥ 0.5x" "$(met down_x1 "$(r down_x1) >= 0.5 * $(r raw_x1)")"
+	row "   upload (GNU)" "$(r up_x1)" "" "" "≥ 1 MB/s" "$(met up_x1 "$(r up_x1) >= 1")"
+	row "   download (busybox: hexdump)" "$(r down_xb)" "$(r raw_xb) raw output" "$(ratio down_xb raw_xb)" "" ""
+	row "   upload (busybox: printf, echo on)" "$(r up_xb)" "" "" "≥ 1 MB/s" "$(met up_xb "$(r up_xb) >= 1")"
 	echo
 	echo "at Ctrl-C the socket queues between the shell and the console held $(r inflight_mb) MB (median); the console works it off before the prompt shows"
 	echo "CPU per echoed keystroke (ms, Ctrl-U redraws included): console $(r keycpu_con), minimal client $(r keycpu_min), tmux server+client $(r keycpu_tmx)"
@@ -383,10 +445,12 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 		"$TPUT_ROUNDS throughput and $STARTUP_REPS start-up runs; latency over $LAT_KEYS keys"
 } | tee "$OUT/table.txt"
 j() { echo "${R[$1]:-null}"; }
-JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s%s}' \
+JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s,"raw_output_mb_s":%s,"download_mb_s":%s,"download_vs_raw":%s,"upload_mb_s":%s,"raw_output_busybox_mb_s":%s,"download_busybox_mb_s":%s,"upload_busybox_mb_s":%s%s}' \
 	"$(j tput_con)" "$(ratio tput_con tput_min | sed 's/^-$/null/')" "$(ratio tput_con tput_tmx | sed 's/^-$/null/')" \
 	"$(j p50_con)" "$(j p99_con)" "$(j overhead)" "$(j ctrlc_con)" "$(j idle_cpu)" "$(j idle_wake)" \
 	"$(j rss_mb)" "$(j kb_sess)" "$(j p99_loaded)" "$(j startup_scale)" \
+	"$(j raw_x1)" "$(j down_x1)" "$(ratio down_x1 raw_x1 | sed 's/^-$/null/')" "$(j up_x1)" \
+	"$(j raw_xb)" "$(j down_xb)" "$(j up_xb)" \
 	"$([ $QUICK = 1 ] && echo ',"quick":true')")
 echo "$JSON" > "$OUT/bench.json"
 echo
