@@ -7219,8 +7219,10 @@ static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
  *              lines that sh runs): head -c N reads exactly those, dd
  *              writes chunk I in place; A I status, the hash of what the
  *              file now holds there, K I
- *   verify     V, the whole file's sha256 (md5 where that is all), F size;
- *              the temporary name is renamed only then (R), on either side
+ *   verify     V, the whole file's sha256 (md5 where that is all), F size
+ *              (a download's last run brings it, made while the run
+ *              streams); the temporary name is renamed only then (R for an
+ *              upload's), on either side
  *
  * A chunk whose hash or length is wrong, or that never came, is asked for
  * (sent) again.  Verified chunks survive a lost session, and the transfer
@@ -7232,7 +7234,7 @@ static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
 
 #define XFER_UP_CHUNK     (128 << 10)	/* upload: raw bytes a chunk */
 #define XFER_DOWN_MIN     (64 << 10)	/* download chunks: small files ... */
-#define XFER_DOWN_MAX     (1 << 20)	/* ... to large ones (four processes each, there) */
+#define XFER_DOWN_MAX     (1 << 20)	/* ... to large ones (a chunk's hash: two processes there) */
 #define XFER_DOWN_CHUNKS  16		/* chunks a file has before they grow */
 #define XFER_LINE         2048		/* a typed data line: far inside a tty's 4095 */
 #define XFER_WINDOW       (512 << 10)	/* typed, unacknowledged bytes (the agent keeps 1 MiB) */
@@ -7878,7 +7880,7 @@ static void xrate_note(struct xrate *r, int64_t now, uint64_t bytes)	/* bytes do
 	r->at_bytes = bytes;
 }
 
-/* "▕████▌     ▏ 45%  4.5/10.0 MB  2.1 MB/s  ETA 3 s": the bar in eighths. */
+/* "▕█████▍      ▏  45%  4.5 MB of 10.0 MB  2.1 MB/s  ETA 3 s": the bar in eighths. */
 static void progress_text(char *out, size_t cap, uint64_t done, uint64_t total, double bps)
 {
 	static const char *const eighths[] = { "", "▏", "▎", "▍", "▌", "▋", "▊", "▉" };
@@ -7935,6 +7937,8 @@ struct xfer {		/* one file on its way, to or from one device */
 	int stopping;			/* cancelled or failed: the loop ends at the next chance */
 	int waiting;			/* a line was typed whose reply has not come */
 	int ok;				/* verified and renamed */
+	int wrote;			/* upload: a chunk went: its temporary file may be there */
+	int part_left;			/* … and stays: the loop could not remove it */
 	const char *status;		/* --put/--get's word for a failure; NULL: "failed" */
 	int overwrite;			/* the user said replace (or --overwrite) */
 	char local[PATH_MAX];		/* upload: the source; download: the final name */
@@ -7963,7 +7967,7 @@ struct xfer {		/* one file on its way, to or from one device */
 	int syncs, resyncs;		/* sync lines unanswered; resyncs without progress */
 	enum xphase after_sync;
 	struct xrate rate;
-	int64_t start_us, paused_us;
+	int64_t paused_us;
 	int relogins;			/* its own session back by itself, without progress */
 	int resumed;			/* it was paused: it goes on from its verified chunks */
 	char *password;			/* its own session's, to log in again after a loss */
@@ -8175,9 +8179,11 @@ static int x_hello(struct xfer *x, const struct xreply *r)
 		t->xfer_tools = parse_tools(r->args);
 		t->xfer_probed = 1;
 	}
-	if ((missing = xfer_plan(t->xfer_tools, x->up, &x->plan)))
-		xfer_fail(x, "the device cannot take part: %s", missing);
-	if (x->stopping) {
+	if ((missing = xfer_plan(t->xfer_tools, x->up, &x->plan))) {
+		xfer_fail(x, "the device cannot take part: %s", missing);	/* the loop is told to end */
+		return 0;
+	}
+	if (x->stopping) {	/* cancelled while it started */
 		xfer_step(x);
 		return 0;
 	}
@@ -8419,6 +8425,17 @@ static int x_written(struct xfer *x, const struct xreply *r)	/* A i status */
 	return 0;
 }
 
+/* Upload chunk i from the local file: 0, or -1 (the transfer fails). */
+static int xfer_read(struct xfer *x, uint32_t i, void *into)
+{
+	ssize_t got = pread(x->fd, into, chunk_bytes(x, i), (off_t)i * x->chunk);
+
+	if (got == (ssize_t)chunk_bytes(x, i))
+		return 0;
+	xfer_fail(x, "cannot read %s: %s", x->local, got < 0 ? strerror(errno) : "it shrank meanwhile");
+	return -1;
+}
+
 /* K i: the hash of what chunk i's place in the file now holds. */
 static int x_acked(struct xfer *x, const struct xreply *r)
 {
@@ -8432,9 +8449,7 @@ static int x_acked(struct xfer *x, const struct xreply *r)
 	x->in_flight--;
 	want = chunk_bytes(x, i);
 	raw = xrealloc(NULL, want);
-	if (pread(x->fd, raw, want, (off_t)i * x->chunk) != (ssize_t)want)
-		xfer_fail(x, "cannot read %s: %s", x->local, strerror(errno));
-	else {
+	if (xfer_read(x, i, raw) == 0) {
 		digest_hex(x->plan.chunk->md(), raw, want, sum);
 		if (parse_hash(r->body, r->body_len, x->plan.chunk->hexlen, got) == 0 && !strcmp(sum, got))
 			xfer_progress(x, i, raw);
@@ -8501,10 +8516,10 @@ static int x_renamed(struct xfer *x, const struct xreply *r)	/* R: the upload ha
 		x->stopping = 0;
 		x->phase = XP_DATA;	/* all done: xfer_step ends the loop */
 		xfer_step(x);
-	} else
-		xfer_fail(x, strcmp(r->args, "2") ? "the device could not rename %s" :
-			  "%s appeared on the device meanwhile: not replaced", strcmp(r->args, "2") ?
-			  x->rpart : x->remote);
+	} else if (!strcmp(r->args, "2"))
+		xfer_fail(x, "%s appeared on the device meanwhile: not replaced", x->remote);
+	else
+		xfer_fail(x, "the device could not rename %s", x->rpart);
 	return 0;
 }
 
@@ -8561,12 +8576,12 @@ static void x_send_chunk(struct xfer *x, uint32_t i)
 	int packed;
 
 	buf_reserve(&raw, n);
-	if (pread(x->fd, raw.p, n, (off_t)i * x->chunk) != (ssize_t)n) {
-		xfer_fail(x, "cannot read %s: %s", x->local, n ? strerror(errno) : "it shrank");
+	if (xfer_read(x, i, raw.p) < 0) {
 		buf_free(&raw);
 		return;
 	}
 	raw.len = n;
+	x->wrote = 1;
 	packed = x->plan.gzip && gz_pack(raw.p, n, &gz) == 0 && gz.len * 100 <= n * XFER_GZ_PERCENT;
 	(x->plan.codec->script ? printf_lines : b64_lines)(&text, (unsigned char *)(packed ? gz.p : raw.p),
 							   packed ? gz.len : n);
@@ -8720,8 +8735,9 @@ static void xfer_fail(struct xfer *x, const char *fmt, ...)	/* the first reason 
 
 static void xfer_cancel(struct xfer *x)	/* the user's Esc */
 {
-	if (!x->stopping)
-		snprintf(x->why, sizeof(x->why), "cancelled");
+	if (x->stopping)
+		return;	/* on its way out already */
+	snprintf(x->why, sizeof(x->why), "cancelled");
 	xfer_stop(x);
 }
 
@@ -8821,8 +8837,7 @@ static void xfer_outcome(const struct xfer *x, char *out, size_t cap)
 	else
 		snprintf(out, cap, "%s of %s %s: %s%s%s", xfer_verb(x, 0), from,
 			 strcmp(x->why, "cancelled") ? "failed" : "stopped", x->why,
-			 x->up && x->rpart[0] && x->phase != XP_DONE ? "; the device keeps " : "",
-			 x->up && x->rpart[0] && x->phase != XP_DONE ? x->rpart : "");
+			 x->part_left ? "; the device keeps " : "", x->part_left ? x->rpart : "");
 }
 
 static void batch_xfer_done(struct xfer *x);
@@ -8890,18 +8905,18 @@ static void on_xfer_reap(lws_sorted_usec_list_t *sul)	/* its own session is over
 
 /* The loop answered nothing useful and may still run: ^C and the exit
  * line end it (only once it has said hello: before, the typing could
- * land in the user's own shell). */
-static void xfer_abandon_loop(struct xfer *x)
+ * land in the user's own shell).  0 when it could not be told. */
+static int xfer_abandon_loop(struct xfer *x)
 {
 	struct session *s = x->session;
 	struct buf b = { 0 };
 
-	if (!session_accepts_input(s) || x->phase == XP_BOOT || x->phase == XP_LOGIN ||
-	    x->phase == XP_PAUSED || x->phase == XP_EXIT)
-		return;
+	if (!session_accepts_input(s) || x->phase == XP_BOOT || x->phase == XP_LOGIN || x->phase == XP_PAUSED)
+		return 0;
 	buf_append(&s->keys, "\003", 1);
 	xfer_exit_line(&b, x->up && !x->ok);
 	xfer_send(x, &b);
+	return 1;
 }
 
 /* The end: reported; the local file closed (a partial download removed);
@@ -8911,12 +8926,13 @@ static void xfer_finish(struct xfer *x)
 {
 	struct session *s = x->session;
 	enum xphase was = x->phase;
+	int told;
 
 	if (was == XP_DONE)
 		return;
 	lws_sul_cancel(&x->sul);
-	if (was != XP_EXIT)
-		xfer_abandon_loop(x);
+	told = was == XP_EXIT || xfer_abandon_loop(x);	/* the exit line removes the part file */
+	x->part_left = x->up && !x->ok && x->wrote && !told;
 	x->phase = XP_DONE;
 	xfer_close_local(x);
 	if (!x->ok && !x->why[0])
@@ -8927,7 +8943,7 @@ static void xfer_finish(struct xfer *x)
 	if (x->own && !x->job) {
 		if (s->state == S_ENDED && !app.quit)
 			lws_sul_schedule(app.ctx, 0, &x->sul_reap, on_xfer_reap, 1);
-		else if (was == XP_LOGIN)
+		else if (was == XP_LOGIN || was == XP_BOOT)	/* no loop yet: its shell ends */
 			bulk_push(s, "exit\r", 5);
 		return;
 	}
@@ -9145,10 +9161,10 @@ static struct xfer *xfer_new(struct tunnel *t, int up, const char *local, const 
 		copy_str(x->remote, sizeof(x->remote), remote);
 		part_name(local, x->id, x->part, sizeof(x->part));
 		x->fd = open(x->part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-		if (x->fd < 0)
+		if (x->fd < 0) {
 			snprintf(why, cap, "%s: %s", x->part, strerror(errno));
-		if (x->fd < 0)
-			x->part[0] = '\0';
+			x->part[0] = '\0';	/* not ours to remove */
+		}
 	}
 	if (up ? x->state != NULL : x->fd >= 0)
 		return x;
@@ -9163,7 +9179,6 @@ static void xfer_launch(struct xfer *x, struct session *host, const char *passwo
 	struct tunnel *t = x->tunnel;
 
 	t->xfer = x;
-	x->start_us = now_us();
 	if (host) {
 		x->session = host;
 		host->xfer = x;
@@ -9306,7 +9321,7 @@ static void act_transfer(const union arg *arg)
 	if (t && t->xfer)
 		confirm(act_transfer_cancel, "Stop the %s of %s?", xfer_verb(t->xfer, 0),
 			base_name(t->xfer->up ? t->xfer->local : t->xfer->remote));
-	else if (!s || s->state != S_LIVE)
+	else if (!s || s->state != S_LIVE || s->xfer)	/* not a transfer's own session either */
 		flash_msg("select a live session: a transfer runs as its user (%s n logs in)",
 			  keyname(app.prefix_key));
 	else if (tunnel_single(t) && s->altscreen)
@@ -9331,8 +9346,18 @@ static int looks_like_prompt(const struct session *s)	/* the cursor's line ends 
 }
 
 static void xdialog_submit(void);
-static void replace_local_yes(void) { xdlg.replace_ok = 1; xdialog_submit(); }
-static void not_prompt_yes(void) { xdlg.prompt_ok = 1; xdialog_submit(); }
+
+static void replace_local_yes(void)	/* "yes": the local file may be replaced */
+{
+	xdlg.replace_ok = 1;
+	xdialog_submit();
+}
+
+static void not_prompt_yes(void)	/* "yes": type at that line all the same */
+{
+	xdlg.prompt_ok = 1;
+	xdialog_submit();
+}
 
 /* The questions a start may need, asked before anything happens: a local
  * file to replace, a host line that is not a prompt.  1 when one is open. */
@@ -9888,6 +9913,10 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 	o->urls_from = optind;
 	if (!!o->exec + !!o->put + !!o->get > 1)
 		usage_error("one of --exec, --put and --get at a time");
+	if (o->get && (!*o->get || o->get[strlen(o->get) - 1] == '/'))
+		usage_error("--get %s: name the remote file, not a folder", o->get);
+	if (o->put && access(o->put, R_OK) < 0)
+		usage_error("--put %s: %s", o->put, strerror(errno));
 }
 
 static void default_config_path(char *out, size_t cap)	/* XDG, else ~/.config */

@@ -599,6 +599,10 @@ static void test_cli_errors(void)
 		    "wss://h/v5/iot/tunnels/x/source-connect", NULL }, "CA file /nonexistent/ca.pem: No such file" },
 		{ { "--token-file", "/etc/hostname", "ws://h.example/v5/iot/tunnels/x/source-connect", NULL },
 		  "device x: plaintext to another machine sends tokens and passwords in clear" },
+		{ { "--put", "/etc/hostname", NULL }, "--put needs two arguments" },
+		{ { "--put", "/nonexistent/f", "/tmp/", NULL }, "--put /nonexistent/f: No such file" },
+		{ { "--get", "/var/log/", "/tmp", NULL }, "--get /var/log/: name the remote file, not a folder" },
+		{ { "--get", "/etc/hostname", "/tmp", "--exec", "true", NULL }, "one of --exec, --put and --get at a time" },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
