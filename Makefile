@@ -7,7 +7,7 @@ DESTDIR ?=
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN     = -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE
-PKGS     = libwebsockets libcjson ncursesw openssl
+PKGS     = libwebsockets libcjson ncursesw openssl zlib
 SBPKGS   = libwebsockets libcjson libssh openssl
 PKGCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKGLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lutil

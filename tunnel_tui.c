@@ -26,7 +26,9 @@
  *  10. screen            layout, list, pane, status bar, overlays
  *  11. keys              bindings, modes, dialogs
  *  12. batch exec        --exec: one command on many devices, no screen
- *  13. startup and exit  terminal restore, signals, command line, main
+ *  13. file transfer     Ctrl-g u / d, --put, --get: files through the
+ *                        remote shell, as text, chunk by chunk, verified
+ *  14. startup and exit  terminal restore, signals, command line, main
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE	/* memmem, explicit_bzero, …: builds with any flags */
@@ -35,9 +37,12 @@
 #include <cJSON.h>
 #include <curses.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <zlib.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -156,7 +161,7 @@ static action_fn act_new_session, act_close_session, act_move, act_zoom,
 		 act_copy_mode, act_help, act_quit, act_send_prefix,
 		 act_reopen, act_next_device, act_redraw, act_mark, act_broadcast,
 		 act_solo, act_record, act_marker, act_device, act_connect, act_filter,
-		 act_compact, act_pick, act_paste_copied, act_rename;
+		 act_compact, act_pick, act_paste_copied, act_rename, act_transfer;
 
 /* After the prefix key (Ctrl-g by default): */
 static const struct binding {
@@ -193,6 +198,8 @@ static const struct binding {
 	{ '[', "[", act_copy_mode, { 0 }, "copy mode: move, select (Space), y copies, q leaves" },
 	{ ']', "]", act_paste_copied, { 0 }, "paste what was copied last" },
 	{ ',', ",", act_rename, { 0 }, "name the session (kept when it is reopened)" },
+	{ 'u', "u", act_transfer, { .i = 1 }, "upload a file to the device (or stop its transfer)" },
+	{ 'd', "d", act_transfer, { .i = 0 }, "download a file from the device (or stop its transfer)" },
 	{ 'l', "l", act_redraw, { 0 }, "redraw the screen" },
 	{ '?', "?", act_help, { 0 }, "this help" },
 	{ 'q', "q", act_quit, { 0 }, "quit (asks when sessions are live)" },
@@ -386,6 +393,7 @@ struct session {	/* one SSH session: one request_id */
 	struct buf osc;			/* the OSC being read: a clipboard set is ours */
 	int osc_over;			/* longer than OSC_MAX: dropped */
 	struct buf clip_offer;		/* a complete OSC 52 "c;BASE64", not yet asked about */
+	struct xfer *xfer;		/* a file transfer holds it (section 13) */
 };
 
 enum reopen { REOPEN_ASK, REOPEN_AUTO, REOPEN_NEVER };	/* reopen = … */
@@ -465,6 +473,11 @@ struct tunnel {		/* one device: one WebSocket */
 	char api_state[96];		/* the API's view: tunnel and device states */
 	lws_sorted_usec_list_t sul_api;	/* polls the tunnel's state */
 	int expiry_warned;
+	/* file transfer (section 13) */
+	struct xfer *xfer;		/* its one transfer at a time */
+	unsigned xfer_tools;		/* the tools its shell has, once probed */
+	int xfer_probed;
+	char xfer_cwd[512];		/* the host shell's directory a transfer last saw */
 };
 
 enum sel { SEL_NONE, SEL_CHAR, SEL_LINE, SEL_RECT };
@@ -484,7 +497,7 @@ struct mouse {		/* one report from the outer terminal, 0-based cells */
 enum { MB_MOTION = 32, MB_WHEEL = 64, MB_MODS = 4 | 8 | 16 };
 
 enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_COPY, M_SEARCH,
-	    M_HELP, M_FILTER, M_PICK, M_RENAME };
+	    M_HELP, M_FILTER, M_PICK, M_RENAME, M_XFER };
 
 struct dialog {		/* the login dialog and yes/no questions */
 	struct tunnel *tunnel;
@@ -496,6 +509,7 @@ struct dialog {		/* the login dialog and yes/no questions */
 	char question[200];
 	void (*on_yes)(void);
 	int64_t guard_until_us;		/* keys before this were typed for the session */
+	void (*on_no)(void);		/* set after confirm(), for a "no" that must act */
 	int mask;			/* bullets shown for the password: changes each key */
 	char notice[120];		/* e.g. a refused password, before trying again */
 };
@@ -580,6 +594,19 @@ static struct app {	/* the whole program's state */
 	FILE *log;
 } app = { .prefix_key = 0x07, .exit_code = 0 };
 
+/* File transfer (section 13): what the rest of the console calls. */
+struct xfer;
+static int xfer_output(struct session *s, const char *p, size_t n);
+static int xfer_busy(const struct session *s);
+static int xfer_key(struct session *s, int ch, int fn);
+static void xfer_session_ended(struct session *s, const char *code);
+static void xfer_session_freed(struct session *s);
+static void xfer_tunnel_back(struct tunnel *t);
+static int xfer_pending(const struct tunnel *t);
+static int xfer_status(const struct tunnel *t, char *out, size_t cap);
+static void key_xfer(int ch, int fn);
+static void draw_xfer_dialog(void);
+
 /************************************************************************
  *** 3. utilities
  ************************************************************************/
@@ -659,9 +686,10 @@ static void copy_str(char *dst, size_t cap, const char *src)	/* bounded, termina
 	dst[n] = '\0';
 }
 
-/* Grows as needed, by allocate, copy, wipe, free: buffers carry keystrokes,
- * pastes and connect messages, and realloc would free old copies unwiped. */
-static void buf_append(struct buf *b, const void *p, size_t n)
+/* Room for n more bytes.  Grows by allocate, copy, wipe, free: buffers
+ * carry keystrokes, pastes and connect messages, and realloc would free
+ * old copies unwiped. */
+static void buf_reserve(struct buf *b, size_t n)
 {
 	if (b->len + n + 1 > b->cap) {
 		char *grown = xrealloc(NULL, (b->len + n + 1) * 2);
@@ -674,6 +702,11 @@ static void buf_append(struct buf *b, const void *p, size_t n)
 		b->p = grown;
 		b->cap = (b->len + n + 1) * 2;
 	}
+}
+
+static void buf_append(struct buf *b, const void *p, size_t n)	/* grows as needed */
+{
+	buf_reserve(b, n);
 	memcpy(b->p + b->len, p, n);
 	b->len += n;
 	b->p[b->len] = '\0';
@@ -3832,7 +3865,7 @@ static int broadcast_targets(struct session **out, int max)	/* marked and live *
 
 	for (struct tunnel *t = app.tunnels; t; t = t->next)
 		for (struct session *s = t->sessions; s; s = s->next)
-			if (s->marked && session_accepts_input(s) && n < max)
+			if (s->marked && session_accepts_input(s) && !xfer_busy(s) && n < max)
 				out[n++] = s;
 	return n;
 }
@@ -3893,6 +3926,7 @@ static void session_resize(struct session *s, int cols, int rows)	/* to the remo
 
 static void session_free(struct session *s)	/* unlinks nothing: see callers */
 {
+	xfer_session_freed(s);
 	lws_sul_cancel(&s->sul_login);
 	lws_sul_cancel(&s->sul_predict);
 	rec_stop(s);
@@ -3941,7 +3975,9 @@ static void session_end(struct session *s, const char *code, const char *msg)
 	s->state = S_ENDED;
 	lws_sul_cancel(&s->sul_login);
 	predict_forget(s);
-	if (s->job)
+	if (s->xfer)
+		xfer_session_ended(s, code);
+	else if (s->job)
 		batch_session_ended(s, code, msg);
 	if (bye)
 		snprintf(line, sizeof(line), "session ended: the shell exited%s%s%s", s->tunnel->official ?
@@ -4012,6 +4048,8 @@ static void session_output(struct session *s, const char *p, size_t n)	/* §4.6 
 		s->login_tries = 0;
 		lws_sul_cancel(&s->sul_login);
 	}
+	if (s->xfer && xfer_output(s, p, n))
+		return;
 	if (s->job) {
 		batch_session_output(s, p, n);
 		return;
@@ -4176,7 +4214,7 @@ static int session_paste(struct session *s, const char *p, size_t n);
  * what is typed after a paste (Enter, Ctrl-D) arrives after it. */
 static void session_queue_keys(struct session *s, const char *p, size_t n)
 {
-	if (s->state == S_ENDED)
+	if (s->state == S_ENDED || xfer_busy(s))	/* a transfer's typing is its own */
 		return;
 	if (s->bulk_frames && !is_interrupt(p, n) && session_paste(s, p, n) == 0)
 		return;
@@ -4185,14 +4223,12 @@ static void session_queue_keys(struct session *s, const char *p, size_t n)
 	tunnel_kick(s->tunnel);
 }
 
-/* A paste: chunked (§4.5) into the bulk lane, behind keystrokes. */
-static int session_paste(struct session *s, const char *p, size_t n)
+/* Input chunked (§4.5) into the bulk lane, behind keystrokes, in order. */
+static void bulk_push(struct session *s, const char *p, size_t n)
 {
 	struct tunnel *t = s->tunnel;
 	const size_t budget = MAX_MESSAGE - 256;
 
-	if (s->state == S_ENDED || t->bulk.bytes + n * 2 > BULK_QUEUE_CAP)
-		return -1;
 	while (n) {
 		size_t k = chunk_len(p, n, INPUT_CHUNK, budget);
 		struct buf b = { 0 };
@@ -4208,8 +4244,20 @@ static int session_paste(struct session *s, const char *p, size_t n)
 		n -= k;
 	}
 	t->latest = s;
-	s->scroll = 0;
 	tunnel_kick(t);
+}
+
+/* A paste: into the bulk lane, unless too much waits there already. */
+static int session_paste(struct session *s, const char *p, size_t n)
+{
+	if (xfer_busy(s)) {
+		flash_msg("a transfer runs in this session: the paste was not sent");
+		return 0;
+	}
+	if (s->state == S_ENDED || s->tunnel->bulk.bytes + n * 2 > BULK_QUEUE_CAP)
+		return -1;
+	bulk_push(s, p, n);
+	s->scroll = 0;
 	return 0;
 }
 
@@ -4474,6 +4522,7 @@ static void on_connect_tunnel(struct tunnel *t)	/* the device is online */
 	lws_sul_cancel(&t->sul_device_wait);
 	tunnel_event(t, "device online");
 	device_ready(t);
+	xfer_tunnel_back(t);	/* before reopen_dropped counts its session */
 	reopen_dropped(t);
 }
 
@@ -4561,7 +4610,7 @@ static void login_refused(struct session *s)
 {
 	secret_free(s->password);
 	s->password = NULL;
-	if (!app.ui_up || s->got_output || s->job || ++s->login_tries >= 3 || app.mode != M_NORMAL) {
+	if (!app.ui_up || s->got_output || s->job || s->xfer || ++s->login_tries >= 3 || app.mode != M_NORMAL) {
 		if (s->login_tries >= 3)
 			flash_msg("%s: the login was refused 3 times", s->tunnel->cfg.name);
 		return;
@@ -4757,7 +4806,7 @@ static void tunnel_lost(struct tunnel *t, int code, const char *why)
 	tunnel_end_sessions(t, c, why);
 	if (app.quit)
 		return;
-	if (!is_final_close(code) && !app.batch)
+	if (!is_final_close(code) && (!app.batch || xfer_pending(t)))
 		schedule_reconnect(t);
 	else
 		t->state = code == 1015 ? T_CERT_FAILED :
@@ -6651,7 +6700,8 @@ static const char *mode_hint(void)	/* the status bar's right end */
 	static const char *const names[] = {
 		[M_NORMAL] = "", [M_PREFIX] = "PREFIX", [M_LOGIN] = "LOGIN",
 		[M_CONFIRM] = "CONFIRM", [M_COPY] = "COPY", [M_SEARCH] = "SEARCH",
-		[M_HELP] = "HELP", [M_FILTER] = "FILTER", [M_PICK] = "DEVICES", [M_RENAME] = "NAME" };
+		[M_HELP] = "HELP", [M_FILTER] = "FILTER", [M_PICK] = "DEVICES", [M_RENAME] = "NAME",
+		[M_XFER] = "TRANSFER" };
 
 	snprintf(hint, sizeof(hint), "%s%s%s ? help ", names[app.mode],
 		 *names[app.mode] ? " │ " : "", keyname(app.prefix_key));
@@ -6731,7 +6781,7 @@ static void draw_status(void)	/* device │ session │ rtt │ token │ mode, 
 {
 	struct tunnel *t = app.sel_tunnel;
 	struct session *s = app.sel_session;
-	char rtt[64] = "", exp[48] = "", sess[400] = "", id[SHORT_ID + 1];
+	char rtt[64] = "", exp[48] = "", sess[400] = "", id[SHORT_ID + 1], xfer[400];
 	const char *hint = mode_hint();
 	int y = LINES - 1, hw = (int)strlen(hint), x;
 
@@ -6760,6 +6810,8 @@ static void draw_status(void)	/* device │ session │ rtt │ token │ mode, 
 		put(y, x, COLS - hw - x, C_ALERT, A_BOLD, " %s ", app.flash);
 	else if (app.mode == M_COPY && s)
 		draw_scroll_status(s, y, x, COLS - hw - x);
+	else if (xfer_status(t, xfer, sizeof(xfer)))	/* a transfer's progress */
+		put(y, x, COLS - hw - x, C_STATUS, A_BOLD, " %s", xfer);
 	else if (t)
 		put(y, x, COLS - hw - x, C_STATUS, 0, " %s%s%s%s%s%s",
 		    t->cfg.name, sess, rtt, exp, s ? "" : " │ ", s ? "" : t->event);
@@ -7020,6 +7072,8 @@ static void draw_overlay(void)	/* whatever the mode puts on top */
 		draw_picker();
 	else if (app.mode == M_RENAME)
 		draw_rename_prompt();
+	else if (app.mode == M_XFER)
+		draw_xfer_dialog();
 }
 
 /* Whether this frame must draw everything: anything but the pane's rows
@@ -7198,6 +7252,7 @@ static void confirm(void (*on_yes)(void), const char *fmt, ...)	/* asks y/n */
 	va_end(ap);
 	app.dlg.on_yes = on_yes;
 	app.dlg.guard_until_us = 0;
+	app.dlg.on_no = NULL;
 	app.mode = M_CONFIRM;
 	ui_dirty();
 }
@@ -7676,6 +7731,8 @@ static void key_normal(int ch, int fn)	/* everything goes to the session */
 			type_key(targets[i], ch, fn);
 		if (!n)
 			flash_msg("broadcast: no marked session is live; nothing was sent");
+	} else if (xfer_key(s, ch, fn)) {	/* a transfer holds the session */
+		return;
 	} else if (session_accepts_input(s)) {
 		type_key(s, ch, fn);
 	} else if (!fn && (ch == '\r' || ch == '\n')) {
@@ -7779,6 +7836,8 @@ static void key_confirm(int ch, int fn)	/* y or anything else */
 	ui_dirty();
 	if (!fn && (ch == 'y' || ch == 'Y') && app.dlg.on_yes)
 		app.dlg.on_yes();
+	else if (app.dlg.on_no)
+		app.dlg.on_no();
 }
 
 static void key_help(int ch, int fn)	/* any key closes the help */
@@ -8438,6 +8497,7 @@ static void (*const mode_keys[])(int ch, int fn) = {	/* key handling per mode */
 	[M_NORMAL] = key_normal, [M_PREFIX] = key_prefix, [M_LOGIN] = key_login,
 	[M_CONFIRM] = key_confirm, [M_COPY] = key_copy, [M_SEARCH] = key_search,
 	[M_HELP] = key_help, [M_FILTER] = key_filter, [M_PICK] = key_picker, [M_RENAME] = key_rename,
+	[M_XFER] = key_xfer,
 };
 
 static void paste_into(struct session *s, const char *p, size_t n);
@@ -8473,7 +8533,7 @@ static void paste_broadcast(const char *p, size_t n)
  * session (bracketed if the remote asked), or into the focused field. */
 static void paste_done(const char *p, size_t n)
 {
-	if (app.mode == M_LOGIN || app.mode == M_SEARCH) {
+	if (app.mode == M_LOGIN || app.mode == M_SEARCH || app.mode == M_XFER) {
 		wchar_t wc;
 		mbstate_t st = { 0 };
 
@@ -8633,9 +8693,17 @@ struct batch_job {	/* one device's run of the command */
 	int started;			/* launched (the governor lets N run at once) */
 	int released;			/* its tunnel closed, its slot free */
 	lws_sorted_usec_list_t sul_timeout;
+	struct xfer *xfer;		/* --put / --get: its transfer, while it runs */
+	uint64_t bytes;			/* … verified, or as far as it got */
+	char checksum[80];		/* … the whole file's, "sha256:HEX" */
 };
 
-struct batch {		/* the whole --exec run */
+enum batch_kind { B_EXEC, B_PUT, B_GET };
+
+struct batch {		/* the whole --exec (--put, --get) run */
+	enum batch_kind kind;
+	const char *from, *to;		/* --put LOCAL REMOTE, --get REMOTE LOCALDIR */
+	int overwrite;			/* --overwrite: files there may be replaced */
 	const char *command, *outdir;
 	int clean;			/* output to a terminal: cleaned (not --raw) */
 	char nonce[20];
@@ -8783,6 +8851,8 @@ static void batch_session_output(struct session *s, const char *p, size_t n)
 	struct batch_job *j = s->job;
 	struct buf script = { 0 };
 
+	if (app.batch->kind != B_EXEC)	/* after its transfer: nothing more to do */
+		return;
 	if (!j->sent) {
 		j->sent = 1;
 		batch_script(&script, app.batch->command, app.batch->nonce);
@@ -8827,7 +8897,2411 @@ static void on_batch_timeout(lws_sorted_usec_list_t *sul)	/* --timeout passed */
 }
 
 /************************************************************************
- *** 13. startup and exit: terminal restore, signals, command line, main
+ *** 13. file transfer: files through the remote shell (Ctrl-g u / d,
+ ***     --put, --get)
+ ************************************************************************/
+
+/*
+ * The tunnel carries keystrokes and terminal output, and not cleanly:
+ * official devices cut their output at a NUL byte, messages have a size
+ * limit, a tty line holds 4095 bytes.  So a file travels as text that the
+ * device's own tools make or take, and the console drives the remote shell
+ * with commands only.  It types one line at the prompt that starts a
+ * command loop in a POSIX shell (sh -c, whatever the login shell is), then
+ * one line a step.  Each reply is a line "=TT<nonce>= KIND ARGS"; the
+ * typed text never holds that marker in one piece, so no echo matches.
+ *
+ *   hello      W, the loop's directory (pwd), P and the tools it found
+ *   stat       Q: what the remote path is, its size, the temporary file's
+ *   download   g FIRST END GZ: C, each chunk's hash ("i hash" lines), H,
+ *              then the run's bytes as one text (base64, hexdump or od;
+ *              gzip'd first when that pays) cut into chunks by length, D.
+ *              The text goes through cat (encoders write a tty a line at a
+ *              time); the console decodes it as it streams
+ *   upload     u I N GZ, then N bytes of text (base64 lines, or printf
+ *              lines that sh runs): head -c N reads exactly those, dd
+ *              writes chunk I in place; A I status, the hash of what the
+ *              file now holds there, K I
+ *   verify     V, the whole file's sha256 (md5 where that is all), F size
+ *              (a download's last run brings it, made while the run
+ *              streams); the temporary name is renamed only then (R for an
+ *              upload's), on either side
+ *
+ * A chunk whose hash or length is wrong, or that never came, is asked for
+ * (sent) again.  Verified chunks survive a lost session, and the transfer
+ * goes on from them when it comes back.  Where stty exists the tty's echo
+ * goes off and uploads run several chunks ahead; without it every typed
+ * byte is echoed, and a chunk waits for the one before (an echo must not
+ * fall between the bytes of a reply).
+ */
+
+#define XFER_UP_CHUNK     (128 << 10)	/* upload: raw bytes a chunk */
+#define XFER_DOWN_MIN     (64 << 10)	/* download chunks: small files ... */
+#define XFER_DOWN_MAX     (1 << 20)	/* ... to large ones (a chunk's hash: two processes there) */
+#define XFER_DOWN_CHUNKS  16		/* chunks a file has before they grow */
+#define XFER_LINE         2048		/* a typed data line: far inside a tty's 4095 */
+#define XFER_WINDOW       (512 << 10)	/* typed, unacknowledged bytes (the agent keeps 1 MiB) */
+#define XFER_BOOT_S       15		/* the command loop answers within this */
+#define XFER_STALL_S      30		/* a step silent this long: interrupt, resynchronise */
+#define XFER_SYNC_US      1000000	/* no output this long: the sync line again */
+#define XFER_SYNC_TRIES   10
+#define XFER_TRIES        3		/* attempts a chunk; resyncs without progress */
+#define XFER_GZ_PERCENT   90		/* gzip a chunk when that leaves at most this */
+#define XFER_BATCH_WAIT_S 120		/* --put/--get: a lost tunnel must be back by then */
+#define XN(a) (sizeof(a) / sizeof(*(a)))
+
+/*** the device's tools, and what a transfer uses of them ***************/
+
+enum xtool { XT_BASE64, XT_HEXDUMP, XT_OD, XT_MD5, XT_SHA256, XT_GZIP, XT_HEAD, XT_DD,
+	     XT_STTY, XT_WC, XT_COUNT };
+static const char *const xtool_names[XT_COUNT] = {
+	[XT_BASE64] = "base64", [XT_HEXDUMP] = "hexdump", [XT_OD] = "od", [XT_MD5] = "md5sum",
+	[XT_SHA256] = "sha256sum", [XT_GZIP] = "gzip", [XT_HEAD] = "head", [XT_DD] = "dd",
+	[XT_STTY] = "stty", [XT_WC] = "wc",
+};
+#define XT(t) (1u << (t))
+
+struct xcodec {		/* one way for file bytes to travel as text */
+	unsigned needs;			/* tools it takes on the device */
+	const char *shell;		/* the device's end: encoder (download), decoder (upload) */
+	int hex;			/* download: hex digits, blanks between; else base64 */
+	int script;			/* upload: printf lines run by sh; else base64 lines */
+};
+
+static const struct xcodec down_codecs[] = {	/* the fastest first */
+	{ XT(XT_BASE64), "base64", 0, 0 },
+	{ XT(XT_HEXDUMP), "hexdump -v -e '32/1 \"%02x\" \"\\n\"'", 1, 0 },
+	{ XT(XT_OD), "od -An -v -tx1", 1, 0 },
+};
+
+static const struct xcodec up_codecs[] = {
+	{ XT(XT_BASE64), "base64 -d", 0, 0 },
+	{ 0, "sh", 0, 1 },	/* printf with octal escapes: every POSIX shell has it */
+};
+
+struct xhash {		/* a checksum both ends compute */
+	enum xtool tool;
+	const char *name;
+	const EVP_MD *(*md)(void);
+	int hexlen;
+};
+
+static const struct xhash xhashes[] = {	/* the file: the first there; chunks: the last */
+	{ XT_SHA256, "sha256", EVP_sha256, 64 },
+	{ XT_MD5, "md5", EVP_md5, 32 },
+};
+
+struct xplan {		/* what a transfer uses on one device */
+	const struct xcodec *codec;
+	const struct xhash *file, *chunk;
+	int gzip;			/* the device has gzip (the console has zlib) */
+	int echo_off;			/* stty: echo off, typing may run ahead */
+};
+
+/* The fastest path the tools allow: NULL, or what is missing, in words. */
+static const char *xfer_plan(unsigned tools, int up, struct xplan *pl)
+{
+	const struct xcodec *codecs = up ? up_codecs : down_codecs;
+	size_t n = up ? XN(up_codecs) : XN(down_codecs);
+
+	memset(pl, 0, sizeof(*pl));
+	for (size_t i = 0; i < n && !pl->codec; i++)
+		if ((codecs[i].needs & tools) == codecs[i].needs)
+			pl->codec = &codecs[i];
+	for (size_t i = 0; i < XN(xhashes); i++)
+		if (tools & XT(xhashes[i].tool)) {
+			pl->file = pl->file ? pl->file : &xhashes[i];
+			pl->chunk = &xhashes[i];
+		}
+	pl->gzip = !!(tools & XT(XT_GZIP));
+	pl->echo_off = !!(tools & XT(XT_STTY));
+	if (!pl->file)
+		return "neither sha256sum nor md5sum, so nothing could verify the file";
+	if (!pl->codec)
+		return "none of base64, hexdump and od, so the file cannot travel as text";
+	if (!(tools & XT(XT_DD)) || !(tools & XT(XT_WC)) || (up && !(tools & XT(XT_HEAD))))
+		return up ? "no dd, head or wc" : "no dd or wc";
+	return NULL;
+}
+
+static unsigned parse_tools(const char *words)	/* "base64 md5sum …" as a set */
+{
+	unsigned set = 0;
+	char copy[256], *save = NULL;
+
+	copy_str(copy, sizeof(copy), words);
+	for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save))
+		for (int i = 0; i < XT_COUNT; i++)
+			if (!strcmp(w, xtool_names[i]))
+				set |= XT(i);
+	return set;
+}
+
+/*** typed text: command lines and data (pure) **************************/
+
+static int sh_plain(unsigned char c)	/* typed as itself in a printf format */
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       (c && strchr(" ._/+,:@=", c));	/* never '-': a format must not start with one */
+}
+
+static size_t sh_byte(char *out, unsigned char c)	/* one byte of a printf format: itself or \ooo */
+{
+	if (sh_plain(c)) {
+		*out = (char)c;
+		return 1;
+	}
+	out[0] = '\\';
+	out[1] = (char)('0' + (c >> 6));
+	out[2] = (char)('0' + (c >> 3 & 7));
+	out[3] = (char)('0' + (c & 7));
+	return 4;
+}
+
+/* var=path, however odd its bytes: printf rebuilds them on the device, so
+ * the typed line is plain ASCII (an x keeps trailing newlines); a leading
+ * ~ is $HOME. */
+static void sh_assign(struct buf *b, const char *var, const char *path)
+{
+	int home = path[0] == '~' && (path[1] == '/' || !path[1]);
+	char one[4];
+
+	buf_printf(b, "%s=$(printf '", var);
+	for (const char *p = path + home; *p; p++)
+		buf_append(b, one, sh_byte(one, (unsigned char)*p));
+	buf_printf(b, "x'); %s=%s${%s%%x}; ", var, home ? "\"$HOME\"" : "", var);
+}
+
+/* Upload text without base64: lines of printf '…' for sh to run. */
+static void printf_lines(struct buf *b, const unsigned char *p, size_t n)
+{
+	char line[XFER_LINE + 16];
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!o) {
+			memcpy(line, "printf '", 8);
+			o = 8;
+		}
+		o += sh_byte(line + o, p[i]);
+		if (o > XFER_LINE - 8 || i + 1 == n) {
+			memcpy(line + o, "'\n", 2);
+			buf_append(b, line, o + 2);
+			o = 0;
+		}
+	}
+}
+
+static const char b64_digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Upload text: base64 in lines of XFER_LINE characters, each ending \n. */
+static void b64_lines(struct buf *b, const unsigned char *p, size_t n)
+{
+	char line[XFER_LINE + 8];
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+
+		line[o++] = b64_digits[v >> 18];
+		line[o++] = b64_digits[v >> 12 & 63];
+		line[o++] = i + 1 < n ? b64_digits[v >> 6 & 63] : '=';
+		line[o++] = i + 2 < n ? b64_digits[v & 63] : '=';
+		if (o == XFER_LINE || i + 3 >= n) {
+			line[o++] = '\n';
+			buf_append(b, line, o);
+			o = 0;
+		}
+	}
+}
+
+static int b64_value(unsigned char c)	/* 0-63, 64 for '=', -2 a blank, -1 anything else */
+{
+	return c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 :
+	       c >= '0' && c <= '9' ? c - '0' + 52 : c == '+' ? 62 : c == '/' ? 63 : c == '=' ? 64 :
+	       c == '\r' || c == '\n' || c == ' ' ? -2 : -1;
+}
+
+static int hex_value(unsigned char c)	/* 0-15, -2 a blank, -1 anything else */
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : c == '\r' || c == '\n' || c == ' ' ? -2 : -1;
+}
+
+static const signed char *b64_table(void)	/* b64_value of every byte, looked up */
+{
+	static signed char t[256];
+	static int made;
+
+	for (int c = 0; !made && c < 256; c++)
+		t[c] = (signed char)b64_value((unsigned char)c);
+	made = 1;
+	return t;
+}
+
+struct xdec {		/* download text to bytes, however the messages cut it */
+	int hex;			/* hex digits, else base64 */
+	uint32_t v;			/* the bits gathered */
+	int k, pad;			/* digits gathered; base64's '=' seen */
+	int bad;			/* a character the encoding does not have */
+};
+
+static size_t b64_feed(struct xdec *st, const char *s, size_t n, unsigned char *out)	/* bytes out */
+{
+	const signed char *t = b64_table();
+	size_t o = 0;
+	int d;
+
+	for (size_t i = 0; i < n && !st->bad; i++) {
+		if ((d = t[(unsigned char)s[i]]) == -2)
+			continue;
+		st->bad = d < 0 || (st->pad && d != 64);
+		st->pad += d == 64;
+		st->v = st->v << 6 | (d < 0 || d == 64 ? 0 : (uint32_t)d);
+		if (++st->k == 4) {
+			out[o++] = (unsigned char)(st->v >> 16);
+			if (st->pad < 2)
+				out[o++] = (unsigned char)(st->v >> 8);
+			if (st->pad < 1)
+				out[o++] = (unsigned char)st->v;
+			st->k = 0;
+			st->v = 0;
+		}
+	}
+	return st->bad ? 0 : o;
+}
+
+static size_t hex_feed(struct xdec *st, const char *s, size_t n, unsigned char *out)	/* bytes out */
+{
+	size_t o = 0;
+	int d;
+
+	for (size_t i = 0; i < n && !st->bad; i++) {
+		if ((d = hex_value((unsigned char)s[i])) == -2)
+			continue;
+		st->bad = d < 0;
+		st->v = st->v << 4 | (uint32_t)(d & 15);
+		if (++st->k == 2) {
+			out[o++] = (unsigned char)st->v;
+			st->k = 0;
+			st->v = 0;
+		}
+	}
+	return st->bad ? 0 : o;
+}
+
+/* Text in (any piece of it), bytes out: at most n of them.  0 and bad set
+ * on a character the encoding does not have. */
+static size_t xdec_feed(struct xdec *st, const char *s, size_t n, unsigned char *out)
+{
+	return (st->hex ? hex_feed : b64_feed)(st, s, n, out);
+}
+
+
+/* gzip's format (the device's gzip -dc reads it): 0, or -1. */
+static int gz_pack(const void *p, size_t n, struct buf *out)
+{
+	z_stream z = { 0 };
+	size_t room;
+	int r;
+
+	if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+		return -1;
+	room = deflateBound(&z, (uLong)n);
+	buf_reserve(out, room);
+	z.next_in = (Bytef *)p;
+	z.avail_in = (uInt)n;
+	z.next_out = (Bytef *)out->p + out->len;
+	z.avail_out = (uInt)room;
+	r = deflate(&z, Z_FINISH);
+	out->len += z.total_out;
+	deflateEnd(&z);
+	return r == Z_STREAM_END ? 0 : -1;
+}
+
+typedef void bytes_fn(void *ctx, const unsigned char *p, size_t n);
+
+/* gzip'd bytes in (any piece of a stream), what they inflate to out
+ * through emit.  0, or -1 on damage or bytes after the stream's end. */
+static int gz_stream(z_stream *z, const void *p, size_t n, bytes_fn *emit, void *ctx)
+{
+	unsigned char out[65536];
+	int r;
+
+	z->next_in = (Bytef *)p;
+	z->avail_in = (uInt)n;
+	do {
+		z->next_out = out;
+		z->avail_out = sizeof(out);
+		r = inflate(z, Z_NO_FLUSH);
+		emit(ctx, out, sizeof(out) - z->avail_out);
+		if ((r != Z_OK && r != Z_BUF_ERROR && r != Z_STREAM_END) || (r == Z_STREAM_END && z->avail_in))
+			return -1;
+	} while (r != Z_STREAM_END && !z->avail_out);
+	return 0;
+}
+
+/*** the command loop's lines (pure) *************************************/
+
+/* Typed at the prompt: ^E ^U clear what the user had typed (line editors
+ * and a canonical tty alike); a POSIX shell runs the loop; an INT trap
+ * makes ^C stop a step, not the loop.  exec: the loop is the session. */
+static void xfer_boot_line(struct buf *b, const char *nonce, int exec)
+{
+	buf_printf(b, "\005\025 %ssh -c 'N=%s; m() { printf \"\\n=TT%%s= %%s\\n\" \"$N\" \"$*\"; }; ",
+		   exec ? "exec " : "", nonce);
+	buf_printf(b, "trap \"c=1\" INT; while :; do c=; IFS= read -r l || { [ \"$c\" ] && continue; break; }; "
+		   "eval \"$l\"; done'\r");
+}
+
+static void xfer_hello_line(struct buf *b, int probe)	/* its directory; its tools, unless known */
+{
+	buf_printf(b, "m W; pwd; p=");
+	if (probe) {
+		buf_printf(b, "; for t in");
+		for (int i = 0; i < XT_COUNT; i++)
+			buf_printf(b, " %s", xtool_names[i]);
+		buf_printf(b, "; do command -v $t >/dev/null 2>&1 && p=\"$p $t\"; done");
+	}
+	buf_printf(b, "; m P$p\n");
+}
+
+/* The step functions, once the tools are known: h and H hash a chunk and
+ * the file; u writes an upload chunk, g sends a run of download chunks. */
+static void xfer_setup_line(struct buf *b, const struct xplan *pl, int up)
+{
+	const char *c = pl->codec->shell;
+
+	if (pl->echo_off)
+		buf_printf(b, "_s=$(stty -g) && stty -echo && trap 'stty \"$_s\"' EXIT; ");
+	buf_printf(b, "h() { %s; }; H() { %s; }; ", xtool_names[pl->chunk->tool], xtool_names[pl->file->tool]);
+	if (up) {
+		buf_printf(b, "d0() { %s; }; d1() { %s | gzip -dc; }; ", c, c);
+		buf_printf(b, "u() { head -c $2 | { d$3 2>/dev/null; cat >/dev/null; } | dd of=\"$_t\" bs=$_B "
+			   "seek=$1 conv=notrunc 2>/dev/null; m A $1 $?; dd if=\"$_t\" bs=$_B skip=$1 count=1 "
+			   "2>/dev/null | h; m K $1; }; ");
+	} else {
+		buf_printf(b, "e0() { %s; }; e1() { gzip -1c | %s; }; ", c, c);
+		buf_printf(b, "g() { m C $1; _i=$1; while [ $_i -lt $2 ] && [ -z \"$c\" ]; do printf '%%s ' $_i; "
+			   "dd if=\"$_f\" bs=$_B skip=$_i count=1 2>/dev/null | h; _i=$((_i+1)); done; m H; "
+			   "[ -z \"$c\" ] && dd if=\"$_f\" bs=$_B skip=$1 count=$(($2-$1)) 2>/dev/null | e$3 | cat; "
+			   "m D; }; ");
+	}
+}
+
+/* Q for a download: d, n (none), o (other, unreadable) or f, the size,
+ * and (gzip) what the first 64 kB compress to. */
+static void xfer_stat_down_line(struct buf *b, const char *remote, int gzip)
+{
+	sh_assign(b, "_f", remote);
+	buf_printf(b, "if [ -d \"$_f\" ]; then m Q d 0 0; elif [ -f \"$_f\" ] && [ -r \"$_f\" ]; then "
+		   "m Q f $(wc -c <\"$_f\") %s; elif [ -e \"$_f\" ]; then m Q o 0 0; else m Q n 0 0; fi\n",
+		   gzip ? "$(dd if=\"$_f\" bs=65536 count=1 2>/dev/null | gzip -1c | wc -c)" : "0");
+}
+
+/* Q for an upload: what the target is (n, f, d, o), whether its folder is
+ * writable, the temporary file's size (-1: none) and the target's size. */
+static void xfer_stat_up_line(struct buf *b, const char *remote, const char *part, const char *dir)
+{
+	sh_assign(b, "_f", remote);
+	sh_assign(b, "_t", part);
+	sh_assign(b, "_p", dir);
+	buf_printf(b, "k=n; [ -e \"$_f\" ] && k=o; [ -f \"$_f\" ] && k=f; [ -d \"$_f\" ] && k=d; w=0; "
+		   "[ -w \"$_p\" ] && w=1; z=-1; [ -f \"$_t\" ] && z=$(wc -c <\"$_t\"); e=0; ");
+	buf_printf(b, "[ $k = f ] && e=$(wc -c <\"$_f\"); m Q $k $w $z $e\n");
+}
+
+static void xfer_verify_line(struct buf *b, int up, uint64_t size)	/* V, the hash, F size */
+{
+	if (up)	/* the temporary file cut (or made) to the size first */
+		buf_printf(b, "dd if=/dev/null of=\"$_t\" bs=1 seek=%llu 2>/dev/null; ", (unsigned long long)size);
+	buf_printf(b, "m V; H <\"$%s\"; m F $(wc -c <\"$%s\")\n", up ? "_t" : "_f", up ? "_t" : "_f");
+}
+
+static void xfer_commit_line(struct buf *b, int overwrite)	/* R 0 renamed, 1 failed, 2 exists */
+{
+	if (!overwrite)
+		buf_printf(b, "if [ -e \"$_f\" ]; then m R 2; else ");
+	buf_printf(b, "mv -f \"$_t\" \"$_f\" && m R 0 || m R 1%s\n", overwrite ? "" : "; fi");
+}
+
+static void xfer_exit_line(struct buf *b, int remove_part)	/* Z, and the loop ends */
+{
+	buf_printf(b, "%sm Z; exit\n", remove_part ? "rm -f \"$_t\"; " : "");
+}
+
+/*** the loop's replies (pure) *******************************************/
+
+/* Finds the loop's reply lines in a session's output: each ends a body
+ * (what came since the previous one) and is handed over with it. */
+struct xscan {
+	char marker[16];		/* "=TT<nonce>=" */
+	size_t mlen;
+	struct buf pend;		/* not yet placed: a marker may begin here */
+	struct buf body;		/* since the last reply line */
+	size_t body_max;		/* more is dropped, and flagged */
+	int overflow;
+	void (*sink)(void *ctx, const char *p, size_t n);	/* set: bodies stream here instead */
+};
+
+struct xreply {		/* one reply line and the body before it */
+	char kind;
+	char args[120];
+	const char *body;
+	size_t body_len;
+	int overflow;			/* the body outgrew body_max */
+};
+
+typedef int xreply_fn(void *ctx, const struct xreply *r);	/* 1 stops the scan */
+
+static void xscan_init(struct xscan *sc, const char *nonce, size_t body_max)
+{
+	sc->mlen = (size_t)snprintf(sc->marker, sizeof(sc->marker), "=TT%s=", nonce);
+	sc->pend.len = sc->body.len = 0;
+	sc->body_max = body_max;
+	sc->overflow = 0;
+	sc->sink = NULL;
+}
+
+static void xscan_body(struct xscan *sc, const char *p, size_t n, void *ctx)	/* kept, or to the sink */
+{
+	size_t room = sc->body_max > sc->body.len ? sc->body_max - sc->body.len : 0;
+
+	if (sc->sink) {
+		if (n)
+			sc->sink(ctx, p, n);
+		return;
+	}
+	sc->overflow |= n > room;
+	buf_append(&sc->body, p, n < room ? n : room);
+}
+
+/* The reply line at pend's start: its kind and arguments (CR dropped). */
+static void xscan_line(const struct xscan *sc, const char *nl, struct xreply *r)
+{
+	const char *p = sc->pend.p + sc->mlen;
+	size_t n = (size_t)(nl - p);
+
+	while (n && (p[n - 1] == '\r' || p[n - 1] == ' '))
+		n--;
+	while (n && *p == ' ') {
+		p++;
+		n--;
+	}
+	r->kind = n ? *p : 0;
+	p += n ? 1 : 0;
+	n -= n ? 1 : 0;
+	while (n && *p == ' ') {
+		p++;
+		n--;
+	}
+	snprintf(r->args, sizeof(r->args), "%.*s", (int)(n < sizeof(r->args) ? n : sizeof(r->args) - 1), p);
+}
+
+/* Feeds output in; calls fn for each whole reply.  Returns 1 when fn
+ * stopped it: pend then holds what followed that reply's line. */
+static int xscan_feed(struct xscan *sc, const char *p, size_t n, xreply_fn *fn, void *ctx)
+{
+	buf_append(&sc->pend, p, n);
+	for (;;) {
+		char *at = memmem(sc->pend.p, sc->pend.len, sc->marker, sc->mlen), *nl;
+		size_t before = at ? (size_t)(at - sc->pend.p) :
+				sc->pend.len - (sc->pend.len < sc->mlen ? sc->pend.len : sc->mlen - 1);
+		struct xreply r;
+		int stop;
+
+		xscan_body(sc, sc->pend.p, before, ctx);
+		buf_consume(&sc->pend, before);
+		if (!at)
+			return 0;
+		nl = memchr(sc->pend.p, '\n', sc->pend.len);
+		if (!nl && sc->pend.len < sc->mlen + sizeof(r.args))
+			return 0;	/* the rest of the line is still coming */
+		if (!nl) {	/* a marker without a line: not a reply */
+			xscan_body(sc, sc->pend.p, sc->mlen, ctx);
+			buf_consume(&sc->pend, sc->mlen);
+			continue;
+		}
+		xscan_line(sc, nl, &r);
+		r.body = sc->body.p ? sc->body.p : "";
+		r.body_len = sc->body.len;
+		r.overflow = sc->overflow;
+		buf_consume(&sc->pend, (size_t)(nl - sc->pend.p) + 1);
+		stop = fn(ctx, &r);
+		sc->body.len = 0;
+		sc->overflow = 0;
+		if (stop)
+			return 1;
+	}
+}
+
+static void xscan_free(struct xscan *sc)
+{
+	buf_free(&sc->pend);
+	buf_free(&sc->body);
+}
+
+/* The first run of exactly hexlen hex digits in a body: a hash line
+ * ("d41d8cd9…  -").  0, or -1 when there is none. */
+static int parse_hash(const char *s, size_t n, int hexlen, char *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t k = 0;
+
+		while (i + k < n && isxdigit((unsigned char)s[i + k]))
+			k++;
+		if (k == (size_t)hexlen) {
+			for (size_t j = 0; j < k; j++)
+				out[j] = (char)tolower((unsigned char)s[i + j]);
+			out[k] = '\0';
+			return 0;
+		}
+		i += k;
+	}
+	return -1;
+}
+
+/* A body that is one line of text (pwd's): without its line ends. */
+static void body_text(const char *s, size_t n, char *out, size_t cap)
+{
+	while (n && (*s == '\r' || *s == '\n')) {
+		s++;
+		n--;
+	}
+	while (n && (s[n - 1] == '\r' || s[n - 1] == '\n'))
+		n--;
+	snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), s);
+}
+
+/*** chunks, paths, progress (pure) **************************************/
+
+enum { XC_TODO, XC_ASKED, XC_DONE };	/* a chunk: to do, asked for (sent), verified */
+
+static uint32_t xfer_chunk_size(int up, uint64_t size)	/* bytes a chunk */
+{
+	uint32_t c = XFER_DOWN_MIN;
+
+	if (up)
+		return XFER_UP_CHUNK;
+	while (c < XFER_DOWN_MAX && size / c > XFER_DOWN_CHUNKS)
+		c *= 2;
+	return c;
+}
+
+/* The first run of chunks still to do: [*a, *b).  0 when there is none. */
+static int next_todo_run(const uint8_t *st, uint32_t n, uint32_t *a, uint32_t *b)
+{
+	uint32_t i = 0;
+
+	while (i < n && st[i] != XC_TODO)
+		i++;
+	if (i == n)
+		return 0;
+	*a = i;
+	while (i < n && st[i] == XC_TODO)
+		i++;
+	*b = i;
+	return 1;
+}
+
+static const char *base_name(const char *path)	/* what follows the last '/' */
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
+}
+
+static void parent_dir(const char *path, char *out, size_t cap)	/* "." for a bare name, "/" for /x */
+{
+	const char *base = base_name(path);
+	size_t n = (size_t)(base - path);
+
+	while (n > 1 && path[n - 1] == '/')
+		n--;
+	if (!n)
+		snprintf(out, cap, ".");
+	else
+		snprintf(out, cap, "%.*s", (int)n, path);
+}
+
+/* Where a file is written until it is verified: DIR/.NAME.ID.ttpart
+ * (the name cut so the whole stays within NAME_MAX). */
+static void part_name(const char *path, const char *id, char *out, size_t cap)
+{
+	const char *base = base_name(path);
+
+	snprintf(out, cap, "%.*s.%.200s.%s.ttpart", (int)(base - path), path, base, id);
+}
+
+/* The directory a prompt or window title names: "user@host:/dir$ ",
+ * "user@host: ~/dir" (the defaults of Debian's bash and OpenWrt's ash).
+ * 1 when there is one. */
+static int cwd_from_text(const char *text, char *out, size_t cap)
+{
+	const char *at = strchr(text, '@'), *colon = at ? strchr(at, ':') : NULL, *start, *end;
+
+	if (!colon || strchr(at, ' ') < colon)
+		return 0;
+	start = colon + 1 + (colon[1] == ' ');
+	if (*start != '/' && *start != '~')
+		return 0;
+	end = start + strcspn(start, "$#>%");
+	while (end > start && end[-1] == ' ')
+		end--;
+	snprintf(out, cap, "%.*s", (int)(end - start), start);
+	return 1;
+}
+
+static void human_bytes(double n, char *out, size_t cap)	/* "950 B", "1.5 kB", "23.4 MB" */
+{
+	static const char *const units[] = { "B", "kB", "MB", "GB", "TB" };
+	size_t u = 0;
+
+	while (n >= 1000 && u + 1 < XN(units)) {
+		n /= 1000;
+		u++;
+	}
+	snprintf(out, cap, u ? "%.1f %s" : "%.0f %s", n, units[u]);
+}
+
+struct xrate {		/* bytes a second, smoothed */
+	int64_t at_us;
+	uint64_t at_bytes;
+	double bps;
+};
+
+static void xrate_note(struct xrate *r, int64_t now, uint64_t bytes)	/* bytes done by now */
+{
+	double dt = (double)(now - r->at_us) / 1e6;
+
+	if (r->at_us && dt < 0.5)
+		return;
+	if (r->at_us && bytes >= r->at_bytes)
+		r->bps = r->bps > 0 ? 0.5 * r->bps + 0.5 * (double)(bytes - r->at_bytes) / dt :
+			 (double)(bytes - r->at_bytes) / dt;
+	r->at_us = now;
+	r->at_bytes = bytes;
+}
+
+/* "▕█████▍      ▏  45%  4.5 MB of 10.0 MB  2.1 MB/s  ETA 3 s": the bar in eighths. */
+static void progress_text(char *out, size_t cap, uint64_t done, uint64_t total, double bps)
+{
+	static const char *const eighths[] = { "", "▏", "▎", "▍", "▌", "▋", "▊", "▉" };
+	double frac = total ? (double)done / (double)total : 1;
+	int cells = 12, full = (int)(frac * cells), part = (int)(frac * cells * 8) % 8;
+	char bar[128] = "", d[24], t[24], rate[24] = "-", eta[32] = "";
+	size_t o = 0;
+
+	for (int i = 0; i < cells; i++)
+		o += (size_t)snprintf(bar + o, sizeof(bar) - o, "%s", i < full ? "█" : i == full ? eighths[part] : " ");
+	human_bytes((double)done, d, sizeof(d));
+	human_bytes((double)total, t, sizeof(t));
+	if (bps > 0) {
+		human_bytes(bps, rate, sizeof(rate) - 2);
+		strcat(rate, "/s");
+		snprintf(eta, sizeof(eta), "  ETA %.0f s", (double)(total - done) / bps);
+	}
+	snprintf(out, cap, "▕%s▏ %3d%%  %s of %s  %s%s", bar, (int)(frac * 100), d, t, rate, eta);
+}
+
+/*** a transfer: the state machine over one session **********************/
+
+enum xphase {
+	XP_LOGIN,	/* its own session logs in */
+	XP_BOOT,	/* the loop typed: its hello awaited */
+	XP_STAT,	/* asked what the remote path is */
+	XP_ASK,		/* the user decides about replacing the remote file */
+	XP_DATA,	/* chunks travel */
+	XP_SYNC,	/* a step interrupted (^C): the sync reply awaited */
+	XP_VERIFY,	/* the whole file's hash asked for */
+	XP_COMMIT,	/* upload: the rename asked for */
+	XP_EXIT,	/* the loop told to end */
+	XP_PAUSED,	/* the session was lost: waiting for it to come back */
+	XP_DONE,
+};
+
+struct xrun {		/* download: one run of chunks, streaming in */
+	uint32_t next, end;		/* the chunk being filled; the run's end */
+	struct buf bytes;		/* that chunk's bytes so far */
+	struct xdec dec;
+	z_stream z;
+	int gz;				/* z is in use: the run is gzip'd */
+	int broken;			/* its text went wrong: the rest of it is asked again */
+};
+
+struct xfer {		/* one file on its way, to or from one device */
+	struct tunnel *tunnel;
+	struct session *session;	/* where the loop runs */
+	struct session *origin;		/* where the user started it; NULL once closed */
+	struct batch_job *job;		/* --put / --get */
+	int up;				/* upload, else download */
+	int own;			/* its own session: a multi-session device, or a batch run */
+	enum xphase phase;
+	int stopping;			/* cancelled or failed: the loop ends at the next chance */
+	int waiting;			/* a line was typed whose reply has not come */
+	int ok;				/* verified and renamed */
+	int wrote;			/* upload: a chunk went: its temporary file may be there */
+	int part_left;			/* … and stays: the loop could not remove it */
+	const char *status;		/* --put/--get's word for a failure; NULL: "failed" */
+	int overwrite;			/* the user said replace (or --overwrite) */
+	char local[PATH_MAX];		/* upload: the source; download: the final name */
+	char part[PATH_MAX];		/* download: where it is written until verified */
+	char remote[PATH_MAX];		/* the remote file as given, then with its name */
+	char rpart[PATH_MAX];		/* upload: the remote temporary name */
+	char cwd[PATH_MAX];		/* the loop's directory, from pwd */
+	char id[9];			/* in temporary names: stays across resumes */
+	char nonce[9];			/* in this loop's replies: new each time */
+	int fd;				/* the local file */
+	uint64_t size, done_bytes;
+	uint32_t chunk, nchunks;
+	uint8_t *state, *tries;		/* per chunk: XC_*, attempts */
+	int in_flight;			/* upload: chunks typed, not yet acknowledged */
+	int run_open;			/* download: a run is streaming */
+	int verify_sent;		/* download: it brings the whole file's hash as well */
+	int gz;				/* download: compressed runs */
+	char (*sums)[65];		/* download: each chunk's hash, as the device sent it */
+	struct xrun run;		/* download: the run streaming in */
+	EVP_MD_CTX *whole;		/* the whole file's hash, over chunks verified in order */
+	uint32_t hashed;		/* chunks in it */
+	struct xplan plan;
+	struct xscan scan;
+	struct buf shown;		/* the host's output before the loop answered */
+	unsigned seq;			/* sync lines */
+	int syncs, resyncs;		/* sync lines unanswered; resyncs without progress */
+	enum xphase after_sync;
+	struct xrate rate;
+	int64_t paused_us;
+	int relogins;			/* its own session back by itself, without progress */
+	int resumed;			/* it was paused: it goes on from its verified chunks */
+	char *password;			/* its own session's, to log in again after a loss */
+	size_t password_len;
+	char hash[65];			/* the whole file's, verified */
+	char why[240];			/* a failure, in words */
+	lws_sorted_usec_list_t sul;	/* deadlines: the hello, stalls, sync repeats */
+	lws_sorted_usec_list_t sul_reap;	/* its own session, ended: out of the list */
+};
+
+static void xfer_step(struct xfer *x);
+static void xfer_finish(struct xfer *x);
+static void xfer_fail(struct xfer *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void xfer_interrupt(struct xfer *x, enum xphase then);
+
+static const char *xfer_verb(const struct xfer *x, int past)	/* "upload", "downloaded" … */
+{
+	return x->up ? (past ? "uploaded" : "upload") : (past ? "downloaded" : "download");
+}
+
+static size_t chunk_bytes(const struct xfer *x, uint32_t i)	/* chunk i's length */
+{
+	uint64_t off = (uint64_t)i * x->chunk;
+
+	return x->size - off < x->chunk ? (size_t)(x->size - off) : x->chunk;
+}
+
+static void digest_hex(const EVP_MD *md, const void *p, size_t n, char *out)	/* lowercase hex */
+{
+	unsigned char d[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+
+	EVP_Digest(p, n, d, &len, md, NULL);
+	hex_encode(d, len, out);
+}
+
+/* A hash over a local file's bytes [off, size), finished, as hex: 0, or
+ * -1 if the file is shorter. */
+static int file_hash_rest(int fd, uint64_t off, uint64_t size, EVP_MD_CTX *c, char *out)
+{
+	unsigned char buf[65536], d[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+	ssize_t r = 1;
+
+	while (off < size && (r = pread(fd, buf, size - off < sizeof(buf) ? size - off : sizeof(buf),
+					(off_t)off)) > 0) {
+		EVP_DigestUpdate(c, buf, (size_t)r);
+		off += (uint64_t)r;
+	}
+	EVP_DigestFinal_ex(c, d, &len);
+	hex_encode(d, len, out);
+	return off == size ? 0 : -1;
+}
+
+static void xfer_type(struct xfer *x, const char *p, size_t n)	/* to the loop, in order */
+{
+	bulk_push(x->session, p, n);
+}
+
+static void xfer_send(struct xfer *x, struct buf *b)	/* a built line: typed, then freed */
+{
+	xfer_type(x, b->p, b->len);
+	buf_free(b);
+}
+
+static void on_xfer_timer(lws_sorted_usec_list_t *sul);
+
+static void xfer_arm(struct xfer *x, int64_t us)	/* the watchdog, from now */
+{
+	if (app.ctx && !app.quit)
+		lws_sul_schedule(app.ctx, 0, &x->sul, on_xfer_timer, us);
+}
+
+static void random_hex(char *out, size_t bytes)	/* 2 * bytes hex digits */
+{
+	unsigned char r[16];
+
+	if (app.ctx)
+		lws_get_random(app.ctx, r, bytes);
+	else
+		RAND_bytes(r, (int)bytes);
+	hex_encode(r, bytes, out);
+}
+
+static size_t xfer_body_max(const struct xfer *x)	/* a reply's body: a run's hash lines at most */
+{
+	return (size_t)x->nchunks * 80 + 65536;
+}
+
+/* The loop is typed into the session: a new nonce, so nothing a previous
+ * loop left in flight is read as this one's. */
+static void xfer_begin(struct xfer *x)
+{
+	struct buf b = { 0 };
+
+	if (x->resumed)	/* after a lost session */
+		log_line("%s: the %s goes on from byte %llu", x->tunnel->cfg.name, xfer_verb(x, 0),
+			 (unsigned long long)x->done_bytes);
+	random_hex(x->nonce, 4);
+	xscan_init(&x->scan, x->nonce, xfer_body_max(x));
+	x->shown.len = 0;
+	x->run_open = x->in_flight = x->syncs = 0;
+	x->phase = XP_BOOT;
+	x->waiting = 1;
+	xfer_boot_line(&b, x->nonce, x->own);
+	xfer_hello_line(&b, !x->tunnel->xfer_probed);
+	xfer_send(x, &b);
+	xfer_arm(x, XFER_BOOT_S * LWS_US_PER_SEC);
+}
+
+static void xrun_close(struct xfer *x)	/* the streaming run is over: its state goes */
+{
+	if (x->run.gz)
+		inflateEnd(&x->run.z);
+	x->run.gz = 0;
+	x->run.broken = 1;	/* a piece still in hand is dropped */
+	x->run.bytes.len = 0;
+	x->scan.sink = NULL;
+}
+
+/* Verified chunks stay; those asked for or in flight are to do again. */
+static void xfer_forget_flight(struct xfer *x)
+{
+	for (uint32_t i = 0; x->state && i < x->nchunks; i++)
+		if (x->state[i] == XC_ASKED)
+			x->state[i] = XC_TODO;
+	x->in_flight = 0;
+	x->run_open = 0;
+	x->verify_sent = 0;
+	xrun_close(x);
+}
+
+static void xfer_chunks(struct xfer *x, uint64_t size)	/* the chunk table, all to do */
+{
+	x->size = size;
+	x->chunk = xfer_chunk_size(x->up, size);
+	x->nchunks = (uint32_t)((size + x->chunk - 1) / x->chunk);
+	x->state = xcalloc(x->nchunks);
+	x->tries = xcalloc(x->nchunks);
+	x->sums = x->up ? NULL : xcalloc(x->nchunks * sizeof(*x->sums));
+	x->done_bytes = 0;
+	x->scan.body_max = xfer_body_max(x);
+}
+
+static void x_run_text(void *ctx, const char *p, size_t n);
+
+static EVP_MD_CTX *xfer_whole(struct xfer *x)	/* the whole file's hash, begun */
+{
+	if (!x->whole) {
+		x->whole = EVP_MD_CTX_new();
+		EVP_DigestInit_ex(x->whole, x->plan.file->md(), NULL);
+		x->hashed = 0;
+	}
+	return x->whole;
+}
+
+/* The whole file's hash takes each chunk verified in order (the usual
+ * case); the rest is read back from the file when it is verified. */
+static void xfer_progress(struct xfer *x, uint32_t i, const void *bytes)	/* chunk i verified */
+{
+	if (i == x->hashed) {
+		EVP_DigestUpdate(xfer_whole(x), bytes, chunk_bytes(x, i));
+		x->hashed++;
+	}
+	x->state[i] = XC_DONE;
+	x->done_bytes += chunk_bytes(x, i);
+	x->resyncs = x->relogins = 0;
+	xrate_note(&x->rate, now_us(), x->done_bytes);
+	if (x->tunnel == app.sel_tunnel)
+		ui_dirty();
+}
+
+/* A chunk failed its check: again, up to XFER_TRIES times. */
+static void xfer_retry(struct xfer *x, uint32_t i, const char *what)
+{
+	x->state[i] = XC_TODO;
+	log_line("%s: %s chunk %u %s; asked again", x->tunnel->cfg.name, xfer_verb(x, 0), i, what);
+	if (++x->tries[i] >= XFER_TRIES)
+		xfer_fail(x, "chunk %u (at byte %llu) %s %d times: does the file change while it is %s?",
+			  i, (unsigned long long)i * x->chunk, what, XFER_TRIES, x->up ? "written" : "read");
+}
+
+/*** replies ***/
+
+static const char *xfer_remote_shown(const struct xfer *x, char *out, size_t cap)	/* absolute */
+{
+	if (x->remote[0] == '/' || x->remote[0] == '~' || !x->cwd[0])
+		snprintf(out, cap, "%s", x->remote);
+	else
+		snprintf(out, cap, "%.2000s%s%.2000s", x->cwd, strcmp(x->cwd, "/") ? "/" : "", x->remote);
+	return out;
+}
+
+/* P: the loop runs; its directory and tools.  Then the step functions
+ * and the question about the remote path. */
+static int x_hello(struct xfer *x, const struct xreply *r)
+{
+	struct tunnel *t = x->tunnel;
+	struct buf b = { 0 };
+	const char *missing;
+
+	if (x->phase != XP_BOOT)
+		return 0;
+	x->waiting = 0;
+	body_text(r->body, r->body_len, x->cwd, sizeof(x->cwd));
+	if (!x->own)	/* the host shell's: the next dialog starts there */
+		copy_str(t->xfer_cwd, sizeof(t->xfer_cwd), x->cwd);
+	if (!t->xfer_probed) {
+		t->xfer_tools = parse_tools(r->args);
+		t->xfer_probed = 1;
+	}
+	if ((missing = xfer_plan(t->xfer_tools, x->up, &x->plan))) {
+		xfer_fail(x, "the device cannot take part: %s", missing);	/* the loop is told to end */
+		return 0;
+	}
+	if (x->stopping) {	/* cancelled while it started */
+		xfer_step(x);
+		return 0;
+	}
+	xfer_setup_line(&b, &x->plan, x->up);
+	xfer_send(x, &b);
+	x->phase = XP_STAT;
+	xfer_step(x);
+	return 0;
+}
+
+/* The upload's remote names follow the target: its temporary file beside it. */
+static void xfer_up_target(struct xfer *x, const char *remote)
+{
+	copy_str(x->remote, sizeof(x->remote), remote);
+	part_name(x->remote, x->id, x->rpart, sizeof(x->rpart));
+}
+
+static void xfer_ask_replace(struct xfer *x, long long size);
+
+/* An upload going on: its verified chunks count only while the remote
+ * temporary file still holds them all (part: its size, -1 none). */
+static void xfer_resume_up(struct xfer *x, long long part)
+{
+	uint64_t end = 0;
+
+	for (uint32_t i = 0; i < x->nchunks; i++)
+		if (x->state[i] == XC_DONE)
+			end = (uint64_t)i * x->chunk + chunk_bytes(x, i);
+	x->done_bytes = 0;
+	for (uint32_t i = 0; i < x->nchunks; i++) {
+		if (part < 0 || (uint64_t)part < end)	/* gone or cut: from the start */
+			x->state[i] = XC_TODO;
+		x->done_bytes += x->state[i] == XC_DONE ? chunk_bytes(x, i) : 0;
+	}
+}
+
+/* Q, upload: a folder gets the file's name; a file there is replaced only
+ * when the user says so; an old temporary file is resumed only if it is
+ * still there. */
+static int x_stat_up(struct xfer *x, const struct xreply *r)
+{
+	char kind = 0, joined[PATH_MAX], dir[PATH_MAX];
+	int writable = 0;
+	long long part = -1, size = 0;
+
+	sscanf(r->args, "%c %d %lld %lld", &kind, &writable, &part, &size);
+	parent_dir(x->remote, dir, sizeof(dir));
+	if (kind == 'd') {
+		snprintf(joined, sizeof(joined), "%.3800s%s%.250s", x->remote,
+			 x->remote[strlen(x->remote) - 1] == '/' ? "" : "/", base_name(x->local));
+		xfer_up_target(x, joined);
+		x->phase = XP_STAT;	/* asked again about the file in it */
+		xfer_step(x);
+	} else if (kind == 'o') {
+		xfer_fail(x, "%s exists and is not a regular file", x->remote);
+	} else if (!writable) {
+		xfer_fail(x, "cannot write in %s on the device", dir);
+	} else {
+		xfer_resume_up(x, part);
+		if (kind == 'f' && !x->overwrite)
+			xfer_ask_replace(x, size);
+		else
+			x->phase = XP_DATA;
+		xfer_step(x);
+	}
+	return 0;
+}
+
+/* Q, download: a readable file, as big as when the transfer began. */
+static int x_stat_down(struct xfer *x, const struct xreply *r)
+{
+	char kind = 0;
+	long long size = -1, gz = 0;
+
+	sscanf(r->args, "%c %lld %lld", &kind, &size, &gz);
+	if (kind != 'f' || size < 0) {
+		xfer_fail(x, "%s %s on the device", x->remote, kind == 'd' ? "is a folder" :
+			  kind == 'n' ? "does not exist" : "is not a readable file");
+		return 0;
+	}
+	if (x->state && (uint64_t)size != x->size) {
+		xfer_fail(x, "%s changed size on the device (%lld bytes, was %llu)", x->remote, size,
+			  (unsigned long long)x->size);
+		return 0;
+	}
+	if (!x->state)
+		xfer_chunks(x, (uint64_t)size);
+	x->gz = x->plan.gzip && size > 0 &&
+		gz * 100 <= (size < 65536 ? size : 65536) * XFER_GZ_PERCENT;
+	x->phase = XP_DATA;
+	xfer_step(x);
+	return 0;
+}
+
+static int x_stat(struct xfer *x, const struct xreply *r)	/* Q */
+{
+	if (x->phase != XP_STAT)
+		return 0;
+	x->waiting = 0;
+	if (x->stopping) {
+		xfer_step(x);
+		return 0;
+	}
+	return x->up ? x_stat_up(x, r) : x_stat_down(x, r);
+}
+
+static int chunk_arg(const struct xfer *x, const char *args, uint32_t *i)	/* 0 if args name one */
+{
+	char *end;
+	unsigned long v = strtoul(args, &end, 10);
+
+	if (end == args || v >= x->nchunks)
+		return -1;
+	*i = (uint32_t)v;
+	return 0;
+}
+
+static int x_run_begin(struct xfer *x, const struct xreply *r)	/* C first: the run the device sends */
+{
+	if (x->phase == XP_DATA && x->run_open && strtoul(r->args, NULL, 10) != x->run.next)
+		x->run.broken = 1;	/* not the run asked for */
+	return 0;
+}
+
+/* H: the run's chunk hashes ("i hash" lines); its text streams next. */
+static int x_run_sums(struct xfer *x, const struct xreply *r)
+{
+	const char *p = r->body, *end = r->body + r->body_len;
+	char *after;
+
+	if (x->phase != XP_DATA || !x->run_open || x->run.broken)
+		return 0;
+	while (p < end) {
+		unsigned long i = strtoul(p, &after, 10);
+		const char *nl = memchr(after, '\n', (size_t)(end - after));
+		size_t n = (size_t)((nl ? nl : end) - after);
+
+		if (after > p && i >= x->run.next && i < x->run.end &&
+		    parse_hash(after, n, x->plan.chunk->hexlen, x->sums[i]) < 0)
+			x->sums[i][0] = '\0';
+		p = nl ? nl + 1 : end;
+	}
+	x->run.dec = (struct xdec){ .hex = x->plan.codec->hex };
+	x->run.gz = x->gz && inflateInit2(&x->run.z, 16 + MAX_WBITS) == Z_OK;
+	x->run.broken = x->gz && !x->run.gz;
+	x->scan.sink = x_run_text;
+	return 0;
+}
+
+/* A whole chunk of the run: checked against its hash, into the part file. */
+static void x_chunk_whole(struct xfer *x, uint32_t i, const void *bytes)
+{
+	char sum[65];
+
+	digest_hex(x->plan.chunk->md(), bytes, chunk_bytes(x, i), sum);
+	if (strcmp(sum, x->sums[i]))
+		xfer_retry(x, i, "failed its check");
+	else if (pwrite(x->fd, bytes, chunk_bytes(x, i), (off_t)i * x->chunk) != (ssize_t)chunk_bytes(x, i))
+		xfer_fail(x, "cannot write %s: %s", x->part, strerror(errno));
+	else
+		xfer_progress(x, i, bytes);
+}
+
+/* Bytes of the run into its chunks, each checked when whole; more than
+ * the run holds breaks it. */
+static void x_run_fill(struct xfer *x, const unsigned char *p, size_t n)
+{
+	struct xrun *run = &x->run;
+
+	while (n && !run->broken && x->phase == XP_DATA) {
+		size_t want = run->next < run->end ? chunk_bytes(x, run->next) - run->bytes.len : 0;
+		size_t take = n < want ? n : want;
+
+		run->broken = !want;
+		buf_append(&run->bytes, p, take);
+		p += take;
+		n -= take;
+		if (want && take == want) {
+			x_chunk_whole(x, run->next++, run->bytes.p);
+			run->bytes.len = 0;
+		}
+	}
+}
+
+static void x_run_bytes(void *ctx, const unsigned char *p, size_t n)	/* bytes_fn: into chunks */
+{
+	x_run_fill(ctx, p, n);
+}
+
+static void x_run_unpack(struct xfer *x, const unsigned char *p, size_t n)	/* inflated first if gzip'd */
+{
+	if (!x->run.gz)
+		x_run_fill(x, p, n);
+	else if (gz_stream(&x->run.z, p, n, x_run_bytes, x) < 0)
+		x->run.broken = 1;
+}
+
+/* The run's text as it streams (the scanner's sink): decoded a piece at a time. */
+static void x_run_text(void *ctx, const char *p, size_t n)
+{
+	struct xfer *x = ctx;
+	unsigned char out[49152];	/* base64 gives 3 of 4, hex 1 of 2 */
+
+	while (n && !x->run.broken) {
+		size_t k = n < 65536 ? n : 65536, got = xdec_feed(&x->run.dec, p, k, out);
+
+		x->run.broken |= x->run.dec.bad;
+		x_run_unpack(x, out, got);
+		p += k;
+		n -= k;
+	}
+}
+
+static int x_run_end(struct xfer *x, const struct xreply *r)	/* D: what did not come goes again */
+{
+	(void)r;
+	if (x->phase != XP_DATA || !x->run_open)
+		return 0;
+	x->run_open = 0;
+	xrun_close(x);
+	for (uint32_t i = 0; i < x->nchunks && !x->stopping; i++)
+		if (x->state[i] == XC_ASKED)
+			xfer_retry(x, i, "never came whole");
+	x->verify_sent &= x->done_bytes == x->size;	/* chunks to do again: a later hash counts */
+	xfer_step(x);
+	return 0;
+}
+
+static int x_written(struct xfer *x, const struct xreply *r)	/* A i status */
+{
+	uint32_t i;
+	int status = -1;
+
+	if (x->phase != XP_DATA || chunk_arg(x, r->args, &i) < 0 || x->state[i] != XC_ASKED)
+		return 0;
+	sscanf(r->args, "%*u %d", &status);
+	if (status)
+		xfer_fail(x, "the device could not write %s (full, or not allowed?)", x->rpart);
+	return 0;
+}
+
+/* Upload chunk i from the local file: 0, or -1 (the transfer fails). */
+static int xfer_read(struct xfer *x, uint32_t i, void *into)
+{
+	ssize_t got = pread(x->fd, into, chunk_bytes(x, i), (off_t)i * x->chunk);
+
+	if (got == (ssize_t)chunk_bytes(x, i))
+		return 0;
+	xfer_fail(x, "cannot read %s: %s", x->local, got < 0 ? strerror(errno) : "it shrank meanwhile");
+	return -1;
+}
+
+/* K i: the hash of what chunk i's place in the file now holds. */
+static int x_acked(struct xfer *x, const struct xreply *r)
+{
+	unsigned char *raw;
+	size_t want;
+	char got[65], sum[65];
+	uint32_t i;
+
+	if (x->phase != XP_DATA || chunk_arg(x, r->args, &i) < 0 || x->state[i] != XC_ASKED)
+		return 0;
+	x->in_flight--;
+	want = chunk_bytes(x, i);
+	raw = xrealloc(NULL, want);
+	if (xfer_read(x, i, raw) == 0) {
+		digest_hex(x->plan.chunk->md(), raw, want, sum);
+		if (parse_hash(r->body, r->body_len, x->plan.chunk->hexlen, got) == 0 && !strcmp(sum, got))
+			xfer_progress(x, i, raw);
+		else
+			xfer_retry(x, i, "arrived damaged");
+	}
+	free(raw);
+	xfer_step(x);
+	return 0;
+}
+
+static void xfer_commit_local(struct xfer *x);
+
+/* The local file's whole hash: its chunks verified in order are in it
+ * already, the rest is read back.  0, or -1 if the file is short. */
+static int xfer_local_hash(struct xfer *x, char *out)
+{
+	uint64_t off = (uint64_t)x->hashed * x->chunk;	/* past the end: the last chunk is short */
+	int r = file_hash_rest(x->fd, off < x->size ? off : x->size, x->size, xfer_whole(x), out);
+
+	EVP_MD_CTX_free(x->whole);	/* finished: a later check starts again */
+	x->whole = NULL;
+	return r;
+}
+
+/* F size: the whole file's hash, against the local file's. */
+static int x_verified(struct xfer *x, const struct xreply *r)
+{
+	char got[65], mine[65];
+	unsigned long long size = strtoull(r->args, NULL, 10);
+
+	if (x->phase != XP_VERIFY)
+		return 0;
+	x->waiting = 0;
+	if (x->stopping)
+		xfer_step(x);
+	else if (xfer_local_hash(x, mine) < 0)
+		xfer_fail(x, "cannot read %s: %s", x->up ? x->local : x->part, strerror(errno));
+	else if (parse_hash(r->body, r->body_len, x->plan.file->hexlen, got) < 0 || strcmp(got, mine) ||
+		 size != x->size)
+		xfer_fail(x, "the whole file's %s differs (%s): did the file change during the transfer?",
+			  x->plan.file->name, size != x->size ? "and its size" : "its size is right");
+	else {
+		copy_str(x->hash, sizeof(x->hash), mine);
+		if (x->up) {
+			struct buf b = { 0 };
+
+			x->phase = XP_COMMIT;
+			xfer_commit_line(&b, x->overwrite);
+			xfer_send(x, &b);
+		} else
+			xfer_commit_local(x);
+	}
+	return 0;
+}
+
+static int x_renamed(struct xfer *x, const struct xreply *r)	/* R: the upload has its name */
+{
+	if (x->phase != XP_COMMIT)
+		return 0;
+	x->waiting = 0;
+	if (!strcmp(r->args, "0")) {	/* done, even if a cancel came meanwhile */
+		x->ok = 1;
+		x->stopping = 0;
+		x->phase = XP_DATA;	/* all done: xfer_step ends the loop */
+		xfer_step(x);
+	} else if (!strcmp(r->args, "2"))
+		xfer_fail(x, "%s appeared on the device meanwhile: not replaced", x->remote);
+	else
+		xfer_fail(x, "the device could not rename %s", x->rpart);
+	return 0;
+}
+
+static int x_synced(struct xfer *x, const struct xreply *r)	/* S seq: the loop is ours again */
+{
+	if (x->phase != XP_SYNC || strtoul(r->args, NULL, 10) != x->seq)
+		return 0;
+	x->waiting = 0;
+	x->phase = x->after_sync;
+	xfer_step(x);
+	return 0;
+}
+
+static int x_exited(struct xfer *x, const struct xreply *r)	/* Z: the loop is over */
+{
+	(void)r;
+	return x->phase == XP_EXIT;
+}
+
+/* Each reply by its kind; any of them shows the loop is alive. */
+static int xfer_reply(void *ctx, const struct xreply *r)
+{
+	static const struct { char kind; int (*fn)(struct xfer *, const struct xreply *); } kinds[] = {
+		{ 'P', x_hello }, { 'Q', x_stat }, { 'C', x_run_begin }, { 'H', x_run_sums },
+		{ 'D', x_run_end }, { 'A', x_written }, { 'K', x_acked },
+		{ 'F', x_verified }, { 'R', x_renamed }, { 'S', x_synced }, { 'Z', x_exited },
+	};
+	struct xfer *x = ctx;
+
+	if (x->phase == XP_BOOT && r->kind != 'P')
+		return 0;	/* a previous loop's late words */
+	for (size_t i = 0; i < XN(kinds); i++)
+		if (kinds[i].kind == r->kind)
+			return kinds[i].fn(x, r);
+	return 0;
+}
+
+/*** steps ***/
+
+static int xfer_window(const struct xfer *x)	/* upload chunks typed ahead of their answers */
+{
+	size_t typed = x->plan.codec->script ? (size_t)x->chunk * 3 : (size_t)x->chunk * 4 / 3;
+
+	if (!x->plan.echo_off)	/* an echo must not fall among the bytes of a reply */
+		return 1;
+	return XFER_WINDOW / typed > 1 ? (int)(XFER_WINDOW / typed) : 1;
+}
+
+/* Upload chunk i: read, gzip'd if that pays, typed as text after its line. */
+static void x_send_chunk(struct xfer *x, uint32_t i)
+{
+	size_t n = chunk_bytes(x, i);
+	struct buf raw = { 0 }, gz = { 0 }, text = { 0 }, line = { 0 };
+	int packed;
+
+	buf_reserve(&raw, n);
+	if (xfer_read(x, i, raw.p) < 0) {
+		buf_free(&raw);
+		return;
+	}
+	raw.len = n;
+	x->wrote = 1;
+	packed = x->plan.gzip && gz_pack(raw.p, n, &gz) == 0 && gz.len * 100 <= n * XFER_GZ_PERCENT;
+	(x->plan.codec->script ? printf_lines : b64_lines)(&text, (unsigned char *)(packed ? gz.p : raw.p),
+							   packed ? gz.len : n);
+	buf_printf(&line, "_B=%u; u %u %zu %d\n", x->chunk, i, text.len, packed);
+	xfer_send(x, &line);
+	xfer_send(x, &text);
+	x->state[i] = XC_ASKED;
+	x->in_flight++;
+	buf_free(&raw);
+	buf_free(&gz);
+}
+
+/* Download chunks [a, b).  The run that should finish the file brings the
+ * whole file's hash too, made while the run streams (V after it, F). */
+static void x_send_run(struct xfer *x, uint32_t a, uint32_t b)
+{
+	struct buf line = { 0 };
+	uint32_t c, d;
+
+	x->verify_sent = !next_todo_run(x->state + b, x->nchunks - b, &c, &d);
+	if (x->verify_sent)
+		buf_printf(&line, "_B=%u; { H <\"$_f\"; } | { g %u %u %d; m V; cat; m F $(wc -c <\"$_f\"); }\n",
+			   x->chunk, a, b, x->gz);
+	else
+		buf_printf(&line, "_B=%u; g %u %u %d\n", x->chunk, a, b, x->gz);
+	xfer_send(x, &line);
+	memset(x->state + a, XC_ASKED, b - a);
+	x->run_open = 1;
+	x->run.next = a;
+	x->run.end = b;
+	x->run.broken = 0;
+}
+
+static void xfer_ask(struct xfer *x, enum xphase phase, void (*line)(struct buf *, const struct xfer *))
+{
+	struct buf b = { 0 };
+
+	x->phase = phase;
+	x->waiting = 1;
+	line(&b, x);
+	xfer_send(x, &b);
+}
+
+static void verify_line(struct buf *b, const struct xfer *x)
+{
+	xfer_verify_line(b, x->up, x->size);
+}
+
+static void stat_line(struct buf *b, const struct xfer *x)
+{
+	char dir[PATH_MAX];
+
+	parent_dir(x->remote, dir, sizeof(dir));
+	if (x->up)
+		xfer_stat_up_line(b, x->remote, x->rpart, dir);
+	else
+		xfer_stat_down_line(b, x->remote, x->plan.gzip);
+}
+
+static void exit_line(struct buf *b, const struct xfer *x)	/* a failed upload's part goes */
+{
+	xfer_exit_line(b, x->up && !x->ok);
+}
+
+/* Chunks while some are to do (an upload within its window), then the
+ * whole file's check; stopping, the loop ends once nothing is in flight. */
+static void xfer_data_step(struct xfer *x)
+{
+	uint32_t a, b;
+
+	if (x->stopping || x->ok) {
+		if (!x->in_flight && !x->run_open)
+			xfer_ask(x, XP_EXIT, exit_line);
+		return;
+	}
+	if (x->up) {
+		while (x->in_flight < xfer_window(x) && !x->stopping && next_todo_run(x->state, x->nchunks, &a, &b))
+			x_send_chunk(x, a);
+	} else if (!x->run_open && next_todo_run(x->state, x->nchunks, &a, &b)) {
+		x_send_run(x, a, b);
+	}
+	if (x->stopping || x->in_flight || x->run_open || x->done_bytes != x->size)
+		return;
+	if (x->verify_sent) {	/* the hash is on its way already */
+		x->phase = XP_VERIFY;
+		x->waiting = 1;
+	} else
+		xfer_ask(x, XP_VERIFY, verify_line);
+}
+
+/* What the loop gets next, by phase; the watchdog follows the step. */
+static void xfer_step(struct xfer *x)
+{
+	if (x->phase == XP_STAT && !x->stopping)
+		xfer_ask(x, XP_STAT, stat_line);
+	else if (x->phase == XP_DATA)
+		xfer_data_step(x);
+	else if (x->stopping && x->phase != XP_EXIT && x->phase != XP_SYNC)
+		xfer_ask(x, XP_EXIT, exit_line);
+	if (x->phase != XP_ASK && x->phase != XP_DONE)
+		xfer_arm(x, XFER_STALL_S * LWS_US_PER_SEC);
+}
+
+/* ^C stops the step the loop runs (the INT trap keeps the loop); the sync
+ * line, repeated until answered, says when it listens again.  What was
+ * in flight is to do again. */
+static void xfer_interrupt(struct xfer *x, enum xphase then)
+{
+	struct session *s = x->session;
+	struct buf b = { 0 };
+
+	lane_drop_owned(&s->tunnel->bulk, s);
+	xfer_forget_flight(x);
+	buf_append(&s->keys, "\003", 1);
+	tunnel_kick(s->tunnel);
+	x->phase = XP_SYNC;
+	x->waiting = 1;
+	x->after_sync = then;
+	x->syncs = 0;
+	buf_printf(&b, "m S %u\n", ++x->seq);
+	xfer_send(x, &b);
+	xfer_arm(x, XFER_SYNC_US);
+}
+
+/* Cancelled or failed: the loop ends at its next reply (a streaming
+ * download is interrupted), the temporary files go. */
+static void xfer_stop(struct xfer *x)
+{
+	x->stopping = 1;
+	if (x->phase == XP_PAUSED || x->phase == XP_LOGIN || !session_accepts_input(x->session))
+		xfer_finish(x);
+	else if (x->phase == XP_DATA && x->run_open)
+		xfer_interrupt(x, XP_DATA);
+	else if (x->phase == XP_DATA || !x->waiting)
+		xfer_step(x);
+	/* else a reply is awaited (hello, stat, verify, rename, sync): it steps */
+}
+
+static void xfer_fail(struct xfer *x, const char *fmt, ...)	/* the first reason is kept */
+{
+	va_list ap;
+
+	if (x->stopping)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(x->why, sizeof(x->why), fmt, ap);
+	va_end(ap);
+	clean_in_place(x->why, sizeof(x->why));	/* it holds remote names */
+	xfer_stop(x);
+}
+
+static void xfer_cancel(struct xfer *x)	/* the user's Esc */
+{
+	if (x->stopping)
+		return;	/* on its way out already */
+	snprintf(x->why, sizeof(x->why), "cancelled");
+	xfer_stop(x);
+}
+
+static void xfer_paused_tick(struct xfer *x);
+
+/* The watchdog: a step silent too long is interrupted and asked again (a
+ * few times); a sync line unanswered is said again; otherwise the device
+ * is not answering, and typing more would not help. */
+static void on_xfer_timer(lws_sorted_usec_list_t *sul)
+{
+	struct xfer *x = lws_container_of(sul, struct xfer, sul);
+	struct buf b = { 0 };
+
+	if (x->phase == XP_PAUSED) {
+		xfer_paused_tick(x);
+		return;
+	}
+	if (x->phase == XP_DATA && x->session->bulk_frames) {	/* still typing: a slow link */
+		xfer_arm(x, XFER_STALL_S * LWS_US_PER_SEC);
+		return;
+	}
+	if (x->phase == XP_DATA && !x->stopping && ++x->resyncs <= XFER_TRIES) {
+		xfer_interrupt(x, XP_DATA);
+		return;
+	}
+	if (x->phase == XP_SYNC && ++x->syncs < XFER_SYNC_TRIES) {
+		buf_printf(&b, "m S %u\n", x->seq);
+		xfer_send(x, &b);
+		xfer_arm(x, XFER_SYNC_US);
+		return;
+	}
+	if (!x->why[0])
+		snprintf(x->why, sizeof(x->why), x->phase == XP_BOOT ? "the shell did not answer within %d s: is "
+			 "it at a prompt, and a POSIX shell?" : "the device stopped answering for %d s",
+			 x->phase == XP_BOOT ? XFER_BOOT_S : XFER_STALL_S);
+	x->stopping = 1;
+	xfer_finish(x);
+}
+
+/* Paused in its own session: it logs in again by itself while the device
+ * is there (a few times); a batch run waits XFER_BATCH_WAIT_S at most. */
+static void xfer_paused_tick(struct xfer *x)
+{
+	struct tunnel *t = x->tunnel;
+
+	if (t->state == T_ONLINE && t->device_ready && x->relogins++ < XFER_TRIES)
+		xfer_tunnel_back(t);
+	else if (t->state == T_ONLINE && t->device_ready)
+		xfer_fail(x, "its session keeps ending");
+	else if (x->job && now_us() - x->paused_us > XFER_BATCH_WAIT_S * 1000000LL)
+		xfer_fail(x, "the tunnel did not come back within %d s", XFER_BATCH_WAIT_S);
+	else
+		xfer_arm(x, LWS_US_PER_SEC);
+}
+
+/*** the local end ***/
+
+/* The verified download takes its name: never over a file the user did
+ * not say to replace, even one that appeared meanwhile. */
+static void xfer_commit_local(struct xfer *x)
+{
+	mode_t mask = umask(0);
+
+	umask(mask);
+	if (fchmod(x->fd, 0666 & ~mask) < 0 || fsync(x->fd) < 0 ||
+	    renameat2(AT_FDCWD, x->part, AT_FDCWD, x->local, x->overwrite ? 0 : RENAME_NOREPLACE) < 0) {
+		xfer_fail(x, "cannot name it %s: %s", x->local, strerror(errno));
+		return;
+	}
+	x->part[0] = '\0';
+	x->ok = 1;
+	x->phase = XP_DATA;
+	xfer_step(x);
+}
+
+static void xfer_close_local(struct xfer *x)	/* the fd; an unfinished download's part file */
+{
+	if (x->fd >= 0)
+		close(x->fd);
+	x->fd = -1;
+	if (x->part[0])
+		unlink(x->part);
+	x->part[0] = '\0';
+}
+
+/* The outcome in words: "downloaded /var/log/x to ./x: 1048576 bytes,
+ * sha256 …", or why not. */
+static void xfer_outcome(const struct xfer *x, char *out, size_t cap)
+{
+	char remote[PATH_MAX];
+	const char *from = x->up ? x->local : xfer_remote_shown(x, remote, sizeof(remote));
+	const char *to = x->up ? xfer_remote_shown(x, remote, sizeof(remote)) : x->local;
+
+	if (x->ok)
+		snprintf(out, cap, "%s %s to %s: %llu bytes, %s %s", xfer_verb(x, 1), from, to,
+			 (unsigned long long)x->size, x->plan.file->name, x->hash);
+	else
+		snprintf(out, cap, "%s of %s %s: %s%s%s", xfer_verb(x, 0), from,
+			 strcmp(x->why, "cancelled") ? "failed" : "stopped", x->why,
+			 x->part_left ? "; the device keeps " : "", x->part_left ? x->rpart : "");
+}
+
+static void batch_xfer_done(struct xfer *x);
+static void on_xfer_reap(lws_sorted_usec_list_t *sul);
+
+/* Where the outcome shows: the host's pane (a line), the status bar, the
+ * log; the batch summary. */
+static void xfer_report(struct xfer *x)
+{
+	char raw[PATH_MAX * 2 + 400], text[1024];
+	struct session *pane = x->own ? x->origin : x->session;
+
+	xfer_outcome(x, raw, sizeof(raw));
+	clean_text(text, sizeof(text), raw, strlen(raw));	/* it holds remote names */
+	log_line("%s: %s", x->tunnel->cfg.name, text);
+	if (x->job) {
+		batch_xfer_done(x);
+		return;
+	}
+	flash_msg("%s: %s", x->tunnel->cfg.name, text);
+	if (pane && !pane->altscreen)
+		vt_notice(pane, x->ok ? BYE_LINE_SGR : END_LINE_SGR, text);
+}
+
+
+static void xfer_free(struct xfer *x)	/* timers, local file, memory */
+{
+	lws_sul_cancel(&x->sul);
+	lws_sul_cancel(&x->sul_reap);
+	xfer_close_local(x);
+	if (x->tunnel->xfer == x)
+		x->tunnel->xfer = NULL;
+	if (x->session && x->session->xfer == x)
+		x->session->xfer = NULL;
+	free(x->state);
+	free(x->tries);
+	free(x->sums);
+	xrun_close(x);
+	buf_free(&x->run.bytes);
+	xscan_free(&x->scan);
+	EVP_MD_CTX_free(x->whole);
+	buf_free(&x->shown);
+	secret_free(x->password);
+	free(x);
+}
+
+static void on_xfer_reap(lws_sorted_usec_list_t *sul)	/* its own session is over: out of the list */
+{
+	struct xfer *x = lws_container_of(sul, struct xfer, sul_reap);
+	struct session *s = x->session, **pp = &s->tunnel->sessions;
+
+	while (*pp && *pp != s)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = s->next;
+	if (app.sel_session == s)
+		select_session(s->tunnel, x->origin);
+	if (s->tunnel->latest == s)
+		s->tunnel->latest = NULL;
+	s->xfer = NULL;
+	x->session = NULL;
+	session_free(s);
+	xfer_free(x);
+}
+
+/* The loop answered nothing useful and may still run: ^C and the exit
+ * line end it (only once it has said hello: before, the typing could
+ * land in the user's own shell).  0 when it could not be told. */
+static int xfer_abandon_loop(struct xfer *x)
+{
+	struct session *s = x->session;
+	struct buf b = { 0 };
+
+	if (!session_accepts_input(s) || x->phase == XP_BOOT || x->phase == XP_LOGIN || x->phase == XP_PAUSED)
+		return 0;
+	buf_append(&s->keys, "\003", 1);
+	xfer_exit_line(&b, x->up && !x->ok);
+	xfer_send(x, &b);
+	return 1;
+}
+
+/* The end: reported; the local file closed (a partial download removed);
+ * a host session's own output flows again, from what followed the loop.
+ * Its own session leaves the list once it has ended. */
+static void xfer_finish(struct xfer *x)
+{
+	struct session *s = x->session;
+	enum xphase was = x->phase;
+	int told;
+
+	if (was == XP_DONE)
+		return;
+	lws_sul_cancel(&x->sul);
+	told = was == XP_EXIT || xfer_abandon_loop(x);	/* the exit line removes the part file */
+	x->part_left = x->up && !x->ok && x->wrote && !told;
+	x->phase = XP_DONE;
+	xfer_close_local(x);
+	if (!x->ok && !x->why[0])
+		snprintf(x->why, sizeof(x->why), "stopped");
+	xfer_report(x);
+	if (x->tunnel->xfer == x)
+		x->tunnel->xfer = NULL;
+	if (x->own && !x->job) {
+		if (s->state == S_ENDED && !app.quit)
+			lws_sul_schedule(app.ctx, 0, &x->sul_reap, on_xfer_reap, 1);
+		else if (was == XP_LOGIN || was == XP_BOOT)	/* no loop yet: its shell ends */
+			bulk_push(s, "exit\r", 5);
+		return;
+	}
+	s->xfer = NULL;
+	if (!x->own && was == XP_BOOT && x->shown.len)	/* what the shell said instead of hello */
+		term_feed(s, x->shown.p, x->shown.len);
+	else if (!x->own && x->scan.pend.len)	/* what followed the loop's end */
+		term_feed(s, x->scan.pend.p, x->scan.pend.len);
+	xfer_free(x);
+}
+
+/*** hooks: where the rest of the console meets a transfer ***/
+
+static int xfer_busy(const struct session *s)	/* a transfer holds its typing */
+{
+	return s && s->xfer && s->xfer->phase != XP_PAUSED;
+}
+
+/* A session's output while a transfer holds it: replies, never shown.
+ * 0 lets it through: a host session's login, before the loop is typed. */
+static int xfer_output(struct session *s, const char *p, size_t n)
+{
+	struct xfer *x = s->xfer;
+
+	if (x->phase == XP_DONE)
+		return 1;	/* its own session, ending */
+	if (x->phase == XP_LOGIN || x->phase == XP_PAUSED) {
+		s->attached = 1;	/* no attach command into the loop */
+		xfer_begin(x);
+		return x->own;
+	}
+	if (x->phase == XP_BOOT && !x->own && x->shown.len < 65536)
+		buf_append(&x->shown, p, n < 65536 ? n : 65536);
+	if (x->phase == XP_SYNC)	/* what was in flight drains first: the sync reply follows */
+		xfer_arm(x, XFER_SYNC_US);
+	else if (x->phase > XP_BOOT && x->phase != XP_ASK)
+		xfer_arm(x, XFER_STALL_S * LWS_US_PER_SEC);	/* it is alive */
+	if (xscan_feed(&x->scan, p, n, xfer_reply, x))
+		xfer_finish(x);
+	return 1;
+}
+
+/* A key for a session a transfer holds: Esc cancels it, anything else is
+ * refused, visibly.  0: not held (a paused transfer lets Enter reopen). */
+static int xfer_key(struct session *s, int ch, int fn)
+{
+	struct xfer *x = s ? s->xfer : NULL;
+
+	if (!x || x->phase == XP_DONE)
+		return 0;
+	if (!fn && ch == 27) {
+		flash_msg("%s: the %s stops", s->tunnel->cfg.name, xfer_verb(x, 0));
+		xfer_cancel(x);
+		return 1;
+	}
+	if (x->phase == XP_PAUSED)
+		return 0;
+	flash_msg("%s runs in this session: it takes no typing (Esc stops it)", x->up ? "an upload" : "a download");
+	return 1;
+}
+
+/* The session is over (lost, ended, replaced): a transfer not finished
+ * waits for it to come back, with its verified chunks. */
+static void xfer_session_ended(struct session *s, const char *code)
+{
+	struct xfer *x = s->xfer;
+
+	if (x->phase == XP_DONE) {	/* its own session, after the loop: out of the list */
+		if (!app.quit)
+			lws_sul_schedule(app.ctx, 0, &x->sul_reap, on_xfer_reap, 1);
+		return;
+	}
+	if (x->phase == XP_LOGIN && !strcmp(code, "400")) {
+		x->status = "login failed";
+		snprintf(x->why, sizeof(x->why), "the device refused the login");
+	}
+	if (x->stopping || x->why[0] || app.quit) {
+		if (!x->why[0])
+			snprintf(x->why, sizeof(x->why), "the console quit");
+		x->stopping = 1;
+		xfer_finish(x);
+		return;
+	}
+	lws_sul_cancel(&x->sul);
+	xfer_forget_flight(x);
+	x->phase = XP_PAUSED;
+	x->resumed = 1;
+	x->paused_us = now_us();
+	if (x->own)	/* it logs in again by itself when it can */
+		xfer_arm(x, LWS_US_PER_SEC);
+	log_line("%s: the %s paused at byte %llu: the session was lost", x->tunnel->cfg.name,
+		 xfer_verb(x, 0), (unsigned long long)x->done_bytes);
+	if (!x->job)
+		flash_msg("%s: the %s paused: %s", x->tunnel->cfg.name, xfer_verb(x, 0), x->own ?
+			  "it goes on when the device is back" : "it goes on when the session is reopened");
+}
+
+/* A session is freed: a transfer in it ends, one it started forgets it. */
+static void xfer_session_freed(struct session *s)
+{
+	struct xfer *other = s->tunnel->xfer;
+
+	if (other && other->origin == s)
+		other->origin = NULL;
+	if (!s->xfer)
+		return;
+	if (s->xfer->phase != XP_DONE) {
+		if (!s->xfer->why[0])
+			snprintf(s->xfer->why, sizeof(s->xfer->why), "its session was closed");
+		s->xfer->stopping = 1;
+		xfer_finish(s->xfer);
+	}
+	if (s->xfer)	/* its own session's: not freed by finishing */
+		xfer_free(s->xfer);
+}
+
+/* connect_tunnel: a paused transfer's own session logs in again. */
+static void xfer_tunnel_back(struct tunnel *t)
+{
+	struct xfer *x = t->xfer;
+	const char *pw = x && x->job ? app.batch->password : x ? x->password : NULL;
+	size_t n = x && x->job ? app.batch->password_len : x ? x->password_len : 0;
+
+	if (!x || x->phase != XP_PAUSED || !x->own || !pw || x->session->state != S_ENDED)
+		return;
+	lws_sul_cancel(&x->sul);
+	x->phase = XP_LOGIN;
+	session_reopen(x->session, pw, n);
+}
+
+static int xfer_pending(const struct tunnel *t)	/* --put/--get: reconnect to go on */
+{
+	return t->xfer && t->xfer->job && t->xfer->phase == XP_PAUSED;
+}
+
+/* The status bar while the selected device has a transfer: what, how far,
+ * how fast, how to stop it.  0 when it has none. */
+static int xfer_status(const struct tunnel *t, char *out, size_t cap)
+{
+	const struct xfer *x = t ? t->xfer : NULL;
+	char prog[200], stop[48] = "Esc stops it";
+	const char *name;
+
+	if (!x)
+		return 0;
+	name = base_name(x->up ? x->local : x->remote);
+	progress_text(prog, sizeof(prog), x->done_bytes, x->size, x->rate.bps);
+	if (x->own)	/* Esc belongs to the user's own session there */
+		snprintf(stop, sizeof(stop), "%s %c stops it", keyname(app.prefix_key), x->up ? 'u' : 'd');
+	if (x->phase == XP_PAUSED)
+		snprintf(out, cap, "%s %.100s paused at %llu of %llu bytes: %s", x->up ? "⇡" : "⇣", name,
+			 (unsigned long long)x->done_bytes, (unsigned long long)x->size, x->own ?
+			 "goes on when the device is back" : "r reopens its session and it goes on");
+	else if (x->phase < XP_DATA)
+		snprintf(out, cap, "%s %.100s: %s", x->up ? "⇡" : "⇣", name, x->phase == XP_ASK ?
+			 "waiting for your answer" : "starting…");
+	else
+		snprintf(out, cap, "%s %.100s %s  │ %s", x->up ? "⇡" : "⇣", name, prog,
+			 x->stopping ? "stopping…" : stop);
+	return 1;
+}
+
+/*** starting one ***/
+
+static void expand_home(const char *in, char *out, size_t cap)	/* a local ~/ is $HOME/ */
+{
+	const char *home = getenv("HOME");
+
+	if (in[0] == '~' && (in[1] == '/' || !in[1]) && home)
+		snprintf(out, cap, "%s%s", home, in + 1);
+	else
+		snprintf(out, cap, "%s", in);
+}
+
+static int is_dir(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* A download's local name: into a folder (or a path ending in /) under
+ * the remote file's name. */
+static void download_target(const char *local, const char *remote, char *out, size_t cap)
+{
+	size_t n = strlen(local);
+
+	if (!n || local[n - 1] == '/' || is_dir(local))
+		snprintf(out, cap, "%s%s%s", n ? local : ".", n && local[n - 1] == '/' ? "" : "/", base_name(remote));
+	else
+		snprintf(out, cap, "%s", local);
+}
+
+/* The local end of a new transfer: the source opened (upload) or the part
+ * file made beside the target (download).  NULL with why in words. */
+static struct xfer *xfer_new(struct tunnel *t, int up, const char *local, const char *remote,
+			     char *why, size_t cap)
+{
+	struct xfer *x = xcalloc(sizeof(*x));
+	struct stat st;
+
+	x->tunnel = t;
+	x->up = up;
+	x->fd = -1;
+	random_hex(x->id, 4);
+	copy_str(x->local, sizeof(x->local), local);
+	if (up) {
+		xfer_up_target(x, remote[0] ? remote : ".");
+		x->fd = open(local, O_RDONLY | O_CLOEXEC);
+		if (x->fd >= 0 && fstat(x->fd, &st) == 0 && S_ISREG(st.st_mode))
+			xfer_chunks(x, (uint64_t)st.st_size);
+		else
+			snprintf(why, cap, "%s: %s", local, x->fd < 0 ? strerror(errno) : "not a regular file");
+	} else {
+		copy_str(x->remote, sizeof(x->remote), remote);
+		part_name(local, x->id, x->part, sizeof(x->part));
+		x->fd = open(x->part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (x->fd < 0) {
+			snprintf(why, cap, "%s: %s", x->part, strerror(errno));
+			x->part[0] = '\0';	/* not ours to remove */
+		}
+	}
+	if (up ? x->state != NULL : x->fd >= 0)
+		return x;
+	xfer_free(x);
+	return NULL;
+}
+
+/* It begins: in the host session at its prompt (a one-session device),
+ * or in a session of its own that logs in first. */
+static void xfer_launch(struct xfer *x, struct session *host, const char *password, size_t len)
+{
+	struct tunnel *t = x->tunnel;
+
+	t->xfer = x;
+	if (host) {
+		x->session = host;
+		host->xfer = x;
+		xfer_begin(x);
+		return;
+	}
+	x->own = 1;
+	x->phase = XP_LOGIN;
+	x->session = session_new(t, x->origin ? x->origin->user : t->cfg.username);
+	x->session->xfer = x;
+	x->session->attached = 1;
+	snprintf(x->session->title, sizeof(x->session->title), "%s %.50s", x->up ? "⇡" : "⇣",
+		 base_name(x->up ? x->local : x->remote));
+	if (!x->job) {
+		x->password = secret_dup(password, len);
+		x->password_len = len;
+	}
+	session_login(x->session, password, len);
+}
+
+static struct xfer *xasking;	/* the transfer whose question is open */
+
+static struct xfer *xfer_live(struct xfer *x)	/* x, if it still exists */
+{
+	for (struct tunnel *t = app.tunnels; t && x; t = t->next)
+		if (t->xfer == x)
+			return x;
+	return NULL;
+}
+
+static void replace_yes(void)	/* the upload replaces the remote file */
+{
+	struct xfer *x = xfer_live(xasking);
+
+	if (x && x->phase == XP_ASK) {
+		x->overwrite = 1;
+		x->phase = XP_DATA;
+		xfer_step(x);
+	}
+}
+
+static void replace_no(void)
+{
+	struct xfer *x = xfer_live(xasking);
+
+	if (x && x->phase == XP_ASK) {
+		snprintf(x->why, sizeof(x->why), "%.180s exists on the device: not replaced", x->remote);
+		x->status = "exists";
+		xfer_stop(x);
+	}
+}
+
+/* The remote file exists: the user says (a batch run has said, with
+ * --overwrite or not). */
+static void xfer_ask_replace(struct xfer *x, long long size)
+{
+	char shown[PATH_MAX];
+
+	x->phase = XP_ASK;
+	xasking = x;
+	if (x->job || !app.ui_up || app.mode != M_NORMAL) {
+		replace_no();
+		return;
+	}
+	confirm(replace_yes, "%s:%s exists (%lld bytes). Replace it?", x->tunnel->cfg.name,
+		xfer_remote_shown(x, shown, sizeof(shown)), size);
+	app.dlg.on_no = replace_no;
+}
+
+/*** Ctrl-g u / d: the dialog ***/
+
+enum { XF_LOCAL, XF_REMOTE, XF_PASSWORD };
+
+static struct xdialog {	/* the transfer dialog */
+	struct tunnel *tunnel;
+	struct session *origin;
+	int up;
+	char local[PATH_MAX], remote[PATH_MAX];
+	size_t local_len, remote_len;
+	int field;			/* XF_* */
+	int need_password;
+	int replace_ok, prompt_ok;	/* questions answered yes */
+	char matches[200];		/* Tab's candidates, when several */
+} xdlg;
+
+static const int xfield_order[2][3] = {	/* download, upload: the fields top down */
+	{ XF_REMOTE, XF_LOCAL, XF_PASSWORD }, { XF_LOCAL, XF_REMOTE, XF_PASSWORD },
+};
+
+/* The remote folder the host shell is most likely in: its window title or
+ * prompt line, else the directory a transfer there last saw. */
+static void guess_remote_dir(const struct session *s, char *out, size_t cap)
+{
+	char line[512];
+
+	row_text(s, s->sb_count + s->vt.row, line, sizeof(line));
+	if (!cwd_from_text(s->title, out, cap) && !cwd_from_text(line, out, cap))
+		snprintf(out, cap, "%s", s->tunnel->xfer_cwd);
+	if (out[0] && out[strlen(out) - 1] != '/')
+		strncat(out, "/", cap - strlen(out) - 1);
+}
+
+static void xdialog_open(struct tunnel *t, struct session *s, int up)
+{
+	struct xdialog *d = &xdlg;
+	char cwd[PATH_MAX];
+
+	memset(d, 0, sizeof(*d));
+	d->tunnel = t;
+	d->origin = s;
+	d->up = up;
+	guess_remote_dir(s, d->remote, sizeof(d->remote));
+	if (getcwd(cwd, sizeof(cwd)))
+		snprintf(d->local, sizeof(d->local), "%.4000s/", strcmp(cwd, "/") ? cwd : "");
+	d->local_len = strlen(d->local);
+	d->remote_len = strlen(d->remote);
+	d->need_password = !tunnel_single(t) && !s->password;
+	d->field = xfield_order[up][0];
+	explicit_bzero(app.dlg.password, 1024);
+	app.dlg.password_len = 0;
+	app.mode = M_XFER;
+	ui_dirty();
+}
+
+static void act_transfer_cancel(void)	/* "yes" to stopping the device's transfer */
+{
+	if (app.sel_tunnel && app.sel_tunnel->xfer)
+		xfer_cancel(app.sel_tunnel->xfer);
+}
+
+/* u / d: one transfer a device at a time, as the selected session's user;
+ * on a one-session device not over a full-screen program. */
+static void act_transfer(const union arg *arg)
+{
+	struct tunnel *t = app.sel_tunnel;
+	struct session *s = app.sel_session;
+
+	if (t && t->xfer)
+		confirm(act_transfer_cancel, "Stop the %s of %s?", xfer_verb(t->xfer, 0),
+			base_name(t->xfer->up ? t->xfer->local : t->xfer->remote));
+	else if (!s || s->state != S_LIVE || s->xfer)	/* not a transfer's own session either */
+		flash_msg("select a live session: a transfer runs as its user (%s n logs in)",
+			  keyname(app.prefix_key));
+	else if (tunnel_single(t) && s->altscreen)
+		flash_msg("%s runs one session and a full-screen program is in it: leave the program, "
+			  "then %s %c again", t->cfg.name, keyname(app.prefix_key), arg->i ? 'u' : 'd');
+	else
+		xdialog_open(t, s, arg->i);
+}
+
+static int looks_like_prompt(const struct session *s)	/* the cursor's line ends in $ # > % */
+{
+	char line[512];
+	size_t n;
+
+	row_text(s, s->sb_count + s->vt.row, line, sizeof(line));
+	n = strlen(line);
+	while (n && line[n - 1] == ' ')
+		n--;
+	return n && strchr("$#>%", line[n - 1]);
+}
+
+static void xdialog_submit(void);
+
+static void replace_local_yes(void)	/* "yes": the local file may be replaced */
+{
+	xdlg.replace_ok = 1;
+	xdialog_submit();
+}
+
+static void not_prompt_yes(void)	/* "yes": type at that line all the same */
+{
+	xdlg.prompt_ok = 1;
+	xdialog_submit();
+}
+
+/* The questions a start may need, asked before anything happens: a local
+ * file to replace, a host line that is not a prompt.  1 when one is open. */
+static int xdialog_asks(const char *target)
+{
+	struct xdialog *d = &xdlg;
+
+	if (!d->up && !d->replace_ok && access(target, F_OK) == 0) {
+		confirm(replace_local_yes, "%s exists here. Replace it?", target);
+		return 1;
+	}
+	if (tunnel_single(d->tunnel) && !d->prompt_ok && !looks_like_prompt(d->origin)) {
+		confirm(not_prompt_yes, "The line at %s's cursor does not look like a shell prompt; the "
+			"transfer types its commands there. Go on?", d->tunnel->cfg.name);
+		return 1;
+	}
+	return 0;
+}
+
+/* Enter: the paths checked, the questions asked, then it starts. */
+static void xdialog_submit(void)
+{
+	struct xdialog *d = &xdlg;
+	char local[PATH_MAX], target[PATH_MAX], why[PATH_MAX + 100] = "";
+	struct session *o = d->origin;
+	struct xfer *x;
+
+	app.mode = M_NORMAL;
+	ui_dirty();
+	expand_home(d->local, local, sizeof(local));
+	if (!d->up && (!d->remote[0] || d->remote[strlen(d->remote) - 1] == '/')) {
+		flash_msg("name the remote file to download");
+		return;
+	}
+	if (d->tunnel->xfer || o->state != S_LIVE || (tunnel_single(d->tunnel) && o->altscreen)) {
+		flash_msg("%s: cannot start now: the session changed", d->tunnel->cfg.name);
+		return;
+	}
+	if (d->up)
+		copy_str(target, sizeof(target), local);
+	else
+		download_target(local, d->remote, target, sizeof(target));
+	if (xdialog_asks(target))
+		return;
+	if (!(x = xfer_new(d->tunnel, d->up, target, d->remote, why, sizeof(why)))) {
+		flash_msg("%s", why);
+		return;
+	}
+	x->origin = o;
+	x->overwrite = d->replace_ok;
+	xfer_launch(x, tunnel_single(d->tunnel) ? o : NULL, d->need_password ? app.dlg.password : o->password,
+		    d->need_password ? app.dlg.password_len : o->password_len);
+	explicit_bzero(app.dlg.password, 1024);
+	app.dlg.password_len = 0;
+}
+
+static size_t common_prefix(const char *a, const char *b)
+{
+	size_t n = 0;
+
+	while (a[n] && a[n] == b[n])
+		n++;
+	return n;
+}
+
+/* Tab in the local path: as far as the folder's names agree; a folder
+ * gets its '/'; several candidates are listed under the field. */
+static void complete_local(char *path, size_t cap, size_t *len, char *list, size_t lcap)
+{
+	const char *base = base_name(path);
+	char dir[PATH_MAX], look[PATH_MAX], common[NAME_MAX + 1] = "", full[PATH_MAX];
+	size_t blen = strlen(base);
+	struct dirent *e;
+	DIR *dh;
+	int n = 0;
+
+	snprintf(dir, sizeof(dir), "%.*s", (int)(base - path), path);
+	expand_home(dir[0] ? dir : "./", look, sizeof(look));
+	list[0] = '\0';
+	if (!(dh = opendir(look)))
+		return;
+	while ((e = readdir(dh))) {
+		if (strncmp(e->d_name, base, blen) || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
+		    (e->d_name[0] == '.' && base[0] != '.'))
+			continue;
+		if (n++)
+			common[common_prefix(common, e->d_name)] = '\0';
+		else
+			copy_str(common, sizeof(common), e->d_name);
+		if (strlen(list) + strlen(e->d_name) + 2 < lcap)
+			snprintf(list + strlen(list), lcap - strlen(list), "%s%s", list[0] ? "  " : "", e->d_name);
+	}
+	closedir(dh);
+	snprintf(full, sizeof(full), "%s%s", look, common);
+	if (n && strlen(path) + strlen(common) - blen + 1 < cap)
+		snprintf(path + (base - path), cap - (size_t)(base - path), "%s%s", common,
+			 n == 1 && is_dir(full) ? "/" : "");
+	if (n == 1)
+		list[0] = '\0';
+	*len = strlen(path);
+}
+
+static void xdialog_move(int by)	/* to the next or previous field */
+{
+	const int *order = xfield_order[xdlg.up];
+	int fields = xdlg.need_password ? 3 : 2, at = 0;
+
+	while (order[at] != xdlg.field)
+		at++;
+	xdlg.field = order[(at + by + fields) % fields];
+}
+
+static void xdialog_clear(void)	/* ^U: the focused field empty */
+{
+	struct xdialog *d = &xdlg;
+
+	if (d->field == XF_PASSWORD) {
+		explicit_bzero(app.dlg.password, 1024);
+		app.dlg.password_len = 0;
+	} else {
+		*(d->field == XF_LOCAL ? d->local : d->remote) = '\0';
+		*(d->field == XF_LOCAL ? &d->local_len : &d->remote_len) = 0;
+	}
+}
+
+static void key_xfer(int ch, int fn)	/* the transfer dialog */
+{
+	struct xdialog *d = &xdlg;
+	char *text = d->field == XF_LOCAL ? d->local : d->remote;
+	size_t *len = d->field == XF_LOCAL ? &d->local_len : &d->remote_len;
+
+	if (!fn && ch == 27) {
+		explicit_bzero(app.dlg.password, 1024);
+		app.dlg.password_len = 0;
+		app.mode = M_NORMAL;
+	} else if ((!fn && (ch == '\r' || ch == '\n')) || (fn && ch == KEY_ENTER)) {
+		xdialog_submit();
+	} else if (!fn && ch == '\t' && d->field == XF_LOCAL) {
+		complete_local(d->local, sizeof(d->local), &d->local_len, d->matches, sizeof(d->matches));
+	} else if ((!fn && ch == '\t') || (fn && (ch == KEY_DOWN || ch == KEY_UP || ch == KEY_BTAB))) {
+		xdialog_move(fn && (ch == KEY_UP || ch == KEY_BTAB) ? -1 : 1);
+	} else if (!fn && ch == 0x15) {	/* ^U */
+		xdialog_clear();
+	} else if (d->field == XF_PASSWORD) {
+		field_type(app.dlg.password, 1024, &app.dlg.password_len, ch, fn);
+	} else {
+		field_type(text, PATH_MAX, len, ch, fn);
+		d->matches[0] = '\0';
+	}
+	ui_dirty();
+}
+
+static const char *field_tail(const char *text, int cols)	/* the end of text that fits */
+{
+	const char *p = text + strlen(text);
+
+	while (p > text && text_cols(p) < cols - 1)
+		p = text + utf8_back(text, (size_t)(p - text) - 1);
+	return p;
+}
+
+static void draw_xfer_dialog(void)	/* Ctrl-g u / d */
+{
+	static const char *const labels[] = { [XF_LOCAL] = "local", [XF_REMOTE] = "remote",
+					      [XF_PASSWORD] = "password" };
+	struct xdialog *d = &xdlg;
+	int w = box_width(COLS * 3 / 4 > 60 ? COLS * 3 / 4 : 60, 60), x0 = (COLS - w) / 2, y0 = LINES / 2 - 4;
+	int fields = d->need_password ? 3 : 2, h = fields + 4 + (d->matches[0] != '\0'), cy = y0, cx = x0;
+	char title[120];
+
+	snprintf(title, sizeof(title), "%s %s", d->up ? "upload to" : "download from", d->tunnel->cfg.name);
+	draw_box(y0, x0, h, w, title);
+	for (int i = 0; i < fields; i++) {
+		int f = xfield_order[d->up][i], sel = f == d->field;
+		const char *text = f == XF_LOCAL ? d->local : f == XF_REMOTE ? d->remote : "";
+		const char *tail = field_tail(text, w - 15);
+
+		put(y0 + 1 + i, x0 + 2, 10, C_STATUS, sel ? A_BOLD : 0, "%s", labels[f]);
+		if (f == XF_PASSWORD)
+			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%s", app.dlg.password_len ? "••••••" : "");
+		else
+			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%s%s", tail != text ? "…" : "", tail);
+		if (sel) {
+			cy = y0 + 1 + i;
+			cx = x0 + 12 + (f == XF_PASSWORD ? (app.dlg.password_len ? 6 : 0) :
+					text_cols(tail) + (tail != text));
+		}
+	}
+	if (d->matches[0])
+		put(y0 + 1 + fields, x0 + 2, w - 4, C_STATUS, A_DIM, "%s", d->matches);
+	put(y0 + h - 2, x0 + 2, w - 4, C_STATUS, A_DIM, "Enter starts · Tab completes (local) · ↑↓ fields · ^U clears · Esc");
+	move(cy, cx);
+	curs_set(1);
+}
+
+/*** --put LOCAL REMOTE, --get REMOTE LOCALDIR ***/
+
+/* A transfer job's outcome into its summary row. */
+static void batch_xfer_done(struct xfer *x)
+{
+	struct batch_job *j = x->job;
+
+	j->bytes = x->ok ? x->size : x->done_bytes;
+	if (x->ok)
+		snprintf(j->checksum, sizeof(j->checksum), "%s:%s", x->plan.file->name, x->hash);
+	batch_finish(j, x->ok ? "ok" : x->status ? x->status : "failed", "%s", x->ok ? "" : x->why);
+	j->xfer = NULL;
+}
+
+/* The device's transfer, before its session exists: --get writes into
+ * DIR/DEVICE/NAME; neither end replaces a file without --overwrite.
+ * 0, or -1 when the job is over already. */
+static int batch_xfer_prepare(struct batch_job *j)
+{
+	struct batch *b = app.batch;
+	char dir[PATH_MAX], name[64], local[PATH_MAX], why[PATH_MAX + 100] = "";
+	struct xfer *x;
+
+	if (b->kind == B_GET) {
+		safe_component(j->tunnel->cfg.name, name, sizeof(name));
+		snprintf(dir, sizeof(dir), "%.3000s/%s", b->to, name);
+		snprintf(local, sizeof(local), "%.3900s/%.190s", dir, base_name(b->from));
+		if (mkdir_p(dir) < 0) {
+			batch_finish(j, "failed", "%s: %s", dir, strerror(errno));
+			return -1;
+		}
+		if (!b->overwrite && access(local, F_OK) == 0) {
+			batch_finish(j, "exists", "%s exists here (--overwrite replaces it)", local);
+			return -1;
+		}
+	}
+	x = xfer_new(j->tunnel, b->kind == B_PUT, b->kind == B_PUT ? b->from : local,
+		     b->kind == B_PUT ? b->to : b->from, why, sizeof(why));
+	if (!x) {
+		batch_finish(j, "failed", "%s", why);
+		return -1;
+	}
+	x->job = j;
+	x->overwrite = b->overwrite;
+	j->xfer = x;
+	return 0;
+}
+
+/************************************************************************
+ *** 14. startup and exit: terminal restore, signals, command line, main
  ************************************************************************/
 
 static struct termios saved_tty;	/* the outer terminal as we found it */
@@ -9005,6 +11479,13 @@ static const char usage_text[] =
 "  with status 0.  Password: --password-file, TUNNEL_TUI_PASSWORD or a prompt.\n"
 "  To a terminal, output is cleaned of escapes (as all device text); --raw\n"
 "  passes it as it came; --outdir files are always byte-exact.\n"
+"Files: tunnel_tui --put LOCAL REMOTE | --get REMOTE LOCALDIR, with the same device\n"
+"  choice, password, --parallel, --force and --timeout (default none) as --exec.\n"
+"  REMOTE may be a folder; --get writes LOCALDIR/DEVICE/NAME.  Each file is\n"
+"  checked chunk by chunk and whole (sha256, or md5), under a temporary name\n"
+"  until then; a lost tunnel is reconnected and the transfer goes on.  Files\n"
+"  there are not replaced unless --overwrite.  Summary: bytes, checksum, time;\n"
+"  exit 0 only if every device's file was verified.\n"
 "  -h, --help             this help\n"
 "  -V, --version          the version\n"
 "\n"
@@ -9023,7 +11504,23 @@ struct options {	/* the command line */
 	int parallel;			/* --parallel: devices at once (--exec) */
 	int force;			/* --force: devices another console holds too */
 	int urls_from;			/* argv index of the first URL */
+	const char *put, *put_to;	/* --put LOCAL REMOTE */
+	const char *get, *get_to;	/* --get REMOTE LOCALDIR */
+	int overwrite;			/* --overwrite: --put/--get may replace files */
 };
+
+static int batch_wanted(const struct options *o)	/* --exec, --put or --get: no screen */
+{
+	return o->exec || o->put || o->get;
+}
+
+/* --put and --get take two arguments: the second is the next word. */
+static const char *second_arg(int argc, char **argv, const char *opt)
+{
+	if (optind >= argc || !argv[optind][0])
+		usage_error("%s needs two arguments (--put LOCAL REMOTE, --get REMOTE LOCALDIR)", opt);
+	return argv[optind++];
+}
 
 static void usage_error(const char *fmt, ...)	/* exit 2 with a reason, the terminal as it was */
 {
@@ -9070,6 +11567,9 @@ static const struct option longopts[] = {	/* the command line: see usage_text */
 	{ "timeout", required_argument, NULL, 'T' },
 	{ "outdir", required_argument, NULL, 'o' },
 	{ "device-id", required_argument, NULL, 'D' },
+	{ "put", required_argument, NULL, 'U' },
+	{ "get", required_argument, NULL, 'G' },
+	{ "overwrite", no_argument, NULL, 'O' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 } };
@@ -9096,6 +11596,9 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		case 'l': o->log = optarg; break;
 		case 'r': o->record_dir = optarg; break;
 		case 'e': o->exec = optarg; break;
+		case 'U': o->put = optarg; o->put_to = second_arg(argc, argv, "--put"); break;
+		case 'G': o->get = optarg; o->get_to = second_arg(argc, argv, "--get"); break;
+		case 'O': o->overwrite = 1; break;
 		case 'A': o->all = 1; break;
 		case 'd': o->devices = optarg; break;
 		case 'u': o->user = optarg; break;
@@ -9113,6 +11616,12 @@ static void parse_args(int argc, char **argv, struct options *o, struct config *
 		}
 	}
 	o->urls_from = optind;
+	if (!!o->exec + !!o->put + !!o->get > 1)
+		usage_error("one of --exec, --put and --get at a time");
+	if (o->get && (!*o->get || o->get[strlen(o->get) - 1] == '/'))
+		usage_error("--get %s: name the remote file, not a folder", o->get);
+	if (o->put && access(o->put, R_OK) < 0)
+		usage_error("--put %s: %s", o->put, strerror(errno));
 }
 
 static void default_config_path(char *out, size_t cap)	/* XDG, else ~/.config */
@@ -9191,7 +11700,7 @@ static void build_tunnels(struct config *c, const struct options *o, char warns[
 			usage_error("device %s: %s", t->cfg.name, why);
 		if (t->cfg.login_timeout_s < 0)
 			t->cfg.login_timeout_s = c->login_timeout_s >= 0 ? c->login_timeout_s : LOGIN_TIMEOUT_S;
-		if (o->user && (!t->cfg.username[0] || o->exec))
+		if (o->user && (!t->cfg.username[0] || batch_wanted(o)))
 			copy_str(t->cfg.username, sizeof(t->cfg.username), o->user);
 		if (!t->cfg.cacert[0] && t->cfg.device_id[0])	/* its tunnel is the API's platform */
 			copy_str(t->cfg.cacert, sizeof(t->cfg.cacert), c->iotda.cacert);
@@ -9236,7 +11745,7 @@ static char *batch_password(const char *file, size_t *len)
 		explicit_bzero(line, sizeof(line));
 	}
 	if (!pw)
-		usage_error("--exec needs a password: --password-file, TUNNEL_TUI_PASSWORD or a terminal");
+		usage_error("a batch run needs a password: --password-file, TUNNEL_TUI_PASSWORD or a terminal");
 	*len = strlen(pw);
 	return pw;
 }
@@ -9249,7 +11758,7 @@ static void batch_select(struct config *c, const struct options *o)
 	int n = 0;
 
 	if (!o->all && !o->devices && !o->nwhere)
-		usage_error("--exec needs --all, --devices a,b,... or --where CONDITION");
+		usage_error("--exec, --put and --get need --all, --devices a,b,... or --where CONDITION");
 	copy_str(list, sizeof(list), o->devices ? o->devices : "");
 	for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
 		int i = 0;
@@ -9338,11 +11847,19 @@ static void batch_launch(struct batch_job *j)	/* a session, its login, its tunne
 		return;
 	}
 	j->tunnel->force_lock = b->force;
-	j->session = session_new(j->tunnel, j->tunnel->cfg.username);
+	if (b->kind != B_EXEC) {	/* the transfer logs its own session in */
+		if (batch_xfer_prepare(j) < 0)
+			return;
+		xfer_launch(j->xfer, NULL, b->password, b->password_len);
+		j->session = j->xfer->session;
+	} else {
+		j->session = session_new(j->tunnel, j->tunnel->cfg.username);
+		session_login(j->session, b->password, b->password_len);
+	}
 	j->session->job = j;
-	session_login(j->session, b->password, b->password_len);
-	lws_sul_schedule(app.ctx, 0, &j->sul_timeout, on_batch_timeout,
-			 (lws_usec_t)b->timeout_s * LWS_US_PER_SEC);
+	if (b->timeout_s)
+		lws_sul_schedule(app.ctx, 0, &j->sul_timeout, on_batch_timeout,
+				 (lws_usec_t)b->timeout_s * LWS_US_PER_SEC);
 	tunnel_start(j->tunnel);
 }
 
@@ -9399,24 +11916,43 @@ static void batch_kick(void)	/* the governor runs as soon as the loop is free */
 		lws_sul_schedule(app.ctx, 0, &app.batch->sul_step, on_batch_step, 1);
 }
 
-/* Device, status, exit code, time; exit 0 only if all ran with status 0. */
+/* One device's row: exit code (--exec) or bytes and checksum (--put, --get). */
+static void batch_summary_row(const struct batch *b, const struct batch_job *j)
+{
+	char code[16] = "-";
+	double s = (double)(j->end_us - j->start_us) / 1e6;
+
+	if (b->kind != B_EXEC) {
+		printf("%-*s  %-12s %10llu %7.1fs  %s\n", b->name_width, j->tunnel->cfg.name, j->status,
+		       (unsigned long long)j->bytes, s, j->checksum[0] ? j->checksum : j->detail);
+		return;
+	}
+	if (j->exit_code >= 0)
+		snprintf(code, sizeof(code), "%d", j->exit_code);
+	printf("%-*s  %-12s %4s %7.1fs  %s\n", b->name_width, j->tunnel->cfg.name, j->status, code, s, j->detail);
+}
+
+/* Device, status, exit code or bytes, time; exit 0 only if all ran with
+ * status 0 (every file verified). */
 static int batch_summary(struct batch *b)
 {
 	int bad = 0;
 
 	if (b->name_width < 6)
 		b->name_width = 6;
-	printf("\n%-*s  %-12s %4s %8s  %s\n", b->name_width, "DEVICE", "STATUS", "EXIT", "TIME", "DETAIL");
+	if (b->kind == B_EXEC)
+		printf("\n%-*s  %-12s %4s %8s  %s\n", b->name_width, "DEVICE", "STATUS", "EXIT", "TIME", "DETAIL");
+	else
+		printf("\n%-*s  %-12s %10s %8s  %s\n", b->name_width, "DEVICE", "STATUS", "BYTES", "TIME",
+		       "CHECKSUM / DETAIL");
 	for (int i = 0; i < b->njobs; i++) {
 		struct batch_job *j = &b->jobs[i];
-		char code[16] = "-";
 
 		if (!j->done)
 			batch_finish(j, "interrupted", "%s", "");
-		if (j->exit_code >= 0)
-			snprintf(code, sizeof(code), "%d", j->exit_code);
-		printf("%-*s  %-12s %4s %7.1fs  %s\n", b->name_width, j->tunnel->cfg.name, j->status,
-		       code, (double)(j->end_us - j->start_us) / 1e6, j->detail);
+		if (j->xfer)	/* still running: it ends with the console, unreported */
+			j->xfer->job = NULL;
+		batch_summary_row(b, j);
 		bad += strcmp(j->status, "ok") != 0;
 		buf_free(&j->pre);
 		buf_free(&j->line);
@@ -9457,7 +11993,9 @@ static void batch_where(const struct options *o)
 static int batch_run(const struct options *o)
 {
 	struct batch b = { .command = o->exec, .outdir = o->outdir, .clean = isatty(1) && !o->raw,
-			   .timeout_s = o->timeout_s > 0 ? o->timeout_s : 60, .force = o->force,
+			   .kind = o->put ? B_PUT : o->get ? B_GET : B_EXEC, .overwrite = o->overwrite,
+			   .from = o->put ? o->put : o->get, .to = o->put ? o->put_to : o->get_to,
+			   .timeout_s = o->timeout_s > 0 ? o->timeout_s : o->exec ? 60 : 0, .force = o->force,
 			   .parallel = o->parallel ? o->parallel : BATCH_PARALLEL, .progress_tty = isatty(2) };
 	int n = 0;
 
@@ -9658,7 +12196,7 @@ static char (*load_devices(struct options *o, struct config *c, int argc, char *
 	if (o->tunnel_json && config_tunnel_json(c, o->tunnel_json, err, sizeof(err)) < 0)
 		usage_error("%s", err);
 	add_device_ids(c, o);
-	if (o->exec)
+	if (batch_wanted(o))
 		batch_select(c, o);
 	warns = xcalloc((size_t)(c->ndev + 1) * sizeof(*warns));
 	if (config_resolve_tokens(c, warns, err, sizeof(err)) < 0)
@@ -9666,7 +12204,7 @@ static char (*load_devices(struct options *o, struct config *c, int argc, char *
 	add_url_args(c, argc, argv, o->urls_from);
 	if (!c->ndev && !(c->iotda.endpoint[0] && c->iotda.project_id[0]))	/* else: the picker */
 		usage_error("no devices: give URLs, --tunnel-json or -c FILE");
-	if (!c->ndev && o->exec && !o->nwhere)
+	if (!c->ndev && batch_wanted(o) && !o->nwhere)
 		usage_error("--exec: no devices (--where picks them from the IoTDA API)");
 	return warns;
 }
@@ -9731,14 +12269,14 @@ static int run(int argc, char **argv)	/* everything main does */
 	build_tunnels(&c, &o, warns);
 	free(warns);
 	sigfd = signals_block();
-	if (!o.exec) {	/* the first frame before TLS set-up: the CA bundle takes longest */
+	if (!batch_wanted(&o)) {	/* the first frame before TLS set-up: the CA bundle takes longest */
 		check_terminal();
 		ui_start();
 		draw();
 	}
 	context_start();
 	adopt(sigfd, RAW_SIGNALS);
-	code = o.exec ? batch_run(&o) : console_run();
+	code = batch_wanted(&o) ? batch_run(&o) : console_run();
 	tunnels_close_all();
 	api_close_all();
 	for (struct tunnel *t = app.tunnels; t; t = t->next)

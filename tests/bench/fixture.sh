@@ -84,7 +84,9 @@ user_up() {
 as_user_prefix() { AS_USER=(setpriv --reuid="$BUSER" --regid="$BUSER" --init-groups --); }
 
 # --- relay and agents ---------------------------------------------------------
-# sandbox_up NAME...: the relay with tunnel t-NAME per device, and its agents.
+# sandbox_up NAME...: the relay with tunnel t-NAME per device, and its agents
+# (AGENT_ARGS[NAME]: more options for that one's agent, e.g. --shell).
+declare -A AGENT_ARGS
 sandbox_up() {
 	local sep="" name
 	mkdir -p "$WORK/dev"
@@ -117,7 +119,7 @@ sandbox_up() {
 	for name in "$@"; do
 		"${AS_USER[@]}" "$WORK/bin/tunnel-device" --url "$BASE/t-$name/device-connect" --token-file "$WORK/dev/$name.dev" \
 			--backend pty --login-file "$WORK/dev/logins" --profile full \
-			--cacert "$WORK/bin/ca.pem" 2> "$WORK/log/agent-$name.log" &
+			--cacert "$WORK/bin/ca.pem" ${AGENT_ARGS[$name]:-} 2> "$WORK/log/agent-$name.log" &
 		PIDS+=($!)
 		AGENT_PID[$name]=$!
 	done

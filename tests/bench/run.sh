@@ -5,10 +5,11 @@
 # assertion: a missed goal is reported, not failed.
 #
 #   BENCH_QUICK=1        a short run for development (smaller, fewer, shorter)
-#   BENCH_ONLY="paths startup scale links"   the phases to run (default: all
-#                        four; paths = figures 1-3, startup = 6, scale = 4 and 5,
+#   BENCH_ONLY="paths startup scale links xfer"   the phases to run (default:
+#                        all five; paths = figures 1-3, startup = 6, scale = 4 and 5,
 #                        links = 7-9 and 3b: cellular-grade links and a deep
-#                        queue through linkem; deep = 3b alone)
+#                        queue through linkem; deep = 3b alone; xfer = 11,
+#                        files through the tunnel)
 #   BENCH_SOAK=MINUTES   also the soak, figure 10 (BENCH_ONLY=soak: 30 minutes)
 #   BENCH_SHORT_HOLE=MS, BENCH_LONG_HOLE=MS   figure 9's blackholes (6000, 15000)
 #   BENCH_PERF=1         also perf-record the console during throughput and
@@ -33,17 +34,17 @@ rm -f "$OUT"/latency-*.txt "$OUT"/table.txt "$OUT"/bench.json "$OUT"/perf-* "$OU
 
 if [ "${BENCH_QUICK:-0}" != 0 ]; then
 	QUICK=1 TPUT_BYTES=$((4 << 20)) TPUT_ROUNDS=1 LAT_KEYS=40 CTRLC_REPS=2
-	NDEV=10 IDLE_S=10 STARTUP_REPS=3
+	NDEV=10 IDLE_S=10 STARTUP_REPS=3 XFER_BYTES=$((4 << 20)) XFER_ROUNDS=1
 else
 	QUICK=0 TPUT_BYTES=$((20 << 20)) TPUT_ROUNDS=3 LAT_KEYS=400 CTRLC_REPS=5
-	NDEV=50 IDLE_S=60 STARTUP_REPS=5
+	NDEV=50 IDLE_S=60 STARTUP_REPS=5 XFER_BYTES=$((16 << 20)) XFER_ROUNDS=3
 fi
 LINK_BUFFER=65536	# linkem's queue each way (bytes): 0.5 s at 1 Mbit/s
 SHORT_HOLE=${BENCH_SHORT_HOLE:-6000} LONG_HOLE=${BENCH_LONG_HOLE:-15000}	# figure 9's blackholes, ms
 CTRLC_SLOW_REPS=3		# figure 8's rounds
 [ "$QUICK" = 1 ] && HOLE_REPS=1 || HOLE_REPS=3	# figure 9's rounds (a short and a long blackhole each)
 [ "$QUICK" = 1 ] && TYPE_LINES=4 || TYPE_LINES=12	# figure 7: command lines per device
-ONLY=" ${BENCH_ONLY:-paths startup scale links} "
+ONLY=" ${BENCH_ONLY:-paths startup scale links xfer} "
 # the soak (figure 10) only when asked for: BENCH_SOAK=MINUTES, or soak in BENCH_ONLY (30 minutes)
 [[ ${BENCH_SOAK:-0} =~ ^[1-9][0-9]*$ ]] && SOAK_MIN=$BENCH_SOAK || SOAK_MIN=30
 [ -n "${BENCH_SOAK:-}" ] && [ "${BENCH_SOAK}" != 0 ] && ONLY+="soak "
@@ -70,9 +71,16 @@ phase setup
 user_up || exit 1
 SCALE=()
 for i in $(seq 1 "$NDEV"); do SCALE+=("$(printf 's%02d' "$i")"); done
-sandbox_up c1 m1 l1 l2 "${SCALE[@]}" || exit 1
+BB=$WORK/bin/bb	# a busybox-only device's applets: no base64, od, xxd or stty
+mkdir -p "$BB"
+for a in sh ash sha256sum md5sum dd head gzip hexdump awk printf cat ls rm mv mkdir echo tr wc; do
+	ln -s "$(command -v busybox)" "$BB/$a"
+done
+AGENT_ARGS[xb]="--shell $BB/sh --path $BB"
+sandbox_up c1 m1 l1 l2 x1 xb "${SCALE[@]}" || exit 1
 sshd_up || exit 1
 devices_conf "$WORK/main.conf" c1
+devices_conf "$WORK/xfer.conf" x1 xb
 devices_conf "$WORK/one.conf" s01
 devices_conf "$WORK/scale.conf" "${SCALE[@]}"
 DATA=$WORK/output.txt
@@ -336,12 +344,61 @@ scale_phase() {
 	h_stop sc
 }
 
+# --- figure 11: files through the tunnel -------------------------------------------
+# Goodput is MB of file data a second: --get and --put of XFER_BYTES random
+# bytes on a GNU device (bash) and a busybox-only one, each less the time a
+# login takes (--exec true, the same run).  Beside it, the raw output
+# throughput of the same path: --exec cat of those bytes as base64 text, to
+# --outdir (no screen), the login taken off alike.  Rounds take turns.
+XD=$WORK/xfer
+btime() {	# btime DEVICE ARGS...: the ms one batch run takes; it must succeed
+	local t0 ms
+	t0=$(now_ms)
+	"$CONSOLE" -c "$WORK/xfer.conf" --password-file "$WORK/pass" --devices "$1" "${@:2}" \
+		> "$XD/out.txt" 2> /dev/null || { log "   # $*: $(tail -2 "$XD/out.txt")"; return 1; }
+	ms=$(( $(now_ms) - t0 ))
+	echo "$ms"
+}
+xfer_round() {	# one of each on DEVICE; the times appended to $XD/KIND-DEVICE
+	local d=$1
+	btime "$d" --exec true >> "$XD/login-$d" &&
+	btime "$d" --exec "cat $XD/data.b64" --outdir "$XD/raw-$d" >> "$XD/raw-$d.ms" &&
+	rm -rf "$XD/got" && btime "$d" --get "$XD/data.bin" "$XD/got" >> "$XD/get-$d" &&
+	cmp -s "$XD/data.bin" "$XD/got/$d/data.bin" &&
+	rm -f "$XD/up-$d/data.bin" && btime "$d" --put "$XD/data.bin" "$XD/up-$d/" >> "$XD/put-$d" &&
+	cmp -s "$XD/data.bin" "$XD/up-$d/data.bin"
+}
+xfer_phase() {
+	local d r login b64
+	phase "11. file transfer: $((XFER_BYTES >> 20)) MiB x $XFER_ROUNDS rounds, a GNU and a busybox device"
+	mkdir -p "$XD/up-x1" "$XD/up-xb"
+	chown "$BUSER:" "$XD/up-x1" "$XD/up-xb"
+	head -c "$XFER_BYTES" /dev/urandom > "$XD/data.bin"
+	base64 "$XD/data.bin" > "$XD/data.b64"
+	chmod 755 "$XD"
+	chmod 644 "$XD/data.bin" "$XD/data.b64"
+	b64=$(stat -c %s "$XD/data.b64")
+	fixture_quiet
+	for r in $(seq 1 "$XFER_ROUNDS"); do
+		for d in x1 xb; do xfer_round "$d" || return 1; done
+	done
+	for d in x1 xb; do
+		login=$(median < "$XD/login-$d")
+		R[raw_$d]=$(calc "$b64 / 1e6 / (($(median < "$XD/raw-$d.ms") - $login) / 1000)")
+		R[down_$d]=$(calc "$XFER_BYTES / 1e6 / (($(median < "$XD/get-$d") - $login) / 1000)")
+		R[up_$d]=$(calc "$XFER_BYTES / 1e6 / (($(median < "$XD/put-$d") - $login) / 1000)")
+		log "   $d: login $login ms; raw output $(r raw_$d) MB/s; download $(r down_$d), upload $(r up_$d)" \
+			"MB/s of file data (get $(tr '\n' ' ' < "$XD/get-$d")ms, put $(tr '\n' ' ' < "$XD/put-$d")ms)"
+	done
+}
+
 [[ $ONLY == *" paths "* ]] && { paths_phase || log "   (figures 1-3 stopped early)"; }
 [[ $ONLY == *" startup "* ]] && { startup_phase || log "   (figure 6 stopped early)"; }
 [[ $ONLY == *" scale "* ]] && { scale_phase || log "   (figures 4-5 stopped early)"; }
 [[ $ONLY == *" links "* ]] && { links_phase || log "   (figures 7-9 stopped early)"; }
 [[ $ONLY == *" links "* || $ONLY == *" deep "* ]] && { deep_phase || log "   (figure 3b stopped early)"; }
 [[ $ONLY == *" soak "* ]] && { soak_phase || log "   (figure 10 stopped early)"; }
+[[ $ONLY == *" xfer "* ]] && { xfer_phase || log "   (figure 11 stopped early)"; }
 
 # --- the table and the JSON ----------------------------------------------------------
 ratio() {	# value / baseline; "-" when either is missing or the baseline is 0
@@ -410,6 +467,11 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	has soak_start && row "10. soak RSS, MB, start -> end ($(r soak_min) min)" "$(r soak_start) -> $(r soak_end)" "" "" "" ""
 	has soak_start && row "   growth, first third / last third, MB" "$(r soak_first_third) / $(r soak_last_third)" "" "" \
 		"level" "$(met soak_last_third "$(r soak_last_third) <= 1")"
+	row "11. download, MB/s of file data (GNU)" "$(r down_x1)" "$(r raw_x1) raw output" \
+		"$(ratio down_x1 raw_x1)" "≥ 0.5x" "$(met down_x1 "$(r down_x1) >= 0.5 * $(r raw_x1)")"
+	row "   upload (GNU)" "$(r up_x1)" "" "" "≥ 1 MB/s" "$(met up_x1 "$(r up_x1) >= 1")"
+	row "   download (busybox: hexdump)" "$(r down_xb)" "$(r raw_xb) raw output" "$(ratio down_xb raw_xb)" "" ""
+	row "   upload (busybox: printf, echo on)" "$(r up_xb)" "" "" "≥ 1 MB/s" "$(met up_xb "$(r up_xb) >= 1")"
 	echo
 	echo "at Ctrl-C the socket queues between the shell and the console held $(r inflight_mb) MB (median); the console works it off before the prompt shows"
 	echo "CPU per echoed keystroke (ms, Ctrl-U redraws included): console $(r keycpu_con), minimal client $(r keycpu_min), tmux server+client $(r keycpu_tmx)"
@@ -431,7 +493,7 @@ has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
 	has soak_start && echo "10: RSS each minute, MB: $(r soak_series)(CPU $(r soak_cpu) % of a core; links declared dead: $(r soak_dead))"
 } | tee "$OUT/table.txt"
 j() { echo "${R[$1]:-null}"; }
-JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s,"predict_within_20ms_pct":%s,"predict_off_within_20ms_pct":%s,"predict_wrong_chars":%s,"ctrl_c_slow_link_ms":%s,"ctrl_c_slow_link_kb_after":%s,"ctrl_c_slow_link_ssh_ms":%s,"stale_notice_ms":%s,"recover_short_ms":%s,"reconnect_after_dead_ms":%s,"soak_rss_start_mb":%s,"soak_rss_end_mb":%s,"soak_rss_last_third_growth_mb":%s,"scrollback_mb_colour":%s,"cpu_per_key_ms":%s,"cpu_per_key_vs_tmux":%s,"ctrl_c_deep_ms":%s%s}' \
+JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_tmux_ssh":%s,"latency_p50_ms":%s,"latency_p99_ms":%s,"latency_overhead_p99_ms":%s,"ctrl_c_ms":%s,"idle_cpu_pct":%s,"idle_wakeups_s":%s,"rss_mb":%s,"kb_per_session":%s,"latency_p99_loaded_ms":%s,"startup_ms":%s,"predict_within_20ms_pct":%s,"predict_off_within_20ms_pct":%s,"predict_wrong_chars":%s,"ctrl_c_slow_link_ms":%s,"ctrl_c_slow_link_kb_after":%s,"ctrl_c_slow_link_ssh_ms":%s,"stale_notice_ms":%s,"recover_short_ms":%s,"reconnect_after_dead_ms":%s,"soak_rss_start_mb":%s,"soak_rss_end_mb":%s,"soak_rss_last_third_growth_mb":%s,"scrollback_mb_colour":%s,"cpu_per_key_ms":%s,"cpu_per_key_vs_tmux":%s,"ctrl_c_deep_ms":%s,"raw_output_mb_s":%s,"download_mb_s":%s,"download_vs_raw":%s,"upload_mb_s":%s,"raw_output_busybox_mb_s":%s,"download_busybox_mb_s":%s,"upload_busybox_mb_s":%s%s}' \
 	"$(j tput_con)" "$(ratio tput_con tput_min | sed 's/^-$/null/')" "$(ratio tput_con tput_tmx | sed 's/^-$/null/')" \
 	"$(j p50_con)" "$(j p99_con)" "$(j overhead)" "$(j ctrlc_con)" "$(j idle_cpu)" "$(j idle_wake)" \
 	"$(j rss_mb)" "$(j kb_sess)" "$(j p99_loaded)" "$(j startup_scale)" \
@@ -439,6 +501,8 @@ JSON=$(printf '{"throughput_mb_s":%s,"throughput_vs_minimal":%s,"throughput_vs_t
 	"$(j stale_ms)" "$(j recover_ms)" "$(j reconnect_ms)" "$(j soak_start)" "$(j soak_end)" "$(j soak_last_third)" \
 	"$(has sb_colour_kb && calc "${R[sb_colour_kb]} / 1024" 2 || echo null)" "$(j keycpu_con)" \
 	"$(ratio keycpu_con keycpu_tmx | sed 's/^-$/null/')" "$(j ctrlc_deep)" \
+	"$(j raw_x1)" "$(j down_x1)" "$(ratio down_x1 raw_x1 | sed 's/^-$/null/')" "$(j up_x1)" \
+	"$(j raw_xb)" "$(j down_xb)" "$(j up_xb)" \
 	"$([ $QUICK = 1 ] && echo ',"quick":true')")
 echo "$JSON" > "$OUT/bench.json"
 echo

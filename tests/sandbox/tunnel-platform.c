@@ -127,6 +127,8 @@ struct relay {			/* the whole program's state */
 	int cut_role;			/* -1: no --cut-after */
 	unsigned long cut_after;
 	long stall_after;		/* -1: no --stall-after */
+	int corrupt_role;		/* -1: no --corrupt */
+	unsigned long corrupt_nth;
 	/* state */
 	unsigned long relayed;		/* messages relayed, all tunnels */
 	uint64_t serials;		/* last peer serial handed out */
@@ -971,6 +973,67 @@ static int answer_ping(struct peer *p, const char *msg, size_t len)	/* 1 if msg 
 	return ping;
 }
 
+static size_t json_string_end(const char *s, size_t n, size_t i)	/* i past '"': at the closing '"', or n */
+{
+	for (; i < n && s[i] != '"'; i++)
+		i += s[i] == '\\';
+	return i < n ? i : n;
+}
+
+static int plain_at(const char *s, size_t from, size_t i)	/* s[i] is alphanumeric and no escape's */
+{
+	for (size_t k = i > from + 5 ? i - 5 : from; k < i; k++)
+		if (s[k] == '\\')
+			return 0;
+	return isalnum((unsigned char)s[i]);
+}
+
+/* --corrupt: one alphanumeric character in the middle of the data string
+ * becomes the next of its kind (z → a, 9 → 0).  The JSON stays valid and
+ * as long: only a check of the contents finds it.  -1 if there is none. */
+static long corrupt_data(char *m, size_t n)
+{
+	char *key = memmem(m, n, "\"data\"", 6);
+	size_t i = key ? (size_t)(key - m) + 6 : n, end;
+
+	while (i < n && (isspace((unsigned char)m[i]) || m[i] == ':'))
+		i++;
+	if (i >= n || m[i] != '"')
+		return -1;
+	end = json_string_end(m, n, ++i);
+	for (size_t k = i + (end - i) / 2; k < end; k++)
+		if (plain_at(m, i, k)) {
+			char c = m[k];
+
+			m[k] = c == 'z' ? 'a' : c == 'Z' ? 'A' : c == '9' ? '0' : (char)(c + 1);
+			return (long)k;
+		}
+	return -1;
+}
+
+/* The message relayed as it came, or (--corrupt ROLE:N, the Nth from ROLE
+ * in this tunnel) with one character changed. */
+static void relay_send(struct peer *p, enum role to, const char *msg, size_t len)
+{
+	struct relay *r = p->r;
+	char *copy;
+	long at;
+
+	if (r->corrupt_role != (int)p->role || p->t->relayed_from[p->role] + 1 != r->corrupt_nth) {
+		tunnel_send(p->t, to, msg, len);
+		return;
+	}
+	copy = malloc(len);
+	if (!copy)
+		abort();
+	memcpy(copy, msg, len);
+	at = corrupt_data(copy, len);
+	sb_log("tunnel %s: message %lu from the %s %s", p->t->id, r->corrupt_nth, role_name[p->role],
+	       at < 0 ? "has no data to corrupt: relayed as it came" : "corrupted: one character changed");
+	tunnel_send(p->t, to, copy, len);
+	free(copy);
+}
+
 static void relay_message(struct peer *p, const char *msg, size_t len)	/* one whole inbound message */
 {
 	struct tunnel *t = p->t;
@@ -984,7 +1047,7 @@ static void relay_message(struct peer *p, const char *msg, size_t len)	/* one wh
 		       t->id, role_name[p->role], role_name[to], t->dropped);
 		return;
 	}
-	tunnel_send(t, to, msg, len);
+	relay_send(p, to, msg, len);
 	relay_count(p);
 }
 
@@ -2456,6 +2519,9 @@ static const char usage_text[] =
 	"  --cut-after ROLE:N     drop ROLE's (app|device) TCP connection after\n"
 	"                         relaying N messages from it (once per tunnel)\n"
 	"  --stall-after N        after N relayed messages, read nothing more\n"
+	"  --corrupt ROLE:N       change one character in the middle of the data of\n"
+	"                         the Nth message from ROLE (app|device), once per\n"
+	"                         tunnel; the JSON stays valid and as long\n"
 	"  --self-check           check the AK/SK verifier against the worked example\n"
 	"                         of Huawei Cloud's API Request Signing Guide and a\n"
 	"                         derived signature made by Huawei's own SDK; exit\n"
@@ -2588,22 +2654,31 @@ static int opt_delay_ms(struct relay *r, const char *v)	/* --delay-ms N */
 	return 0;
 }
 
-static int opt_cut_after(struct relay *r, const char *v)	/* --cut-after ROLE:N */
+static int parse_role_count(const char *v, int *role, unsigned long *count)	/* ROLE:N */
 {
 	long n;
-	int role;
 
-	for (role = 0; role < ROLES; role++) {
-		size_t rl = strlen(role_name[role]);
+	for (int k = 0; k < ROLES; k++) {
+		size_t rl = strlen(role_name[k]);
 
-		if (!strncmp(v, role_name[role], rl) && v[rl] == ':' &&
+		if (!strncmp(v, role_name[k], rl) && v[rl] == ':' &&
 		    !parse_long(v + rl + 1, 1, LONG_MAX, &n)) {
-			r->cut_role = role;
-			r->cut_after = (unsigned long)n;
+			*role = k;
+			*count = (unsigned long)n;
 			return 0;
 		}
 	}
 	return -1;
+}
+
+static int opt_cut_after(struct relay *r, const char *v)	/* --cut-after ROLE:N */
+{
+	return parse_role_count(v, &r->cut_role, &r->cut_after);
+}
+
+static int opt_corrupt(struct relay *r, const char *v)	/* --corrupt ROLE:N */
+{
+	return parse_role_count(v, &r->corrupt_role, &r->corrupt_nth);
 }
 
 static int opt_rate_limit(struct relay *r, const char *v)	/* --rate-limit N */
@@ -2642,6 +2717,7 @@ static const struct option_def {	/* the command line, one row per option */
 	{ "--delay-ms",       opt_delay_ms,       1 },
 	{ "--cut-after",      opt_cut_after,      1 },
 	{ "--stall-after",    opt_stall_after,    1 },
+	{ "--corrupt",        opt_corrupt,        1 },
 };
 
 __attribute__((noreturn, format(printf, 1, 2)))
@@ -3084,6 +3160,7 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	r->max_message[ROLE_DEVICE] = DEFAULT_MAX_DEVICE_MESSAGE;
 	r->region = DEFAULT_REGION;
 	r->cut_role = -1;
+	r->corrupt_role = -1;
 	r->stall_after = -1;
 	opt_listen(r, DEFAULT_LISTEN);
 	parse_args(r, argc, argv);

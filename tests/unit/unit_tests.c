@@ -590,6 +590,10 @@ static void test_cli_errors(void)
 		    "wss://h/v5/iot/tunnels/x/source-connect", NULL }, "CA file /nonexistent/ca.pem: No such file" },
 		{ { "--token-file", "/etc/hostname", "ws://h.example/v5/iot/tunnels/x/source-connect", NULL },
 		  "device x: plaintext to another machine sends tokens and passwords in clear" },
+		{ { "--put", "/etc/hostname", NULL }, "--put needs two arguments" },
+		{ { "--put", "/nonexistent/f", "/tmp/", NULL }, "--put /nonexistent/f: No such file" },
+		{ { "--get", "/var/log/", "/tmp", NULL }, "--get /var/log/: name the remote file, not a folder" },
+		{ { "--get", "/etc/hostname", "/tmp", "--exec", "true", NULL }, "one of --exec, --put and --get at a time" },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
@@ -1056,6 +1060,336 @@ static void test_clipboard_and_mouse(void)
 	term_close(s);
 }
 
+/*** file transfer: typed text, plan, replies, progress *********************/
+
+/* Runs a script in a shell and returns its stdout: a real shell is the
+ * judge of the lines the console types. */
+static size_t sh_output(const char *shell, const char *script, size_t slen, unsigned char *out, size_t cap)
+{
+	char path[] = "/tmp/tt_unit_XXXXXX", cmd[256];
+	int fd = mkstemp(path);
+	size_t n = 0;
+	FILE *f;
+
+	if (fd < 0 || write(fd, script, slen) != (ssize_t)slen)
+		return 0;
+	close(fd);
+	snprintf(cmd, sizeof(cmd), "%s %s", shell, path);
+	if ((f = popen(cmd, "r"))) {
+		n = fread(out, 1, cap, f);
+		pclose(f);
+	}
+	unlink(path);
+	return n;
+}
+
+static int ascii_lines(const struct buf *b, size_t max_line)	/* printable ASCII, short lines */
+{
+	size_t line = 0;
+
+	for (size_t i = 0; i < b->len; i++) {
+		unsigned char c = (unsigned char)b->p[i];
+
+		if (c == '\n')
+			line = 0;
+		else if (c < 0x20 || c > 0x7e || ++line > max_line)
+			return 0;
+	}
+	return 1;
+}
+
+static const char *const posix_shells[] = { "dash", "bash", "busybox ash" };
+
+/* Download text to bytes as the console takes it, in pieces of step
+ * characters: 0, or -1 if it is bad or ends inside a group. */
+static int decode_pieces(const char *s, size_t n, int hex, size_t step, struct buf *out)
+{
+	struct xdec st = { .hex = hex };
+
+	for (size_t i = 0; i < n; i += step) {
+		size_t k = n - i < step ? n - i : step;
+
+		buf_reserve(out, k);
+		out->len += xdec_feed(&st, s + i, k, (unsigned char *)out->p + out->len);
+	}
+	return st.bad || st.k ? -1 : 0;
+}
+
+static int decode_all(const char *s, size_t n, int hex, struct buf *out)	/* in one piece */
+{
+	return decode_pieces(s, n, hex, n ? n : 1, out);
+}
+
+static void test_xfer_base64(void)
+{
+	unsigned char bytes[768];
+	struct buf t = { 0 }, d = { 0 };
+	int ok = 1;
+
+	for (int i = 0; i < 768; i++)	/* every value, then NUL, CR and LF runs */
+		bytes[i] = i < 512 ? (unsigned char)i : i < 600 ? 0 : i % 2 ? '\r' : '\n';
+	for (size_t n = 0; n <= sizeof(bytes) && ok; n += n < 10 ? 1 : 37) {
+		t.len = d.len = 0;
+		b64_lines(&t, bytes, n);
+		ok = decode_all(t.p ? t.p : "", t.len, 0, &d) == 0 && d.len == n && !memcmp(d.p ? d.p : "", bytes, n) &&
+		     ascii_lines(&t, XFER_LINE) && (!n || t.p[t.len - 1] == '\n');
+	}
+	expect(ok, "xfer: base64 lines decode back, any length, in short ASCII lines", "%.80s", t.p);
+	t.len = 0;
+	b64_lines(&t, bytes, sizeof(bytes));
+	for (size_t step = 1; step < 9 && ok; step++) {
+		d.len = 0;
+		ok = decode_pieces(t.p, t.len, 0, step, &d) == 0 && d.len == sizeof(bytes) && !memcmp(d.p, bytes, d.len);
+	}
+	expect(ok, "xfer: … the same however the messages cut the text", "");
+	d.len = 0;
+	expect(decode_all("QUJD\r\nREVG\r\n", 12, 0, &d) == 0 && d.len == 6 && !memcmp(d.p, "ABCDEF", 6),
+	       "xfer: base64 decoding skips line ends", "%zu", d.len);
+	expect(decode_all("QU*D", 4, 0, &d) < 0 && decode_all("QQ==QUJD", 8, 0, &d) < 0 &&
+	       decode_all("QUJ", 3, 0, &d) < 0,
+	       "xfer: base64 decoding refuses other characters, padding inside, a cut group", "");
+	d.len = 0;
+	expect(decode_pieces(" 00 ff 0a\r\n", 11, 1, 1, &d) == 0 && d.len == 3 && !memcmp(d.p, "\0\xff\n", 3) &&
+	       decode_all("0g", 2, 1, &d) < 0 && decode_all("abc", 3, 1, &d) < 0,
+	       "xfer: hex decoding (od's, hexdump's) skips blanks, refuses others and half bytes", "");
+	buf_free(&t);
+	buf_free(&d);
+}
+
+static void test_xfer_printf(void)
+{
+	unsigned char bytes[768], back[4096];
+	struct buf t = { 0 };
+	int ok;
+
+	for (int i = 0; i < 768; i++)
+		bytes[i] = i < 512 ? (unsigned char)(i * 7) : i < 600 ? 0 : '-';
+	printf_lines(&t, bytes, sizeof(bytes));
+	ok = ascii_lines(&t, XFER_LINE + 2) && !strstr(t.p, "printf '-");
+	for (const char *l = t.p; ok && *l; l += strcspn(l, "\n") + 1)
+		ok = !strncmp(l, "printf '", 8) && l[strcspn(l, "\n") - 1] == '\'' &&
+		     !memchr(l + 8, '\'', strcspn(l, "\n") - 9) && !memchr(l + 8, '%', strcspn(l, "\n") - 9);
+	expect(ok, "xfer: printf lines: short ASCII, one quoted format each, no %, never starting with -",
+	       "%.80s", t.p);
+	for (size_t k = 0; k < sizeof(posix_shells) / sizeof(*posix_shells); k++) {
+		size_t n = sh_output(posix_shells[k], t.p, t.len, back, sizeof(back));
+
+		char name[80];
+
+		snprintf(name, sizeof(name), "xfer: printf lines rebuild every byte value (%s)", posix_shells[k]);
+		expect(n == sizeof(bytes) && !memcmp(back, bytes, n), name, "%zu bytes", n);
+	}
+	buf_free(&t);
+}
+
+static void gather(void *ctx, const unsigned char *p, size_t n)	/* bytes_fn: into a buf */
+{
+	buf_append(ctx, p, n);
+}
+
+/* gz_pack's stream through gz_stream in pieces of step bytes: 0 or -1. */
+static int inflate_pieces(const struct buf *gz, size_t step, struct buf *out)
+{
+	z_stream z = { 0 };
+	int r = inflateInit2(&z, 16 + MAX_WBITS) == Z_OK ? 0 : -1;
+
+	for (size_t i = 0; i < gz->len && !r; i += step)
+		r = gz_stream(&z, gz->p + i, gz->len - i < step ? gz->len - i : step, gather, out);
+	inflateEnd(&z);
+	return r;
+}
+
+static void test_xfer_gzip(void)
+{
+	unsigned char bytes[200000];
+	struct buf gz = { 0 }, un = { 0 }, bad = { 0 };
+	int ok = 1;
+
+	for (size_t i = 0; i < sizeof(bytes); i++)
+		bytes[i] = (unsigned char)(i % 13 * i);
+	expect(gz_pack(bytes, sizeof(bytes), &gz) == 0 && gz.len < sizeof(bytes) / 2, "xfer: gzip packs", "%zu", gz.len);
+	for (size_t step = 1; step < 100000 && ok; step = step * 7 + 1) {
+		un.len = 0;
+		ok = inflate_pieces(&gz, step, &un) == 0 && un.len == sizeof(bytes) && !memcmp(un.p, bytes, un.len);
+	}
+	expect(ok, "xfer: … and inflates back, however the stream is cut", "");
+	buf_append(&gz, "x", 1);	/* bytes after the end */
+	expect(inflate_pieces(&gz, gz.len, &bad) < 0, "xfer: bytes after a gzip stream's end are refused", "");
+	gz.p[gz.len / 2] ^= 0x55;
+	bad.len = 0;
+	expect(inflate_pieces(&gz, 4096, &bad) < 0 || bad.len != sizeof(bytes) || memcmp(bad.p, bytes, bad.len),
+	       "xfer: a damaged gzip stream does not inflate to the bytes", "");
+	buf_free(&gz);
+	buf_free(&un);
+	buf_free(&bad);
+}
+
+/* Paths with every awkward byte survive sh_assign in each shell. */
+static void test_xfer_paths(void)
+{
+	static const char *const paths[] = {
+		"/tmp/with space/ünï 漢字.bin", "-dash", "it's \"quoted\" $HOME `x` \\ %s", "tail\n", "~/in home",
+	};
+	char expect_home[PATH_MAX];
+
+	snprintf(expect_home, sizeof(expect_home), "%s/in home", getenv("HOME") ? getenv("HOME") : "");
+	for (size_t k = 0; k < sizeof(posix_shells) / sizeof(*posix_shells); k++) {
+		char name[80];
+		int ok = 1;
+
+		snprintf(name, sizeof(name), "xfer: remote paths with any bytes survive typing as ASCII (%s)", posix_shells[k]);
+		for (size_t i = 0; i < sizeof(paths) / sizeof(*paths) && ok; i++) {
+			struct buf b = { 0 };
+			unsigned char out[512];
+			const char *want = i == 4 ? expect_home : paths[i];
+			size_t n;
+
+			sh_assign(&b, "_f", paths[i]);
+			buf_printf(&b, "printf '%%s' \"$_f\"\n");
+			n = sh_output(posix_shells[k], b.p, b.len, out, sizeof(out));
+			ok = ascii_lines(&b, 4000) && n == strlen(want) && !memcmp(out, want, n);
+			if (!ok)
+				expect(0, name, "%s -> %.*s", paths[i], (int)n, out);
+			buf_free(&b);
+		}
+		if (ok)
+			expect(1, name, "");
+	}
+}
+
+static void test_xfer_lines(void)
+{
+	struct buf b = { 0 };
+	struct xplan pl;
+
+	xfer_boot_line(&b, "c0ffee12", 0);
+	expect(b.len < 400 && !strstr(b.p, "=TTc0ffee12=") && !memcmp(b.p, "\005\025 sh -c '", 10) &&
+	       b.p[b.len - 1] == '\r' && !memchr(b.p + 2, '\n', b.len - 2),
+	       "xfer: the boot line: short (busybox edits 1024), clears the line, no whole marker", "%s", b.p + 2);
+	b.len = 0;
+	xfer_boot_line(&b, "c0ffee12", 1);
+	expect(strstr(b.p, " exec sh -c '") != NULL, "xfer: its own session: the loop is the session", "%s", b.p);
+	b.len = 0;
+	xfer_hello_line(&b, 1);
+	xfer_plan(parse_tools("base64 hexdump od md5sum sha256sum gzip head dd stty wc"), 1, &pl);
+	xfer_setup_line(&b, &pl, 1);
+	xfer_stat_up_line(&b, "/tmp/x y", "/tmp/.x y.1.ttpart", "/tmp");
+	xfer_verify_line(&b, 1, 123);
+	xfer_commit_line(&b, 0);
+	xfer_exit_line(&b, 1);
+	expect(ascii_lines(&b, 1000) && !strstr(b.p, "=TT"), "xfer: every step line is short plain ASCII", "%s", b.p);
+	buf_free(&b);
+}
+
+static void test_xfer_plan(void)
+{
+	struct xplan pl;
+	unsigned gnu = parse_tools("base64 hexdump od md5sum sha256sum gzip head dd stty wc");
+	unsigned bb = parse_tools(" hexdump md5sum sha256sum gzip head dd wc");
+
+	expect(!xfer_plan(gnu, 0, &pl) && pl.codec->shell == down_codecs[0].shell && !strcmp(pl.file->name, "sha256") &&
+	       !strcmp(pl.chunk->name, "md5") && pl.gzip && pl.echo_off,
+	       "xfer: a GNU device: base64, sha256 for the file, md5 for chunks, gzip, echo off", "");
+	expect(!xfer_plan(bb, 0, &pl) && pl.codec->hex && !pl.echo_off && !xfer_plan(bb, 1, &pl) && pl.codec->script,
+	       "xfer: busybox without base64 or stty: hexdump down, printf up, echo stays on", "");
+	expect(!xfer_plan(parse_tools("od md5sum dd wc head"), 0, &pl) && pl.codec->hex && !strcmp(pl.file->name, "md5"),
+	       "xfer: only od and md5sum: still a path, verified by md5", "");
+	expect(xfer_plan(parse_tools("base64 dd wc head"), 0, &pl) && xfer_plan(parse_tools("md5sum dd wc head"), 0, &pl) &&
+	       xfer_plan(parse_tools("base64 md5sum dd wc"), 1, &pl) && !xfer_plan(parse_tools("base64 md5sum dd wc"), 0, &pl),
+	       "xfer: no hash, no encoder, no head for uploads: refused in words", "");
+}
+
+struct scan_log { char text[2048]; size_t len; int stop_at; int n; };
+
+static int scan_record(void *ctx, const struct xreply *r)	/* appends "kind(args)[body]" */
+{
+	struct scan_log *l = ctx;
+
+	l->len += (size_t)snprintf(l->text + l->len, sizeof(l->text) - l->len, "%c(%s)[%.*s]%s", r->kind, r->args,
+				   (int)r->body_len, r->body, r->overflow ? "!" : "");
+	return ++l->n == l->stop_at;
+}
+
+static void scan_sink(void *ctx, const char *p, size_t n)	/* streams "<bytes>" into the log */
+{
+	struct scan_log *l = ctx;
+
+	if (l->len && l->text[l->len - 1] == '>')	/* one piece after another: join them */
+		l->len--;
+	else
+		l->text[l->len++] = '<';
+	l->len += (size_t)snprintf(l->text + l->len, sizeof(l->text) - l->len, "%.*s>", (int)n, p);
+}
+
+static void test_xfer_scan(void)
+{
+	static const char out[] = "m P$p\r\necho '=TTab' 'cd12='\r\n\r\n=TTabcd12= W\r\n/home/x\r\n\r\n=TTabcd12= P base64 md5sum\r\n"
+				  "junk =TTabcd12= C 0\r\nQUJD\r\n=TTabcd12= H 0\r\n";
+	struct xscan sc = { 0 };
+	struct scan_log whole = { .stop_at = -1 }, bytewise = { .stop_at = -1 }, stop = { .stop_at = 2 };
+	struct scan_log sunk = { .stop_at = -1 };
+
+	xscan_init(&sc, "abcd12", 1 << 20);
+	xscan_feed(&sc, out, sizeof(out) - 1, scan_record, &whole);
+	expect(!strcmp(whole.text, "W()[m P$p\r\necho '=TTab' 'cd12='\r\n\r\n]P(base64 md5sum)[/home/x\r\n\r\n]"
+		       "C(0)[junk ]H(0)[QUJD\r\n]"), "xfer: replies and their bodies, an echo of split markers is body",
+	       "%s", whole.text);
+	xscan_init(&sc, "abcd12", 1 << 20);
+	for (size_t i = 0; i < sizeof(out) - 1; i++)
+		xscan_feed(&sc, out + i, 1, scan_record, &bytewise);
+	expect(!strcmp(whole.text, bytewise.text), "xfer: the same replies a byte at a time", "%s", bytewise.text);
+	xscan_init(&sc, "abcd12", 1 << 20);
+	expect(xscan_feed(&sc, out, sizeof(out) - 1, scan_record, &stop) == 1 && stop.n == 2 &&
+	       !strncmp(sc.pend.p, "junk", 4), "xfer: a reply can stop the scan; what follows stays", "%s", sc.pend.p);
+	xscan_init(&sc, "abcd12", 4);
+	memset(&whole, 0, sizeof(whole));
+	whole.stop_at = -1;
+	xscan_feed(&sc, "0123456789=TTabcd12= E 1\n", 25, scan_record, &whole);
+	expect(!strcmp(whole.text, "E(1)[0123]!"), "xfer: a body over its limit is cut and flagged", "%s", whole.text);
+	xscan_init(&sc, "abcd12", 4);
+	sc.sink = scan_sink;
+	for (size_t i = 0; i < sizeof(out) - 1; i++)
+		xscan_feed(&sc, out + i, 1, scan_record, &sunk);
+	expect(!strcmp(sunk.text, "<m P$p\r\necho '=TTab' 'cd12='\r\n\r\n>W()[]</home/x\r\n\r\n>P(base64 md5sum)[]"
+		       "<junk >C(0)[]<QUJD\r\n>H(0)[]"),
+	       "xfer: with a sink, bodies stream to it whole, however cut, and none is kept", "%s", sunk.text);
+	xscan_free(&sc);
+}
+
+static void test_xfer_misc(void)
+{
+	char out[256], h[65];
+	uint8_t st[] = { XC_DONE, XC_TODO, XC_TODO, XC_ASKED, XC_TODO };
+	uint32_t a = 0, b = 0;
+	struct xrate r = { 0 };
+
+	expect(parse_hash("\r\nd41d8cd98f00b204e9800998ecf8427e  -\r\n", 38, 32, h) == 0 &&
+	       !strcmp(h, "d41d8cd98f00b204e9800998ecf8427e") && parse_hash("abc  -", 6, 32, h) < 0,
+	       "xfer: a hash line's hash", "%s", h);
+	body_text("\r\n/home/x y\r\n\r\n", 15, out, sizeof(out));
+	expect(!strcmp(out, "/home/x y"), "xfer: pwd's line, without its line ends", "%s", out);
+	expect(cwd_from_text("root@OpenWrt:~# ", out, sizeof(out)) && !strcmp(out, "~") &&
+	       cwd_from_text("field@dev:/var/log$ ", out, sizeof(out)) && !strcmp(out, "/var/log") &&
+	       cwd_from_text("field@dev: ~/src", out, sizeof(out)) && !strcmp(out, "~/src") &&
+	       !cwd_from_text("bash-5.2$ ", out, sizeof(out)) && !cwd_from_text("mail me@x: hi", out, sizeof(out)),
+	       "xfer: the directory a prompt or title names (bash's, OpenWrt's), none in others", "%s", out);
+	expect(next_todo_run(st, 5, &a, &b) && a == 1 && b == 3 && !next_todo_run(st, 1, &a, &b),
+	       "xfer: the first run of chunks still to do", "%u %u", a, b);
+	expect(xfer_chunk_size(0, 1 << 20) == 65536 && xfer_chunk_size(0, 100u << 20) == (1 << 20) &&
+	       xfer_chunk_size(1, 5) == XFER_UP_CHUNK, "xfer: download chunks grow with the file, to 1 MiB", "");
+	part_name("/a b/c.bin", "0123abcd", out, sizeof(out));
+	expect(!strcmp(out, "/a b/.c.bin.0123abcd.ttpart"), "xfer: the temporary name is beside the file", "%s", out);
+	parent_dir("x", out, sizeof(out));
+	expect(!strcmp(out, "."), "xfer: a bare name's folder is .", "%s", out);
+	parent_dir("/x", out, sizeof(out));
+	expect(!strcmp(out, "/"), "xfer: /x's folder is /", "%s", out);
+	xrate_note(&r, 1000000, 0);
+	xrate_note(&r, 3000000, 4000000);
+	progress_text(out, sizeof(out), 4500000, 10000000, r.bps);
+	expect(r.bps == 2e6 && strstr(out, " 45%  4.5 MB of 10.0 MB  2.0 MB/s  ETA 3 s") && strstr(out, "█████▍"),
+	       "xfer: progress: bar, percent, bytes, rate, ETA", "%s", out);
+}
+
 int main(void)
 {
 	cJSON_InitHooks(&(cJSON_Hooks){ malloc, wiping_free });
@@ -1088,6 +1422,14 @@ int main(void)
 	test_copy();
 	test_scrollback_packing();
 	test_clipboard_and_mouse();
+	test_xfer_base64();
+	test_xfer_printf();
+	test_xfer_gzip();
+	test_xfer_paths();
+	test_xfer_lines();
+	test_xfer_plan();
+	test_xfer_scan();
+	test_xfer_misc();
 	free(token_sources);
 	return failures != 0;
 }
