@@ -9475,7 +9475,7 @@ static void body_text(const char *s, size_t n, char *out, size_t cap)
 
 /*** chunks, paths, progress (pure) **************************************/
 
-enum { XC_TODO, XC_ASKED, XC_DONE };	/* a chunk: to do, asked for (sent), verified */
+enum { XC_WANTED, XC_ASKED, XC_DONE };	/* a chunk: to do, asked for (sent), verified */
 
 static uint32_t xfer_chunk_size(int up, uint64_t size)	/* bytes a chunk */
 {
@@ -9493,12 +9493,12 @@ static int next_todo_run(const uint8_t *st, uint32_t n, uint32_t *a, uint32_t *b
 {
 	uint32_t i = 0;
 
-	while (i < n && st[i] != XC_TODO)
+	while (i < n && st[i] != XC_WANTED)
 		i++;
 	if (i == n)
 		return 0;
 	*a = i;
-	while (i < n && st[i] == XC_TODO)
+	while (i < n && st[i] == XC_WANTED)
 		i++;
 	*b = i;
 	return 1;
@@ -9796,7 +9796,7 @@ static void xfer_forget_flight(struct xfer *x)
 {
 	for (uint32_t i = 0; x->state && i < x->nchunks; i++)
 		if (x->state[i] == XC_ASKED)
-			x->state[i] = XC_TODO;
+			x->state[i] = XC_WANTED;
 	x->in_flight = 0;
 	x->run_open = 0;
 	x->verify_sent = 0;
@@ -9846,7 +9846,7 @@ static void xfer_progress(struct xfer *x, uint32_t i, const void *bytes)	/* chun
 /* A chunk failed its check: again, up to XFER_TRIES times. */
 static void xfer_retry(struct xfer *x, uint32_t i, const char *what)
 {
-	x->state[i] = XC_TODO;
+	x->state[i] = XC_WANTED;
 	log_line("%s: %s chunk %u %s; asked again", x->tunnel->cfg.name, xfer_verb(x, 0), i, what);
 	if (++x->tries[i] >= XFER_TRIES)
 		xfer_fail(x, "chunk %u (at byte %llu) %s %d times: does the file change while it is %s?",
@@ -9918,7 +9918,7 @@ static void xfer_resume_up(struct xfer *x, long long part)
 	x->done_bytes = 0;
 	for (uint32_t i = 0; i < x->nchunks; i++) {
 		if (part < 0 || (uint64_t)part < end)	/* gone or cut: from the start */
-			x->state[i] = XC_TODO;
+			x->state[i] = XC_WANTED;
 		x->done_bytes += x->state[i] == XC_DONE ? chunk_bytes(x, i) : 0;
 	}
 }
