@@ -1359,7 +1359,7 @@ static void test_xfer_scan(void)
 static void test_xfer_misc(void)
 {
 	char out[256], h[65];
-	uint8_t st[] = { XC_DONE, XC_TODO, XC_TODO, XC_ASKED, XC_TODO };
+	uint8_t st[] = { XC_DONE, XC_WANTED, XC_WANTED, XC_ASKED, XC_WANTED };
 	uint32_t a = 0, b = 0;
 	struct xrate r = { 0 };
 
