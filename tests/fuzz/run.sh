@@ -18,7 +18,7 @@ only=$*		# target names; empty: all
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 out=build/fuzz
-pkgs="libwebsockets libcjson ncursesw openssl"
+pkgs="libwebsockets libcjson ncursesw openssl zlib"
 cflags="-std=gnu11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 	$(pkg-config --cflags $pkgs)"
