@@ -265,7 +265,8 @@ relay_with() {	# relay_with ROLE N: the relay again, on its port, corrupting ROL
 	kill "$PLATFORM_PID"; wait "$PLATFORM_PID" 2>/dev/null
 	start_platform "relay-$1" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
 		--tunnels "$WORK/tunnels.json" --api-token-file "$WORK/api.token" --corrupt "$1:$2"
-	wait_for 20 bash -c "[ \$(grep -c ': device connected' '$PLATFORM_LOG') -ge 4 ]"
+	wait_for 30 bash -c "[ \$(grep -c ': device connected' '$PLATFORM_LOG') -ge 4 ]" \
+		|| fail "the relay again (--corrupt $1:$2): all four devices back" "$(tail -5 "$PLATFORM_LOG")"
 }
 # corrupted ROLE N VERB HOW COPY DEVICE ARGS...: a run of tt ARGS on DEVICE under --corrupt
 # ROLE:N; the relay changed a character, the console found the chunk bad and had it again
@@ -273,8 +274,10 @@ corrupted() {
 	local role=$1 n=$2 verb=$3 how=$4 copy=$5 d=$6
 	shift 6
 	tt "$@" --devices "$d" > "$WORK/corrupt.out" 2>&1
-	check "$d: a chunk of the $verb corrupted on the way (the relay says so) …" \
-		has_line "$PLATFORM_LOG" "tunnel t-$d: message $n from the $role corrupted"
+	has_line "$PLATFORM_LOG" "tunnel t-$d: message $n from the $role corrupted" \
+		&& ok "$d: a chunk of the $verb corrupted on the way (the relay says so) …" \
+		|| fail "$d: a chunk of the $verb corrupted on the way" "$(cat "$WORK/corrupt.out")" \
+			"$(grep "t-$d" "$PLATFORM_LOG" | tail -4)"
 	check "… found by its check and asked for again; the file is right" \
 		bash -c "grep -qE '$d: $verb chunk [0-9]+ $how' '$WORK/batch.log' && cmp -s '$SRC/rnd.bin' '$copy'"
 }
