@@ -386,7 +386,7 @@ struct session {	/* one SSH session: one request_id */
 	char title[64];			/* the remote's window title (OSC 0/2), cleaned */
 	char name[64];			/* the user's (Ctrl-g ,): over the title */
 	int64_t exit_typed_us;		/* when exit, logout or ^D was sent */
-	char typed[8];			/* printable keys since the last Enter */
+	char typed[8];			/* the last printable keys since the last Enter */
 	int typed_len;			/* its length, -1 once a control key came */
 	int login_tries;		/* refused logins in a row (ssh asks 3 times) */
 	lws_sorted_usec_list_t sul_login;	/* no output after connect_response: wedged */
@@ -7157,14 +7157,30 @@ static int prompt_then(const char *line, size_t n, const char *word, size_t k)
 	       strchr("$#>%", line[n - k - 2]);
 }
 
+/* "exit" or "logout" if the keys typed since the last Enter end with it:
+ * whatever came before went to a program that has ended (q in less). */
+static const char *typed_exit(const struct session *s)
+{
+	static const char *const words[] = { "exit", "logout" };
+	size_t n = s->typed_len > 0 ? (size_t)s->typed_len : 0;
+
+	for (size_t i = 0; i < sizeof(words) / sizeof(*words); i++) {
+		size_t w = strlen(words[i]);
+
+		if (n >= w && !memcmp(s->typed + n - w, words[i], w))
+			return words[i];
+	}
+	return NULL;
+}
+
 /* Is the line at the cursor a prompt with "exit" or "logout" after it (in the
  * remote's echo, or typed and not yet echoed), or nothing (for ^D)?  The echo
  * counts whatever keys full-screen programs or completion took before. */
 static int at_exit_prompt(const struct session *s, int eof)
 {
 	char line[512];
-	const char *typed = s->typed_len >= 0 ? s->typed : "";
-	size_t n, k, tn = strlen(typed);
+	const char *typed = typed_exit(s);
+	size_t n;
 
 	if (s->altscreen)
 		return 0;
@@ -7176,26 +7192,26 @@ static int at_exit_prompt(const struct session *s, int eof)
 		return prompt_then(line, n, "", 0);
 	if (prompt_then(line, n, "exit", 4) || prompt_then(line, n, "logout", 6))
 		return 1;
-	if (strcmp(typed, "exit") && strcmp(typed, "logout"))
-		return 0;
-	for (k = 0; k < tn; k++)	/* Enter came before the whole echo */
+	for (size_t k = 0; typed && k < strlen(typed); k++)	/* Enter came before the whole echo */
 		if (prompt_then(line, n, typed, k))
 			return 1;
 	return 0;
 }
 
-/* Keeps the word typed since the last Enter or control key: a fast
- * "exit" and Enter reach here before the remote has echoed it. */
+/* Keeps the last printable keys typed since the last Enter (a control key
+ * forgets them): a fast "exit" and Enter reach here before its echo. */
 static void track_typed(struct session *s, int ch, int fn)
 {
-	if (!fn && (ch == 127 || ch == 8) && s->typed_len > 0)
+	if (!fn && (ch == 127 || ch == 8) && s->typed_len > 0) {
 		s->typed[--s->typed_len] = '\0';
-	else if (!fn && ch > ' ' && ch < 127 && s->typed_len >= 0 &&
-		 (size_t)s->typed_len + 1 < sizeof(s->typed)) {
+	} else if (!fn && ch > ' ' && ch < 127 && s->typed_len >= 0) {
+		if ((size_t)s->typed_len + 1 == sizeof(s->typed))	/* the tail is what counts */
+			memmove(s->typed, s->typed + 1, (size_t)--s->typed_len);
 		s->typed[s->typed_len++] = (char)ch;
 		s->typed[s->typed_len] = '\0';
-	} else
+	} else {
 		s->typed_len = -1;	/* unknown until the next Enter */
+	}
 }
 
 /* Enter on "exit" or "logout" at a prompt, or ^D on an empty one: the

@@ -813,6 +813,15 @@ static void test_exit_typed(void)	/* the user's exit is no fault, however fast i
 	for (k = "exit\r"; *k; k++)
 		follow_typing(s, *k, 0);
 	expect(s->exit_typed_us == 0, "exit: not after a prompt, not the user's exit", "");
+	feed(s, "\r\nuser@box:~$ ");
+	for (k = "qexit\r"; *k; k++)	/* q went to less, which has ended */
+		follow_typing(s, *k, 0);
+	expect(s->exit_typed_us > 0, "exit: after keys a full-screen program took", "");
+	s->exit_typed_us = 0;
+	feed(s, "\r\nuser@box:~$ ");
+	for (k = "exitlonger\r"; *k; k++)
+		follow_typing(s, *k, 0);
+	expect(s->exit_typed_us == 0, "exit: a longer word is not exit", "");
 	feed(s, "\r\n$ ");
 	follow_typing(s, 4, 0);
 	expect(s->exit_typed_us > 0, "exit: ^D on an empty prompt", "");
