@@ -11217,6 +11217,7 @@ static void key_xfer(int ch, int fn)	/* the transfer dialog */
 	} else if (!fn && ch == 0x15) {	/* ^U */
 		xdialog_clear();
 	} else if (d->field == XF_PASSWORD) {
+		mask_shuffle();	/* as the login dialog: the bullets say nothing of the length */
 		field_type(app.dlg.password, 1024, &app.dlg.password_len, ch, fn);
 	} else {
 		field_type(text, PATH_MAX, len, ch, fn);
@@ -11252,12 +11253,13 @@ static void draw_xfer_dialog(void)	/* Ctrl-g u / d */
 
 		put(y0 + 1 + i, x0 + 2, 10, C_STATUS, sel ? A_BOLD : 0, "%s", labels[f]);
 		if (f == XF_PASSWORD)
-			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%s", app.dlg.password_len ? "••••••" : "");
+			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%.*s", app.dlg.password_len ?
+			    app.dlg.mask * 3 : 0, "••••••••••");
 		else
 			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%s%s", tail != text ? "…" : "", tail);
 		if (sel) {
 			cy = y0 + 1 + i;
-			cx = x0 + 12 + (f == XF_PASSWORD ? (app.dlg.password_len ? 6 : 0) :
+			cx = x0 + 12 + (f == XF_PASSWORD ? (app.dlg.password_len ? app.dlg.mask : 0) :
 					text_cols(tail) + (tail != text));
 		}
 	}

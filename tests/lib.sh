@@ -20,6 +20,11 @@ cleanup() {	# kills what the test started, removes its scratch folder
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	for p in "$WORK"/tmux*.sock; do [ -S "$p" ] && tmux -S "$p" kill-server 2>/dev/null; done
+	if [ "${FAILS:-0}" -gt 0 ]; then	# what a failure leaves, for a look: build/failed/TEST
+		local keep=$TOP/build/failed/$(basename "$0" .test.sh)${ASAN:+-asan}
+		rm -rf "$keep" && mkdir -p "$keep" && cp -r "$WORK"/. "$keep" 2>/dev/null
+		echo "# its scratch folder: $keep"
+	fi
 	[ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -180,7 +185,7 @@ rest_close() {	# rest_close TUNNEL_ID: PUT closes it over the REST API
 
 # --- console helpers -------------------------------------------------------
 tui_login() {	# the login dialog is open with the user prefilled: type $PASS
-	tui_wait 'password' 5 || return 1
+	tui_wait 'Enter log in' 5 || return 1
 	tui_type "$PASS"
 	tui_keys Enter
 }

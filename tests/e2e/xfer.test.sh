@@ -222,16 +222,20 @@ wait_for 30 has_line "$WORK/console.log" 'gnu: the download goes on from byte [1
 	|| fail "resumed" "$(tail -5 "$WORK/console.log")"
 tui_wait "── downloaded $WORK/there/rnd.bin to $WORK/here/resumed.bin" 30 && cmp -s "$SRC/rnd.bin" "$WORK/here/resumed.bin" \
 	&& ok "… and the whole file is verified" || fail "resumed file" "$(tui_screen)"
+cs_online() { tmux -S "$TMUX_SOCK" capture-pane -p | grep -A1 '^ cs ' | grep -q '^  online'; }
+cs_live() { tmux -S "$TMUX_SOCK" capture-pane -p | grep -A6 '^ cs ' | grep -qE '^ +[0-9a-f]{4} field +live'; }
+wait_for 20 cs_online || fail "cs back after the cut" "$(tui_screen)"
 tui_keys C-g 3 C-g r	# cs lost its session with the tunnel
 tui_login
-tui_run "cd $WORK/there" 'there[#$] ?$' || fail "cs session again" "$(tui_screen)"
+wait_for 20 cs_live || fail "cs session again" "$(tui_screen)"
+tui_run "cd $WORK/there && echo in-\$((6*7))" 'in-42' || fail "cs session again: its shell" "$(tui_screen)"
 link "rate 150000" 'rate 150000'
 xfer u "$SRC/rnd.bin" "$WORK/there/resumed.bin"
 wait_for 20 status_has '⇡ rnd.bin .* [2-9][0-9]% ' || fail "upload a fifth done" "$(tui_screen | tail -1)"
 link_cut
 wait_for 10 paused_mid cs upload && ok "a one-session device: the upload pauses" || fail "cs paused" "$(tail -5 "$WORK/console.log")"
 tui_wait 'r reopens its session and it goes on' 10 || fail "paused shown" "$(tui_screen | tail -1)"
-wait_for 20 bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | grep -A1 '^ cs ' | grep -q '^  online'" || fail "cs back" "$(tui_screen)"
+wait_for 20 cs_online || fail "cs back" "$(tui_screen)"
 tui_keys C-g r
 tui_login
 tui_wait "── uploaded $SRC/rnd.bin to $WORK/there/resumed.bin" 30 && cmp -s "$SRC/rnd.bin" "$WORK/there/resumed.bin" \
