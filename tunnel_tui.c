@@ -11416,8 +11416,11 @@ static void on_resize(void)	/* SIGWINCH: follow the outer terminal's size */
 {
 	struct winsize ws;
 
+	/* resize_term, not resizeterm: that one also pushes KEY_RESIZE into
+	 * curses' 136-entry input queue, whose handling of it can drop what
+	 * else waits there (a paste once lost exactly 136 characters) */
 	if (ioctl(1, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
-		resizeterm(ws.ws_row, ws.ws_col);
+		resize_term(ws.ws_row, ws.ws_col);
 	list_fit();
 	clearok(curscr, TRUE);
 	app.redraw = 1;
