@@ -71,7 +71,8 @@
  * the source is read again. */
 #define QUEUE_HIGH		(32 * 1024)
 #define QUEUE_LOW		(16 * 1024)
-#define SOCK_SNDBUF		(64 * 1024)	/* a WebSocket's kernel send buffer (Linux doubles it) */
+#define SOCK_SNDBUF		(32 * 1024)	/* a WebSocket's kernel send buffer (Linux doubles it) */
+#define SOCK_RCVBUF		(64 * 1024)	/* … and receive buffer */
 #define TOKEN_MAX		256		/* README Protocol §1 */
 #define ID_MAX			128		/* tunnel, project and device ids */
 #define TOKEN_BYTES		24		/* random bytes: 32 base64 chars */
@@ -684,23 +685,27 @@ static void peer_closed(struct peer *p)	/* lws is freeing the connection */
 	sb_rx_free(&p->rx);
 }
 
-/* Left to autotuning, a send buffer on loopback grows to megabytes (the
- * path looks infinitely fast) and holds a flood's output ahead of a
- * Ctrl-C's effect; a real platform's is sized by its path to a cellular
- * console, far smaller.  Only the send side: a receive buffer below the
- * loopback MSS (64 KB) stalls TCP.  A fixed buffer caps a connection at
- * about SOCK_SNDBUF per round trip, plenty for a sandbox. */
-static void peer_sndbuf(struct peer *p)	/* caps the kernel's send buffer of a connection */
+/* Left to autotuning, socket buffers on loopback grow to megabytes (the
+ * path looks infinitely fast) and hold a flood's output ahead of a
+ * Ctrl-C's effect: the send buffer toward a slow console, and the receive
+ * buffer from a device while the relay has stopped reading it (a megabyte
+ * was measured there).  A real platform's are sized by its paths, far
+ * smaller.  The receive buffer stays above the loopback MSS (64 KB), below
+ * which TCP stalls.  Fixed buffers cap a connection at about their size
+ * per round trip, plenty for a sandbox. */
+static void peer_buffers(struct peer *p)	/* caps the kernel's buffers of a connection */
 {
-	int n = SOCK_SNDBUF;
+	int snd = SOCK_SNDBUF, rcv = SOCK_RCVBUF, fd = p->wsi ? lws_get_socket_fd(p->wsi) : -1;
 
-	if (p->wsi && setsockopt(lws_get_socket_fd(p->wsi), SOL_SOCKET, SO_SNDBUF, &n, sizeof n))
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, sizeof snd))
 		sb_log("SO_SNDBUF: %s", strerror(errno));
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv))
+		sb_log("SO_RCVBUF: %s", strerror(errno));
 }
 
 static void ws_established(struct peer *p)	/* the upgrade is done: join, or close 1002 */
 {
-	peer_sndbuf(p);
+	peer_buffers(p);
 	if (p->refused) {
 		peer_close(p, 1002, "authentication failed");
 		return;
