@@ -132,6 +132,13 @@ tui_keys n
 tui_keys C-g 3 C-g n; tui_login
 tui_run "cd $WORK/there" 'there[#$] ?$' || fail "cs session" "$(tui_screen)"
 wait_for 5 bash -c "tmux -S '$TMUX_SOCK' capture-pane -p | grep -q 'online · single'" || fail "cs learned single" "$(tui_screen)"
+tui_run 'seq 1 5 | less' '\(END\)' || fail "less on cs" "$(tui_screen)"
+tui_keys C-g u
+tui_wait 'cs runs one session and a full-screen program is in it' 5 \
+	&& ok "a one-session device: no transfer over a full-screen program, and why" || fail "refused over less" "$(tui_screen | tail -1)"
+check "… no dialog opened" tui_lacks 'upload to cs'
+tui_keys q
+tui_run 'echo left-$((4+4))' 'left-8' || fail "less left" "$(tui_screen)"
 tui_keys C-g R
 tui_wait '● REC' 5 || fail "recording starts" "$(tui_screen)"
 tui_run 'echo before-$((2+3))' 'before-5'
