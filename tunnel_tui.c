@@ -9505,7 +9505,7 @@ static uint32_t xfer_chunk_size(int up, uint64_t size)	/* bytes a chunk */
 }
 
 /* The first run of chunks still to do: [*a, *b).  0 when there is none. */
-static int next_todo_run(const uint8_t *st, uint32_t n, uint32_t *a, uint32_t *b)
+static int next_wanted_run(const uint8_t *st, uint32_t n, uint32_t *a, uint32_t *b)
 {
 	uint32_t i = 0;
 
@@ -10320,7 +10320,7 @@ static void x_send_run(struct xfer *x, uint32_t a, uint32_t b)
 	struct buf line = { 0 };
 	uint32_t c, d;
 
-	x->verify_sent = !next_todo_run(x->state + b, x->nchunks - b, &c, &d);
+	x->verify_sent = !next_wanted_run(x->state + b, x->nchunks - b, &c, &d);
 	if (x->verify_sent)
 		buf_printf(&line, "_B=%u; { H <\"$_f\"; } | { g %u %u %d; m V; cat; m F $(wc -c <\"$_f\"); }\n",
 			   x->chunk, a, b, x->gz);
@@ -10377,9 +10377,9 @@ static void xfer_data_step(struct xfer *x)
 		return;
 	}
 	if (x->up) {
-		while (x->in_flight < xfer_window(x) && !x->stopping && next_todo_run(x->state, x->nchunks, &a, &b))
+		while (x->in_flight < xfer_window(x) && !x->stopping && next_wanted_run(x->state, x->nchunks, &a, &b))
 			x_send_chunk(x, a);
-	} else if (!x->run_open && next_todo_run(x->state, x->nchunks, &a, &b)) {
+	} else if (!x->run_open && next_wanted_run(x->state, x->nchunks, &a, &b)) {
 		x_send_run(x, a, b);
 	}
 	if (x->stopping || x->in_flight || x->run_open || x->done_bytes != x->size)

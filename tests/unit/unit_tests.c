@@ -1382,7 +1382,7 @@ static void test_xfer_misc(void)
 	       cwd_from_text("field@dev: ~/src", out, sizeof(out)) && !strcmp(out, "~/src") &&
 	       !cwd_from_text("bash-5.2$ ", out, sizeof(out)) && !cwd_from_text("mail me@x: hi", out, sizeof(out)),
 	       "xfer: the directory a prompt or title names (bash's, OpenWrt's), none in others", "%s", out);
-	expect(next_todo_run(st, 5, &a, &b) && a == 1 && b == 3 && !next_todo_run(st, 1, &a, &b),
+	expect(next_wanted_run(st, 5, &a, &b) && a == 1 && b == 3 && !next_wanted_run(st, 1, &a, &b),
 	       "xfer: the first run of chunks still to do", "%u %u", a, b);
 	expect(xfer_chunk_size(0, 1 << 20) == 65536 && xfer_chunk_size(0, 100u << 20) == (1 << 20) &&
 	       xfer_chunk_size(1, 5) == XFER_UP_CHUNK, "xfer: download chunks grow with the file, to 1 MiB", "");
