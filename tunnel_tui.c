@@ -7056,24 +7056,16 @@ static void draw_picker(void)
 	show_cursor(1);
 }
 
+static void (*const mode_draws[])(void) = {	/* what each mode puts on top of the screen */
+	[M_LOGIN] = draw_login, [M_CONFIRM] = draw_confirm, [M_HELP] = draw_help,
+	[M_SEARCH] = draw_search_prompt, [M_FILTER] = draw_filter_prompt, [M_PICK] = draw_picker,
+	[M_RENAME] = draw_rename_prompt, [M_XFER] = draw_xfer_dialog,
+};
+
 static void draw_overlay(void)	/* whatever the mode puts on top */
 {
-	if (app.mode == M_LOGIN)
-		draw_login();
-	else if (app.mode == M_CONFIRM)
-		draw_confirm();
-	else if (app.mode == M_HELP)
-		draw_help();
-	else if (app.mode == M_SEARCH)
-		draw_search_prompt();
-	else if (app.mode == M_FILTER)
-		draw_filter_prompt();
-	else if (app.mode == M_PICK)
-		draw_picker();
-	else if (app.mode == M_RENAME)
-		draw_rename_prompt();
-	else if (app.mode == M_XFER)
-		draw_xfer_dialog();
+	if (mode_draws[app.mode])
+		mode_draws[app.mode]();
 }
 
 /* Whether this frame must draw everything: anything but the pane's rows
