@@ -279,13 +279,13 @@ relay_with() {	# relay_with ROLE N: the relay again, on its port, corrupting ROL
 	wait_for 30 bash -c "[ \$(grep -c ': device connected' '$PLATFORM_LOG') -ge 4 ]" \
 		|| fail "the relay again (--corrupt $1:$2): all four devices back" "$(tail -5 "$PLATFORM_LOG")"
 }
-# corrupted ROLE N VERB HOW COPY DEVICE ARGS...: a run of tt ARGS on DEVICE under --corrupt
-# ROLE:N; the relay changed a character, the console found the chunk bad and had it again
+# corrupted ROLE VERB HOW COPY DEVICE ARGS...: a run of tt ARGS on DEVICE under the relay's
+# --corrupt for ROLE; the relay changed a character, the console found the chunk bad and had it again
 corrupted() {
-	local role=$1 n=$2 verb=$3 how=$4 copy=$5 d=$6
-	shift 6
+	local role=$1 verb=$2 how=$3 copy=$4 d=$5
+	shift 5
 	tt "$@" --devices "$d" > "$WORK/corrupt.out" 2>&1
-	has_line "$PLATFORM_LOG" "tunnel t-$d: message $n from the $role corrupted" \
+	has_line "$PLATFORM_LOG" "tunnel t-$d: message [0-9]+ from the $role corrupted" \
 		&& ok "$d: a chunk of the $verb corrupted on the way (the relay says so) …" \
 		|| fail "$d: a chunk of the $verb corrupted on the way" "$(cat "$WORK/corrupt.out")" \
 			"$(grep "t-$d" "$PLATFORM_LOG" | tail -4)"
@@ -294,13 +294,13 @@ corrupted() {
 }
 relay_with device 60
 for d in gnu bb; do
-	corrupted device 60 download "(failed its check|never came whole); asked again" "$WORK/corrupt/$d/rnd.bin" "$d" \
+	corrupted device download "(failed its check|never came whole); asked again" "$WORK/corrupt/$d/rnd.bin" "$d" \
 		--get "$SRC/rnd.bin" "$WORK/corrupt"
 done
 relay_with app 40
 for d in gnu bb; do
 	mkdir -p "$WORK/corrupt-$d"
-	corrupted app 40 upload "arrived damaged; asked again" "$WORK/corrupt-$d/rnd.bin" "$d" \
+	corrupted app upload "arrived damaged; asked again" "$WORK/corrupt-$d/rnd.bin" "$d" \
 		--put "$SRC/rnd.bin" "$WORK/corrupt-$d/"
 done
 

@@ -83,6 +83,7 @@
 #define HEADER_MAX		4096		/* room for long tokens in headers */
 #define MAX_MESSAGE_LIMIT	(16 * 1024 * 1024) /* --max-message at most */
 #define DELAY_MAX_MS		600000		/* --delay-ms at most */
+#define CORRUPT_MIN		256		/* --corrupt: data this long or longer (bulk) */
 #define EXPIRES_MAX		(10L * 365 * 86400) /* expires_in at most */
 #define FILE_MAX		(1 << 20)	/* tunnels, devices and secret files */
 #define SIG_SKEW		(15 * 60)	/* X-Sdk-Date may be this far off, seconds */
@@ -159,6 +160,7 @@ struct tunnel {			/* one tunnel: its tokens and its two connections */
 	struct peer *peer[ROLES];	/* the live connection of each role */
 	unsigned long relayed_from[ROLES], dropped;
 	int full[ROLES];		/* backlog toward the role over the mark */
+	int corrupted;			/* --corrupt has done its one change here */
 	size_t peak[ROLES];		/* largest backlog toward each role so far */
 	struct delayed *dq_head, *dq_tail;
 	size_t delayed_bytes[ROLES];
@@ -995,7 +997,10 @@ static int plain_at(const char *s, size_t from, size_t i)	/* s[i] is alphanumeri
 
 /* --corrupt: one alphanumeric character in the middle of the data string
  * becomes the next of its kind (z → a, 9 → 0).  The JSON stays valid and
- * as long: only a check of the contents finds it.  -1 if there is none. */
+ * as long: only a check of the contents finds it.  Only data of at least
+ * CORRUPT_MIN characters counts, so that what is damaged is bulk (a chunk
+ * of a file), not an echo or a prompt whose timing decides its number.
+ * -1 if there is none. */
 static long corrupt_data(char *m, size_t n)
 {
 	char *key = memmem(m, n, "\"data\"", 6);
@@ -1006,6 +1011,8 @@ static long corrupt_data(char *m, size_t n)
 	if (i >= n || m[i] != '"')
 		return -1;
 	end = json_string_end(m, n, ++i);
+	if (end - i < CORRUPT_MIN)
+		return -1;
 	for (size_t k = i + (end - i) / 2; k < end; k++)
 		if (plain_at(m, i, k)) {
 			char c = m[k];
@@ -1016,26 +1023,29 @@ static long corrupt_data(char *m, size_t n)
 	return -1;
 }
 
-/* The message relayed as it came, or (--corrupt ROLE:N, the Nth from ROLE
- * in this tunnel) with one character changed. */
+/* The message relayed as it came, or (--corrupt ROLE:N: the Nth message from
+ * ROLE in this tunnel, or the first after it with bulk data) with one
+ * character changed, once per tunnel. */
 static void relay_send(struct peer *p, enum role to, const char *msg, size_t len)
 {
 	struct relay *r = p->r;
+	struct tunnel *t = p->t;
 	char *copy;
-	long at;
 
-	if (r->corrupt_role != (int)p->role || p->t->relayed_from[p->role] + 1 != r->corrupt_nth) {
-		tunnel_send(p->t, to, msg, len);
+	if (r->corrupt_role != (int)p->role || t->corrupted || t->relayed_from[p->role] + 1 < r->corrupt_nth) {
+		tunnel_send(t, to, msg, len);
 		return;
 	}
 	copy = malloc(len);
 	if (!copy)
 		abort();
 	memcpy(copy, msg, len);
-	at = corrupt_data(copy, len);
-	sb_log("tunnel %s: message %lu from the %s %s", p->t->id, r->corrupt_nth, role_name[p->role],
-	       at < 0 ? "has no data to corrupt: relayed as it came" : "corrupted: one character changed");
-	tunnel_send(p->t, to, copy, len);
+	if (corrupt_data(copy, len) >= 0) {
+		t->corrupted = 1;
+		sb_log("tunnel %s: message %lu from the %s corrupted: one character changed", t->id,
+		       t->relayed_from[p->role] + 1, role_name[p->role]);
+	}
+	tunnel_send(t, to, copy, len);
 	free(copy);
 }
 
@@ -2525,8 +2535,9 @@ static const char usage_text[] =
 	"                         relaying N messages from it (once per tunnel)\n"
 	"  --stall-after N        after N relayed messages, read nothing more\n"
 	"  --corrupt ROLE:N       change one character in the middle of the data of\n"
-	"                         the Nth message from ROLE (app|device), once per\n"
-	"                         tunnel; the JSON stays valid and as long\n"
+	"                         the Nth message from ROLE (app|device), or the\n"
+	"                         first after it with 256 characters of data or\n"
+	"                         more; once per tunnel; the JSON stays valid\n"
 	"  --self-check           check the AK/SK verifier against the worked example\n"
 	"                         of Huawei Cloud's API Request Signing Guide and a\n"
 	"                         derived signature made by Huawei's own SDK; exit\n"
