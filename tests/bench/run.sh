@@ -408,8 +408,18 @@ met() { has "$1" && awk "BEGIN { print (($2) ? \"yes\" : \"NO\") }" || echo -; }
 row() { printf '%-46s %10s %20s %7s %9s %4s\n' "$@"; }
 has p99_con p99_min && R[overhead]=$(calc "${R[p99_con]} - ${R[p99_min]}" 3)
 has p50_con p50_min && R[overhead50]=$(calc "${R[p50_con]} - ${R[p50_min]}" 3)
+run_kind() {	# what this run measured: the table's first line names it
+	local phases
+	phases=$(echo $ONLY)
+	[ "$QUICK" = 1 ] && echo 'QUICK run: small, not comparable' && return
+	case $phases in
+	"paths startup scale links xfer") echo 'full run' ;;
+	"paths startup scale links xfer soak") echo 'full run and the soak' ;;
+	*) echo "phases: $phases" ;;
+	esac
+}
 {
-	echo "tunnel_tui benchmarks ($([ $QUICK = 1 ] && echo 'QUICK run: small, not comparable' || echo 'full run'), $(date -u '+%Y-%m-%d %H:%M UTC'))"
+	echo "tunnel_tui benchmarks ($(run_kind), $(date -u '+%Y-%m-%d %H:%M UTC'))"
 	echo "machine: $MACHINE; load average at start $LOAD0"
 	echo "console in a $CON_SIZE terminal (its pane, the remote pty: 93x39); baselines in 93x39; relay over TLS on loopback"
 	echo
