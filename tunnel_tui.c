@@ -6900,18 +6900,20 @@ static int help_entries(int *widest)	/* bindings with help, and the widest line 
 static void draw_help(void)
 {
 	int widest, n = help_entries(&widest), room = LINES - 5, cols, per, w, h, x, y, k = 0;
-	char prefix[16];
+	char prefix[16], head[128];
 
+	copy_str(prefix, sizeof(prefix), keyname(app.prefix_key));
+	snprintf(head, sizeof(head), "Press %s, then:%s", prefix, app.mouse_off ? "" :
+		 "   (mouse: a click selects, the wheel scrolls back, a drag copies)");
 	cols = n > room && COLS >= 2 * widest + 6 ? 2 : 1;
 	per = (n + cols - 1) / cols;
-	w = box_width(cols * widest + (cols - 1) * 2, 40);
+	w = cols * widest + (cols - 1) * 2;
+	w = box_width(w > text_cols(head) ? w : text_cols(head), 40);	/* the mouse line whole when it fits */
 	h = (per < room ? per : room) + 4;
 	x = (COLS - w) / 2;
 	y = (LINES - 1 - h) / 2;
-	copy_str(prefix, sizeof(prefix), keyname(app.prefix_key));
 	draw_box(y, x, h, w, "keys");
-	put(y + 1, x + 2, w - 4, C_STATUS, 0, "Press %s, then:%s", prefix, app.mouse_off ? "" :
-	    "   (mouse: a click selects, the wheel scrolls back, a drag copies)");
+	put(y + 1, x + 2, w - 4, C_STATUS, 0, "%s", head);
 	for (size_t i = 0; i < sizeof(bindings) / sizeof(*bindings); i++) {
 		const char *key = bindings[i].fn == act_send_prefix ? prefix : bindings[i].keyname;
 		int col = k / per, row = k % per;

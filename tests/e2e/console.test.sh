@@ -55,6 +55,7 @@ desc_col() {	# desc_col TEXT: the column TEXT starts in (characters: one column 
 }
 a=$(desc_col 'device 1 … 9, its first session') b=$(desc_col 'next device or session')
 check "help: every description starts in the same column ($a, $b)" [ "$a" -gt 0 -a "$a" = "$b" ]
+check "help: the mouse line whole, where the terminal is wide enough" tui_has 'the wheel scrolls back, a drag copies\)'
 tui_keys Space	# any key closes the help, and goes no further
 wait_for 5 tui_lacks 'any key closes' || fail "help closes" "$(tui_screen)"
 
