@@ -497,7 +497,7 @@ struct mouse {		/* one report from the outer terminal, 0-based cells */
 enum { MB_MOTION = 32, MB_WHEEL = 64, MB_MODS = 4 | 8 | 16 };
 
 enum mode { M_NORMAL, M_PREFIX, M_LOGIN, M_CONFIRM, M_COPY, M_SEARCH,
-	    M_HELP, M_FILTER, M_PICK, M_RENAME, M_XFER };
+	    M_HELP, M_FILTER, M_PICK, M_RENAME, M_XFER, M_MODES };	/* M_MODES: the tables' size */
 
 struct dialog {		/* the login dialog and yes/no questions */
 	struct tunnel *tunnel;
@@ -6697,7 +6697,7 @@ static void expiry_text(const struct tunnel *t, char *out, size_t cap)	/* "token
 static const char *mode_hint(void)	/* the status bar's right end */
 {
 	static char hint[64];
-	static const char *const names[] = {
+	static const char *const names[M_MODES] = {
 		[M_NORMAL] = "", [M_PREFIX] = "PREFIX", [M_LOGIN] = "LOGIN",
 		[M_CONFIRM] = "CONFIRM", [M_COPY] = "COPY", [M_SEARCH] = "SEARCH",
 		[M_HELP] = "HELP", [M_FILTER] = "FILTER", [M_PICK] = "DEVICES", [M_RENAME] = "NAME",
@@ -6844,6 +6844,15 @@ static int box_width(int cols, int least)
 	return w < COLS - 2 ? w : COLS;
 }
 
+/* The password's mask: bullets (3 bytes each) in a number that changes on
+ * every key and says nothing of its length; none while it is empty. */
+static const char bullets[] = "••••••••";	/* as many as the longest mask (mask_shuffle) */
+
+static int mask_cols(void)
+{
+	return app.dlg.password_len ? app.dlg.mask : 0;
+}
+
 /* The login dialog.  The password shows as a mask that changes on every
  * key (feedback) but whose length says nothing of the password's. */
 static void draw_login(void)
@@ -6858,11 +6867,11 @@ static void draw_login(void)
 	put(y + 1, x + 2, w - 4, C_STATUS, 0, "device   %s", d->tunnel->cfg.name);
 	put(y + 2, x + 2, w - 4, C_STATUS, d->field == 0 ? A_BOLD : 0, "user     %s", d->user);
 	put(y + 3, x + 2, w - 4, C_STATUS, d->field == 1 ? A_BOLD : 0, "password %.*s",
-	    d->password_len ? d->mask * 3 : 0, "••••••••••");
+	    mask_cols() * 3, bullets);
 	if (d->notice[0])
 		put(y + 4, x + 2, w - 4, C_ALERT, A_BOLD, "%s", d->notice);
 	put(y + h - 2, x + 2, w - 4, C_STATUS, A_DIM, "%s", hint);
-	move(y + 2 + d->field, x + 11 + (d->field == 0 ? text_cols(d->user) : d->password_len ? d->mask : 0));
+	move(y + 2 + d->field, x + 11 + (d->field == 0 ? text_cols(d->user) : mask_cols()));
 	show_cursor(1);
 }
 
@@ -7058,7 +7067,7 @@ static void draw_picker(void)
 	show_cursor(1);
 }
 
-static void (*const mode_draws[])(void) = {	/* what each mode puts on top of the screen */
+static void (*const mode_draws[M_MODES])(void) = {	/* what each mode puts on top of the screen */
 	[M_LOGIN] = draw_login, [M_CONFIRM] = draw_confirm, [M_HELP] = draw_help,
 	[M_SEARCH] = draw_search_prompt, [M_FILTER] = draw_filter_prompt, [M_PICK] = draw_picker,
 	[M_RENAME] = draw_rename_prompt, [M_XFER] = draw_xfer_dialog,
@@ -7151,18 +7160,19 @@ static int prompt_then(const char *line, size_t n, const char *word, size_t k)
 	       strchr("$#>%", line[n - k - 2]);
 }
 
+static const char *const exit_words[] = { "exit", "logout" };	/* what ends a shell */
+
 /* "exit" or "logout" if the keys typed since the last Enter end with it:
  * whatever came before went to a program that has ended (q in less). */
 static const char *typed_exit(const struct session *s)
 {
-	static const char *const words[] = { "exit", "logout" };
 	size_t n = s->typed_len > 0 ? (size_t)s->typed_len : 0;
 
-	for (size_t i = 0; i < sizeof(words) / sizeof(*words); i++) {
-		size_t w = strlen(words[i]);
+	for (size_t i = 0; i < sizeof(exit_words) / sizeof(*exit_words); i++) {
+		size_t w = strlen(exit_words[i]);
 
-		if (n >= w && !memcmp(s->typed + n - w, words[i], w))
-			return words[i];
+		if (n >= w && !memcmp(s->typed + n - w, exit_words[i], w))
+			return exit_words[i];
 	}
 	return NULL;
 }
@@ -7174,7 +7184,7 @@ static int at_exit_prompt(const struct session *s, int eof)
 {
 	char line[512];
 	const char *typed = typed_exit(s);
-	size_t n;
+	size_t n, tn = typed ? strlen(typed) : 0;
 
 	if (s->altscreen)
 		return 0;
@@ -7184,9 +7194,10 @@ static int at_exit_prompt(const struct session *s, int eof)
 		line[--n] = '\0';
 	if (eof)
 		return prompt_then(line, n, "", 0);
-	if (prompt_then(line, n, "exit", 4) || prompt_then(line, n, "logout", 6))
-		return 1;
-	for (size_t k = 0; typed && k < strlen(typed); k++)	/* Enter came before the whole echo */
+	for (size_t i = 0; i < sizeof(exit_words) / sizeof(*exit_words); i++)
+		if (prompt_then(line, n, exit_words[i], strlen(exit_words[i])))
+			return 1;
+	for (size_t k = 0; k < tn; k++)	/* Enter came before the whole echo */
 		if (prompt_then(line, n, typed, k))
 			return 1;
 	return 0;
@@ -8503,7 +8514,7 @@ static void key_picker(int ch, int fn)	/* the device picker */
 	ui_dirty();
 }
 
-static void (*const mode_keys[])(int ch, int fn) = {	/* key handling per mode */
+static void (*const mode_keys[M_MODES])(int ch, int fn) = {	/* key handling per mode */
 	[M_NORMAL] = key_normal, [M_PREFIX] = key_prefix, [M_LOGIN] = key_login,
 	[M_CONFIRM] = key_confirm, [M_COPY] = key_copy, [M_SEARCH] = key_search,
 	[M_HELP] = key_help, [M_FILTER] = key_filter, [M_PICK] = key_picker, [M_RENAME] = key_rename,
@@ -11247,13 +11258,12 @@ static void draw_xfer_dialog(void)	/* Ctrl-g u / d */
 
 		put(y0 + 1 + i, x0 + 2, 10, C_STATUS, sel ? A_BOLD : 0, "%s", labels[f]);
 		if (f == XF_PASSWORD)
-			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%.*s", app.dlg.password_len ?
-			    app.dlg.mask * 3 : 0, "••••••••••");
+			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%.*s", mask_cols() * 3, bullets);
 		else
 			put(y0 + 1 + i, x0 + 12, w - 14, C_STATUS, 0, "%s%s", tail != text ? "…" : "", tail);
 		if (sel) {
 			cy = y0 + 1 + i;
-			cx = x0 + 12 + (f == XF_PASSWORD ? (app.dlg.password_len ? app.dlg.mask : 0) :
+			cx = x0 + 12 + (f == XF_PASSWORD ? mask_cols() :
 					text_cols(tail) + (tail != text));
 		}
 	}

@@ -1571,7 +1571,6 @@ static void setup(uint8_t c0, uint8_t c1)
 	R.cut_role = (c1 & 7) >= 6 ? c1 >> 3 & 1 : -1;
 	R.cut_after = (c1 & 7) >= 6 ? (c1 & 7) - 5u : 0;
 	R.stall_after = (c1 >> 4 & 3) == 3 ? 3 : -1;
-	R.corrupt_role = -1;	/* the model expects each message relayed as it came */
 	R.rate_limit = (c1 >> 4 & 3) == 2 ? 2 : 0;	/* a bucket of 2: the third quick call is 429 */
 	R.bucket = 0;
 	R.bucket_at = 0;

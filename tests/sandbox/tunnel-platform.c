@@ -129,8 +129,8 @@ struct relay {			/* the whole program's state */
 	int cut_role;			/* -1: no --cut-after */
 	unsigned long cut_after;
 	long stall_after;		/* -1: no --stall-after */
-	int corrupt_role;		/* -1: no --corrupt */
-	unsigned long corrupt_nth;
+	int corrupt_role;
+	unsigned long corrupt_nth;	/* 0: no --corrupt (N is at least 1) */
 	/* state */
 	unsigned long relayed;		/* messages relayed, all tunnels */
 	uint64_t serials;		/* last peer serial handed out */
@@ -1032,7 +1032,8 @@ static void relay_send(struct peer *p, enum role to, const char *msg, size_t len
 	struct tunnel *t = p->t;
 	char *copy;
 
-	if (r->corrupt_role != (int)p->role || t->corrupted || t->relayed_from[p->role] + 1 < r->corrupt_nth) {
+	if (!r->corrupt_nth || r->corrupt_role != (int)p->role || t->corrupted ||
+	    t->relayed_from[p->role] + 1 < r->corrupt_nth) {
 		tunnel_send(t, to, msg, len);
 		return;
 	}
@@ -3176,7 +3177,6 @@ int main(int argc, char **argv)	/* parse, listen, serve until a signal */
 	r->max_message[ROLE_DEVICE] = DEFAULT_MAX_DEVICE_MESSAGE;
 	r->region = DEFAULT_REGION;
 	r->cut_role = -1;
-	r->corrupt_role = -1;
 	r->stall_after = -1;
 	opt_listen(r, DEFAULT_LISTEN);
 	parse_args(r, argc, argv);
